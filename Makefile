@@ -1,0 +1,52 @@
+# HMS Bus Admin. `make run` runs the product; `make test` runs every check. Both set themselves up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUNTIME := $(VENV)/.runtime-installed
+DEV := $(VENV)/.dev-installed
+
+.PHONY: run test pytest lint stop bench clean
+
+$(RUNTIME): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(DEV): $(RUNTIME) requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+## run: web (http://127.0.0.1:8000) and bus worker together, with demo data; Ctrl-C stops both.
+run: $(RUNTIME)
+	$(PY) manage.py ensure_redis
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py load_demo $(if $(DEMO_PASSWORD),--password "$(DEMO_PASSWORD)")
+	@echo
+	@echo "HMS Bus Admin: http://127.0.0.1:$${WEB_PORT:-8000}/  (demo users: policy, policy2, auditor, admin)"
+	@echo "Ctrl-C stops the web server and the bus worker."
+	@echo
+	$(VENV)/bin/honcho start -f Procfile
+
+## stop: stop the Redis that `make run` started under var/ (if it started one).
+stop: $(RUNTIME)
+	$(PY) manage.py ensure_redis --stop
+
+## test: lint, types, then the whole suite against a real Redis.
+test: lint pytest
+
+lint: $(DEV)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+# pytest exits 5 when it collects nothing: here that means the suite is broken, so it fails.
+pytest: $(DEV)
+	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+## bench: the benchmarks in bench/ (they print their figures and baselines).
+bench: $(DEV)
+	$(PY) bench/publish.py
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,181 @@
+"""Django admin: topics and schemas change only through the services (so they are audited); history is read-only."""
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.db import transaction
+from django.http import HttpRequest
+from guardian.admin import GuardedModelAdmin
+
+from busapp.audit import audit_record
+from busapp.models import AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
+from busapp.services import event_type_create, schema_version_check, schema_version_create, topic_create
+from busapp.validation import SchemaInvalidError
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Browse only: history, dead letters and the audit log are never edited by hand."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Nobody adds rows here."""
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Nobody changes rows here."""
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Nobody deletes rows here."""
+        return False
+
+
+@admin.register(Topic)
+class TopicAdmin(GuardedModelAdmin):
+    """Topics, with django-guardian's per-object permission screens."""
+
+    list_display = ["name", "sensitive", "stream_retention", "created_at"]
+    search_fields = ["name", "description"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        """A topic's name is its channel: it cannot be renamed once subscribers listen to it."""
+        return ["name", "created_by", "created_at"] if obj else ["created_by", "created_at"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Topics keep their history: never deleted."""
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Topic, form: Any, change: bool) -> None:
+        """New topics go through ``topic_create`` so they are audited; edits are audited here."""
+        if change:
+            with transaction.atomic():
+                obj.save()
+                audit_record(
+                    actor=request.user,  # type: ignore[arg-type]
+                    action="topic.update",
+                    target=f"topic:{obj.name}",
+                    details={field: str(form.cleaned_data.get(field)) for field in form.changed_data},
+                )
+            return
+        created = topic_create(
+            name=obj.name,
+            description=obj.description,
+            sensitive=obj.sensitive,
+            stream_retention=obj.stream_retention,
+            actor=request.user,  # type: ignore[arg-type]
+        )
+        obj.pk = created.pk
+
+
+@admin.register(EventType)
+class EventTypeAdmin(admin.ModelAdmin):
+    """Event types of each topic."""
+
+    list_display = ["name", "topic", "created_at"]
+    list_filter = ["topic"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        """Events refer to an event type by name: it is fixed once created."""
+        return ["topic", "name"] if obj else []
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Event types keep their history: never deleted."""
+        return False
+
+    def save_model(self, request: HttpRequest, obj: EventType, form: Any, change: bool) -> None:
+        """New event types go through ``event_type_create`` so they are audited."""
+        if change:
+            obj.save(update_fields=["description"])
+            return
+        created = event_type_create(
+            topic=obj.topic,
+            name=obj.name,
+            description=obj.description,
+            actor=request.user,  # type: ignore[arg-type]
+        )
+        obj.pk = created.pk
+
+
+class SchemaVersionForm(forms.ModelForm):
+    """Adding a version checks the schema (Draft 2020-12, refs, compatibility) before saving."""
+
+    class Meta:
+        model = SchemaVersion
+        fields = ["event_type", "schema", "compatibility"]
+
+    def clean(self) -> dict[str, Any]:
+        """Check the schema now, so a refusal is shown next to the schema field instead of failing the save."""
+        cleaned: dict[str, Any] = super().clean() or {}
+        event_type, schema = cleaned.get("event_type"), cleaned.get("schema")
+        if event_type is not None and schema is not None:
+            try:
+                schema_version_check(
+                    event_type=event_type, schema=schema, compatibility=cleaned.get("compatibility", "backward")
+                )
+            except SchemaInvalidError as error:
+                self.add_error("schema", str(error))
+        return cleaned
+
+
+@admin.register(SchemaVersion)
+class SchemaVersionAdmin(admin.ModelAdmin):
+    """Schema versions: added through ``schema_version_create``, immutable afterwards."""
+
+    form = SchemaVersionForm
+    list_display = ["event_type", "version", "compatibility", "deprecated", "created_at"]
+    list_filter = ["deprecated", "event_type__topic"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        """Everything but the deprecated flag is fixed once saved."""
+        if obj is None:
+            return []
+        return ["event_type", "version", "schema", "fingerprint", "compatibility", "created_by", "created_at"]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        """Adding asks for the schema; viewing shows it all."""
+        if obj is None:
+            return ["event_type", "schema", "compatibility"]
+        return [*self.get_readonly_fields(request, obj), "deprecated"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Events point at their schema version: never deleted."""
+        return False
+
+    def save_model(self, request: HttpRequest, obj: SchemaVersion, form: Any, change: bool) -> None:
+        """Add through the service; a change can only flip the deprecated flag."""
+        if change:
+            obj.save(update_fields=["deprecated"])
+            return
+        created = schema_version_create(
+            event_type=obj.event_type,
+            schema=obj.schema,
+            compatibility=obj.compatibility,
+            actor=request.user,  # type: ignore[arg-type]
+        )
+        obj.pk, obj.version = created.pk, created.version
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    """The event history."""
+
+    list_display = ["envelope_id", "topic", "event_type", "status", "source", "publisher_name", "timestamp"]
+    list_filter = ["status", "source", "topic"]
+    search_fields = ["envelope_id"]
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyAdmin):
+    """Dead letters as they arrived."""
+
+    list_display = ["id", "topic", "status", "source", "received_at"]
+    list_filter = ["status", "source", "topic"]
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    """The append-only audit log."""
+
+    list_display = ["seq", "time", "actor_name", "action", "target"]
+    list_filter = ["action"]
+    search_fields = ["target", "actor_name"]

@@ -1,0 +1,164 @@
+"""The tamper-evident audit log: entries appended in the caller's transaction, and the chain check."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from busapp.models import AuditEntry, AuditHead
+
+GENESIS_HASH = "0" * 64
+
+# Who did something: a signed-in person, or a named non-person such as "cli:root" or "system:bus-worker".
+Actor = User | str
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One thing to write down: what was done, to what, with which details."""
+
+    action: str
+    target: str
+    details: dict[str, Any]
+
+
+def actor_parts(actor: Actor) -> tuple[User | None, str]:
+    """Split an actor into the user row (if a person) and the name the log keeps."""
+    if isinstance(actor, str):
+        return None, actor
+    return actor, actor.get_username()
+
+
+def entry_hash(
+    *, prev_hash: str, seq: int, time: dt.datetime, actor_name: str, action: str, target: str, details: Any
+) -> str:
+    """Return ``sha256(prev_hash + canonical JSON of the entry)``."""
+    body = json.dumps(
+        {
+            "seq": seq,
+            "time": time.astimezone(dt.UTC).isoformat(),
+            "actor": actor_name,
+            "action": action,
+            "target": target,
+            "details": details,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def audit_append(*, actor: Actor, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+    """Append entries to the chain inside the caller's transaction (so a failed write fails the action)."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("audit entries are written in the transaction of the change they record")
+    user, actor_name = actor_parts(actor)
+    # Locking the one head row serializes writers on PostgreSQL; on SQLite the IMMEDIATE
+    # transaction already holds the database's write lock.
+    head = AuditHead.objects.select_for_update().filter(pk=1).first()
+    if head is None:
+        head, _ = AuditHead.objects.get_or_create(pk=1)
+    now = timezone.now()
+    seq, prev_hash = head.seq, head.hash
+    entries = []
+    for record in records:
+        seq += 1
+        details = json.loads(json.dumps(record.details))  # the form it will have when read back
+        digest = entry_hash(
+            prev_hash=prev_hash,
+            seq=seq,
+            time=now,
+            actor_name=actor_name,
+            action=record.action,
+            target=record.target,
+            details=details,
+        )
+        entries.append(
+            AuditEntry(
+                seq=seq,
+                time=now,
+                actor=user,
+                actor_name=actor_name,
+                action=record.action,
+                target=record.target,
+                details=details,
+                prev_hash=prev_hash,
+                hash=digest,
+            )
+        )
+        prev_hash = digest
+    AuditEntry.objects.bulk_create(entries)
+    AuditHead.objects.filter(pk=1).update(seq=seq, hash=prev_hash)
+    return entries
+
+
+def audit_record(*, actor: Actor, action: str, target: str, details: dict[str, Any] | None = None) -> AuditEntry:
+    """Append one entry; see ``audit_append``."""
+    return audit_append(actor=actor, records=[AuditRecord(action, target, details or {})])[0]
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What ``audit_verify`` found: how far the chain holds, and the first broken link if any."""
+
+    checked: int
+    last_seq: int
+    last_hash: str
+    broken_seq: int | None = None
+    problem: str = ""
+
+    @property
+    def intact(self) -> bool:
+        """True when every link checked out."""
+        return self.broken_seq is None
+
+
+def _chain_rows() -> Iterable[tuple[Any, ...]]:
+    """Every entry's hashed fields in chain order, streamed in chunks."""
+    return (
+        AuditEntry.objects.order_by("seq")
+        .values_list("seq", "time", "actor_name", "action", "target", "details", "prev_hash", "hash")
+        .iterator(chunk_size=10_000)
+    )
+
+
+def audit_verify() -> ChainReport:
+    """Recompute every link of the chain and name the first one that does not hold."""
+    checked, expected_seq, prev_hash = 0, 1, GENESIS_HASH
+    for seq, time, actor_name, action, target, details, stored_prev, stored_hash in _chain_rows():
+        if seq != expected_seq:
+            return ChainReport(checked, expected_seq - 1, prev_hash, expected_seq, f"entry #{expected_seq} is missing")
+        if stored_prev != prev_hash:
+            problem = f"entry #{seq} does not link to entry #{seq - 1}: an entry before it was changed or removed"
+            return ChainReport(checked, seq - 1, prev_hash, seq, problem)
+        digest = entry_hash(
+            prev_hash=prev_hash,
+            seq=seq,
+            time=time,
+            actor_name=actor_name,
+            action=action,
+            target=target,
+            details=details,
+        )
+        if digest != stored_hash:
+            problem = f"entry #{seq} ({action} {target}) was changed after it was written: its hash does not match"
+            return ChainReport(checked, seq - 1, prev_hash, seq, problem)
+        checked, expected_seq, prev_hash = checked + 1, seq + 1, stored_hash
+    head = AuditHead.objects.filter(pk=1).first()
+    head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
+    if (head_seq, head_hash) != (expected_seq - 1, prev_hash):
+        problem = (
+            f"the chain head records entry #{head_seq} but the log ends at entry #{expected_seq - 1}: "
+            "the newest entries were removed or changed"
+        )
+        return ChainReport(checked, expected_seq - 1, prev_hash, expected_seq, problem)
+    return ChainReport(checked, expected_seq - 1, prev_hash)

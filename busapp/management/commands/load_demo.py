@@ -1,0 +1,85 @@
+"""``manage.py load_demo``: the seed's story (topic tax-policy, its schema) and a user of each role."""
+
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+from guardian.shortcuts import assign_perm
+
+from busapp.audit import audit_record
+from busapp.models import Topic
+from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, Role
+from busapp.services import roles_ensure, topic_create
+
+ACTOR = "cli:load_demo"
+TOPICS = [
+    ("tax-policy", "Tax policy numbers every service must agree on, such as the standard deduction.", False),
+    ("irs.withholding", "Federal withholding tables. Sensitive: a second person approves each publish.", True),
+]
+# username, role, staff (may open the Django admin)
+USERS = [
+    ("policy", Role.POLICY_PUBLISHERS, False),
+    ("policy2", Role.POLICY_PUBLISHERS, False),
+    ("auditor", Role.AUDITORS, True),
+    ("admin", Role.BUS_ADMINS, True),
+]
+
+
+class Command(BaseCommand):
+    """Load the demo data; safe to run again (it only adds what is missing)."""
+
+    help = "Load the seed's topics and schemas and the users policy, policy2, auditor and admin."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """--password sets every demo user's password; without it new users get a random one."""
+        parser.add_argument("--password", help="password for all demo users (default: random, printed once)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Create roles, topics, schemas and users, then print the logins."""
+        roles_ensure()
+        with transaction.atomic():
+            for name, description, sensitive in TOPICS:
+                if not Topic.objects.filter(name=name).exists():
+                    topic_create(name=name, description=description, sensitive=sensitive, actor=ACTOR)
+        call_command("sync_schemas", settings.BASE_DIR / "schemas", actor=ACTOR, stdout=self.stdout)
+        password = options["password"] or secrets.token_urlsafe(12)
+        created: list[str] = []
+        reset: list[str] = []
+        with transaction.atomic():
+            for username, role, staff in USERS:
+                user, is_new = self._user(username, role, staff)
+                if is_new or options["password"]:
+                    user.set_password(password)
+                    user.save(update_fields=["password"])
+                    (created if is_new else reset).append(username)
+        for username in created:
+            self.stdout.write(f"created user {username}")
+        if created or reset:
+            self.stdout.write(f"demo password for {', '.join(created + reset)}: {password}")
+        else:
+            self.stdout.write("demo users exist; passwords unchanged (pass --password to reset them)")
+
+    def _user(self, username: str, role: Role, staff: bool) -> tuple[Any, bool]:
+        """Create a demo user in its role group with its per-topic rights, auditing each grant."""
+        user, is_new = get_user_model().objects.get_or_create(username=username, defaults={"is_staff": staff})
+        if not is_new:
+            return user, False
+        user.groups.add(Group.objects.get(name=role.value))
+        audit_record(actor=ACTOR, action="user.create", target=f"user:{username}", details={"role": role.value})
+        if role == Role.POLICY_PUBLISHERS:
+            for topic in Topic.objects.filter(name__in=[name for name, _, _ in TOPICS]):
+                rights = [VIEW_TOPIC, PUBLISH_TOPIC] + ([APPROVE_TOPIC] if topic.sensitive else [])
+                for right in rights:
+                    assign_perm(f"busapp.{right}", user, topic)
+                audit_record(
+                    actor=ACTOR,
+                    action="role.grant",
+                    target=f"topic:{topic.name}",
+                    details={"user": username, "rights": rights, "reason": "demo data"},
+                )
+        return user, True

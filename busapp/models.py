@@ -1,0 +1,310 @@
+"""Topics, event types, schema versions, events, dead letters and the audit log."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+TOPIC_NAME_RE = re.compile(r"^[a-z][a-z0-9._-]*$")
+EVENT_TYPE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+# Channels group names must stay under 100 characters and the topic's group is "topic.<name>".
+TOPIC_NAME_MAX_LENGTH = 80
+DLQ_SUFFIX = ".dlq"
+
+
+class ImmutableRecordError(Exception):
+    """Raised when code tries to change or remove a record that must never change."""
+
+
+def validate_topic_name(name: str) -> None:
+    """Refuse a topic name that breaks the naming rule, saying which part."""
+    example = "use lowercase letters, digits, '.', '-' and '_', starting with a letter, like 'irs.tax_policy'"
+    if len(name) > TOPIC_NAME_MAX_LENGTH:
+        raise ValidationError(f"topic name is {len(name)} characters; the limit is {TOPIC_NAME_MAX_LENGTH}")
+    if not TOPIC_NAME_RE.match(name):
+        raise ValidationError(f"topic name {name!r} breaks the naming rule: {example}")
+    if name.endswith(DLQ_SUFFIX):
+        raise ValidationError(f"topic name {name!r} ends with '{DLQ_SUFFIX}', which is reserved for dead letters")
+    if ".." in name or name.endswith((".", "-", "_")):
+        raise ValidationError(f"topic name {name!r} has an empty part or a trailing separator: {example}")
+
+
+def validate_event_type_name(name: str) -> None:
+    """Refuse an event type name that is not dotted lowercase words like 'tax_policy.updated'."""
+    if len(name) > 200 or not EVENT_TYPE_NAME_RE.match(name):
+        raise ValidationError(
+            f"event type {name!r} breaks the naming rule: dotted lowercase words of letters, digits "
+            "and '_', like 'tax_policy.updated'"
+        )
+
+
+class Source(models.TextChoices):
+    """Where an event or dead letter came from."""
+
+    FORM = "form", "web form"
+    API = "api", "JSON API"
+    CLI = "cli", "command line"
+    EXTERNAL = "external", "external publisher"
+    REPLAY = "replay", "dead-letter replay"
+
+
+class Topic(models.Model):
+    """A channel on the bus; its name is the Redis Pub/Sub channel subscribers listen on."""
+
+    name = models.CharField(max_length=TOPIC_NAME_MAX_LENGTH, unique=True, validators=[validate_topic_name])
+    description = models.TextField(blank=True)
+    sensitive = models.BooleanField(default=False, help_text="Publishing needs a second person's approval (four-eyes).")
+    stream_retention = models.PositiveIntegerField(
+        default=100_000, help_text="Events kept in the topic's Redis stream (XADD MAXLEN ~ N)."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            ("publish_topic", "Can publish events to the topic"),
+            ("approve_topic", "Can approve publishes to the sensitive topic"),
+            ("manage_topic", "Can manage the topic's schemas and dead letters"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def channel(self) -> str:
+        """The Redis Pub/Sub channel: the topic's name, as in the seed."""
+        return self.name
+
+    @property
+    def dlq_channel(self) -> str:
+        """The channel dead letters of this topic go to."""
+        return f"{self.name}{DLQ_SUFFIX}"
+
+
+class EventType(models.Model):
+    """A kind of event on a topic, such as ``tax_policy.updated``; its shape is in schema versions."""
+
+    topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="event_types")
+    name = models.CharField(max_length=200, validators=[validate_event_type_name])
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["topic__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["topic", "name"], name="unique_event_type_per_topic")]
+
+    def __str__(self) -> str:
+        return f"{self.topic.name}/{self.name}"
+
+
+class Compatibility(models.TextChoices):
+    """What a new schema version must keep of the one before it."""
+
+    NONE = "none", "none: any change allowed"
+    BACKWARD = "backward", "backward: events valid before stay valid"
+
+
+class SchemaVersionQuerySet(models.QuerySet["SchemaVersion"]):
+    """Queries over schema versions."""
+
+    def active(self) -> SchemaVersionQuerySet:
+        """Versions that may be published against: not deprecated, newest first."""
+        return self.filter(deprecated=False).order_by("-version")
+
+
+class SchemaVersion(models.Model):
+    """One immutable JSON Schema (Draft 2020-12) for an event type's payload."""
+
+    event_type = models.ForeignKey(EventType, on_delete=models.PROTECT, related_name="schema_versions")
+    version = models.PositiveIntegerField()
+    schema = models.JSONField()
+    fingerprint = models.CharField(max_length=64, help_text="sha256 of the schema's canonical JSON.")
+    compatibility = models.CharField(max_length=16, choices=Compatibility.choices, default=Compatibility.BACKWARD)
+    deprecated = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = SchemaVersionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["event_type", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["event_type", "version"], name="unique_schema_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} v{self.version}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save a new version; afterwards only the deprecated flag may change."""
+        if not self._state.adding and set(kwargs.get("update_fields") or ()) != {"deprecated"}:
+            raise ImmutableRecordError("a saved schema version is immutable: create a new version instead")
+        super().save(*args, **kwargs)
+
+
+class EventStatus(models.TextChoices):
+    """Where an accepted event is on its way to the bus."""
+
+    PENDING = "pending", "pending: accepted, not yet on the bus"
+    PUBLISHED = "published", "published"
+
+
+class Event(models.Model):
+    """One event in the history; while ``pending`` it is also the outbox row the relay sends."""
+
+    envelope_id = models.CharField(max_length=128, unique=True)
+    topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="events")
+    event_type = models.ForeignKey(EventType, on_delete=models.PROTECT, related_name="events")
+    schema_version = models.ForeignKey(SchemaVersion, on_delete=models.PROTECT, related_name="events")
+    payload = models.JSONField()
+    envelope = models.TextField(help_text="The exact JSON that goes (or went) on the bus.")
+    timestamp = models.DateTimeField(help_text="The envelope's timestamp.")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    publisher = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    publisher_name = models.CharField(max_length=150, help_text="Who published it, as they were named then.")
+    status = models.CharField(max_length=16, choices=EventStatus.choices, default=EventStatus.PENDING)
+    stream_id = models.CharField(max_length=32, blank=True, help_text="Redis stream entry id once published.")
+    created_at = models.DateTimeField(auto_now_add=True, help_text="When it was accepted (queued).")
+    published_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-timestamp", "-id"]
+        indexes = [
+            models.Index(fields=["topic", "timestamp", "id"], name="event_topic_time"),
+            models.Index(fields=["timestamp", "id"], name="event_time"),
+            models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="event_pending_outbox"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type.name} {self.envelope_id}"
+
+    def get_absolute_url(self) -> str:
+        """The event's full record in the admin until the history pages exist."""
+        return reverse("admin:busapp_event_change", args=[self.pk])
+
+
+class DeadLetterStatus(models.TextChoices):
+    """What became of a dead letter."""
+
+    OPEN = "open", "open"
+    REPLAYED = "replayed", "replayed"
+    DISCARDED = "discarded", "discarded"
+
+
+class DeadLetter(models.Model):
+    """Something that arrived for a topic and failed validation, kept as it arrived."""
+
+    topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="dead_letters")
+    raw = models.TextField(help_text="The body as it arrived (text; may not be JSON).")
+    errors = models.JSONField(help_text='[{"path": "/payload/x", "message": "..."}]')
+    source = models.CharField(max_length=16, choices=Source.choices)
+    publisher = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    publisher_name = models.CharField(max_length=150, blank=True)
+    origin = models.CharField(
+        max_length=200,
+        null=True,
+        blank=True,
+        unique=True,
+        help_text="The Redis stream entry it was read from, so the tap records it once.",
+    )
+    received_at = models.DateTimeField(default=timezone.now)
+    status = models.CharField(max_length=16, choices=DeadLetterStatus.choices, default=DeadLetterStatus.OPEN)
+    dlq_message = models.TextField(help_text="The JSON sent to '<topic>.dlq'.")
+    dlq_stream_id = models.CharField(max_length=32, blank=True, help_text="Empty until sent to '<topic>.dlq'.")
+    replayed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    replayed_at = models.DateTimeField(null=True, blank=True)
+    replay_event = models.ForeignKey(
+        Event, null=True, blank=True, on_delete=models.PROTECT, related_name="replayed_from"
+    )
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [
+            models.Index(fields=["topic", "status", "received_at"], name="deadletter_topic_status"),
+            models.Index(fields=["id"], condition=Q(dlq_stream_id=""), name="deadletter_unsent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"dead letter #{self.pk} on {self.topic.name}"
+
+
+class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
+    """Audit entries can be read and appended, never updated or deleted."""
+
+    def update(self, **kwargs: Any) -> int:
+        """Refuse: the audit log is append-only."""
+        raise ImmutableRecordError("the audit log is append-only: entries cannot be updated")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Refuse: the audit log is append-only."""
+        raise ImmutableRecordError("the audit log is append-only: entries cannot be deleted")
+
+
+class AuditEntry(models.Model):
+    """One link of the hash-chained audit log: ``hash = sha256(prev_hash + canonical JSON)``."""
+
+    seq = models.PositiveBigIntegerField(unique=True)
+    time = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)
+    target = models.CharField(max_length=200)
+    details = models.JSONField(default=dict)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    objects = AuditEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-seq"]
+        verbose_name_plural = "audit entries"
+        indexes = [
+            models.Index(fields=["target"], name="audit_target"),
+            models.Index(fields=["action", "time"], name="audit_action_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.action} {self.target}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Append a new entry; refuse to change a saved one."""
+        if not self._state.adding:
+            raise ImmutableRecordError("the audit log is append-only: entries cannot be changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        """Refuse: the audit log is append-only."""
+        raise ImmutableRecordError("the audit log is append-only: entries cannot be deleted")
+
+
+class AuditHead(models.Model):
+    """The chain's newest link, one row; writers lock it so two of them never fork the chain."""
+
+    seq = models.PositiveBigIntegerField(default=0)
+    hash = models.CharField(max_length=64, default="0" * 64)
+
+    def __str__(self) -> str:
+        return f"audit head #{self.seq}"

@@ -1,0 +1,201 @@
+"""The one module that talks to the bus: envelopes, one MULTI per send, the relay of what is still pending."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from busapp.audit import AuditRecord, audit_append
+from busapp.models import DeadLetter, Event, EventStatus
+
+logger = logging.getLogger(__name__)
+
+STREAM_PREFIX = "stream:"
+# Pub/Sub carries nothing for those not listening, so the tap's elected listener copies
+# what it hears here; the worker then reads it through the consumer group like a topic stream.
+INGEST_STREAM = "hms:tap:ingest"
+RELAY_BATCH = 500
+MAX_BACKOFF_SECONDS = 60
+
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+class BusUnavailableError(Exception):
+    """Redis did not answer; what was accepted stays pending and the relay sends it later."""
+
+
+def bus_redis() -> redis.Redis:
+    """The process's Redis client for ``REDIS_URL``, with short timeouts so a dead Redis fails fast."""
+    url = settings.REDIS_URL
+    client = _clients.get(url)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(url)
+            if client is None:
+                client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=5)
+                _clients[url] = client
+    return client
+
+
+def redis_unreachable_message(error: Exception) -> str:
+    """Say which Redis did not answer and what to do about it."""
+    return f"Redis at {settings.REDIS_URL} is not reachable ({error}): start Redis or set REDIS_URL"
+
+
+def stream_key(channel: str) -> str:
+    """The Redis stream that keeps a channel's messages for durable consumers and the tap."""
+    return f"{STREAM_PREFIX}{channel}"
+
+
+def envelope_build(
+    *,
+    event_type: str,
+    payload: Any,
+    topic: str,
+    schema_version: int,
+    source: str,
+    publisher: str,
+) -> tuple[dict[str, Any], str]:
+    """The seed's envelope ``{id, type, timestamp, payload}`` plus our extra keys, and its wire JSON."""
+    envelope = {
+        "id": str(uuid.uuid4()),
+        "type": event_type,
+        "timestamp": time.time(),
+        "payload": payload,
+        "topic": topic,
+        "schema_version": schema_version,
+        "source": source,
+        "publisher": publisher,
+    }
+    return envelope, json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+
+
+def _send(messages: Sequence[tuple[str, str, int]]) -> list[str]:
+    """PUBLISH and XADD each (channel, body, maxlen) in one MULTI; return the stream ids."""
+    pipe = bus_redis().pipeline(transaction=True)
+    for channel, body, maxlen in messages:
+        pipe.publish(channel, body)
+        pipe.xadd(stream_key(channel), {"event": body}, maxlen=maxlen, approximate=True)
+    try:
+        results = pipe.execute()
+    except redis.RedisError as error:
+        raise BusUnavailableError(redis_unreachable_message(error)) from error
+    return [entry_id.decode() for entry_id in results[1::2]]
+
+
+def _retry_later(events: Sequence[Event], error: Exception) -> None:
+    """Record a failed attempt on each event and when the relay should try again."""
+    now = timezone.now()
+    for event in events:
+        event.attempts += 1
+        event.next_attempt_at = now + dt.timedelta(seconds=min(MAX_BACKOFF_SECONDS, 2 ** (event.attempts - 1)))
+        event.last_error = str(error)
+    Event.objects.bulk_update(events, ["attempts", "next_attempt_at", "last_error"])
+
+
+def events_send(events: Sequence[Event]) -> bool:
+    """Put committed events on the bus in one round trip and mark them published; False if Redis is down."""
+    if not events:
+        return True
+    messages = [(event.topic.channel, event.envelope, event.topic.stream_retention) for event in events]
+    try:
+        stream_ids = _send(messages)
+    except BusUnavailableError as error:
+        logger.warning("%d event(s) queued: %s", len(events), error)
+        _retry_later(events, error)
+        return False
+    now = timezone.now()
+    for event, stream_id in zip(events, stream_ids, strict=True):
+        event.status, event.stream_id, event.published_at, event.last_error = (
+            EventStatus.PUBLISHED,
+            stream_id,
+            now,
+            "",
+        )
+    if len(events) == 1:
+        event = events[0]
+        Event.objects.filter(pk=event.pk).update(status=event.status, stream_id=event.stream_id, published_at=now)
+    else:
+        Event.objects.bulk_update(events, ["status", "stream_id", "published_at", "last_error"], batch_size=500)
+    return True
+
+
+def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:
+    """Put committed dead letters on ``<topic>.dlq`` (channel and stream); False if Redis is down."""
+    if not dead_letters:
+        return True
+    messages = [
+        (letter.topic.dlq_channel, letter.dlq_message, letter.topic.stream_retention) for letter in dead_letters
+    ]
+    try:
+        stream_ids = _send(messages)
+    except BusUnavailableError as error:
+        logger.warning("%d dead letter(s) not yet sent to their .dlq: %s", len(dead_letters), error)
+        return False
+    for letter, stream_id in zip(dead_letters, stream_ids, strict=True):
+        letter.dlq_stream_id = stream_id
+    DeadLetter.objects.bulk_update(dead_letters, ["dlq_stream_id"], batch_size=500)
+    return True
+
+
+def bus_reachable() -> bool:
+    """True when Redis answers a PING."""
+    try:
+        return bool(bus_redis().ping())
+    except redis.RedisError:
+        return False
+
+
+def _grace() -> dt.timedelta:
+    """How long the after-commit send has before the relay may send the same thing."""
+    return dt.timedelta(seconds=settings.BUS_RELAY_GRACE_SECONDS)
+
+
+def relay_pending(*, limit: int = RELAY_BATCH) -> int:
+    """Send the oldest events and dead letters still waiting for Redis; return how many went out."""
+    if not bus_reachable():  # do not hold the database's write lock while Redis times out
+        return 0
+    sent = 0
+    with transaction.atomic():
+        events = list(
+            Event.objects.select_for_update(skip_locked=True)
+            .select_related("topic")
+            .filter(status=EventStatus.PENDING, next_attempt_at__lte=timezone.now())
+            .order_by("id")[:limit]
+        )
+        if events and events_send(events):
+            sent += len(events)
+            delays = [(event.published_at - event.created_at).total_seconds() for event in events]  # type: ignore[operator]
+            audit_append(
+                actor="system:bus-worker",
+                records=[
+                    AuditRecord(
+                        "event.relay",
+                        f"event:{event.envelope_id}",
+                        {"stream_id": event.stream_id, "delay_seconds": round(delay, 3), "attempts": event.attempts},
+                    )
+                    for event, delay in zip(events, delays, strict=True)
+                ],
+            )
+    with transaction.atomic():
+        letters = list(
+            DeadLetter.objects.select_for_update(skip_locked=True)
+            .select_related("topic")
+            .filter(dlq_stream_id="", received_at__lte=timezone.now() - _grace())
+            .order_by("id")[:limit]
+        )
+        if letters and dead_letters_send(letters):
+            sent += len(letters)
+    return sent

@@ -1,0 +1,339 @@
+"""State changes: each validates, writes its rows and audit entries in one transaction, and sends only on commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group, Permission
+from django.db import transaction
+from django.utils import timezone
+
+from busapp.audit import Actor, AuditRecord, actor_parts, audit_append, audit_record
+from busapp.models import (
+    Compatibility,
+    DeadLetter,
+    Event,
+    EventStatus,
+    EventType,
+    SchemaVersion,
+    Source,
+    Topic,
+)
+from busapp.permissions import ROLE_PERMISSIONS
+from busapp.publishing import dead_letters_send, envelope_build, events_send
+from busapp.selectors import schema_version_active, topic_get
+from busapp.validation import (
+    ApprovalRequiredError,
+    EventRejectedError,
+    FieldError,
+    SchemaInvalidError,
+    backward_incompatibilities,
+    payload_errors,
+    schema_check,
+    schema_fingerprint,
+    schema_uri,
+)
+
+
+def roles_ensure() -> None:
+    """Create the three role groups with their global permissions (idempotent)."""
+    for role, codenames in ROLE_PERMISSIONS.items():
+        group, _ = Group.objects.get_or_create(name=role.value)
+        permissions = Permission.objects.filter(content_type__app_label="busapp", codename__in=codenames)
+        group.permissions.set(permissions)
+
+
+@transaction.atomic
+def topic_create(
+    *, name: str, actor: Actor, description: str = "", sensitive: bool = False, stream_retention: int = 100_000
+) -> Topic:
+    """Create a topic after checking its name against the naming rule."""
+    user, _ = actor_parts(actor)
+    topic = Topic(
+        name=name,
+        description=description,
+        sensitive=sensitive,
+        stream_retention=stream_retention,
+        created_by=user,
+    )
+    topic.full_clean()
+    topic.save()
+    audit_record(
+        actor=actor,
+        action="topic.create",
+        target=f"topic:{name}",
+        details={"description": description, "sensitive": sensitive, "stream_retention": stream_retention},
+    )
+    return topic
+
+
+@transaction.atomic
+def event_type_create(*, topic: Topic, name: str, actor: Actor, description: str = "") -> EventType:
+    """Create an event type on a topic after checking its name."""
+    event_type = EventType(topic=topic, name=name, description=description)
+    event_type.full_clean()
+    event_type.save()
+    audit_record(actor=actor, action="event_type.create", target=f"event_type:{event_type}", details={})
+    return event_type
+
+
+def schema_version_check(*, event_type: EventType, schema: Any, compatibility: str) -> int:
+    """Raise SchemaInvalidError when the schema cannot be the next version; return that version's number."""
+    latest = SchemaVersion.objects.filter(event_type=event_type).order_by("-version").first()
+    number = latest.version + 1 if latest else 1
+    schema_check(schema, uri=schema_uri(event_type.topic.name, event_type.name, number))
+    if latest is not None and compatibility == Compatibility.BACKWARD:
+        problems = backward_incompatibilities(latest.schema, schema)
+        if problems:
+            raise SchemaInvalidError(
+                f"not backward compatible with v{latest.version}: "
+                + "; ".join(problems)
+                + " (create it with compatibility 'none' to allow a breaking change)"
+            )
+    return number
+
+
+@transaction.atomic
+def schema_version_create(
+    *,
+    event_type: EventType,
+    schema: Any,
+    actor: Actor,
+    compatibility: str = Compatibility.BACKWARD,
+) -> SchemaVersion:
+    """Save the next schema version of an event type; refuse an invalid or (in backward mode) breaking schema."""
+    number = schema_version_check(event_type=event_type, schema=schema, compatibility=compatibility)
+    user, _ = actor_parts(actor)
+    version = SchemaVersion.objects.create(
+        event_type=event_type,
+        version=number,
+        schema=schema,
+        fingerprint=schema_fingerprint(schema),
+        compatibility=compatibility,
+        created_by=user,
+    )
+    audit_record(
+        actor=actor,
+        action="schema_version.create",
+        target=f"schema:{event_type}/v{number}",
+        details={"fingerprint": version.fingerprint, "compatibility": compatibility},
+    )
+    return version
+
+
+def _publisher_name(actor: Actor) -> str:
+    """How history names whoever published."""
+    return actor_parts(actor)[1][:150]
+
+
+def event_build(*, version: SchemaVersion, payload: Any, actor: Actor, source: str) -> Event:
+    """An unsaved, pending Event for a valid payload, with its exact wire envelope."""
+    event_type = version.event_type
+    topic = event_type.topic
+    publisher, publisher_name = actor_parts(actor)
+    envelope, wire = envelope_build(
+        event_type=event_type.name,
+        payload=payload,
+        topic=topic.name,
+        schema_version=version.version,
+        source=source,
+        publisher=publisher_name,
+    )
+    now = timezone.now()
+    return Event(
+        envelope_id=envelope["id"],
+        topic=topic,
+        event_type=event_type,
+        schema_version=version,
+        payload=payload,
+        envelope=wire,
+        timestamp=dt.datetime.fromtimestamp(envelope["timestamp"], tz=dt.UTC),
+        source=source,
+        publisher=publisher,
+        publisher_name=publisher_name[:150],
+        status=EventStatus.PENDING,
+        # The after-commit send goes first; the relay only takes what it left behind.
+        next_attempt_at=now + dt.timedelta(seconds=settings.BUS_RELAY_GRACE_SECONDS),
+    )
+
+
+def _publish_record(event: Event) -> AuditRecord:
+    """The audit entry that says an event was accepted."""
+    return AuditRecord(
+        "event.publish",
+        f"event:{event.envelope_id}",
+        {
+            "topic": event.topic.name,
+            "type": event.event_type.name,
+            "schema_version": event.schema_version.version,
+            "source": event.source,
+        },
+    )
+
+
+def _approval_check(topic: Topic, actor: Actor, approved_by: Actor | None) -> None:
+    """Refuse a publish to a sensitive topic without a second person's approval."""
+    if not topic.sensitive:
+        return
+    if approved_by is None:
+        message = f"topic {topic.name!r} is sensitive: a publish needs a second person's approval"
+        raise ApprovalRequiredError([{"path": "/topic", "message": message}])
+    if actor_parts(approved_by)[1] == actor_parts(actor)[1]:
+        raise ApprovalRequiredError([{"path": "/approval", "message": "nobody may approve their own publish"}])
+
+
+def event_publish(
+    *,
+    topic: str,
+    event_type: str,
+    payload: Any,
+    actor: Actor,
+    source: str,
+    approved_by: Actor | None = None,
+) -> Event:
+    """Validate, record (outbox + audit, one transaction), then put the event on the bus on commit.
+
+    Returns the event: ``published``, or ``pending`` when Redis is down (the relay sends it later).
+    Raises TopicNotFoundError, ApprovalRequiredError or EventRejectedError and writes nothing
+    when the input is refused.
+    """
+    version = schema_version_active(topic=topic, event_type=event_type)
+    _approval_check(version.event_type.topic, actor, approved_by)
+    errors = payload_errors(version, payload)
+    if errors:
+        raise EventRejectedError(errors)
+    event = event_build(version=version, payload=payload, actor=actor, source=source)
+    record = _publish_record(event)
+    if approved_by is not None:
+        record.details["approved_by"] = actor_parts(approved_by)[1]
+    with transaction.atomic():
+        event.save()
+        audit_append(actor=actor, records=[record])
+        transaction.on_commit(lambda: events_send([event]), robust=True)
+    return event
+
+
+def dead_letter_build(
+    *,
+    topic: Topic,
+    raw: str,
+    errors: list[FieldError],
+    source: str,
+    actor: Actor,
+    origin: str | None = None,
+) -> DeadLetter:
+    """An unsaved dead letter and the JSON that goes to ``<topic>.dlq``."""
+    publisher, publisher_name = actor_parts(actor)
+    received_at = timezone.now()
+    try:
+        arrived: Any = json.loads(raw)
+    except ValueError:
+        arrived = raw
+    message = {
+        "event": arrived,
+        "errors": errors,
+        "received_at": received_at.timestamp(),
+        "source": source,
+        "topic": topic.name,
+    }
+    return DeadLetter(
+        topic=topic,
+        raw=raw,
+        errors=errors,
+        source=source,
+        publisher=publisher,
+        publisher_name=publisher_name[:150],
+        origin=origin,
+        received_at=received_at,
+        dlq_message=json.dumps(message, separators=(",", ":"), ensure_ascii=False),
+    )
+
+
+def dead_letter_audit_record(letter: DeadLetter) -> AuditRecord:
+    """The audit entry that says something was dead-lettered, and why."""
+    return AuditRecord(
+        "dead_letter.create",
+        f"topic:{letter.topic.name}",
+        {"source": letter.source, "errors": letter.errors[:20], "origin": letter.origin},
+    )
+
+
+def dead_letter_create(*, topic: Topic, raw: str, errors: list[FieldError], source: str, actor: Actor) -> DeadLetter:
+    """Keep a refused event as it arrived, audit it, and send it to ``<topic>.dlq`` on commit."""
+    letter = dead_letter_build(topic=topic, raw=raw, errors=errors, source=source, actor=actor)
+    with transaction.atomic():
+        letter.save()
+        audit_append(actor=actor, records=[dead_letter_audit_record(letter)])
+        transaction.on_commit(lambda: dead_letters_send([letter]), robust=True)
+    return letter
+
+
+@dataclass
+class BatchOutcome:
+    """What a batch publish did with each item, in order: an event, or a dead letter with its errors."""
+
+    events: list[Event] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    items: list[Event | DeadLetter] = field(default_factory=list)
+
+
+def event_publish_batch(
+    *, topic: str, items: Sequence[Mapping[str, Any]], actor: Actor, source: str = Source.API
+) -> BatchOutcome:
+    """Publish many ``{"type", "payload"}`` items: one transaction, one Redis round trip.
+
+    Valid items become events; invalid ones become dead letters (and go to ``<topic>.dlq``).
+    """
+    topic_row = topic_get(name=topic)
+    _approval_check(topic_row, actor, approved_by=None)
+    versions: dict[str, SchemaVersion | EventRejectedError] = {}
+    outcome = BatchOutcome()
+    for item in items:
+        type_name = item.get("type")
+        payload = item.get("payload")
+        errors: list[FieldError]
+        if not isinstance(type_name, str):
+            errors = [{"path": "/type", "message": "is required and must be a string"}]
+        else:
+            if type_name not in versions:
+                try:
+                    versions[type_name] = schema_version_active(topic=topic, event_type=type_name)
+                except EventRejectedError as refused:
+                    versions[type_name] = refused
+            version = versions[type_name]
+            if isinstance(version, EventRejectedError):
+                errors = version.errors
+            elif not isinstance(payload, dict):
+                errors = [{"path": "/payload", "message": "is required and must be an object"}]
+            else:
+                errors = payload_errors(version, payload)
+                if not errors:
+                    event = event_build(version=version, payload=payload, actor=actor, source=source)
+                    outcome.events.append(event)
+                    outcome.items.append(event)
+                    continue
+        raw = json.dumps(dict(item), separators=(",", ":"), ensure_ascii=False, default=str)
+        letter = dead_letter_build(topic=topic_row, raw=raw, errors=errors, source=source, actor=actor)
+        outcome.dead_letters.append(letter)
+        outcome.items.append(letter)
+    with transaction.atomic():
+        Event.objects.bulk_create(outcome.events)
+        DeadLetter.objects.bulk_create(outcome.dead_letters)
+        audit_append(
+            actor=actor,
+            records=[_publish_record(event) for event in outcome.events]
+            + [dead_letter_audit_record(letter) for letter in outcome.dead_letters],
+        )
+        transaction.on_commit(lambda: _batch_send(outcome), robust=True)
+    return outcome
+
+
+def _batch_send(outcome: BatchOutcome) -> None:
+    """Send a committed batch's events, then its dead letters."""
+    events_send(outcome.events)
+    dead_letters_send(outcome.dead_letters)

@@ -1,0 +1,552 @@
+"""The bus worker: relay (pending events to Redis), tap (Redis to history and DLQ), fan-out (to browsers).
+
+One asyncio loop; every database step runs in Django's one sync thread through
+``sync_to_async``. The tap reads topic streams and the ingest stream (what the elected
+Pub/Sub listener heard from seed-style publishers) through a consumer group, records
+each envelope id once, and acknowledges an entry only after its history row committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import socket
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
+from django.utils import timezone
+from redis.exceptions import RedisError, ResponseError
+
+from busapp.audit import AuditRecord, audit_append
+from busapp.models import DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
+from busapp.publishing import INGEST_STREAM, STREAM_PREFIX, dead_letters_send, relay_pending, stream_key
+from busapp.services import dead_letter_audit_record, dead_letter_build
+from busapp.validation import FieldError, envelope_errors, payload_errors
+
+logger = logging.getLogger(__name__)
+
+GROUP = "hms-bus-admin"
+LEADER_KEY = "hms:tap:leader"
+LEADER_TTL_MS = 10_000
+READ_COUNT = 500
+FANOUT_INTERVAL = 0.1  # seconds: at most one group_send per topic this often
+TOPIC_REFRESH_SECONDS = 5.0
+CLAIM_EVERY_SECONDS = 30.0
+RELAY_EVERY_SECONDS = 0.5
+INGEST_MAXLEN = 100_000
+RAW_KEEP_BYTES = 1024 * 1024
+FANOUT_PAYLOAD_BYTES = 4096
+EXTERNAL_ACTOR = "external"
+
+T = TypeVar("T")
+
+# Extend the leader lock only if we still hold it.
+_RENEW_LEADER = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE_LEADER = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def topic_group(topic: str) -> str:
+    """The Channels group that live-traffic websockets of a topic join."""
+    return f"topic.{topic}"
+
+
+def dlq_group(topic: str) -> str:
+    """The Channels group that dead-letter websockets of a topic join."""
+    return f"dlq.{topic}"
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One entry read from a Redis stream: which stream, its id, the channel it belongs to, its body."""
+
+    stream: str
+    entry_id: str
+    channel: str
+    body: bytes
+
+    @property
+    def origin(self) -> str:
+        """Where it was read, unique across the bus: ``stream:tax-policy:1700000000000-0``."""
+        return f"{self.stream}:{self.entry_id}"
+
+
+@dataclass
+class TapOutcome:
+    """What one batch recorded: live items per Channels group, dead letters to send."""
+
+    groups: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    recorded: int = 0
+
+
+def entries_from_reply(reply: Any) -> list[StreamEntry]:
+    """Flatten an XREADGROUP/XAUTOCLAIM reply into entries, mapping each stream to its channel."""
+    entries = []
+    for raw_stream, messages in reply or []:
+        stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
+        for raw_id, fields in messages:
+            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            if stream == INGEST_STREAM:
+                channel = fields.get(b"channel", b"").decode(errors="replace")
+                body = fields.get(b"data", b"")
+            else:
+                channel = stream.removeprefix(STREAM_PREFIX)
+                body = fields.get(b"event", b"")
+            entries.append(StreamEntry(stream, entry_id, channel, body))
+    return entries
+
+
+def _live_item(event: Event | dict[str, Any], envelope: dict[str, Any]) -> dict[str, Any]:
+    """What a live-traffic browser gets for one event (large payloads summarised)."""
+    payload = envelope.get("payload")
+    payload_json = json.dumps(payload, separators=(",", ":"))
+    item = {
+        "id": envelope.get("id"),
+        "topic": envelope.get("topic"),
+        "type": envelope.get("type"),
+        "timestamp": envelope.get("timestamp"),
+        "source": envelope.get("source"),
+        "publisher": envelope.get("publisher"),
+        "status": EventStatus.PUBLISHED,
+    }
+    if isinstance(event, Event):
+        item.update(topic=event.topic.name, source=event.source, publisher=event.publisher_name)
+    if len(payload_json) <= FANOUT_PAYLOAD_BYTES:
+        item["payload"] = payload
+    else:
+        item["payload_omitted_bytes"] = len(payload_json)
+    return item
+
+
+def _decode(entry: StreamEntry) -> tuple[dict[str, Any] | None, list[FieldError]]:
+    """Parse an entry's body as the seed's envelope; return it or the errors."""
+    if len(entry.body) > RAW_KEEP_BYTES:
+        return None, [{"path": "", "message": f"is {len(entry.body):,} bytes; far over the payload limit"}]
+    try:
+        envelope = json.loads(entry.body)
+    except ValueError as error:
+        return None, [{"path": "", "message": f"is not valid JSON: {error}"}]
+    errors = envelope_errors(envelope)
+    return (envelope, []) if not errors else (None, errors)
+
+
+def tap_record(entries: list[StreamEntry]) -> TapOutcome:
+    """Record a batch of bus entries in history once each; dead-letter what fails validation."""
+    for attempt in range(3):
+        try:
+            return _tap_record_once(entries)
+        except IntegrityError:
+            # Another worker recorded one of these ids at the same moment: look again.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
+    """One attempt of ``tap_record`` in one transaction."""
+    outcome = TapOutcome()
+    decoded = [(entry, *_decode(entry)) for entry in entries]
+    ids = {envelope["id"] for _, envelope, _ in decoded if envelope is not None}
+    origins = {entry.origin for entry, envelope, _ in decoded if envelope is None}
+    topics = {topic.name: topic for topic in Topic.objects.filter(name__in={e.channel for e in entries})}
+    with transaction.atomic():
+        known = {
+            event.envelope_id: event for event in Event.objects.select_related("topic").filter(envelope_id__in=ids)
+        }
+        seen_letters = set(DeadLetter.objects.filter(origin__in=origins).values_list("origin", flat=True))
+        versions: dict[tuple[str, str], SchemaVersion | None] = {}
+        new_events: list[Event] = []
+        now = timezone.now()
+        for entry, envelope, errors in decoded:
+            topic = topics.get(entry.channel)
+            if topic is None:
+                logger.warning(
+                    "entry %s is for unknown channel %r; acknowledged and ignored", entry.origin, entry.channel
+                )
+                continue
+            from_topic_stream = entry.stream != INGEST_STREAM
+            if envelope is not None and envelope["id"] in known:
+                event = known[envelope["id"]]
+                if from_topic_stream:
+                    if event.status == EventStatus.PENDING:  # sent, but its sender died before marking it
+                        Event.objects.filter(pk=event.pk).update(
+                            status=EventStatus.PUBLISHED, stream_id=entry.entry_id, published_at=now
+                        )
+                    outcome.groups[topic_group(topic.name)].append(_live_item(event, envelope))
+                continue
+            if envelope is not None:
+                key = (topic.name, envelope["type"])
+                if key not in versions:
+                    versions[key] = (
+                        SchemaVersion.objects.active()
+                        .select_related("event_type__topic")
+                        .filter(event_type__topic=topic, event_type__name=envelope["type"])
+                        .first()
+                    )
+                version = versions[key]
+                if version is None:
+                    errors = [
+                        {"path": "/type", "message": f"unknown event type {envelope['type']!r} on topic {topic.name!r}"}
+                    ]
+                else:
+                    errors = payload_errors(version, envelope["payload"])
+                if not errors and version is not None:
+                    event = Event(
+                        envelope_id=envelope["id"],
+                        topic=topic,
+                        event_type=version.event_type,
+                        schema_version=version,
+                        payload=envelope["payload"],
+                        envelope=entry.body.decode(),
+                        timestamp=dt.datetime.fromtimestamp(envelope["timestamp"], tz=dt.UTC),
+                        source=Source.EXTERNAL,
+                        publisher_name=EXTERNAL_ACTOR,
+                        status=EventStatus.PUBLISHED,
+                        stream_id=entry.entry_id if from_topic_stream else "",
+                        published_at=now,
+                    )
+                    known[event.envelope_id] = event
+                    new_events.append(event)
+                    outcome.groups[topic_group(topic.name)].append(_live_item(event, envelope))
+                    continue
+            if entry.origin in seen_letters:
+                continue
+            seen_letters.add(entry.origin)
+            letter = dead_letter_build(
+                topic=topic,
+                raw=entry.body[:RAW_KEEP_BYTES].decode(errors="replace"),
+                errors=errors,
+                source=Source.EXTERNAL,
+                actor=EXTERNAL_ACTOR,
+                origin=entry.origin,
+            )
+            outcome.dead_letters.append(letter)
+            outcome.groups[dlq_group(topic.name)].append(
+                {"topic": topic.name, "errors": errors, "received_at": letter.received_at.timestamp()}
+            )
+        Event.objects.bulk_create(new_events)
+        DeadLetter.objects.bulk_create(outcome.dead_letters)
+        records = [
+            AuditRecord(
+                "event.record",
+                f"event:{event.envelope_id}",
+                {"topic": event.topic.name, "type": event.event_type.name, "stream_id": event.stream_id},
+            )
+            for event in new_events
+        ] + [dead_letter_audit_record(letter) for letter in outcome.dead_letters]
+        if records:
+            audit_append(actor=EXTERNAL_ACTOR, records=records)
+        outcome.recorded = len(new_events)
+    return outcome
+
+
+class FanOut:
+    """Coalesces live items per Channels group: at most one ``group_send`` per group every 100 ms."""
+
+    def __init__(self) -> None:
+        self.layer = get_channel_layer()
+        self.buffers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.last_sent: dict[str, float] = {}
+        self.scheduled: dict[str, asyncio.TimerHandle] = {}
+        self.sending: set[asyncio.Task[None]] = set()
+        self.sent_messages = 0
+
+    def add(self, groups: dict[str, list[dict[str, Any]]]) -> None:
+        """Queue items; each group is sent now, or 100 ms after its last send."""
+        loop = asyncio.get_running_loop()
+        for group, items in groups.items():
+            self.buffers[group].extend(items)
+            if group in self.scheduled:
+                continue
+            delay = max(0.0, self.last_sent.get(group, -FANOUT_INTERVAL) + FANOUT_INTERVAL - loop.time())
+            self.scheduled[group] = loop.call_later(delay, self._start_send, group)
+
+    def _start_send(self, group: str) -> None:
+        """Timer callback: send the group's buffer in a task."""
+        task = asyncio.ensure_future(self._send(group))
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
+
+    async def _send(self, group: str) -> None:
+        """One ``group_send`` with everything buffered for the group."""
+        self.scheduled.pop(group, None)
+        items = self.buffers.pop(group, [])
+        self.last_sent[group] = asyncio.get_running_loop().time()
+        if not items or self.layer is None:
+            return
+        kind = "bus.events" if group.startswith("topic.") else "bus.dead_letters"
+        try:
+            await self.layer.group_send(group, {"type": kind, "items": items})
+            self.sent_messages += 1
+        except Exception:  # live view is best effort; history has every event
+            logger.exception("fan-out to %s failed (%d items); history has them", group, len(items))
+
+    async def flush(self) -> None:
+        """Send everything still buffered now (on stop)."""
+        for group, handle in list(self.scheduled.items()):
+            handle.cancel()
+            await self._send(group)
+        if self.sending:
+            await asyncio.gather(*self.sending, return_exceptions=True)
+
+
+async def in_db(function: Callable[..., T], *args: Any) -> T:
+    """Run a database function in Django's sync thread, dropping a broken connection first."""
+
+    def call() -> T:
+        close_old_connections()
+        return function(*args)
+
+    return await sync_to_async(call, thread_sensitive=True)()
+
+
+def _topic_names() -> list[str]:
+    """Every topic's name."""
+    return list(Topic.objects.values_list("name", flat=True))
+
+
+class BusWorker:
+    """Relay, tap and fan-out in one process; several may run, sharing the streams through a consumer group."""
+
+    def __init__(self, *, name: str | None = None, claim_idle_ms: int | None = None) -> None:
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.claim_idle_ms = settings.BUS_CLAIM_IDLE_MS if claim_idle_ms is None else claim_idle_ms
+        self.redis = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1)
+        self.stopping = asyncio.Event()
+        self.fanout = FanOut()
+        self.streams: list[str] = []
+        self.topics: list[str] = []
+        self.recorded = 0
+
+    def stop(self) -> None:
+        """Ask every loop to finish what it holds and return."""
+        self.stopping.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, waking early when asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    async def run(self) -> None:
+        """Run relay, tap and Pub/Sub listener until ``stop()``; nothing is left half-done."""
+        loops = [self._tap_loop(), self._relay_loop(), self._listen_loop()]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            await self.fanout.flush()
+            await self.redis.aclose()
+
+    # The tap.
+
+    async def refresh_topics(self) -> None:
+        """Load the topic list and make sure each topic stream and the ingest stream have our group."""
+        self.topics = await in_db(_topic_names)
+        streams = [stream_key(name) for name in self.topics] + [INGEST_STREAM]
+        for stream in set(streams) - set(self.streams):
+            try:
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
+        self.streams = streams
+
+    async def read(self, *, block_ms: int = 100) -> list[StreamEntry]:
+        """Read new entries for this consumer (they stay pending until acknowledged)."""
+        if not self.streams:
+            await self.refresh_topics()
+        reply = await self.redis.xreadgroup(
+            GROUP, self.name, {stream: ">" for stream in self.streams}, count=READ_COUNT, block=block_ms
+        )
+        return entries_from_reply(reply)
+
+    async def claim(self) -> list[StreamEntry]:
+        """Take over entries another (dead) consumer read but never acknowledged."""
+        if not self.streams:
+            await self.refresh_topics()
+        claimed: list[StreamEntry] = []
+        for stream in self.streams:
+            start = "0-0"
+            while True:
+                reply = await self.redis.xautoclaim(
+                    stream, GROUP, self.name, self.claim_idle_ms, start_id=start, count=READ_COUNT
+                )
+                start, messages = reply[0], reply[1]
+                # Entries trimmed from the stream come back empty: nothing to record, just acknowledge.
+                gone = [entry_id for entry_id, fields in messages if not fields]
+                if len(reply) > 2:
+                    gone.extend(reply[2])
+                if gone:
+                    await self.redis.xack(stream, GROUP, *gone)
+                claimed.extend(entries_from_reply([(stream, [m for m in messages if m[1]])]))
+                if start in (b"0-0", "0-0"):
+                    break
+        if claimed:
+            logger.info("claimed %d entries left unacknowledged by a stopped worker", len(claimed))
+        return claimed
+
+    async def record(self, entries: list[StreamEntry]) -> TapOutcome:
+        """Record entries in history (committed when this returns) and send their dead letters."""
+        outcome = await in_db(tap_record, entries)
+        if outcome.dead_letters:
+            await in_db(dead_letters_send, outcome.dead_letters)
+        return outcome
+
+    async def ack(self, entries: list[StreamEntry]) -> None:
+        """Acknowledge entries whose history rows are committed."""
+        by_stream: dict[str, list[str]] = defaultdict(list)
+        for entry in entries:
+            by_stream[entry.stream].append(entry.entry_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, GROUP, *ids)
+            await pipe.execute()
+
+    async def handle(self, entries: list[StreamEntry]) -> TapOutcome:
+        """Record, then acknowledge, then fan out: an entry is acknowledged only once its row is safe."""
+        outcome = await self.record(entries)
+        await self.ack(entries)
+        self.fanout.add(outcome.groups)
+        self.recorded += outcome.recorded
+        return outcome
+
+    async def _tap_loop(self) -> None:
+        """Read, record, acknowledge, fan out; refresh topics and claim orphans now and then."""
+        loop = asyncio.get_running_loop()
+        next_refresh = next_claim = 0.0
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                if loop.time() >= next_refresh:
+                    await self.refresh_topics()
+                    next_refresh = loop.time() + TOPIC_REFRESH_SECONDS
+                if loop.time() >= next_claim:
+                    claimed = await self.claim()
+                    if claimed:
+                        await self.handle(claimed)
+                    next_claim = loop.time() + CLAIM_EVERY_SECONDS
+                entries = await self.read()
+                if entries:
+                    await self.handle(entries)
+                backoff = 0.5
+            except (RedisError, OSError) as error:
+                logger.warning("tap: Redis unavailable (%s); retrying in %.1fs", error, backoff)
+                self.streams = []  # groups may be gone with a restarted Redis
+                await self._pause(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except DatabaseError as error:
+                logger.warning("tap: database error (%s); retrying in %.1fs", error, backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    # The relay.
+
+    async def _relay_loop(self) -> None:
+        """Send what is still pending, oldest first, backing off while Redis is down."""
+        while not self.stopping.is_set():
+            try:
+                sent = await in_db(relay_pending)
+            except DatabaseError as error:
+                logger.warning("relay: database error (%s)", error)
+                sent = 0
+            if sent:
+                logger.info("relay: sent %d pending event(s) and dead letter(s)", sent)
+                continue
+            await self._pause(RELAY_EVERY_SECONDS)
+
+    # The Pub/Sub listener for seed-style publishers.
+
+    async def _listen_loop(self) -> None:
+        """While elected, copy what seed-style publishers PUBLISH into the ingest stream."""
+        while not self.stopping.is_set():
+            try:
+                if await self._elect():
+                    await self._listen_as_leader()
+                else:
+                    await self._pause(LEADER_TTL_MS / 3000)
+            except (RedisError, OSError) as error:
+                logger.warning("listener: Redis unavailable (%s)", error)
+                await self._pause(1.0)
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.eval(_RELEASE_LEADER, 1, LEADER_KEY, self.name)
+
+    async def _elect(self) -> bool:
+        """Take or keep the listener lock; True while this worker holds it."""
+        if await self.redis.set(LEADER_KEY, self.name, nx=True, px=LEADER_TTL_MS):
+            logger.info("listener: %s elected to tap Pub/Sub", self.name)
+            return True
+        return bool(await self.redis.eval(_RENEW_LEADER, 1, LEADER_KEY, self.name, LEADER_TTL_MS))
+
+    async def _listen_as_leader(self) -> None:
+        """Subscribe to every topic channel and copy messages into the ingest stream until leadership lapses."""
+        loop = asyncio.get_running_loop()
+        pubsub = self.redis.pubsub()
+        subscribed: set[str] = set()
+        renew_at = 0.0
+        try:
+            while not self.stopping.is_set():
+                if loop.time() >= renew_at:
+                    if not await self._elect():
+                        return
+                    wanted = set(self.topics)
+                    if wanted - subscribed:
+                        await pubsub.subscribe(*(wanted - subscribed))
+                        subscribed |= wanted
+                    renew_at = loop.time() + LEADER_TTL_MS / 3000
+                if not subscribed:
+                    await self._pause(0.2)
+                    continue
+                batch = await self._drain(pubsub)
+                if batch:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for channel, data in batch:
+                            pipe.xadd(
+                                INGEST_STREAM,
+                                {"channel": channel, "data": data},
+                                maxlen=INGEST_MAXLEN,
+                                approximate=True,
+                            )
+                        await pipe.execute()
+        finally:
+            await pubsub.aclose()
+
+    async def _drain(self, pubsub: aioredis.client.PubSub) -> list[tuple[bytes, bytes]]:
+        """Collect the messages that are waiting (up to a batch), waiting at most 100 ms for the first."""
+        batch: list[tuple[bytes, bytes]] = []
+        timeout = 0.1
+        while len(batch) < READ_COUNT:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+            if message is None:
+                break
+            if message["type"] == "message":
+                batch.append((message["channel"], message["data"]))
+            timeout = 0.0
+        return batch
+
+
+async def run_until_signalled(worker: BusWorker, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Run the worker, stopping it cleanly on SIGTERM or SIGINT."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, worker.stop)
+    if on_ready is not None:
+        await on_ready()
+    await worker.run()

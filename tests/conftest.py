@@ -1,0 +1,76 @@
+"""Every test runs against real services: a redis-server the suite starts, and the configured database."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.management import call_command
+
+from busapp.validation import validator_cache_clear
+from tests.support import RedisServer
+
+DEMO_PASSWORD = "correct-horse-battery-42"
+_suite_redis = RedisServer()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the suite's own Redis and point the bus and the Channels layer at it."""
+    _suite_redis.start()
+    settings.REDIS_URL = _suite_redis.url(0)
+    settings.CHANNEL_LAYER_URL = _suite_redis.url(1)
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [_suite_redis.url(1)]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the suite's Redis."""
+    _suite_redis.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_validators() -> Iterator[None]:
+    """Compiled validators are per process; forget them so each test compiles its own."""
+    validator_cache_clear()
+    yield
+    validator_cache_clear()
+
+
+@pytest.fixture
+def suite_redis() -> RedisServer:
+    """The suite's Redis server."""
+    return _suite_redis
+
+
+@pytest.fixture
+def bus(suite_redis: RedisServer) -> redis.Redis:
+    """A client on the bus's Redis, emptied (bus and Channels layer) before the test."""
+    client = redis.Redis.from_url(suite_redis.url(0))
+    client.flushall()
+    return client
+
+
+@pytest.fixture
+def demo(db: None) -> None:
+    """The seed's story: topics tax-policy and irs.withholding, their schemas, and the four demo users."""
+    call_command("load_demo", password=DEMO_PASSWORD, stdout=io.StringIO())
+
+
+@pytest.fixture
+def demo_committed(transactional_db: None) -> None:
+    """The demo data, committed, for tests where other threads or processes read the database."""
+    call_command("load_demo", password=DEMO_PASSWORD, stdout=io.StringIO())
+
+
+@pytest.fixture
+def outage_redis(settings: object) -> Iterator[RedisServer]:
+    """A Redis of its own that the test may stop and start, set as the bus."""
+    server = RedisServer()
+    server.start()
+    settings.REDIS_URL = server.url(0)  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        server.stop()

