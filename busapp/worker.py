@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
+from django.db import DatabaseError, IntegrityError, close_old_connections, connections, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError, ResponseError
 
@@ -352,6 +352,7 @@ class BusWorker:
         finally:
             await self.fanout.flush()
             await self.redis.aclose()
+            await sync_to_async(connections.close_all, thread_sensitive=True)()
 
     # The tap.
 

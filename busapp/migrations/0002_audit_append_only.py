@@ -30,7 +30,7 @@ def create_trigger(apps: Any, schema_editor: Any) -> None:
     """Install the trigger for this database."""
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
-        schema_editor.execute(POSTGRES_CREATE)
+        schema_editor.execute(POSTGRES_CREATE, params=None)
     elif vendor == "sqlite":
         schema_editor.execute(SQLITE_CREATE)
 

@@ -1,0 +1,168 @@
+"""event_publish: validate, record outbox and audit in one transaction, one MULTI to Redis on commit."""
+
+import json
+
+import pytest
+import redis
+from django.db import DatabaseError
+
+from busapp import services
+from busapp.audit import audit_verify
+from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, Source
+from busapp.publishing import relay_pending, stream_key
+from busapp.services import event_publish, event_publish_batch
+from busapp.validation import ApprovalRequiredError, EventRejectedError, TopicNotFoundError
+from tests.support import OutputWatcher, seed_script, wait_for
+
+pytestmark = pytest.mark.usefixtures("demo_committed")
+
+
+def _publish(payload, **overrides):
+    arguments = {
+        "topic": "tax-policy",
+        "event_type": "tax_policy.updated",
+        "payload": payload,
+        "actor": "test",
+        "source": Source.CLI,
+    }
+    return event_publish(**{**arguments, **overrides})
+
+
+@pytest.fixture
+def refund_service(bus, suite_redis):
+    """The seed chapter's refund_service.py, unchanged, subscribed to tax-policy."""
+    watcher = OutputWatcher(seed_script("refund_service.py", suite_redis.port))
+    wait_for(lambda: bus.pubsub_numsub("tax-policy")[0][1] == 1, timeout=10, what="refund_service to subscribe")
+    yield watcher
+    watcher.stop()
+
+
+def test_the_seeds_refund_service_prints_the_new_deduction(refund_service):
+    event = _publish({"standard_deduction": 15000})
+
+    refund_service.wait_for_line("New deduction = 15000")
+    assert event.status == EventStatus.PUBLISHED
+
+
+def test_a_published_event_is_in_history_in_the_stream_and_in_the_audit_log(bus):
+    event = _publish({"standard_deduction": 15000})
+
+    stored = Event.objects.get(envelope_id=event.envelope_id)
+    assert stored.status == EventStatus.PUBLISHED
+    assert stored.published_at is not None
+    [(entry_id, fields)] = bus.xrange(stream_key("tax-policy"))
+    assert entry_id.decode() == stored.stream_id
+    envelope = json.loads(fields[b"event"])
+    assert envelope == json.loads(stored.envelope)
+    assert set(envelope) >= {"id", "type", "timestamp", "payload"}
+    assert (envelope["type"], envelope["payload"]) == ("tax_policy.updated", {"standard_deduction": 15000})
+    entry = AuditEntry.objects.get(action="event.publish", target=f"event:{event.envelope_id}")
+    assert entry.actor_name == "test"
+    assert entry.details == {"topic": "tax-policy", "type": "tax_policy.updated", "schema_version": 1, "source": "cli"}
+    assert audit_verify().intact
+
+
+def test_the_stream_is_capped_at_the_topics_retention(bus):
+    from busapp.models import Topic
+
+    Topic.objects.filter(name="tax-policy").update(stream_retention=10)
+    for deduction in range(400):
+        _publish({"standard_deduction": deduction})
+
+    # MAXLEN ~ trims whole radix-tree nodes (100 entries each), so "about 10" is at most a node more.
+    assert bus.xlen(stream_key("tax-policy")) <= 110
+
+
+def test_an_invalid_payload_writes_nothing_and_says_every_error(bus):
+    before = AuditEntry.objects.count()
+
+    with pytest.raises(EventRejectedError) as refused:
+        _publish({"standard_deduction": "15000", "extra": 1})
+
+    assert refused.value.errors == [
+        {"path": "/payload/standard_deduction", "message": "'15000' is not of type 'number'"}
+    ]
+    assert Event.objects.count() == 0
+    assert AuditEntry.objects.count() == before
+    assert bus.xlen(stream_key("tax-policy")) == 0
+
+
+def test_an_unknown_topic_and_an_unknown_type_are_named():
+    with pytest.raises(TopicNotFoundError, match="unknown topic 'tax-polcy'"):
+        _publish({"standard_deduction": 1}, topic="tax-polcy")
+    with pytest.raises(EventRejectedError, match=r"/type: unknown event type 'tax_policy\.deleted'.*known: tax_policy"):
+        _publish({"standard_deduction": 1}, event_type="tax_policy.deleted")
+    assert Event.objects.count() == 0
+
+
+def test_a_sensitive_topic_needs_a_second_persons_approval(bus):
+    payload = {"tax_year": 2025, "effective_date": "2025-01-01", "brackets": [{"up_to": 11000, "rate": 0.1}]}
+    withholding = {"topic": "irs.withholding", "event_type": "withholding_table.published"}
+
+    with pytest.raises(ApprovalRequiredError, match="is sensitive: a publish needs a second person's approval"):
+        _publish(payload, **withholding)
+    with pytest.raises(ApprovalRequiredError, match="nobody may approve their own publish"):
+        _publish(payload, approved_by="test", **withholding)
+    event = _publish(payload, approved_by="policy2", **withholding)
+
+    assert event.status == EventStatus.PUBLISHED
+    assert AuditEntry.objects.get(target=f"event:{event.envelope_id}").details["approved_by"] == "policy2"
+
+
+def test_when_the_audit_write_fails_the_publish_fails_and_nothing_is_sent(bus, monkeypatch):
+    def broken_audit(**kwargs):
+        raise DatabaseError("disk full")
+
+    monkeypatch.setattr(services, "audit_append", broken_audit)
+
+    with pytest.raises(DatabaseError):
+        _publish({"standard_deduction": 15000})
+    assert Event.objects.count() == 0
+    assert bus.xlen(stream_key("tax-policy")) == 0
+
+
+def test_with_redis_down_the_event_is_accepted_as_pending_and_relayed_once_redis_returns(outage_redis):
+    outage_redis.stop()
+
+    event = _publish({"standard_deduction": 15000})
+
+    assert event.status == EventStatus.PENDING
+    assert "is not reachable" in event.last_error
+    stored = Event.objects.get(envelope_id=event.envelope_id)
+    assert (stored.status, stored.attempts) == (EventStatus.PENDING, 1)
+    assert relay_pending() == 0  # still down: nothing sent, nothing lost
+
+    outage_redis.start()
+    client = redis.Redis(port=outage_redis.port)
+    subscriber = client.pubsub()
+    subscriber.subscribe("tax-policy")
+    subscriber.get_message(timeout=1)  # the subscribe confirmation
+    Event.objects.filter(pk=stored.pk).update(next_attempt_at=stored.created_at)  # its backoff has passed
+    assert relay_pending() == 1
+    assert relay_pending() == 0
+
+    message = subscriber.get_message(timeout=2)
+    assert json.loads(message["data"])["id"] == event.envelope_id
+    assert subscriber.get_message(timeout=0.5) is None  # exactly once
+    stored.refresh_from_db()
+    assert stored.status == EventStatus.PUBLISHED
+    assert AuditEntry.objects.filter(action="event.relay", target=f"event:{event.envelope_id}").count() == 1
+
+
+def test_a_batch_publishes_valid_items_and_dead_letters_the_rest_in_one_go(bus):
+    items = [{"type": "tax_policy.updated", "payload": {"standard_deduction": n}} for n in range(5)]
+    items.insert(2, {"type": "tax_policy.updated", "payload": {"standard_deduction": -1}})
+    items.append({"type": "nope", "payload": {}})
+
+    outcome = event_publish_batch(topic="tax-policy", items=items, actor="test", source=Source.API)
+
+    assert [type(item).__name__ for item in outcome.items] == ["Event"] * 2 + ["DeadLetter"] + ["Event"] * 3 + [
+        "DeadLetter"
+    ]
+    assert Event.objects.filter(status=EventStatus.PUBLISHED).count() == 5
+    assert bus.xlen(stream_key("tax-policy")) == 5
+    assert bus.xlen(stream_key("tax-policy.dlq")) == 2
+    letters = DeadLetter.objects.order_by("id")
+    assert letters[0].errors == [{"path": "/payload/standard_deduction", "message": "-1 is less than the minimum of 0"}]
+    assert letters[1].errors[0]["path"] == "/type"
+    assert all(letter.dlq_stream_id for letter in letters)

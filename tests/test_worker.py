@@ -1,0 +1,231 @@
+"""The bus worker: tap (external publishers, crash recovery), relay after an outage, fan-out, clean stop."""
+
+import asyncio
+import json
+import signal
+import uuid
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connections
+
+from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, Source
+from busapp.publishing import stream_key
+from busapp.selectors import schema_version_active
+from busapp.services import event_build, event_publish, event_publish_batch
+from busapp.worker import GROUP, BusWorker
+from tests.support import OutputWatcher, manage_background, seed_script, wait_for
+
+pytestmark = [pytest.mark.usefixtures("demo_committed")]
+
+
+def _envelope(deduction=14600, **overrides):
+    envelope = {
+        "id": str(uuid.uuid4()),
+        "type": "tax_policy.updated",
+        "timestamp": 1712746800.0,
+        "payload": {"standard_deduction": deduction},
+    }
+    return json.dumps({**envelope, **overrides})
+
+
+async def _until(condition, *, what, seconds=10.0):
+    """Await until a database condition holds."""
+    check = sync_to_async(condition, thread_sensitive=True)
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(autouse=True)
+async def _close_worker_database_connection():
+    """The worker's database work runs in Django's sync thread; close its connection after each test."""
+    yield
+    await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+
+@pytest.fixture
+async def running_worker(bus):
+    """A worker running in this event loop; stopped (cleanly) after the test."""
+    worker = BusWorker(name="test-worker")
+    task = asyncio.create_task(worker.run())
+    yield worker
+    worker.stop()
+    await asyncio.wait_for(task, timeout=10)
+
+
+async def _listening(bus):
+    """Wait until the elected listener is subscribed to tax-policy."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while bus.pubsub_numsub("tax-policy")[0][1] < 1:
+        assert asyncio.get_running_loop().time() < deadline, "the worker never subscribed to tax-policy"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_tap_records_the_seeds_own_publisher_once_even_when_it_arrives_twice(
+    bus, suite_redis, running_worker
+):
+    await _listening(bus)
+
+    publisher = seed_script("publisher.py", suite_redis.port)  # the seed chapter's publisher.py, unchanged
+    assert publisher.wait(timeout=10) == 0
+    await _until(lambda: Event.objects.filter(source=Source.EXTERNAL).exists(), what="the seed's event in history")
+    envelope = await sync_to_async(lambda: Event.objects.get().envelope)()
+    bus.publish("tax-policy", envelope)  # a retrying publisher sends the same id again
+    bus.xadd(stream_key("tax-policy"), {"event": envelope})  # and a durable one too
+    await asyncio.sleep(0.5)
+
+    events = await sync_to_async(lambda: list(Event.objects.all()))()
+    assert len(events) == 1
+    assert (events[0].status, events[0].payload) == (EventStatus.PUBLISHED, {"standard_deduction": 15000})
+    recorded = await sync_to_async(lambda: AuditEntry.objects.filter(action="event.record").count())()
+    assert recorded == 1
+
+
+async def test_the_tap_dead_letters_an_invalid_external_publish_to_the_topics_dlq(bus, running_worker):
+    await _listening(bus)
+    dlq = bus.pubsub()
+    dlq.subscribe("tax-policy.dlq")
+    dlq.get_message(timeout=1)
+
+    bus.publish("tax-policy", _envelope(deduction=-1))
+    bus.publish("tax-policy", "<html>not json</html>")
+
+    await _until(lambda: DeadLetter.objects.count() == 2, what="two dead letters")
+    letters = await sync_to_async(lambda: list(DeadLetter.objects.order_by("id")))()
+    assert letters[0].errors == [{"path": "/payload/standard_deduction", "message": "-1 is less than the minimum of 0"}]
+    assert letters[1].raw == "<html>not json</html>"
+    assert letters[1].errors[0]["message"].startswith("is not valid JSON")
+    messages = [json.loads(dlq.get_message(timeout=2)["data"]) for _ in range(2)]
+    assert messages[0]["event"]["payload"] == {"standard_deduction": -1}
+    assert messages[1]["event"] == "<html>not json</html>"  # raw, as it arrived
+    assert bus.xlen(stream_key("tax-policy.dlq")) == 2
+    assert await sync_to_async(Event.objects.count)() == 0
+
+
+async def _read_one_external_entry(bus):
+    """A durable publisher XADDs one event; worker A reads it (now pending for A) and returns both."""
+    bus.xadd(stream_key("tax-policy"), {"event": _envelope()})
+    first = BusWorker(name="worker-a")
+    await first.refresh_topics()
+    entries = await first.read()
+    assert len(entries) == 1
+    return first, entries
+
+
+async def test_a_worker_killed_after_reading_loses_nothing(bus):
+    first, entries = await _read_one_external_entry(bus)
+    await first.redis.aclose()  # worker A dies before recording or acknowledging
+
+    second = BusWorker(name="worker-b", claim_idle_ms=0)
+    claimed = await second.claim()
+    await second.handle(claimed)
+    await second.redis.aclose()
+
+    assert [entry.entry_id for entry in claimed] == [entry.entry_id for entry in entries]
+    assert await sync_to_async(Event.objects.count)() == 1
+    assert bus.xpending(stream_key("tax-policy"), GROUP)["pending"] == 0
+
+
+async def test_a_worker_killed_after_recording_but_before_acknowledging_does_not_double(bus):
+    first, entries = await _read_one_external_entry(bus)
+    await first.record(entries)
+    await first.redis.aclose()  # worker A dies after its commit, before XACK
+
+    second = BusWorker(name="worker-b", claim_idle_ms=0)
+    await second.handle(await second.claim())
+    await second.redis.aclose()
+
+    assert await sync_to_async(Event.objects.count)() == 1
+    assert await sync_to_async(AuditEntry.objects.filter(action="event.record").count)() == 1
+    assert bus.xpending(stream_key("tax-policy"), GROUP)["pending"] == 0
+
+
+async def test_the_tap_marks_an_event_published_when_its_sender_died_before_saying_so(bus):
+    def sent_but_not_marked():
+        version = schema_version_active(topic="tax-policy", event_type="tax_policy.updated")
+        event = event_build(version=version, payload={"standard_deduction": 1}, actor="test", source=Source.CLI)
+        event.save()
+        from busapp.publishing import _send
+
+        return event, _send([("tax-policy", event.envelope, 1000)])[0]
+
+    event, stream_id = await sync_to_async(sent_but_not_marked)()
+    worker = BusWorker(name="worker-a")
+    await worker.refresh_topics()
+    await worker.handle(await worker.read())
+    await worker.redis.aclose()
+
+    stored = await sync_to_async(Event.objects.get)(pk=event.pk)
+    assert (stored.status, stored.stream_id) == (EventStatus.PUBLISHED, stream_id)
+
+
+async def test_fan_out_sends_one_group_message_per_topic_per_batch_not_one_per_event(bus, running_worker):
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add("topic.tax-policy", channel)
+    items = [{"type": "tax_policy.updated", "payload": {"standard_deduction": n}} for n in range(300)]
+
+    outcome = await sync_to_async(event_publish_batch)(topic="tax-policy", items=items, actor="test")
+
+    received, messages = [], 0
+    while len(received) < 300:
+        message = await asyncio.wait_for(layer.receive(channel), timeout=10)
+        assert message["type"] == "bus.events"
+        received.extend(message["items"])
+        messages += 1
+    assert [item["id"] for item in received] == [event.envelope_id for event in outcome.events]
+    assert received[0]["payload"] == {"standard_deduction": 0}
+    assert messages <= 3, f"{messages} group messages for 300 events"
+
+
+def test_the_worker_survives_an_outage_relays_once_and_stops_cleanly_on_sigterm(outage_redis, settings):
+    outage_redis.stop()
+    event = event_publish(
+        topic="tax-policy",
+        event_type="tax_policy.updated",
+        payload={"standard_deduction": 15000},
+        actor="test",
+        source=Source.CLI,
+    )
+    assert event.status == EventStatus.PENDING
+    worker = OutputWatcher(manage_background("bus_worker", redis_url=outage_redis.url()))
+    try:
+        worker.wait_for_line("bus worker")
+        wait_for(lambda: worker.count("Redis unavailable") >= 1, timeout=10, what="the worker to notice the outage")
+        assert worker.process.poll() is None  # it waits for Redis instead of dying
+
+        worker.process.send_signal(signal.SIGSTOP)  # hold it while Redis returns and we subscribe
+        outage_redis.start()
+        subscriber = redis.Redis(port=outage_redis.port).pubsub()
+        subscriber.subscribe("tax-policy")
+        subscriber.get_message(timeout=1)
+        worker.process.send_signal(signal.SIGCONT)
+
+        message = subscriber.get_message(timeout=10)
+        while message is not None and message["type"] != "message":
+            message = subscriber.get_message(timeout=10)
+        assert message is not None, "the relay never published the pending event"
+        assert json.loads(message["data"])["id"] == event.envelope_id
+        assert subscriber.get_message(timeout=1.5) is None  # exactly once
+        wait_for(
+            lambda: Event.objects.get(pk=event.pk).status == EventStatus.PUBLISHED,
+            timeout=5,
+            what="history to show it published",
+        )
+
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.process.wait(timeout=15) == 0
+    finally:
+        worker.stop()
+    worker.wait_for_line("bus worker stopped cleanly")
+    assert Event.objects.filter(envelope_id=event.envelope_id).count() == 1
+    assert DeadLetter.objects.count() == 0
+    client = redis.Redis(port=outage_redis.port)
+    assert client.xlen(stream_key("tax-policy")) == 1
+    assert client.xpending(stream_key("tax-policy"), GROUP)["pending"] == 0  # nothing left half-done
