@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from busapp.models import AuditEntry, AuditHead
+from busapp.rows import rows_insert
 
 GENESIS_HASH = "0" * 64
 
@@ -62,17 +63,12 @@ def audit_append(*, actor: Actor, records: Sequence[AuditRecord]) -> list[AuditE
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit entries are written in the transaction of the change they record")
     user, actor_name = actor_parts(actor)
-    # Locking the one head row serializes writers on PostgreSQL; on SQLite the IMMEDIATE
-    # transaction already holds the database's write lock.
-    head = AuditHead.objects.select_for_update().filter(pk=1).first()
-    if head is None:
-        head, _ = AuditHead.objects.get_or_create(pk=1)
-    now = timezone.now()
-    seq, prev_hash = head.seq, head.hash
+    seq, prev_hash = _head_locked()
     entries = []
+    now = timezone.now()
     for record in records:
         seq += 1
-        details = json.loads(json.dumps(record.details))  # the form it will have when read back
+        details = record.details
         digest = entry_hash(
             prev_hash=prev_hash,
             seq=seq,
@@ -96,9 +92,27 @@ def audit_append(*, actor: Actor, records: Sequence[AuditRecord]) -> list[AuditE
             )
         )
         prev_hash = digest
-    AuditEntry.objects.bulk_create(entries)
-    AuditHead.objects.filter(pk=1).update(seq=seq, hash=prev_hash)
+    rows_insert(entries)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {AuditHead._meta.db_table} SET seq = %s, hash = %s WHERE id = 1", [seq, prev_hash])  # noqa: S608
     return entries
+
+
+def _head_locked() -> tuple[int, str]:
+    """The chain head (newest seq and hash), locked until the caller's transaction ends.
+
+    ``FOR UPDATE`` on the one head row serializes writers on PostgreSQL; on SQLite the
+    IMMEDIATE transaction already holds the database's write lock. Plain SQL because
+    every publish passes here.
+    """
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT seq, hash FROM {AuditHead._meta.db_table} WHERE id = 1{lock}")  # noqa: S608
+        row = cursor.fetchone()
+    if row is None:  # the first entry ever
+        head, _ = AuditHead.objects.get_or_create(pk=1)
+        return head.seq, head.hash
+    return int(row[0]), str(row[1])
 
 
 def audit_record(*, actor: Actor, action: str, target: str, details: dict[str, Any] | None = None) -> AuditEntry:

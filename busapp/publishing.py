@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from busapp.audit import AuditRecord, audit_append
@@ -118,18 +118,24 @@ def events_send(events: Sequence[Event]) -> bool:
         return False
     now = timezone.now()
     for event, stream_id in zip(events, stream_ids, strict=True):
-        event.status, event.stream_id, event.published_at, event.last_error = (
-            EventStatus.PUBLISHED,
-            stream_id,
-            now,
-            "",
-        )
-    if len(events) == 1:
-        event = events[0]
-        Event.objects.filter(pk=event.pk).update(status=event.status, stream_id=event.stream_id, published_at=now)
-    else:
-        Event.objects.bulk_update(events, ["status", "stream_id", "published_at", "last_error"], batch_size=500)
+        event.status, event.stream_id, event.published_at, event.last_error = EventStatus.PUBLISHED, stream_id, now, ""
+    _mark_published(events, now)
     return True
+
+
+def _mark_published(events: Sequence[Event], now: dt.datetime) -> None:
+    """Record each event's stream id in one prepared UPDATE run for every row.
+
+    This is the publish hot path: ``bulk_update`` builds a CASE expression per row and
+    cost more than everything else in a 1,000-event batch, so the statement is written out.
+    """
+    published_at = connection.ops.adapt_datetimefield_value(now)
+    with transaction.atomic(), connection.cursor() as cursor:  # one commit, not one per row
+        cursor.executemany(
+            f"UPDATE {Event._meta.db_table} SET status = %s, stream_id = %s, published_at = %s, last_error = '' "  # noqa: S608
+            "WHERE id = %s",
+            [(EventStatus.PUBLISHED.value, event.stream_id, published_at, event.pk) for event in events],
+        )
 
 
 def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:

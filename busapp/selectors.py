@@ -2,20 +2,60 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.db import connection
+
 from busapp.models import Event, EventStatus, EventType, SchemaVersion, Topic
 from busapp.validation import EventRejectedError, TopicNotFoundError
+
+# Every publish resolves its schema version, so the lookup is one prepared statement rather
+# than an ORM query (whose compilation cost more than the query), and the immutable schema
+# body is fetched once per version. Topic settings and the deprecated flag are read fresh.
+_ACTIVE_VERSION_SQL = """
+SELECT sv.id, sv.version, sv.fingerprint, et.id, t.id, t.sensitive, t.stream_retention
+FROM busapp_schemaversion sv
+JOIN busapp_eventtype et ON et.id = sv.event_type_id
+JOIN busapp_topic t ON t.id = et.topic_id
+WHERE t.name = %s AND et.name = %s AND sv.deprecated = %s
+ORDER BY sv.version DESC
+LIMIT 1
+"""
+# The version, its event type and topic, built once per distinct row: any change to a
+# column read here (a new version, the deprecated flag, the topic's settings) gives a
+# new row and so a fresh object. Callers only read these objects.
+_versions: dict[tuple[Any, ...], SchemaVersion] = {}
+_VERSIONS_KEPT = 1000
+
+
+def _version_from_row(topic: str, event_type: str, row: tuple[Any, ...]) -> SchemaVersion:
+    """The SchemaVersion (with event type and topic) that a lookup row describes."""
+    key = (topic, event_type, *row)
+    version = _versions.get(key)
+    if version is None:
+        version_id, number, fingerprint, event_type_id, topic_id, sensitive, stream_retention = row
+        schema = SchemaVersion.objects.values_list("schema", flat=True).get(pk=version_id)
+        topic_row = Topic(id=topic_id, name=topic, sensitive=bool(sensitive), stream_retention=stream_retention)
+        version = SchemaVersion(
+            id=version_id,
+            version=number,
+            schema=schema,
+            fingerprint=fingerprint,
+            event_type=EventType(id=event_type_id, name=event_type, topic=topic_row),
+        )
+        if len(_versions) >= _VERSIONS_KEPT:
+            _versions.clear()
+        _versions[key] = version
+    return version
 
 
 def schema_version_active(*, topic: str, event_type: str) -> SchemaVersion:
     """The newest non-deprecated schema version of a topic's event type, or a clear error naming what is unknown."""
-    version = (
-        SchemaVersion.objects.active()
-        .select_related("event_type__topic")
-        .filter(event_type__topic__name=topic, event_type__name=event_type)
-        .first()
-    )
-    if version is not None:
-        return version
+    with connection.cursor() as cursor:
+        cursor.execute(_ACTIVE_VERSION_SQL, [topic, event_type, False])
+        row = cursor.fetchone()
+    if row is not None:
+        return _version_from_row(topic, event_type, tuple(row))
     if not Topic.objects.filter(name=topic).exists():
         raise TopicNotFoundError([{"path": "/topic", "message": f"unknown topic {topic!r}"}])
     known = list(EventType.objects.filter(topic__name=topic).values_list("name", flat=True))

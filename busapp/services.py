@@ -26,6 +26,7 @@ from busapp.models import (
 )
 from busapp.permissions import ROLE_PERMISSIONS
 from busapp.publishing import dead_letters_send, envelope_build, events_send
+from busapp.rows import rows_insert
 from busapp.selectors import schema_version_active, topic_get
 from busapp.validation import (
     ApprovalRequiredError,
@@ -212,7 +213,7 @@ def event_publish(
     if approved_by is not None:
         record.details["approved_by"] = actor_parts(approved_by)[1]
     with transaction.atomic():
-        event.save()
+        rows_insert([event])
         audit_append(actor=actor, records=[record])
         transaction.on_commit(lambda: events_send([event]), robust=True)
     return event
@@ -322,7 +323,7 @@ def event_publish_batch(
         outcome.dead_letters.append(letter)
         outcome.items.append(letter)
     with transaction.atomic():
-        Event.objects.bulk_create(outcome.events)
+        rows_insert(outcome.events)
         DeadLetter.objects.bulk_create(outcome.dead_letters)
         audit_append(
             actor=actor,
