@@ -39,8 +39,8 @@ def _insert_parts(model: type[Model], alias: str) -> tuple[list[ValueGetter], st
     """Each column's value getter, the ``INSERT INTO t (cols) VALUES`` head and one row's placeholders."""
     connection = connections[alias]
     quote = connection.ops.quote_name
-    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
-    columns = ", ".join(quote(field.column) for field in fields if field.column)
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key and field.column]
+    columns = ", ".join(quote(str(field.column)) for field in fields)
     head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES "  # noqa: S608 (names from the model)
     getters = [_value_getter(field, connection) for field in fields]
     return getters, head, "(" + ", ".join(["%s"] * len(fields)) + ")"
