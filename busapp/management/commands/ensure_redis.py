@@ -1,6 +1,7 @@
 """``manage.py ensure_redis``: make sure a Redis answers at REDIS_URL, starting a local one if needed."""
 
 import contextlib
+import ipaddress
 import shutil
 import subprocess
 import time
@@ -11,8 +12,6 @@ from urllib.parse import urlsplit
 import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def redis_server_binary() -> str:
@@ -47,7 +46,7 @@ class Command(BaseCommand):
             return
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 6379
-        if host not in LOCAL_HOSTS:
+        if not _is_local(host):
             raise CommandError(f"REDIS_URL {url} is not reachable: start Redis there or set REDIS_URL")
         folder.mkdir(parents=True, exist_ok=True)
         binary = redis_server_binary()
@@ -73,6 +72,16 @@ class Command(BaseCommand):
         with contextlib.suppress(redis.ConnectionError):  # shutting down closes the connection
             redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1).shutdown(nosave=False)
         self.stdout.write("stopped the Redis under var/redis")
+
+
+def _is_local(host: str) -> bool:
+    """True for localhost and loopback addresses: the only places this command may start a Redis."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _answers(url: str) -> bool:

