@@ -4,13 +4,17 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.db import transaction
 from django.http import HttpRequest
 from guardian.admin import GuardedModelAdmin
 
-from busapp.audit import audit_record
 from busapp.models import AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
-from busapp.services import event_type_create, schema_version_check, schema_version_create, topic_create
+from busapp.services import (
+    event_type_create,
+    record_change,
+    schema_version_check,
+    schema_version_create,
+    topic_create,
+)
 from busapp.validation import SchemaInvalidError
 
 
@@ -48,14 +52,7 @@ class TopicAdmin(GuardedModelAdmin):
     def save_model(self, request: HttpRequest, obj: Topic, form: Any, change: bool) -> None:
         """New topics go through ``topic_create`` so they are audited; edits are audited here."""
         if change:
-            with transaction.atomic():
-                obj.save()
-                audit_record(
-                    actor=request.user,  # type: ignore[arg-type]
-                    action="topic.update",
-                    target=f"topic:{obj.name}",
-                    details={field: str(form.cleaned_data.get(field)) for field in form.changed_data},
-                )
+            record_change(obj=obj, changed_fields=form.changed_data, actor=request.user)  # type: ignore[arg-type]
             return
         created = topic_create(
             name=obj.name,
@@ -83,9 +80,9 @@ class EventTypeAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request: HttpRequest, obj: EventType, form: Any, change: bool) -> None:
-        """New event types go through ``event_type_create`` so they are audited."""
+        """New event types go through ``event_type_create`` so they are audited; so are edits."""
         if change:
-            obj.save(update_fields=["description"])
+            record_change(obj=obj, changed_fields=form.changed_data, actor=request.user)  # type: ignore[arg-type]
             return
         created = event_type_create(
             topic=obj.topic,
@@ -142,9 +139,9 @@ class SchemaVersionAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request: HttpRequest, obj: SchemaVersion, form: Any, change: bool) -> None:
-        """Add through the service; a change can only flip the deprecated flag."""
+        """Add through the service; a change can only flip the deprecated flag (audited)."""
         if change:
-            obj.save(update_fields=["deprecated"])
+            record_change(obj=obj, changed_fields=form.changed_data, actor=request.user)  # type: ignore[arg-type]
             return
         created = schema_version_create(
             event_type=obj.event_type,

@@ -41,6 +41,7 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "add_eventtype",
         "change_eventtype",
         "add_schemaversion",
+        "change_schemaversion",  # only the deprecated flag can change
     ),
 }
 

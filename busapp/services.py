@@ -11,6 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from busapp.audit import Actor, AuditRecord, actor_parts, audit_append, audit_record
@@ -47,6 +48,21 @@ def roles_ensure() -> None:
         group, _ = Group.objects.get_or_create(name=role.value)
         permissions = Permission.objects.filter(content_type__app_label="busapp", codename__in=codenames)
         group.permissions.set(permissions)
+
+
+@transaction.atomic
+def record_change(*, obj: Model, changed_fields: Sequence[str], actor: Actor) -> None:
+    """Save an edit of some fields (a topic's description, a version's deprecated flag) with its audit entry."""
+    if not changed_fields:
+        return
+    obj.save(update_fields=list(changed_fields))
+    model = obj._meta.model_name
+    audit_record(
+        actor=actor,
+        action=f"{model}.update",
+        target=f"{model}:{obj}",
+        details={field: str(getattr(obj, field)) for field in changed_fields},
+    )
 
 
 @transaction.atomic

@@ -1,5 +1,6 @@
 """What the operator relies on: Redis started when missing, the health check, the admin's read-only history."""
 
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,63 @@ def test_a_schema_version_added_in_the_admin_is_checked_and_audited(client):
     assert accepted.status_code == 302
     assert SchemaVersion.objects.filter(event_type=event_type).count() == 2
     assert AuditEntry.objects.filter(action="schema_version.create", actor_name="admin").count() == 1
+
+
+@pytest.mark.usefixtures("demo_committed")
+def test_deprecating_a_version_in_the_admin_is_audited_and_publishing_falls_back(client, bus):
+    from busapp.models import SchemaVersion
+    from busapp.validation import EventRejectedError
+
+    version = SchemaVersion.objects.get(event_type__name="tax_policy.updated")
+    client.force_login(get_user_model().objects.get(username="admin"))
+
+    response = client.post(f"/admin/busapp/schemaversion/{version.pk}/change/", {"deprecated": "on"})
+
+    assert response.status_code == 302
+    version.refresh_from_db()
+    assert version.deprecated
+    entry = AuditEntry.objects.get(action="schemaversion.update")
+    assert (entry.actor_name, entry.details) == ("admin", {"deprecated": "True"})
+    with pytest.raises(EventRejectedError, match="has no active schema version"):
+        event_publish(
+            topic="tax-policy",
+            event_type="tax_policy.updated",
+            payload={"standard_deduction": 1},
+            actor="test",
+            source=Source.CLI,
+        )
+
+
+@pytest.mark.usefixtures("demo_committed")
+def test_the_procfile_runs_web_and_worker_together_and_ctrl_c_stops_both(suite_redis, bus):
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from tests.support import OutputWatcher, manage_env, wait_for
+
+    port = free_port()
+    honcho = subprocess.Popen(
+        [str(ROOT / ".venv/bin/honcho"), "start", "-f", "Procfile"],
+        cwd=ROOT,
+        env={**manage_env(suite_redis.url()), "WEB_PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output = OutputWatcher(honcho)
+    try:
+        output.wait_for_line("bus worker", timeout=30)
+        output.wait_for_line(f"Uvicorn running on http://127.0.0.1:{port}", timeout=30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            assert json.loads(response.read()) == {"database": True, "redis": True, "pending_events": 0}
+
+        os.killpg(honcho.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+
+        assert honcho.wait(timeout=20) is not None
+        wait_for(lambda: output.count("bus worker stopped cleanly") == 1, timeout=5, what="the worker to stop")
+        with pytest.raises(urllib.error.URLError, match="Connection refused"):  # the web server is gone too
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        output.stop()
