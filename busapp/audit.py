@@ -106,12 +106,16 @@ def _head_locked() -> tuple[int, str]:
     every publish passes here.
     """
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    query = f"SELECT seq, hash FROM {AuditHead._meta.db_table} WHERE id = 1{lock}"  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT seq, hash FROM {AuditHead._meta.db_table} WHERE id = 1{lock}")  # noqa: S608
+        cursor.execute(query)
         row = cursor.fetchone()
-    if row is None:  # the first entry ever
-        head, _ = AuditHead.objects.get_or_create(pk=1)
-        return head.seq, head.hash
+        if row is None:
+            # The first entry ever: create the head (a second writer waits on its key, then
+            # finds it), and lock it like any other time.
+            AuditHead.objects.get_or_create(pk=1)
+            cursor.execute(query)
+            row = cursor.fetchone()
     return int(row[0]), str(row[1])
 
 

@@ -124,3 +124,33 @@ def test_verify_audit_log_exits_zero_and_prints_the_head_when_intact():
 
     head = AuditEntry.objects.get(seq=4).hash
     assert out.getvalue().strip() == f"audit log intact: 4 entries verified through #4, head hash {head}"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_writers_at_once_never_fork_the_chain():
+    import threading
+
+    from django.db import connections
+
+    errors = []
+
+    def writer(name):
+        try:
+            for n in range(40):
+                with transaction.atomic():
+                    audit_record(actor=name, action="thing.happen", target=f"thing:{name}:{n}")
+        except Exception as error:  # surfaced below
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=writer, args=(f"writer-{n}",)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    report = audit_verify()
+    assert (report.intact, report.checked) == (True, 80)
+    assert sorted(AuditEntry.objects.values_list("seq", flat=True)) == list(range(1, 81))
