@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 from django.db import connection
@@ -176,3 +177,17 @@ class OutputWatcher:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def publish_deduction(deduction: object, **overrides: object) -> Any:
+    """``event_publish`` of the seed's event (tax-policy, tax_policy.updated) from the CLI source."""
+    from busapp.services import event_publish
+
+    arguments: dict[str, Any] = {
+        "topic": "tax-policy",
+        "event_type": "tax_policy.updated",
+        "payload": {"standard_deduction": deduction},
+        "actor": "test",
+        "source": "cli",
+    }
+    return event_publish(**{**arguments, **overrides})

@@ -9,9 +9,8 @@ import pytest
 import redis
 from django.contrib.auth import get_user_model
 
-from busapp.models import AuditEntry, Event, Source
-from busapp.services import event_publish
-from tests.support import ROOT, free_port
+from busapp.models import AuditEntry, Event
+from tests.support import ROOT, free_port, publish_deduction
 
 
 def test_ensure_redis_starts_redislites_server_when_nothing_answers_and_stop_stops_it(tmp_path):
@@ -57,13 +56,7 @@ def test_health_says_what_is_reachable(client, bus, settings):
 
 @pytest.mark.usefixtures("demo_committed")
 def test_admins_browse_history_and_audit_but_nobody_edits_them(client, bus):
-    event = event_publish(
-        topic="tax-policy",
-        event_type="tax_policy.updated",
-        payload={"standard_deduction": 15000},
-        actor="test",
-        source=Source.CLI,
-    )
+    event = publish_deduction(15000)
     client.force_login(get_user_model().objects.get(username="admin"))
     entry = AuditEntry.objects.get(action="event.publish")
 
@@ -117,13 +110,7 @@ def test_deprecating_a_version_in_the_admin_is_audited_and_publishing_falls_back
     entry = AuditEntry.objects.get(action="schemaversion.update")
     assert (entry.actor_name, entry.details) == ("admin", {"deprecated": "True"})
     with pytest.raises(EventRejectedError, match="has no active schema version"):
-        event_publish(
-            topic="tax-policy",
-            event_type="tax_policy.updated",
-            payload={"standard_deduction": 1},
-            actor="test",
-            source=Source.CLI,
-        )
+        publish_deduction(1)
 
 
 @pytest.mark.usefixtures("demo_committed")

@@ -10,22 +10,15 @@ from busapp import services
 from busapp.audit import audit_verify
 from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, Source
 from busapp.publishing import relay_pending, stream_key
-from busapp.services import event_publish, event_publish_batch
+from busapp.services import event_publish_batch
 from busapp.validation import ApprovalRequiredError, EventRejectedError, TopicNotFoundError
-from tests.support import OutputWatcher, seed_script, wait_for
+from tests.support import OutputWatcher, publish_deduction, seed_script, wait_for
 
 pytestmark = pytest.mark.usefixtures("demo_committed")
 
 
 def _publish(payload, **overrides):
-    arguments = {
-        "topic": "tax-policy",
-        "event_type": "tax_policy.updated",
-        "payload": payload,
-        "actor": "test",
-        "source": Source.CLI,
-    }
-    return event_publish(**{**arguments, **overrides})
+    return publish_deduction(None, payload=payload, **overrides)
 
 
 @pytest.fixture

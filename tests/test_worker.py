@@ -14,9 +14,9 @@ from django.db import connections
 from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, Source
 from busapp.publishing import stream_key
 from busapp.selectors import schema_version_active
-from busapp.services import event_build, event_publish, event_publish_batch
+from busapp.services import event_build, event_publish_batch
 from busapp.worker import GROUP, BusWorker
-from tests.support import OutputWatcher, manage_background, seed_script, wait_for
+from tests.support import OutputWatcher, manage_background, publish_deduction, seed_script, wait_for
 
 pytestmark = [pytest.mark.usefixtures("demo_committed")]
 
@@ -186,13 +186,7 @@ async def test_fan_out_sends_one_group_message_per_topic_per_batch_not_one_per_e
 
 def test_the_worker_survives_an_outage_relays_once_and_stops_cleanly_on_sigterm(outage_redis, settings):
     outage_redis.stop()
-    event = event_publish(
-        topic="tax-policy",
-        event_type="tax_policy.updated",
-        payload={"standard_deduction": 15000},
-        actor="test",
-        source=Source.CLI,
-    )
+    event = publish_deduction(15000)
     assert event.status == EventStatus.PENDING
     worker = OutputWatcher(manage_background("bus_worker", redis_url=outage_redis.url()))
     try:
