@@ -67,10 +67,17 @@ def record_change(*, obj: Model, changed_fields: Sequence[str], actor: Actor) ->
 
 @transaction.atomic
 def topic_create(
-    *, name: str, actor: Actor, description: str = "", sensitive: bool = False, stream_retention: int = 100_000
+    *,
+    name: str,
+    actor: Actor,
+    description: str = "",
+    sensitive: bool = False,
+    stream_retention: int | None = None,
 ) -> Topic:
-    """Create a topic after checking its name against the naming rule."""
+    """Create a topic after checking its name against the naming rule (retention default: BUS_STREAM_MAXLEN)."""
     user, _ = actor_parts(actor)
+    if stream_retention is None:
+        stream_retention = settings.BUS_STREAM_MAXLEN
     topic = Topic(
         name=name,
         description=description,

@@ -31,8 +31,10 @@ from redis.exceptions import RedisError, ResponseError
 from busapp.audit import AuditRecord, audit_append
 from busapp.models import DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
 from busapp.publishing import INGEST_STREAM, STREAM_PREFIX, dead_letters_send, relay_pending, stream_key
+from busapp.rows import rows_insert
+from busapp.selectors import schema_version_active
 from busapp.services import dead_letter_audit_record, dead_letter_build
-from busapp.validation import FieldError, envelope_errors, payload_errors
+from busapp.validation import BusInputError, FieldError, envelope_errors, payload_errors
 
 logger = logging.getLogger(__name__)
 
@@ -113,25 +115,21 @@ def entries_from_reply(reply: Any) -> list[StreamEntry]:
     return entries
 
 
-def _live_item(event: Event | dict[str, Any], envelope: dict[str, Any]) -> dict[str, Any]:
-    """What a live-traffic browser gets for one event (large payloads summarised)."""
-    payload = envelope.get("payload")
-    payload_json = json.dumps(payload, separators=(",", ":"))
+def _live_item(event: Event, entry: StreamEntry) -> dict[str, Any]:
+    """What a live-traffic browser gets for one event (a large payload is only summarised)."""
     item = {
-        "id": envelope.get("id"),
-        "topic": envelope.get("topic"),
-        "type": envelope.get("type"),
-        "timestamp": envelope.get("timestamp"),
-        "source": envelope.get("source"),
-        "publisher": envelope.get("publisher"),
+        "id": event.envelope_id,
+        "topic": event.topic.name,
+        "type": event.event_type.name,
+        "timestamp": event.timestamp.timestamp(),
+        "source": event.source,
+        "publisher": event.publisher_name,
         "status": EventStatus.PUBLISHED,
     }
-    if isinstance(event, Event):
-        item.update(topic=event.topic.name, source=event.source, publisher=event.publisher_name)
-    if len(payload_json) <= FANOUT_PAYLOAD_BYTES:
-        item["payload"] = payload
+    if len(entry.body) <= FANOUT_PAYLOAD_BYTES:  # the envelope holds the payload, so this bounds it
+        item["payload"] = event.payload
     else:
-        item["payload_omitted_bytes"] = len(payload_json)
+        item["payload_omitted_bytes"] = len(entry.body)
     return item
 
 
@@ -147,114 +145,132 @@ def _decode(entry: StreamEntry) -> tuple[dict[str, Any] | None, list[FieldError]
     return (envelope, []) if not errors else (None, errors)
 
 
+def _external_event(entry: StreamEntry, envelope: dict[str, Any], version: SchemaVersion, now: dt.datetime) -> Event:
+    """A history row for a valid event that a publisher outside the dashboard put on the bus."""
+    return Event(
+        envelope_id=envelope["id"],
+        topic=version.event_type.topic,
+        event_type=version.event_type,
+        schema_version=version,
+        payload=envelope["payload"],
+        envelope=entry.body.decode(),
+        timestamp=dt.datetime.fromtimestamp(envelope["timestamp"], tz=dt.UTC),
+        source=Source.EXTERNAL,
+        publisher_name=EXTERNAL_ACTOR,
+        status=EventStatus.PUBLISHED,
+        stream_id=entry.entry_id if entry.stream != INGEST_STREAM else "",
+        published_at=now,
+    )
+
+
+class _VersionLookup:
+    """Active schema versions by (topic, type) for one batch, refusals included."""
+
+    def __init__(self) -> None:
+        self.found: dict[tuple[str, str], SchemaVersion | list[FieldError]] = {}
+
+    def __call__(self, topic: str, event_type: str) -> SchemaVersion | list[FieldError]:
+        """The version to validate against, or the errors that say why there is none."""
+        key = (topic, event_type)
+        if key not in self.found:
+            try:
+                self.found[key] = schema_version_active(topic=topic, event_type=event_type)
+            except BusInputError as refused:
+                self.found[key] = refused.errors
+        return self.found[key]
+
+
 def tap_record(entries: list[StreamEntry]) -> TapOutcome:
     """Record a batch of bus entries in history once each; dead-letter what fails validation."""
-    for attempt in range(3):
+    attempts = 3
+    for attempt in range(1, attempts + 1):
         try:
             return _tap_record_once(entries)
         except IntegrityError:
             # Another worker recorded one of these ids at the same moment: look again.
-            if attempt == 2:
+            if attempt == attempts:
                 raise
-    raise AssertionError("unreachable")
+    return TapOutcome()  # not reached: the last attempt returns or raises
 
 
 def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
-    """One attempt of ``tap_record`` in one transaction."""
+    """One attempt of ``tap_record``, in one transaction."""
     outcome = TapOutcome()
     decoded = [(entry, *_decode(entry)) for entry in entries]
     ids = {envelope["id"] for _, envelope, _ in decoded if envelope is not None}
     origins = {entry.origin for entry, envelope, _ in decoded if envelope is None}
     topics = {topic.name: topic for topic in Topic.objects.filter(name__in={e.channel for e in entries})}
+    version_for = _VersionLookup()
+    now = timezone.now()
     with transaction.atomic():
         known = {
-            event.envelope_id: event for event in Event.objects.select_related("topic").filter(envelope_id__in=ids)
+            event.envelope_id: event
+            for event in Event.objects.select_related("topic", "event_type").filter(envelope_id__in=ids)
         }
         seen_letters = set(DeadLetter.objects.filter(origin__in=origins).values_list("origin", flat=True))
-        versions: dict[tuple[str, str], SchemaVersion | None] = {}
         new_events: list[Event] = []
-        now = timezone.now()
         for entry, envelope, errors in decoded:
             topic = topics.get(entry.channel)
             if topic is None:
-                logger.warning(
-                    "entry %s is for unknown channel %r; acknowledged and ignored", entry.origin, entry.channel
-                )
+                logger.warning("entry %s: unknown channel %r; acknowledged, ignored", entry.origin, entry.channel)
                 continue
-            from_topic_stream = entry.stream != INGEST_STREAM
             if envelope is not None and envelope["id"] in known:
-                event = known[envelope["id"]]
-                if from_topic_stream:
-                    if event.status == EventStatus.PENDING:  # sent, but its sender died before marking it
-                        Event.objects.filter(pk=event.pk).update(
-                            status=EventStatus.PUBLISHED, stream_id=entry.entry_id, published_at=now
-                        )
-                    outcome.groups[topic_group(topic.name)].append(_live_item(event, envelope))
+                if entry.stream != INGEST_STREAM:  # Pub/Sub copies of known events add nothing
+                    _known_event_seen(known[envelope["id"]], entry, now)
+                    outcome.groups[topic_group(topic.name)].append(_live_item(known[envelope["id"]], entry))
                 continue
             if envelope is not None:
-                key = (topic.name, envelope["type"])
-                if key not in versions:
-                    versions[key] = (
-                        SchemaVersion.objects.active()
-                        .select_related("event_type__topic")
-                        .filter(event_type__topic=topic, event_type__name=envelope["type"])
-                        .first()
-                    )
-                version = versions[key]
-                if version is None:
-                    errors = [
-                        {"path": "/type", "message": f"unknown event type {envelope['type']!r} on topic {topic.name!r}"}
-                    ]
-                else:
-                    errors = payload_errors(version, envelope["payload"])
-                if not errors and version is not None:
-                    event = Event(
-                        envelope_id=envelope["id"],
-                        topic=topic,
-                        event_type=version.event_type,
-                        schema_version=version,
-                        payload=envelope["payload"],
-                        envelope=entry.body.decode(),
-                        timestamp=dt.datetime.fromtimestamp(envelope["timestamp"], tz=dt.UTC),
-                        source=Source.EXTERNAL,
-                        publisher_name=EXTERNAL_ACTOR,
-                        status=EventStatus.PUBLISHED,
-                        stream_id=entry.entry_id if from_topic_stream else "",
-                        published_at=now,
-                    )
-                    known[event.envelope_id] = event
+                version = version_for(topic.name, envelope["type"])
+                errors = version if isinstance(version, list) else payload_errors(version, envelope["payload"])
+                if not errors and isinstance(version, SchemaVersion):
+                    event = known[envelope["id"]] = _external_event(entry, envelope, version, now)
                     new_events.append(event)
-                    outcome.groups[topic_group(topic.name)].append(_live_item(event, envelope))
+                    outcome.groups[topic_group(topic.name)].append(_live_item(event, entry))
                     continue
-            if entry.origin in seen_letters:
-                continue
-            seen_letters.add(entry.origin)
-            letter = dead_letter_build(
-                topic=topic,
-                raw=entry.body[:RAW_KEEP_BYTES].decode(errors="replace"),
-                errors=errors,
-                source=Source.EXTERNAL,
-                actor=EXTERNAL_ACTOR,
-                origin=entry.origin,
-            )
-            outcome.dead_letters.append(letter)
-            outcome.groups[dlq_group(topic.name)].append(
-                {"topic": topic.name, "errors": errors, "received_at": letter.received_at.timestamp()}
-            )
-        Event.objects.bulk_create(new_events)
+            if entry.origin not in seen_letters:
+                seen_letters.add(entry.origin)
+                letter = _external_dead_letter(entry, topic, errors)
+                outcome.dead_letters.append(letter)
+                outcome.groups[dlq_group(topic.name)].append(
+                    {"topic": topic.name, "errors": errors, "received_at": letter.received_at.timestamp()}
+                )
+        rows_insert(new_events)
         DeadLetter.objects.bulk_create(outcome.dead_letters)
-        records = [
-            AuditRecord(
-                "event.record",
-                f"event:{event.envelope_id}",
-                {"topic": event.topic.name, "type": event.event_type.name, "stream_id": event.stream_id},
-            )
-            for event in new_events
-        ] + [dead_letter_audit_record(letter) for letter in outcome.dead_letters]
+        records = [_record_audit_record(event) for event in new_events]
+        records += [dead_letter_audit_record(letter) for letter in outcome.dead_letters]
         if records:
             audit_append(actor=EXTERNAL_ACTOR, records=records)
         outcome.recorded = len(new_events)
     return outcome
+
+
+def _known_event_seen(event: Event, entry: StreamEntry, now: dt.datetime) -> None:
+    """Mark a still-pending event published: it was sent, but its sender died before saying so."""
+    if event.status == EventStatus.PENDING:
+        Event.objects.filter(pk=event.pk).update(
+            status=EventStatus.PUBLISHED, stream_id=entry.entry_id, published_at=now
+        )
+
+
+def _external_dead_letter(entry: StreamEntry, topic: Topic, errors: list[FieldError]) -> DeadLetter:
+    """A dead letter for what arrived on the bus and failed validation, kept as it arrived."""
+    return dead_letter_build(
+        topic=topic,
+        raw=entry.body[:RAW_KEEP_BYTES].decode(errors="replace"),
+        errors=errors,
+        source=Source.EXTERNAL,
+        actor=EXTERNAL_ACTOR,
+        origin=entry.origin,
+    )
+
+
+def _record_audit_record(event: Event) -> AuditRecord:
+    """The audit entry that says the tap recorded an event published outside the dashboard."""
+    return AuditRecord(
+        "event.record",
+        f"event:{event.envelope_id}",
+        {"topic": event.topic.name, "type": event.event_type.name, "stream_id": event.stream_id},
+    )
 
 
 class FanOut:

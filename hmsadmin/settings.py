@@ -8,7 +8,7 @@ Environment:
   (``postgres://user@host:5432/name``).
 - ``REDIS_URL``: the bus (default ``redis://127.0.0.1:6379/0``).
 - ``CHANNEL_LAYER_URL``: the Channels layer (default: ``REDIS_URL`` with database 1).
-- ``BUS_STREAM_MAXLEN``: events kept per topic stream in Redis (``XADD MAXLEN ~``).
+- ``BUS_STREAM_MAXLEN``: events a new topic keeps in its Redis stream (``XADD MAXLEN ~``).
 """
 
 import os
