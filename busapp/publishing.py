@@ -130,11 +130,13 @@ def _mark_published(events: Sequence[Event], now: dt.datetime) -> None:
     cost more than everything else in a 1,000-event batch, so the statement is written out.
     """
     published_at = connection.ops.adapt_datetimefield_value(now)
+    own_transaction = not connection.in_atomic_block
     with transaction.atomic(), connection.cursor() as cursor:  # one commit, not one per row
-        if connection.vendor == "postgresql":
+        if own_transaction and connection.vendor == "postgresql":
             # The event row itself was committed durably before the send. Losing this mark
             # in a crash costs nothing (the tap marks what it reads on the stream), so it
-            # does not wait for a WAL flush: that halves the fsyncs of a publish.
+            # does not wait for a WAL flush: that halves the fsyncs of a publish. Inside a
+            # caller's transaction (the relay's, with audit entries) it stays durable.
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
         cursor.executemany(
             f"UPDATE {Event._meta.db_table} SET status = %s, stream_id = %s, published_at = %s, last_error = '' "  # noqa: S608

@@ -62,7 +62,10 @@ class Command(BaseCommand):
     def _actor(self, username: str | None, topic: Topic) -> Actor:
         """The user named by --user (who must hold publish_topic), or the operator's login name."""
         if not username:
-            return f"cli:{getpass.getuser()}"
+            try:
+                return f"cli:{getpass.getuser()}"
+            except (KeyError, OSError):  # no login name (a container with an unnamed uid)
+                return "cli:operator"
         user = get_user_model().objects.filter(username=username, is_active=True).first()
         if user is None:
             raise CommandError(f"--user {username!r}: no active user by that name")
