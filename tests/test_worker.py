@@ -223,3 +223,25 @@ def test_the_worker_survives_an_outage_relays_once_and_stops_cleanly_on_sigterm(
     client = redis.Redis(port=outage_redis.port)
     assert client.xlen(stream_key("tax-policy")) == 1
     assert client.xpending(stream_key("tax-policy"), GROUP)["pending"] == 0  # nothing left half-done
+
+
+async def test_with_two_workers_one_listens_to_pub_sub_and_each_event_is_copied_once(bus):
+    from busapp.publishing import INGEST_STREAM
+    from busapp.worker import LEADER_KEY
+
+    workers = [BusWorker(name="worker-a"), BusWorker(name="worker-b")]
+    tasks = [asyncio.create_task(worker.run()) for worker in workers]
+    try:
+        await _listening(bus)
+        assert bus.pubsub_numsub("tax-policy")[0][1] == 1  # one listener, not two
+        assert bus.get(LEADER_KEY) in (b"worker-a", b"worker-b")
+
+        bus.publish("tax-policy", _envelope())
+
+        await _until(lambda: Event.objects.count() == 1, what="the external event in history")
+        assert bus.xlen(INGEST_STREAM) == 1
+    finally:
+        for worker in workers:
+            worker.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+    assert bus.get(LEADER_KEY) is None  # the leader let go when it stopped
