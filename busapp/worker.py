@@ -95,7 +95,6 @@ class TapOutcome:
 
     groups: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    recorded: int = 0
 
 
 def entries_from_reply(reply: Any) -> list[StreamEntry]:
@@ -240,7 +239,6 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
         records += [dead_letter_audit_record(letter) for letter in outcome.dead_letters]
         if records:
             audit_append(actor=EXTERNAL_ACTOR, records=records)
-        outcome.recorded = len(new_events)
     return outcome
 
 
@@ -282,7 +280,6 @@ class FanOut:
         self.last_sent: dict[str, float] = {}
         self.scheduled: dict[str, asyncio.TimerHandle] = {}
         self.sending: set[asyncio.Task[None]] = set()
-        self.sent_messages = 0
 
     def add(self, groups: dict[str, list[dict[str, Any]]]) -> None:
         """Queue items; each group is sent now, or 100 ms after its last send."""
@@ -310,7 +307,6 @@ class FanOut:
         kind = "bus.events" if group.startswith("topic.") else "bus.dead_letters"
         try:
             await self.layer.group_send(group, {"type": kind, "items": items})
-            self.sent_messages += 1
         except Exception:  # live view is best effort; history has every event
             logger.exception("fan-out to %s failed (%d items); history has them", group, len(items))
 
@@ -349,7 +345,6 @@ class BusWorker:
         self.fanout = FanOut()
         self.streams: list[str] = []
         self.topics: list[str] = []
-        self.recorded = 0
 
     def stop(self) -> None:
         """Ask every loop to finish what it holds and return."""
@@ -362,10 +357,13 @@ class BusWorker:
 
     async def run(self) -> None:
         """Run relay, tap and Pub/Sub listener until ``stop()``; nothing is left half-done."""
-        loops = [self._tap_loop(), self._relay_loop(), self._listen_loop()]
+        tasks = [asyncio.create_task(loop) for loop in (self._tap_loop(), self._relay_loop(), self._listen_loop())]
         try:
-            await asyncio.gather(*loops)
+            for finished in asyncio.as_completed(tasks):
+                await finished  # a loop that fails stops them all, and the error ends the process
         finally:
+            self.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.fanout.flush()
             await self.redis.aclose()
             await sync_to_async(connections.close_all, thread_sensitive=True)()
@@ -394,13 +392,13 @@ class BusWorker:
         return entries_from_reply(reply)
 
     async def claim(self) -> list[StreamEntry]:
-        """Take over entries another (dead) consumer read but never acknowledged."""
+        """Take over up to a batch of entries another (dead) consumer read but never acknowledged."""
         if not self.streams:
             await self.refresh_topics()
         claimed: list[StreamEntry] = []
         for stream in self.streams:
             start = "0-0"
-            while True:
+            while len(claimed) < READ_COUNT:
                 reply = await self.redis.xautoclaim(
                     stream, GROUP, self.name, self.claim_idle_ms, start_id=start, count=READ_COUNT
                 )
@@ -414,6 +412,8 @@ class BusWorker:
                 claimed.extend(entries_from_reply([(stream, [m for m in messages if m[1]])]))
                 if start in (b"0-0", "0-0"):
                     break
+            if len(claimed) >= READ_COUNT:
+                break
         if claimed:
             logger.info("claimed %d entries left unacknowledged by a stopped worker", len(claimed))
         return claimed
@@ -440,7 +440,6 @@ class BusWorker:
         outcome = await self.record(entries)
         await self.ack(entries)
         self.fanout.add(outcome.groups)
-        self.recorded += outcome.recorded
         return outcome
 
     async def _tap_loop(self) -> None:
@@ -454,8 +453,7 @@ class BusWorker:
                     await self.refresh_topics()
                     next_refresh = loop.time() + TOPIC_REFRESH_SECONDS
                 if loop.time() >= next_claim:
-                    claimed = await self.claim()
-                    if claimed:
+                    while (claimed := await self.claim()) and not self.stopping.is_set():
                         await self.handle(claimed)
                     next_claim = loop.time() + CLAIM_EVERY_SECONDS
                 entries = await self.read()
