@@ -7,7 +7,7 @@ from typing import Any
 from django.db import connection
 
 from busapp.models import Event, EventStatus, EventType, SchemaVersion, Topic
-from busapp.validation import EventRejectedError, TopicNotFoundError
+from busapp.validation import BusInputError, EventRejectedError, FieldError, TopicNotFoundError
 
 # Every publish resolves its schema version, so the lookup is one prepared statement rather
 # than an ORM query (whose compilation cost more than the query), and the immutable schema
@@ -64,6 +64,23 @@ def schema_version_active(*, topic: str, event_type: str) -> SchemaVersion:
     else:
         message = f"unknown event type {event_type!r} on topic {topic!r}; known: {', '.join(known) or 'none'}"
     raise EventRejectedError([{"path": "/type", "message": message}])
+
+
+class ActiveVersions:
+    """Active schema versions by (topic, type), each looked up once per batch; a refusal is kept as its errors."""
+
+    def __init__(self) -> None:
+        self.found: dict[tuple[str, str], SchemaVersion | list[FieldError]] = {}
+
+    def get(self, topic: str, event_type: str) -> SchemaVersion | list[FieldError]:
+        """The version to validate against, or the errors that say why there is none."""
+        key = (topic, event_type)
+        if key not in self.found:
+            try:
+                self.found[key] = schema_version_active(topic=topic, event_type=event_type)
+            except BusInputError as refused:
+                self.found[key] = refused.errors
+        return self.found[key]
 
 
 def topic_get(*, name: str) -> Topic:

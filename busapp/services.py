@@ -28,7 +28,7 @@ from busapp.models import (
 from busapp.permissions import ROLE_PERMISSIONS
 from busapp.publishing import dead_letters_send, envelope_build, events_send
 from busapp.rows import rows_insert
-from busapp.selectors import schema_version_active, topic_get
+from busapp.selectors import ActiveVersions, schema_version_active, topic_get
 from busapp.validation import (
     ApprovalRequiredError,
     EventRejectedError,
@@ -315,36 +315,19 @@ def event_publish_batch(
     """
     topic_row = topic_get(name=topic)
     _approval_check(topic_row, actor, approved_by=None)
-    versions: dict[str, SchemaVersion | EventRejectedError] = {}
+    active = ActiveVersions()
     outcome = BatchOutcome()
     for item in items:
-        type_name = item.get("type")
-        payload = item.get("payload")
-        errors: list[FieldError]
-        if not isinstance(type_name, str):
-            errors = [{"path": "/type", "message": "is required and must be a string"}]
+        checked = _batch_item_check(item, topic, active)
+        if isinstance(checked, SchemaVersion):
+            event = event_build(version=checked, payload=item["payload"], actor=actor, source=source)
+            outcome.events.append(event)
+            outcome.items.append(event)
         else:
-            if type_name not in versions:
-                try:
-                    versions[type_name] = schema_version_active(topic=topic, event_type=type_name)
-                except EventRejectedError as refused:
-                    versions[type_name] = refused
-            version = versions[type_name]
-            if isinstance(version, EventRejectedError):
-                errors = version.errors
-            elif not isinstance(payload, dict):
-                errors = [{"path": "/payload", "message": "is required and must be an object"}]
-            else:
-                errors = payload_errors(version, payload)
-                if not errors:
-                    event = event_build(version=version, payload=payload, actor=actor, source=source)
-                    outcome.events.append(event)
-                    outcome.items.append(event)
-                    continue
-        raw = json.dumps(dict(item), separators=(",", ":"), ensure_ascii=False, default=str)
-        letter = dead_letter_build(topic=topic_row, raw=raw, errors=errors, source=source, actor=actor)
-        outcome.dead_letters.append(letter)
-        outcome.items.append(letter)
+            raw = json.dumps(dict(item), separators=(",", ":"), ensure_ascii=False, default=str)
+            letter = dead_letter_build(topic=topic_row, raw=raw, errors=checked, source=source, actor=actor)
+            outcome.dead_letters.append(letter)
+            outcome.items.append(letter)
     with transaction.atomic():
         rows_insert(outcome.events)
         DeadLetter.objects.bulk_create(outcome.dead_letters)
@@ -355,6 +338,19 @@ def event_publish_batch(
         )
         transaction.on_commit(lambda: _batch_send(outcome), robust=True)
     return outcome
+
+
+def _batch_item_check(item: Mapping[str, Any], topic: str, active: ActiveVersions) -> SchemaVersion | list[FieldError]:
+    """The schema version a batch item is valid under, or every error it has."""
+    type_name, payload = item.get("type"), item.get("payload")
+    if not isinstance(type_name, str):
+        return [{"path": "/type", "message": "is required and must be a string"}]
+    version = active.get(topic, type_name)
+    if isinstance(version, list):
+        return version
+    if not isinstance(payload, dict):
+        return [{"path": "/payload", "message": "is required and must be an object"}]
+    return payload_errors(version, payload) or version
 
 
 def _batch_send(outcome: BatchOutcome) -> None:

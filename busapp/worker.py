@@ -32,9 +32,9 @@ from busapp.audit import AuditRecord, audit_append
 from busapp.models import DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
 from busapp.publishing import INGEST_STREAM, STREAM_PREFIX, dead_letters_send, relay_pending, stream_key
 from busapp.rows import rows_insert
-from busapp.selectors import schema_version_active
+from busapp.selectors import ActiveVersions
 from busapp.services import dead_letter_audit_record, dead_letter_build
-from busapp.validation import BusInputError, FieldError, envelope_errors, payload_errors
+from busapp.validation import FieldError, envelope_errors, payload_errors
 
 logger = logging.getLogger(__name__)
 
@@ -162,23 +162,6 @@ def _external_event(entry: StreamEntry, envelope: dict[str, Any], version: Schem
     )
 
 
-class _VersionLookup:
-    """Active schema versions by (topic, type) for one batch, refusals included."""
-
-    def __init__(self) -> None:
-        self.found: dict[tuple[str, str], SchemaVersion | list[FieldError]] = {}
-
-    def __call__(self, topic: str, event_type: str) -> SchemaVersion | list[FieldError]:
-        """The version to validate against, or the errors that say why there is none."""
-        key = (topic, event_type)
-        if key not in self.found:
-            try:
-                self.found[key] = schema_version_active(topic=topic, event_type=event_type)
-            except BusInputError as refused:
-                self.found[key] = refused.errors
-        return self.found[key]
-
-
 def tap_record(entries: list[StreamEntry]) -> TapOutcome:
     """Record a batch of bus entries in history once each; dead-letter what fails validation."""
     attempts = 3
@@ -199,7 +182,7 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
     ids = {envelope["id"] for _, envelope, _ in decoded if envelope is not None}
     origins = {entry.origin for entry, envelope, _ in decoded if envelope is None}
     topics = {topic.name: topic for topic in Topic.objects.filter(name__in={e.channel for e in entries})}
-    version_for = _VersionLookup()
+    versions = ActiveVersions()
     now = timezone.now()
     with transaction.atomic():
         known = {
@@ -219,7 +202,7 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
                     outcome.groups[topic_group(topic.name)].append(_live_item(known[envelope["id"]], entry))
                 continue
             if envelope is not None:
-                version = version_for(topic.name, envelope["type"])
+                version = versions.get(topic.name, envelope["type"])
                 errors = version if isinstance(version, list) else payload_errors(version, envelope["payload"])
                 if not errors and isinstance(version, SchemaVersion):
                     event = known[envelope["id"]] = _external_event(entry, envelope, version, now)
