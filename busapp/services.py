@@ -150,11 +150,6 @@ def schema_version_create(
     return version
 
 
-def _publisher_name(actor: Actor) -> str:
-    """How history names whoever published."""
-    return actor_parts(actor)[1][:150]
-
-
 def event_build(*, version: SchemaVersion, payload: Any, actor: Actor, source: str) -> Event:
     """An unsaved, pending Event for a valid payload, with its exact wire envelope."""
     event_type = version.event_type
