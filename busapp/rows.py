@@ -9,7 +9,6 @@ would write them. Only for models whose primary key is an auto-increment ``id``.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
@@ -24,25 +23,30 @@ _MAX_VALUES_PER_STATEMENT = 30_000
 # the others (datetimes, JSON) are adapted by the field, as the ORM does.
 _PASSED_AS_IS = (models.CharField, models.TextField, models.IntegerField, models.BooleanField, models.ForeignKey)
 
-ValueGetter = Callable[[Model], Any]
+# Reads one column's value off an object, adapted for the given connection.
+ValueGetter = Callable[[Model, BaseDatabaseWrapper], Any]
 
 
-def _value_getter(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> ValueGetter:
+def _value_getter(field: Field[Any, Any]) -> ValueGetter:
     """How to read one field's database value off an object."""
     if isinstance(field, _PASSED_AS_IS):
-        return operator.attrgetter(field.attname)
-    return lambda obj: field.get_db_prep_save(field.pre_save(obj, add=True), connection)
+        attname = field.attname
+        return lambda obj, connection: getattr(obj, attname)
+    return lambda obj, connection: field.get_db_prep_save(field.pre_save(obj, add=True), connection)
 
 
 @cache
-def _insert_parts(model: type[Model], alias: str) -> tuple[list[ValueGetter], str, str]:
-    """Each column's value getter, the ``INSERT INTO t (cols) VALUES`` head and one row's placeholders."""
-    connection = connections[alias]
-    quote = connection.ops.quote_name
+def _insert_parts(model: type[Model], vendor: str) -> tuple[list[ValueGetter], str, str]:
+    """Each column's value getter, the ``INSERT INTO t (cols) VALUES`` head and one row's placeholders.
+
+    Cached per model and database vendor; the getters take the calling thread's connection,
+    since Django's connections belong to the thread that opened them.
+    """
+    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
     fields = [field for field in model._meta.concrete_fields if not field.primary_key and field.column]
     columns = ", ".join(quote(str(field.column)) for field in fields)
     head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES "  # noqa: S608 (names from the model)
-    getters = [_value_getter(field, connection) for field in fields]
+    getters = [_value_getter(field) for field in fields]
     return getters, head, "(" + ", ".join(["%s"] * len(fields)) + ")"
 
 
@@ -50,12 +54,13 @@ def rows_insert(objs: Sequence[Model]) -> None:
     """INSERT new objects of one model, a chunk per statement, and set their primary keys."""
     if not objs:
         return
-    getters, head, placeholders = _insert_parts(type(objs[0]), DEFAULT_DB_ALIAS)
+    connection = connections[DEFAULT_DB_ALIAS]
+    getters, head, placeholders = _insert_parts(type(objs[0]), connection.vendor)
     per_statement = max(1, _MAX_VALUES_PER_STATEMENT // len(getters))
-    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+    with connection.cursor() as cursor:
         for start in range(0, len(objs), per_statement):
             chunk = objs[start : start + per_statement]
-            params = [getter(obj) for obj in chunk for getter in getters]
+            params = [getter(obj, connection) for obj in chunk for getter in getters]
             cursor.execute(head + ", ".join([placeholders] * len(chunk)) + " RETURNING id", params)
             for obj, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
                 obj.pk = pk
