@@ -6,11 +6,11 @@ import datetime as dt
 import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 import redis
 from django.conf import settings
 from django.db import connection, transaction
@@ -59,40 +59,77 @@ def stream_key(channel: str) -> str:
     return f"{STREAM_PREFIX}{channel}"
 
 
-def envelope_build(
-    *,
-    event_type: str,
-    payload: Any,
-    topic: str,
-    schema_version: int,
-    source: str,
-    publisher: str,
-) -> tuple[dict[str, Any], str]:
-    """The seed's envelope ``{id, type, timestamp, payload}`` plus our extra keys, and its wire JSON."""
-    envelope = {
-        "id": str(uuid.uuid4()),
+def envelope_head(
+    *, event_type: str, topic: str, schema_version: int, source: str, publisher: str, timestamp: float
+) -> str:
+    """The envelope's JSON members that all events of one publish share: everything but ``id`` and ``payload``."""
+    members = {
         "type": event_type,
-        "timestamp": time.time(),
-        "payload": payload,
+        "timestamp": timestamp,
         "topic": topic,
         "schema_version": schema_version,
         "source": source,
         "publisher": publisher,
     }
-    return envelope, json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(members, separators=(",", ":"), ensure_ascii=False)[1:-1]
+
+
+def envelope_wire(*, head: str, payload_json: str) -> tuple[str, str]:
+    """A new envelope id, and the seed's envelope ``{id, type, timestamp, payload}`` plus our keys as wire JSON.
+
+    The payload arrives already encoded (its size was checked on that encoding), so it is
+    encoded once however many times it is used.
+    """
+    envelope_id = str(uuid.uuid4())
+    return envelope_id, f'{{"id":"{envelope_id}",{head},"payload":{payload_json}}}'
 
 
 def _send(messages: Sequence[tuple[str, str, int]]) -> list[str]:
-    """PUBLISH and XADD each (channel, body, maxlen) in one MULTI; return the stream ids."""
-    pipe = bus_redis().pipeline(transaction=True)
+    """PUBLISH and XADD each (channel, body, maxlen) in one MULTI; return the stream ids.
+
+    The MULTI is written straight to a pooled connection: redis-py's transaction pipeline
+    spent more time in Python than Redis took for the round trip (``bench/README.md``).
+    """
+    commands: list[tuple[Any, ...]] = [("MULTI",)]
     for channel, body, maxlen in messages:
-        pipe.publish(channel, body)
-        pipe.xadd(stream_key(channel), {"event": body}, maxlen=maxlen, approximate=True)
+        commands.append(("PUBLISH", channel, body))
+        commands.append(("XADD", stream_key(channel), "MAXLEN", "~", maxlen, "*", "event", body))
+    commands.append(("EXEC",))
     try:
-        results = pipe.execute()
+        results = _multi_exec(commands)
     except redis.RedisError as error:
         raise BusUnavailableError(redis_unreachable_message(error)) from error
+    failed = [result for result in results if isinstance(result, redis.ResponseError)]
+    if failed:
+        raise BusUnavailableError(f"Redis refused the send: {failed[0]}")
     return [entry_id.decode() for entry_id in results[1::2]]
+
+
+def _multi_exec(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Send ``MULTI ... EXEC`` in one write, read every reply, and return what EXEC answered."""
+    pool = bus_redis().connection_pool
+    conn = pool.get_connection()
+    try:
+        # hiredis packs each command in C; redis-py's own packer took as long as the round trip.
+        conn.send_packed_command([b"".join([hiredis.pack_command(command) for command in commands])])
+        queued_error: redis.ResponseError | None = None
+        for _ in range(len(commands) - 1):  # +OK for MULTI, +QUEUED for each command
+            try:
+                conn.read_response()
+            except redis.ResponseError as error:  # a command Redis would not queue; EXEC then aborts
+                queued_error = queued_error or error
+        try:
+            results = conn.read_response()
+        except redis.ResponseError:
+            raise queued_error or redis.ResponseError("EXEC aborted") from None
+    except BaseException:
+        conn.disconnect()  # a half-read reply must not reach the next user of this connection
+        raise
+    finally:
+        pool.release(conn)
+    if not isinstance(results, list):
+        raise redis.ResponseError(f"EXEC answered {results!r}")
+    return results
 
 
 def _retry_later(events: Sequence[Event], error: Exception) -> None:
@@ -129,8 +166,19 @@ def _mark_published(events: Sequence[Event], now: dt.datetime) -> None:
     This is the publish hot path: ``bulk_update`` builds a CASE expression per row and
     cost more than everything else in a 1,000-event batch, so the statement is written out.
     """
+    sql = (
+        f"UPDATE {Event._meta.db_table} SET status = %s, stream_id = %s, published_at = %s, last_error = '' "  # noqa: S608
+        "WHERE id = %s"
+    )
     published_at = connection.ops.adapt_datetimefield_value(now)
+    rows = [(EventStatus.PUBLISHED.value, event.stream_id, published_at, event.pk) for event in events]
     own_transaction = not connection.in_atomic_block
+    if own_transaction and len(rows) == 1 and connection.vendor == "sqlite":
+        # One statement outside a transaction is a transaction of its own on SQLite:
+        # the same commit without a BEGIN and a COMMIT of its own to pay for.
+        with connection.cursor() as cursor:
+            cursor.execute(sql, rows[0])
+        return
     with transaction.atomic(), connection.cursor() as cursor:  # one commit, not one per row
         if own_transaction and connection.vendor == "postgresql":
             # The event row itself was committed durably before the send. Losing this mark
@@ -138,11 +186,7 @@ def _mark_published(events: Sequence[Event], now: dt.datetime) -> None:
             # does not wait for a WAL flush: that halves the fsyncs of a publish. Inside a
             # caller's transaction (the relay's, with audit entries) it stays durable.
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        cursor.executemany(
-            f"UPDATE {Event._meta.db_table} SET status = %s, stream_id = %s, published_at = %s, last_error = '' "  # noqa: S608
-            "WHERE id = %s",
-            [(EventStatus.PUBLISHED.value, event.stream_id, published_at, event.pk) for event in events],
-        )
+        cursor.executemany(sql, rows)
 
 
 def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:

@@ -2,13 +2,16 @@
 
 On the publish hot path ``Model.save()`` and ``bulk_create()`` cost more per row than the
 database does (measured in ``bench/publish.py``). This writes the same rows with one
-prepared statement per model, adapting each value with its field's own
-``get_db_prep_save``, so JSON, time zones and foreign keys come out exactly as the ORM
-would write them. Only for models whose primary key is an auto-increment ``id``.
+prepared statement per model. Values come out as the ORM would write them: JSON and
+other fields through the field's own ``get_db_prep_save``, datetimes through the
+connection's adapter (once per distinct value: a batch shares them), foreign keys as
+their ids. Every ``auto_now``/``auto_now_add`` field of one call gets the same instant.
+Only for models whose primary key is an auto-increment ``id``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
@@ -16,23 +19,51 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
+from django.utils import timezone
 
 # SQLite allows 32,766 bound values per statement; stay well under it on every database.
 _MAX_VALUES_PER_STATEMENT = 30_000
-# Values of these fields go to the driver as they are (str, int, bool, a foreign key's id);
-# the others (datetimes, JSON) are adapted by the field, as the ORM does.
+# Values of these fields go to the driver as they are (str, int, bool, a foreign key's id).
 _PASSED_AS_IS = (models.CharField, models.TextField, models.IntegerField, models.BooleanField, models.ForeignKey)
 
-# Reads one column's value off an object, adapted for the given connection.
-ValueGetter = Callable[[Model, BaseDatabaseWrapper], Any]
+
+class _Insert:
+    """What one ``rows_insert`` call shares between its rows: the connection, one creation time, adapted datetimes."""
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        self.connection = connection
+        self.now = timezone.now()  # every auto_now(_add) field of one INSERT gets the same instant
+        self.adapted: dict[dt.datetime, Any] = {}
+
+    def datetime(self, value: dt.datetime | None) -> Any:
+        """A datetime as the driver takes it, adapted once per distinct value (a batch shares most of them)."""
+        if value is None:
+            return None
+        adapted = self.adapted.get(value)
+        if adapted is None:
+            adapted = self.adapted[value] = self.connection.ops.adapt_datetimefield_value(value)
+        return adapted
+
+
+# Reads one column's value off an object, adapted for the insert it is part of.
+ValueGetter = Callable[[Model, _Insert], Any]
 
 
 def _value_getter(field: Field[Any, Any]) -> ValueGetter:
     """How to read one field's database value off an object."""
+    attname = field.attname
     if isinstance(field, _PASSED_AS_IS):
-        attname = field.attname
-        return lambda obj, connection: getattr(obj, attname)
-    return lambda obj, connection: field.get_db_prep_save(field.pre_save(obj, add=True), connection)
+        return lambda obj, insert: getattr(obj, attname)
+    if isinstance(field, models.DateTimeField):
+        if field.auto_now or field.auto_now_add:
+
+            def stamped(obj: Model, insert: _Insert) -> Any:
+                setattr(obj, attname, insert.now)
+                return insert.datetime(insert.now)
+
+            return stamped
+        return lambda obj, insert: insert.datetime(getattr(obj, attname))
+    return lambda obj, insert: field.get_db_prep_save(field.pre_save(obj, add=True), insert.connection)
 
 
 @cache
@@ -56,11 +87,12 @@ def rows_insert(objs: Sequence[Model]) -> None:
         return
     connection = connections[DEFAULT_DB_ALIAS]
     getters, head, placeholders = _insert_parts(type(objs[0]), connection.vendor)
+    insert = _Insert(connection)
     per_statement = max(1, _MAX_VALUES_PER_STATEMENT // len(getters))
     with connection.cursor() as cursor:
         for start in range(0, len(objs), per_statement):
             chunk = objs[start : start + per_statement]
-            params = [getter(obj, connection) for obj in chunk for getter in getters]
+            params = [getter(obj, insert) for obj in chunk for getter in getters]
             cursor.execute(head + ", ".join([placeholders] * len(chunk)) + " RETURNING id", params)
             for obj, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
                 obj.pk = pk

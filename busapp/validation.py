@@ -165,9 +165,14 @@ def _sorted_errors(errors: Iterator[JsonSchemaError], prefix: str) -> list[Field
     return unique
 
 
-def payload_size_error(payload: Any) -> FieldError | None:
+def payload_json(payload: Any) -> str:
+    """The payload's compact JSON, as it goes on the bus inside the envelope."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def payload_size_error(encoded: str) -> FieldError | None:
     """An error when the payload's JSON is over the bus limit ("send IDs, not PDFs")."""
-    size = len(json.dumps(payload, separators=(",", ":")).encode())
+    size = len(encoded.encode())
     limit = settings.BUS_MAX_PAYLOAD_BYTES
     if size <= limit:
         return None
@@ -177,9 +182,12 @@ def payload_size_error(payload: Any) -> FieldError | None:
     }
 
 
-def payload_errors(version: SchemaVersion, payload: Any) -> list[FieldError]:
-    """Every way the payload breaks its size limit or schema version, with paths under ``/payload``."""
-    too_big = payload_size_error(payload)
+def payload_errors(version: SchemaVersion, payload: Any, *, encoded: str | None = None) -> list[FieldError]:
+    """Every way the payload breaks its size limit or schema version, with paths under ``/payload``.
+
+    ``encoded`` is the payload's ``payload_json`` when the caller has it already.
+    """
+    too_big = payload_size_error(payload_json(payload) if encoded is None else encoded)
     if too_big:
         return [too_big]
     return _sorted_errors(validator_for(version).iter_errors(payload), "/payload")

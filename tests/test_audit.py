@@ -9,6 +9,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 
+from busapp import audit
 from busapp.audit import AuditRecord, audit_append, audit_record, audit_verify
 from busapp.models import AuditEntry, ImmutableRecordError
 
@@ -52,6 +53,18 @@ def test_entries_link_each_to_the_one_before():
     assert third.prev_hash == second.hash
     report = audit_verify()
     assert (report.intact, report.checked, report.last_hash) == (True, 3, third.hash)
+
+
+def test_a_head_remembered_wrongly_is_read_again_and_the_chain_stays_whole():
+    _write_entries(2)
+    # What this process remembers after another process appended in between, or after a rollback.
+    audit._remembered_heads[audit._database_key()] = (1, AuditEntry.objects.get(seq=1).hash)
+
+    _write_entries(1)
+
+    assert list(AuditEntry.objects.order_by("seq").values_list("seq", flat=True)) == [1, 2, 3]
+    assert AuditEntry.objects.get(seq=3).prev_hash == AuditEntry.objects.get(seq=2).hash
+    assert audit_verify().intact
 
 
 def test_the_app_refuses_to_update_or_delete_an_entry():

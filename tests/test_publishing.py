@@ -1,5 +1,6 @@
 """event_publish: validate, record outbox and audit in one transaction, one MULTI to Redis on commit."""
 
+import hashlib
 import json
 
 import pytest
@@ -51,7 +52,13 @@ def test_a_published_event_is_in_history_in_the_stream_and_in_the_audit_log(bus)
     assert (envelope["type"], envelope["payload"]) == ("tax_policy.updated", {"standard_deduction": 15000})
     entry = AuditEntry.objects.get(action="event.publish", target=f"event:{event.envelope_id}")
     assert entry.actor_name == "test"
-    assert entry.details == {"topic": "tax-policy", "type": "tax_policy.updated", "schema_version": 1, "source": "cli"}
+    assert entry.details == {
+        "topic": "tax-policy",
+        "type": "tax_policy.updated",
+        "schema_version": 1,
+        "source": "cli",
+        "envelope_sha256": hashlib.sha256(stored.envelope.encode()).hexdigest(),
+    }
     assert audit_verify().intact
 
 
@@ -159,3 +166,38 @@ def test_a_batch_publishes_valid_items_and_dead_letters_the_rest_in_one_go(bus):
     assert letters[0].errors == [{"path": "/payload/standard_deduction", "message": "-1 is less than the minimum of 0"}]
     assert letters[1].errors[0]["path"] == "/type"
     assert all(letter.dlq_stream_id for letter in letters)
+
+
+def test_a_batch_is_one_audit_entry_naming_every_event_and_vouching_for_their_envelopes(bus):
+    items = [{"type": "tax_policy.updated", "payload": {"standard_deduction": n}} for n in range(3)]
+
+    outcome = event_publish_batch(topic="tax-policy", items=items, actor="test", source=Source.API)
+
+    [entry] = AuditEntry.objects.filter(action__startswith="event.publish")
+    stored = list(Event.objects.order_by("id"))
+    assert (entry.action, entry.target, entry.actor_name) == ("event.publish_batch", "topic:tax-policy", "test")
+    assert entry.details["events"] == [event.envelope_id for event in outcome.events]
+    assert entry.details["events"] == [event.envelope_id for event in stored]
+    assert (
+        entry.details["envelopes_sha256"]
+        == hashlib.sha256("\n".join(event.envelope for event in stored).encode()).hexdigest()
+    )
+    assert len({event.timestamp for event in stored}) == 1  # one publish, one instant
+    assert len({json.loads(event.envelope)["id"] for event in stored}) == 3
+    assert [json.loads(event.envelope)["payload"] for event in stored] == [item["payload"] for item in items]
+    assert audit_verify().intact
+
+
+def test_when_redis_refuses_the_send_the_event_stays_pending_and_the_connection_is_reused(bus):
+    bus.set(stream_key("tax-policy"), "not a stream")  # XADD now fails inside the MULTI with WRONGTYPE
+
+    refused = _publish({"standard_deduction": 15000})
+
+    assert refused.status == EventStatus.PENDING
+    assert "WRONGTYPE" in refused.last_error
+    bus.delete(stream_key("tax-policy"))
+    accepted = _publish({"standard_deduction": 16000})  # the same pooled connection, not left half-read
+    assert accepted.status == EventStatus.PUBLISHED
+    [(_, fields)] = bus.xrange(stream_key("tax-policy"))
+    assert json.loads(fields[b"event"])["id"] == accepted.envelope_id
+    assert Event.objects.get(envelope_id=refused.envelope_id).status == EventStatus.PENDING
