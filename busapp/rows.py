@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -66,35 +67,63 @@ def _value_getter(field: Field[Any, Any]) -> ValueGetter:
     return lambda obj, insert: field.get_db_prep_save(field.pre_save(obj, add=True), insert.connection)
 
 
-@cache
-def _insert_parts(model: type[Model], vendor: str) -> tuple[list[ValueGetter], str, str]:
-    """Each column's value getter, the ``INSERT INTO t (cols) VALUES`` head and one row's placeholders.
+@dataclass(frozen=True)
+class _Statement:
+    """How to INSERT rows of one model: each column's value getter and the SQL to use."""
 
-    Cached per model and database vendor; the getters take the calling thread's connection,
-    since Django's connections belong to the thread that opened them.
+    getters: list[ValueGetter]
+    head: str  # INSERT INTO t (columns) VALUES
+    row: str  # one row's placeholders
+    unnest: str | None  # PostgreSQL: the same INSERT taking one array per column
+
+
+@cache
+def _statement(model: type[Model], vendor: str) -> _Statement:
+    """The INSERT of a model's rows, cached per model and database vendor.
+
+    The getters take the calling thread's connection, since Django's connections belong to
+    the thread that opened them.
     """
-    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
+    connection = connections[DEFAULT_DB_ALIAS]
+    quote = connection.ops.quote_name
     fields = [field for field in model._meta.concrete_fields if not field.primary_key and field.column]
     columns = ", ".join(quote(str(field.column)) for field in fields)
-    head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES "  # noqa: S608 (names from the model)
+    into = f"INSERT INTO {quote(model._meta.db_table)} ({columns})"
+    unnest = None
+    if vendor == "postgresql":
+        # One array per column, as Django's own bulk_create does on PostgreSQL: the statement
+        # has as many parameters as the model has columns however many rows go in, so the
+        # driver parses it once instead of scanning thousands of placeholders every call.
+        arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+        unnest = f"{into} SELECT * FROM UNNEST({arrays}) RETURNING id"  # noqa: S608 (names and types from the model)
     getters = [_value_getter(field) for field in fields]
-    return getters, head, "(" + ", ".join(["%s"] * len(fields)) + ")"
+    return _Statement(getters, f"{into} VALUES ", "(" + ", ".join(["%s"] * len(fields)) + ")", unnest)
 
 
 def rows_insert(objs: Sequence[Model]) -> None:
-    """INSERT new objects of one model, a chunk per statement, and set their primary keys."""
+    """INSERT new objects of one model, in as few statements as the database allows, and set their primary keys."""
     if not objs:
         return
     connection = connections[DEFAULT_DB_ALIAS]
-    getters, head, placeholders = _insert_parts(type(objs[0]), connection.vendor)
-    insert = _Insert(connection)
-    per_statement = max(1, _MAX_VALUES_PER_STATEMENT // len(getters))
+    statement = _statement(type(objs[0]), connection.vendor)
+    getters, insert = statement.getters, _Insert(connection)
     with connection.cursor() as cursor:
+        if statement.unnest is not None and len(objs) > 1:
+            rows = [[getter(obj, insert) for getter in getters] for obj in objs]
+            cursor.execute(statement.unnest, [list(column) for column in zip(*rows, strict=True)])
+            _keys_set(objs, cursor.fetchall())
+            return
+        per_statement = max(1, _MAX_VALUES_PER_STATEMENT // len(getters))
         for start in range(0, len(objs), per_statement):
             chunk = objs[start : start + per_statement]
             params = [getter(obj, insert) for obj in chunk for getter in getters]
-            cursor.execute(head + ", ".join([placeholders] * len(chunk)) + " RETURNING id", params)
-            for obj, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
-                obj.pk = pk
-                obj._state.adding = False
-                obj._state.db = DEFAULT_DB_ALIAS
+            cursor.execute(statement.head + ", ".join([statement.row] * len(chunk)) + " RETURNING id", params)
+            _keys_set(chunk, cursor.fetchall())
+
+
+def _keys_set(objs: Sequence[Model], returned: Sequence[tuple[Any, ...]]) -> None:
+    """Give each inserted object the primary key the database returned for it, in insertion order."""
+    for obj, (pk,) in zip(objs, returned, strict=True):
+        obj.pk = pk
+        obj._state.adding = False
+        obj._state.db = DEFAULT_DB_ALIAS
