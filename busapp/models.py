@@ -198,8 +198,8 @@ class Event(models.Model):
         return f"{self.event_type.name} {self.envelope_id}"
 
     def get_absolute_url(self) -> str:
-        """The event's full record in the admin until the history pages exist."""
-        return reverse("admin:busapp_event_change", args=[self.pk])
+        """The event's full record."""
+        return reverse("event-detail", args=[self.envelope_id])
 
 
 class DeadLetterStatus(models.TextChoices):

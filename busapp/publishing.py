@@ -74,14 +74,14 @@ def envelope_head(
     return json.dumps(members, separators=(",", ":"), ensure_ascii=False)[1:-1]
 
 
-def envelope_wire(*, head: str, payload_json: str) -> tuple[str, str]:
-    """A new envelope id, and the seed's envelope ``{id, type, timestamp, payload}`` plus our keys as wire JSON.
+def envelope_wire(*, head: str, payload_json: str, envelope_id: uuid.UUID | None = None) -> tuple[str, str]:
+    """The envelope id (new unless given), and the seed's envelope ``{id, type, timestamp, payload}`` plus our keys.
 
     The payload arrives already encoded (its size was checked on that encoding), so it is
-    encoded once however many times it is used.
+    encoded once however many times it is used. A given id is a UUID, so it needs no escaping.
     """
-    envelope_id = str(uuid.uuid4())
-    return envelope_id, f'{{"id":"{envelope_id}",{head},"payload":{payload_json}}}'
+    text = str(envelope_id or uuid.uuid4())
+    return text, f'{{"id":"{text}",{head},"payload":{payload_json}}}'
 
 
 def _send(messages: Sequence[tuple[str, str, int]]) -> list[str]:
@@ -214,6 +214,15 @@ def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:
         letter.dlq_stream_id = stream_id
     DeadLetter.objects.bulk_update(dead_letters, ["dlq_stream_id"], batch_size=500)
     return True
+
+
+def subscribers_count(channel: str) -> int | None:
+    """How many clients listen on a Pub/Sub channel right now (``PUBSUB NUMSUB``); None when Redis is down."""
+    try:
+        [(_, count)] = bus_redis().pubsub_numsub(channel)
+    except redis.RedisError:
+        return None
+    return int(count)
 
 
 def bus_reachable() -> bool:

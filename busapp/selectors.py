@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
+from django.db.models import Count, Max, QuerySet
+from django.utils import timezone
+from guardian.core import ObjectPermissionChecker
+from guardian.shortcuts import get_objects_for_user
 
-from busapp.models import Event, EventStatus, EventType, SchemaVersion, Topic
+from busapp.models import DeadLetter, DeadLetterStatus, Event, EventStatus, EventType, SchemaVersion, Topic
+from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
 from busapp.validation import BusInputError, EventRejectedError, FieldError, TopicNotFoundError
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
 
 # Every publish resolves its schema version, so the lookup is one prepared statement rather
 # than an ORM query (whose compilation cost more than the query), and the immutable schema
@@ -94,3 +105,82 @@ def topic_get(*, name: str) -> Topic:
 def pending_event_count() -> int:
     """How many accepted events are still waiting for Redis."""
     return Event.objects.filter(status=EventStatus.PENDING).count()
+
+
+def topics_visible_to(user: User | AnonymousUser) -> QuerySet[Topic]:
+    """The topics a person may see: all of them with the role-wide right, else those granted one by one."""
+    return get_objects_for_user(user, f"busapp.{VIEW_TOPIC}", klass=Topic.objects.all())
+
+
+@dataclass(frozen=True)
+class TopicSummary:
+    """What the dashboard and the topic list say about one topic."""
+
+    topic: Topic
+    last_event_at: dt.datetime | None
+    events_last_day: int
+    open_dead_letters: int
+    can_publish: bool
+
+
+def topic_summaries(user: User, topics_query: QuerySet[Topic]) -> list[TopicSummary]:
+    """Per topic: newest event time, events in the last 24 hours, open dead letters, and the publish right.
+
+    Each figure is read over the (topic, time) indexes, never by counting the whole history.
+    """
+    topics = list(topics_query)
+    since = timezone.now() - dt.timedelta(days=1)
+    recent = dict(
+        Event.objects.filter(topic__in=topics, timestamp__gte=since)
+        .values_list("topic")
+        .annotate(count=Count("id"))
+        .values_list("topic", "count")
+    )
+    newest = dict(
+        Event.objects.filter(topic__in=topics)
+        .values_list("topic")
+        .annotate(newest=Max("timestamp"))
+        .values_list("topic", "newest")
+    )
+    open_letters = dict(
+        DeadLetter.objects.filter(topic__in=topics, status=DeadLetterStatus.OPEN)
+        .values_list("topic")
+        .annotate(count=Count("id"))
+        .values_list("topic", "count")
+    )
+    checker = ObjectPermissionChecker(user)
+    checker.prefetch_perms(topics_query)
+    global_publish = user.has_perm(f"busapp.{PUBLISH_TOPIC}")
+    return [
+        TopicSummary(
+            topic=topic,
+            last_event_at=newest.get(topic.pk),
+            events_last_day=recent.get(topic.pk, 0),
+            open_dead_letters=open_letters.get(topic.pk, 0),
+            can_publish=user.is_active and (global_publish or checker.has_perm(PUBLISH_TOPIC, topic)),
+        )
+        for topic in topics
+    ]
+
+
+def recent_events(*, topic: Topic, limit: int = 10) -> list[Event]:
+    """A topic's newest events, newest first (over the (topic, timestamp, id) index)."""
+    return list(
+        Event.objects.filter(topic=topic)
+        .select_related("event_type", "schema_version")
+        .order_by("-timestamp", "-id")[:limit]
+    )
+
+
+def event_types_with_active_versions(*, topic: Topic) -> list[tuple[EventType, SchemaVersion | None]]:
+    """A topic's event types, each with the schema version a publish is checked against now (None if none)."""
+    types = list(EventType.objects.filter(topic=topic).order_by("name"))
+    versions: dict[int, SchemaVersion] = {}
+    for version in SchemaVersion.objects.active().filter(event_type__in=types).select_related("event_type"):
+        versions.setdefault(version.event_type_id, version)  # newest first
+    return [(event_type, versions.get(event_type.pk)) for event_type in types]
+
+
+def dead_letters_open_count(topics: Iterable[Topic]) -> int:
+    """Open dead letters on the given topics."""
+    return DeadLetter.objects.filter(topic__in=list(topics), status=DeadLetterStatus.OPEN).count()

@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,20 +162,23 @@ def event_build(
     source: str,
     published: dt.datetime | None = None,
     encoded: str | None = None,
+    envelope_id: uuid.UUID | None = None,
 ) -> Event:
     """An unsaved, pending Event for a valid payload, with its exact wire envelope.
 
     ``published`` is the envelope's timestamp (default: now); ``encoded`` the payload's
-    ``payload_json`` if the caller made it already.
+    ``payload_json`` if the caller made it already; ``envelope_id`` an id chosen before
+    (a previewed publish), else a new one.
     """
     event_type = version.event_type
     topic = event_type.topic
     publisher, publisher_name = actor_parts(actor)
     published = published or timezone.now()
     head = _envelope_head(version, source, publisher_name, published)
-    envelope_id, wire = envelope_wire(head=head, payload_json=payload_json(payload) if encoded is None else encoded)
+    encoded = payload_json(payload) if encoded is None else encoded
+    envelope_text, wire = envelope_wire(head=head, payload_json=encoded, envelope_id=envelope_id)
     return Event(
-        envelope_id=envelope_id,
+        envelope_id=envelope_text,
         topic=topic,
         event_type=event_type,
         schema_version=version,
@@ -288,12 +292,14 @@ def event_publish(
     actor: Actor,
     source: str,
     approved_by: Actor | None = None,
+    envelope_id: uuid.UUID | None = None,
 ) -> Event:
     """Validate, record (outbox + audit, one transaction), then put the event on the bus on commit.
 
     Returns the event: ``published``, or ``pending`` when Redis is down (the relay sends it later).
     Raises TopicNotFoundError, ApprovalRequiredError or EventRejectedError and writes nothing
-    when the input is refused.
+    when the input is refused; an ``envelope_id`` already in history raises IntegrityError
+    (a form submitted twice publishes once).
     """
     version = schema_version_active(topic=topic, event_type=event_type)
     _approval_check(version.event_type.topic, actor, approved_by)
@@ -301,7 +307,9 @@ def event_publish(
     errors = payload_errors(version, payload, encoded=encoded)
     if errors:
         raise EventRejectedError(errors)
-    event = event_build(version=version, payload=payload, actor=actor, source=source, encoded=encoded)
+    event = event_build(
+        version=version, payload=payload, actor=actor, source=source, encoded=encoded, envelope_id=envelope_id
+    )
     record = _publish_record(event)
     if approved_by is not None:
         record.details["approved_by"] = actor_parts(approved_by)[1]

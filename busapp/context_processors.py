@@ -1,0 +1,22 @@
+"""What every page's frame needs: the navigation this person may use and the role they act in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+from django.urls import reverse
+
+
+def navigation(request: HttpRequest) -> dict[str, Any]:
+    """The links of the top bar (only what the person's role allows, the current one marked) and their role."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {}
+    links = [("Dashboard", reverse("dashboard")), ("Topics", reverse("topic-list"))]
+    if user.is_staff:
+        links.append(("Admin", reverse("admin:index")))
+    path = request.path
+    current = [(label, href, path == href or (href != "/" and path.startswith(href))) for label, href in links]
+    roles = ", ".join(sorted(group.name for group in user.groups.all())) or ("superuser" if user.is_superuser else "")
+    return {"nav_links": current, "nav_role": roles}
