@@ -27,11 +27,15 @@ def _client(username: str) -> Client:
 def _envelope(response) -> dict:
     """The envelope the preview page shows."""
     html = response.content.decode().replace("&quot;", '"')
-    return json.loads(re.search(r'<pre class="json envelope">(.*?)</pre>', html, re.S).group(1))
+    found = re.search(r'<pre class="json envelope">(.*?)</pre>', html, re.S)
+    assert found, "the page shows no envelope"
+    return json.loads(found.group(1))
 
 
 def _token(response) -> str:
-    return re.search(r'name="token" value="([^"]+)"', response.content.decode()).group(1)
+    found = re.search(r'name="token" value="([^"]+)"', response.content.decode())
+    assert found, "the page carries no preview token"
+    return found.group(1)
 
 
 def _preview(client: Client, deduction: str, **extra: str):
