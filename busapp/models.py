@@ -202,6 +202,66 @@ class Event(models.Model):
         return reverse("event-detail", args=[self.envelope_id])
 
 
+class PublishRequestStatus(models.TextChoices):
+    """Where a publish that waits is: for a second person, for its time, or done."""
+
+    AWAITING_APPROVAL = "awaiting_approval", "awaiting approval"
+    SCHEDULED = "scheduled", "scheduled"
+    PUBLISHED = "published", "published"
+    REJECTED = "rejected", "rejected"
+    CANCELLED = "cancelled", "cancelled"
+    FAILED = "failed", "failed"
+
+    @classmethod
+    def open(cls) -> tuple[str, ...]:
+        """The statuses from which a request can still be published, or cancelled."""
+        return (cls.AWAITING_APPROVAL.value, cls.SCHEDULED.value)
+
+
+class PublishRequest(models.Model):
+    """A publish that waits: for a second person's approval (sensitive topics), for its time (scheduled), or both.
+
+    The envelope id is chosen when the request is made and is the id the event carries
+    when it goes out, so the request and its event are one story in history.
+    """
+
+    envelope_id = models.CharField(max_length=128, unique=True)
+    topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="publish_requests")
+    event_type = models.ForeignKey(EventType, on_delete=models.PROTECT, related_name="+")
+    payload = models.JSONField()
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    requested_at = models.DateTimeField(auto_now_add=True)
+    needs_approval = models.BooleanField(help_text="The topic was sensitive when this was requested.")
+    effective_at = models.DateTimeField(null=True, blank=True, help_text="When it goes out; empty: once approved.")
+    status = models.CharField(max_length=24, choices=PublishRequestStatus.choices)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(blank=True)
+    event = models.ForeignKey(Event, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    failure = models.TextField(blank=True, help_text="Why it could not go out at its time.")
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        indexes = [
+            models.Index(fields=["status", "effective_at"], name="publishrequest_due"),
+            models.Index(fields=["topic", "status"], name="publishrequest_topic_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"publish request #{self.pk} on {self.topic.name}"
+
+    def get_absolute_url(self) -> str:
+        """The request's page, where it is approved, rejected or cancelled."""
+        return reverse("publish-request", args=[self.topic.name, self.pk])
+
+    @property
+    def is_open(self) -> bool:
+        """True while it can still go out or be cancelled."""
+        return self.status in PublishRequestStatus.open()
+
+
 class DeadLetterStatus(models.TextChoices):
     """What became of a dead letter."""
 

@@ -7,6 +7,7 @@ second event with the same envelope id, so a form posted twice publishes once.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -30,17 +31,18 @@ class Preview:
     event_type: str
     payload: dict[str, Any]
     envelope_id: uuid.UUID
+    effective_at: dt.datetime | None = None  # a scheduled publish's time; None: at once
 
 
-def preview_sign(*, user_id: int, topic: str, event_type: str, payload: dict[str, Any]) -> tuple[str, Preview]:
+def preview_sign(
+    *, user_id: int, topic: str, event_type: str, payload: dict[str, Any], effective_at: dt.datetime | None = None
+) -> tuple[str, Preview]:
     """A new preview with its own envelope id, and the token that carries it to the confirm step."""
-    preview = Preview(topic, event_type, payload, uuid.uuid4())
-    token = signing.dumps(
-        {"u": user_id, "t": topic, "e": event_type, "p": payload, "id": str(preview.envelope_id)},
-        salt=_SALT,
-        compress=True,
-    )
-    return token, preview
+    preview = Preview(topic, event_type, payload, uuid.uuid4(), effective_at)
+    data = {"u": user_id, "t": topic, "e": event_type, "p": payload, "id": str(preview.envelope_id)}
+    if effective_at is not None:
+        data["at"] = effective_at.isoformat()
+    return signing.dumps(data, salt=_SALT, compress=True), preview
 
 
 def preview_read(token: str, *, user_id: int, topic: str) -> Preview:
@@ -55,4 +57,5 @@ def preview_read(token: str, *, user_id: int, topic: str) -> Preview:
         ) from None
     if data.get("u") != user_id or data.get("t") != topic:
         raise PreviewInvalidError("this preview was made by someone else or for another topic: start again")
-    return Preview(data["t"], data["e"], data["p"], uuid.UUID(data["id"]))
+    effective_at = dt.datetime.fromisoformat(data["at"]) if data.get("at") else None
+    return Preview(data["t"], data["e"], data["p"], uuid.UUID(data["id"]), effective_at)

@@ -13,8 +13,18 @@ from django.utils import timezone
 from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import get_objects_for_user
 
-from busapp.models import DeadLetter, DeadLetterStatus, Event, EventStatus, EventType, SchemaVersion, Topic
-from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
+from busapp.models import (
+    DeadLetter,
+    DeadLetterStatus,
+    Event,
+    EventStatus,
+    EventType,
+    PublishRequest,
+    PublishRequestStatus,
+    SchemaVersion,
+    Topic,
+)
+from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC
 from busapp.validation import BusInputError, EventRejectedError, FieldError, TopicNotFoundError
 
 if TYPE_CHECKING:
@@ -184,3 +194,23 @@ def event_types_with_active_versions(*, topic: Topic) -> list[tuple[EventType, S
 def dead_letters_open_count(topics: Iterable[Topic]) -> int:
     """Open dead letters on the given topics."""
     return DeadLetter.objects.filter(topic__in=list(topics), status=DeadLetterStatus.OPEN).count()
+
+
+def publish_requests_for_approver(user: User) -> list[PublishRequest]:
+    """Requests waiting for a second person that this person may decide: not their own, on topics they approve."""
+    topics = get_objects_for_user(user, f"busapp.{APPROVE_TOPIC}", klass=Topic.objects.all())
+    return list(
+        PublishRequest.objects.filter(status=PublishRequestStatus.AWAITING_APPROVAL, topic__in=topics)
+        .exclude(requested_by=user)
+        .select_related("topic", "event_type", "requested_by")
+        .order_by("requested_at")
+    )
+
+
+def publish_requests_open(topics: QuerySet[Topic]) -> list[PublishRequest]:
+    """Publishes still waiting (for approval or their time) on the given topics, soonest first."""
+    return list(
+        PublishRequest.objects.filter(status__in=PublishRequestStatus.open(), topic__in=topics)
+        .select_related("topic", "event_type", "requested_by")
+        .order_by("effective_at", "requested_at")
+    )

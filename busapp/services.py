@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
 from django.db.models import Model
 from django.utils import timezone
@@ -24,6 +24,8 @@ from busapp.models import (
     Event,
     EventStatus,
     EventType,
+    PublishRequest,
+    PublishRequestStatus,
     SchemaVersion,
     Source,
     Topic,
@@ -34,8 +36,10 @@ from busapp.rows import rows_insert
 from busapp.selectors import ActiveVersions, schema_version_active, topic_get
 from busapp.validation import (
     ApprovalRequiredError,
+    BusInputError,
     EventRejectedError,
     FieldError,
+    PublishRequestRefusedError,
     SchemaInvalidError,
     backward_incompatibilities,
     payload_errors,
@@ -439,3 +443,162 @@ def _batch_send(outcome: BatchOutcome) -> None:
     """Send a committed batch's events, then its dead letters."""
     events_send(outcome.events)
     dead_letters_send(outcome.dead_letters)
+
+
+# Publishes that wait: for a second person's approval (sensitive topics), for their time, or both.
+
+
+def publish_request_create(
+    *,
+    topic: str,
+    event_type: str,
+    payload: Any,
+    actor: User,
+    envelope_id: uuid.UUID,
+    effective_at: dt.datetime | None = None,
+) -> PublishRequest:
+    """Keep a publish that must wait for approval (a sensitive topic) or for its time; it is validated now."""
+    version = schema_version_active(topic=topic, event_type=event_type)
+    errors = payload_errors(version, payload)
+    if errors:
+        raise EventRejectedError(errors)
+    if effective_at is not None and effective_at <= timezone.now():
+        raise EventRejectedError(
+            [{"path": "/effective_at", "message": "is in the past: leave it empty to publish at once"}]
+        )
+    sensitive = version.event_type.topic.sensitive
+    with transaction.atomic():
+        request = PublishRequest.objects.create(
+            envelope_id=str(envelope_id),
+            topic_id=version.event_type.topic.pk,
+            event_type_id=version.event_type.pk,
+            payload=payload,
+            requested_by=actor,
+            needs_approval=sensitive,
+            effective_at=effective_at,
+            status=PublishRequestStatus.AWAITING_APPROVAL if sensitive else PublishRequestStatus.SCHEDULED,
+        )
+        audit_record(
+            actor=actor,
+            action="publish_request.create",
+            target=f"publish_request:{request.pk}",
+            details={
+                "topic": topic,
+                "type": event_type,
+                "envelope_id": request.envelope_id,
+                "needs_approval": sensitive,
+                "effective_at": effective_at.isoformat() if effective_at else None,
+                "payload_sha256": hashlib.sha256(payload_json(payload).encode()).hexdigest(),
+            },
+        )
+    return request
+
+
+def _open_request_locked(request_id: int) -> PublishRequest:
+    """The request, locked for this transaction; refused unless it can still go out."""
+    request = (
+        PublishRequest.objects.select_for_update()
+        .select_related("topic", "event_type", "requested_by", "decided_by")
+        .get(pk=request_id)
+    )
+    if not request.is_open:
+        message = f"this request is already {request.get_status_display()}"
+        raise PublishRequestRefusedError([{"path": "/status", "message": message}])
+    return request
+
+
+@transaction.atomic
+def publish_request_decide(*, request_id: int, actor: User, approve: bool, reason: str) -> PublishRequest:
+    """A second person approves (the event goes out now, or at its time) or rejects, saying why."""
+    request = _open_request_locked(request_id)
+    if request.status != PublishRequestStatus.AWAITING_APPROVAL:
+        raise PublishRequestRefusedError([{"path": "/status", "message": "this request needs no approval"}])
+    if request.requested_by_id == actor.pk:
+        raise ApprovalRequiredError(
+            [{"path": "/approval", "message": "nobody may approve or reject their own request"}]
+        )
+    if not reason.strip():
+        raise PublishRequestRefusedError([{"path": "/reason", "message": "is required: say why, for the audit log"}])
+    request.decided_by, request.decided_at, request.decision_reason = actor, timezone.now(), reason.strip()
+    request.status = PublishRequestStatus.REJECTED
+    if approve:
+        waits = request.effective_at is not None and request.effective_at > timezone.now()
+        request.status = PublishRequestStatus.SCHEDULED if waits else request.status
+    request.save(update_fields=["decided_by", "decided_at", "decision_reason", "status"])
+    audit_record(
+        actor=actor,
+        action="publish_request.approve" if approve else "publish_request.reject",
+        target=f"publish_request:{request.pk}",
+        details={"reason": request.decision_reason, "envelope_id": request.envelope_id},
+    )
+    if approve and request.status != PublishRequestStatus.SCHEDULED:
+        _request_publish(request, approved_by=actor)
+    return request
+
+
+@transaction.atomic
+def publish_request_cancel(*, request_id: int, actor: User, reason: str = "") -> PublishRequest:
+    """Withdraw a publish before it goes out."""
+    request = _open_request_locked(request_id)
+    request.status = PublishRequestStatus.CANCELLED
+    request.decided_by, request.decided_at = actor, timezone.now()
+    request.decision_reason = reason.strip() or "cancelled"
+    request.save(update_fields=["status", "decided_by", "decided_at", "decision_reason"])
+    audit_record(
+        actor=actor,
+        action="publish_request.cancel",
+        target=f"publish_request:{request.pk}",
+        details={"reason": request.decision_reason, "envelope_id": request.envelope_id},
+    )
+    return request
+
+
+def publish_requests_due(*, now: dt.datetime | None = None, limit: int = 100) -> int:
+    """Publish the scheduled requests whose time has come, oldest first; return how many were handled."""
+    now = now or timezone.now()
+    due = list(
+        PublishRequest.objects.filter(status=PublishRequestStatus.SCHEDULED, effective_at__lte=now)
+        .order_by("effective_at", "id")
+        .values_list("id", flat=True)[:limit]
+    )
+    handled = 0
+    for request_id in due:
+        with transaction.atomic():
+            request = (
+                PublishRequest.objects.select_for_update(skip_locked=True)
+                .select_related("topic", "event_type", "requested_by", "decided_by")
+                .filter(pk=request_id, status=PublishRequestStatus.SCHEDULED)
+                .first()
+            )
+            if request is None:  # cancelled meanwhile, or another worker has it
+                continue
+            _request_publish(request, approved_by=request.decided_by if request.needs_approval else None)
+            handled += 1
+    return handled
+
+
+def _request_publish(request: PublishRequest, *, approved_by: User | None) -> None:
+    """Publish a request's event in the caller's transaction, or record why it could not go out."""
+    try:
+        with transaction.atomic():  # a savepoint: a refused publish still leaves the request's record
+            event = event_publish(
+                topic=request.topic.name,
+                event_type=request.event_type.name,
+                payload=request.payload,
+                actor=request.requested_by,
+                source=Source.FORM,
+                approved_by=approved_by,
+                envelope_id=uuid.UUID(request.envelope_id),
+            )
+    except BusInputError as refused:  # the schema changed, or the version was deprecated, meanwhile
+        request.status, request.failure = PublishRequestStatus.FAILED, str(refused)
+        request.save(update_fields=["status", "failure"])
+        audit_record(
+            actor="system:publisher",
+            action="publish_request.fail",
+            target=f"publish_request:{request.pk}",
+            details={"errors": refused.errors[:20], "envelope_id": request.envelope_id},
+        )
+        return
+    request.status, request.event = PublishRequestStatus.PUBLISHED, event
+    request.save(update_fields=["status", "event"])

@@ -11,6 +11,9 @@ urlpatterns = [
     path("topics/<str:name>/publish/", views.topic_publish, name="topic-publish"),
     path("topics/<str:name>/publish/confirm/", views.topic_publish_confirm, name="topic-publish-confirm"),
     path("topics/<str:name>/published/<uuid:envelope_id>/", views.publish_result, name="publish-result"),
+    path("topics/<str:name>/requests/<int:pk>/", views.publish_request_detail, name="publish-request"),
+    path("topics/<str:name>/requests/<int:pk>/decide/", views.publish_request_decision, name="publish-request-decide"),
+    path("topics/<str:name>/requests/<int:pk>/cancel/", views.publish_request_withdraw, name="publish-request-cancel"),
     path("events/<str:envelope_id>/", views.event_detail, name="event-detail"),
     path("healthz", views.health, name="health"),
 ]

@@ -214,6 +214,10 @@ class ApprovalRequiredError(BusInputError):
     """A sensitive topic's publish lacks a second person's approval."""
 
 
+class PublishRequestRefusedError(BusInputError):
+    """A waiting publish cannot be decided or cancelled that way (already decided, no reason given)."""
+
+
 class EventRejectedError(BusInputError):
     """The event breaks the envelope, its type is unknown, or its payload breaks the schema."""
 

@@ -1,4 +1,4 @@
-"""The bus worker: relay (pending events to Redis), tap (Redis to history and DLQ), fan-out (to browsers).
+"""The bus worker: relay (pending events to Redis), tap (Redis to history and DLQ), fan-out (to browsers), scheduler.
 
 One asyncio loop; every database step runs in Django's one sync thread through
 ``sync_to_async``. The tap reads topic streams and the ingest stream (what the elected
@@ -33,7 +33,7 @@ from busapp.models import DeadLetter, Event, EventStatus, SchemaVersion, Source,
 from busapp.publishing import INGEST_STREAM, STREAM_PREFIX, dead_letters_send, relay_pending, stream_key
 from busapp.rows import rows_insert
 from busapp.selectors import ActiveVersions
-from busapp.services import dead_letter_audit_record, dead_letter_build
+from busapp.services import dead_letter_audit_record, dead_letter_build, publish_requests_due
 from busapp.validation import FieldError, envelope_errors, payload_errors
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ FANOUT_INTERVAL = 0.1  # seconds: at most one group_send per topic this often
 TOPIC_REFRESH_SECONDS = 5.0
 CLAIM_EVERY_SECONDS = 30.0
 RELAY_EVERY_SECONDS = 0.5
+SCHEDULE_EVERY_SECONDS = 1.0
 INGEST_MAXLEN = 100_000
 RAW_KEEP_BYTES = 1024 * 1024
 FANOUT_PAYLOAD_BYTES = 4096
@@ -340,7 +341,8 @@ class BusWorker:
 
     async def run(self) -> None:
         """Run relay, tap and Pub/Sub listener until ``stop()``; nothing is left half-done."""
-        tasks = [asyncio.create_task(loop) for loop in (self._tap_loop(), self._relay_loop(), self._listen_loop())]
+        loops = (self._tap_loop(), self._relay_loop(), self._listen_loop(), self._schedule_loop())
+        tasks = [asyncio.create_task(loop) for loop in loops]
         try:
             for finished in asyncio.as_completed(tasks):
                 await finished  # a loop that fails stops them all, and the error ends the process
@@ -467,6 +469,21 @@ class BusWorker:
                 logger.info("relay: sent %d pending event(s) and dead letter(s)", sent)
                 continue
             await self._pause(RELAY_EVERY_SECONDS)
+
+    # Scheduled publishes.
+
+    async def _schedule_loop(self) -> None:
+        """Publish what was scheduled (and approved, where that is needed) once its time has come."""
+        while not self.stopping.is_set():
+            try:
+                published = await in_db(publish_requests_due)
+            except DatabaseError as error:
+                logger.warning("scheduler: database error (%s)", error)
+                published = 0
+            if published:
+                logger.info("scheduler: published %d scheduled event(s)", published)
+                continue
+            await self._pause(SCHEDULE_EVERY_SECONDS)
 
     # The Pub/Sub listener for seed-style publishers.
 

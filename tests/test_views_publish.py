@@ -240,26 +240,6 @@ def test_a_post_without_the_csrf_token_is_refused():
     assert Event.objects.count() == 0
 
 
-def test_a_sensitive_topic_refuses_a_publish_without_a_second_persons_approval(bus):
-    client = _client("policy")
-    preview = client.post(
-        "/topics/irs.withholding/publish/",
-        {
-            "type": "withholding_table.published",
-            "/payload/tax_year": "2027",
-            "/payload/effective_date": "2027-01-01",
-            "/payload/brackets/0/up_to": "11000",
-            "/payload/brackets/0/rate": "0.1",
-        },
-    )
-
-    response = client.post("/topics/irs.withholding/publish/confirm/", {"token": _token(preview)})
-
-    assert response.status_code == 400
-    assert "needs a second person&#x27;s approval" in response.content.decode()
-    assert Event.objects.count() == 0
-
-
 def test_arrays_of_objects_enums_and_dates_become_the_payload():
     client = _client("policy")
     response = client.post(

@@ -1,6 +1,7 @@
 """The bus worker: tap (external publishers, crash recovery), relay after an outage, fan-out, clean stop."""
 
 import asyncio
+import datetime as dt
 import json
 import signal
 import uuid
@@ -245,3 +246,38 @@ async def test_with_two_workers_one_listens_to_pub_sub_and_each_event_is_copied_
             worker.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
     assert bus.get(LEADER_KEY) is None  # the leader let go when it stopped
+
+
+async def test_the_worker_publishes_a_scheduled_event_when_its_time_comes(bus, running_worker):
+    from django.contrib.auth.models import User
+    from django.utils import timezone
+
+    from busapp.models import PublishRequest, PublishRequestStatus
+    from busapp.services import publish_request_create
+
+    subscriber = bus.pubsub()
+    await sync_to_async(subscriber.subscribe)("tax-policy")
+    policy = await sync_to_async(User.objects.get)(username="policy")
+    waiting = await sync_to_async(publish_request_create)(
+        topic="tax-policy",
+        event_type="tax_policy.updated",
+        payload={"standard_deduction": 15000},
+        actor=policy,
+        envelope_id=uuid.uuid4(),
+        effective_at=timezone.now() + dt.timedelta(seconds=1.5),
+    )
+
+    await _until(
+        lambda: PublishRequest.objects.get(pk=waiting.pk).status == PublishRequestStatus.PUBLISHED,
+        what="the scheduled publish to go out",
+    )
+    received = []
+    for _ in range(10):  # the message is already there; a few reads at most
+        message = await sync_to_async(subscriber.get_message)(ignore_subscribe_messages=True, timeout=1)
+        if message:
+            received.append(json.loads(message["data"]))
+            break
+    assert received, "the subscriber heard nothing"
+    assert received[0]["id"] == waiting.envelope_id
+    assert received[0]["payload"] == {"standard_deduction": 15000}
+    subscriber.close()
