@@ -2,18 +2,18 @@
 
 from django.urls import path
 
-from busapp import views
+from busapp.views import pages, publish, requests
 
 urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
-    path("topics/", views.topic_list, name="topic-list"),
-    path("topics/<str:name>/", views.topic_detail, name="topic-detail"),
-    path("topics/<str:name>/publish/", views.topic_publish, name="topic-publish"),
-    path("topics/<str:name>/publish/confirm/", views.topic_publish_confirm, name="topic-publish-confirm"),
-    path("topics/<str:name>/published/<uuid:envelope_id>/", views.publish_result, name="publish-result"),
-    path("topics/<str:name>/requests/<int:pk>/", views.publish_request_detail, name="publish-request"),
-    path("topics/<str:name>/requests/<int:pk>/decide/", views.publish_request_decision, name="publish-request-decide"),
-    path("topics/<str:name>/requests/<int:pk>/cancel/", views.publish_request_withdraw, name="publish-request-cancel"),
-    path("events/<str:envelope_id>/", views.event_detail, name="event-detail"),
-    path("healthz", views.health, name="health"),
+    path("", pages.dashboard, name="dashboard"),
+    path("topics/", pages.topic_list, name="topic-list"),
+    path("topics/<str:name>/", pages.topic_detail, name="topic-detail"),
+    path("topics/<str:name>/publish/", publish.topic_publish, name="topic-publish"),
+    path("topics/<str:name>/publish/confirm/", publish.topic_publish_confirm, name="topic-publish-confirm"),
+    path("topics/<str:name>/published/<uuid:envelope_id>/", publish.publish_result, name="publish-result"),
+    path("topics/<str:name>/requests/<int:pk>/", requests.request_page, name="publish-request"),
+    path("topics/<str:name>/requests/<int:pk>/decide/", requests.request_decide, name="publish-request-decide"),
+    path("topics/<str:name>/requests/<int:pk>/cancel/", requests.request_cancel, name="publish-request-cancel"),
+    path("events/<str:envelope_id>/", pages.event_detail, name="event-detail"),
+    path("healthz", pages.health, name="health"),
 ]

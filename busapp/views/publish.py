@@ -1,4 +1,4 @@
-"""Pages and the health check; thin: check the right, call one service or selector, render."""
+"""Publishing through the generated form: the form, its preview, the confirm (once), the result."""
 
 from __future__ import annotations
 
@@ -10,33 +10,24 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied
-from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.db import IntegrityError
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from busapp.audit import audit_record
-from busapp.models import Event, PublishRequest, PublishRequestStatus, SchemaVersion, Source, Topic
-from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
+from busapp.models import Event, PublishRequest, SchemaVersion, Source, Topic
+from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
 from busapp.previews import Preview, PreviewInvalidError, preview_read, preview_sign
-from busapp.publishing import bus_reachable, subscribers_count
+from busapp.publishing import subscribers_count
 from busapp.schema_forms import FormLayout, form_bind, form_layout, form_values, payload_from_form
 from busapp.selectors import (
-    dead_letters_open_count,
     event_types_with_active_versions,
-    pending_event_count,
-    publish_requests_for_approver,
-    publish_requests_open,
-    recent_events,
     schema_version_active,
-    topic_summaries,
-    topics_visible_to,
 )
-from busapp.services import event_publish, publish_request_cancel, publish_request_create, publish_request_decide
+from busapp.services import event_publish, publish_request_create
 from busapp.validation import ApprovalRequiredError, BusInputError, FieldError, payload_errors
+from busapp.views.access import signed_in_user, topic_with_right
 
 # The raw JSON box refuses text far past the payload limit before parsing it.
 RAW_JSON_MAX_CHARS = 4 * 64 * 1024
@@ -44,78 +35,11 @@ RAW_JSON_MAX_CHARS = 4 * 64 * 1024
 EFFECTIVE_AT = "/effective_at"
 
 
-def _user(request: HttpRequest) -> User:
-    """The signed-in person (every page but the health check requires one)."""
-    assert isinstance(request.user, User)  # noqa: S101 (login_required guarantees it)
-    return request.user
-
-
-def _topic_with_right(request: HttpRequest, name: str, right: str) -> Topic:
-    """The topic, if the person holds ``right`` on it; otherwise 403, and a refused publish is audited."""
-    topic = get_object_or_404(Topic, name=name)
-    user = _user(request)
-    if topic_right_held(user, right, topic):
-        return topic
-    if right in (PUBLISH_TOPIC, APPROVE_TOPIC):
-        with transaction.atomic():
-            audit_record(
-                actor=user,
-                action="publish.refused" if right == PUBLISH_TOPIC else "approval.refused",
-                target=f"topic:{name}",
-                details={"method": request.method, "path": request.path, "missing_right": right},
-            )
-    raise PermissionDenied(f"you do not hold {right} on topic {name}")
-
-
-@login_required
-@require_GET
-def dashboard(request: HttpRequest) -> HttpResponse:
-    """The topics this person may see with their recent activity, events still pending, open dead letters."""
-    user = _user(request)
-    topics = topics_visible_to(user)
-    summaries = topic_summaries(user, topics)
-    context = {
-        "summaries": summaries,
-        "pending_events": pending_event_count(),
-        "open_dead_letters": sum(summary.open_dead_letters for summary in summaries),
-        "to_approve": publish_requests_for_approver(user),
-        "waiting": publish_requests_open(topics),
-    }
-    return render(request, "dashboard.html", context)
-
-
-@login_required
-@require_GET
-def topic_list(request: HttpRequest) -> HttpResponse:
-    """Every topic this person may see."""
-    user = _user(request)
-    return render(request, "topics/list.html", {"summaries": topic_summaries(user, topics_visible_to(user))})
-
-
-@login_required
-@require_GET
-def topic_detail(request: HttpRequest, name: str) -> HttpResponse:
-    """One topic: its event types with their active schema, readable, and its newest events."""
-    topic = _topic_with_right(request, name, VIEW_TOPIC)
-    types = [
-        {"event_type": event_type, "version": version, "layout": form_layout(version) if version else None}
-        for event_type, version in event_types_with_active_versions(topic=topic)
-    ]
-    context = {
-        "topic": topic,
-        "types": types,
-        "events": recent_events(topic=topic),
-        "can_publish": topic_right_held(_user(request), PUBLISH_TOPIC, topic),
-        "open_dead_letters": dead_letters_open_count([topic]),
-    }
-    return render(request, "topics/detail.html", context)
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def topic_publish(request: HttpRequest, name: str) -> HttpResponse:
     """The publish form generated from the event type's schema; a valid submission shows the preview."""
-    topic = _topic_with_right(request, name, PUBLISH_TOPIC)
+    topic = topic_with_right(request, name, PUBLISH_TOPIC)
     types = [(event_type, version) for event_type, version in event_types_with_active_versions(topic=topic) if version]
     if not types:
         return render(request, "publish/unavailable.html", {"topic": topic}, status=409)
@@ -131,7 +55,7 @@ def topic_publish(request: HttpRequest, name: str) -> HttpResponse:
         return page.render()
     if data.get("action") == "edit":  # back from the preview, with what was previewed
         try:
-            preview = preview_read(data.get("token", ""), user_id=_user(request).pk, topic=name)
+            preview = preview_read(data.get("token", ""), user_id=signed_in_user(request).pk, topic=name)
         except PreviewInvalidError as error:
             return page.render(errors=[{"path": "", "message": str(error)}], status=400)
         return page.render(payload=preview.payload, effective_at=preview.effective_at)
@@ -142,7 +66,7 @@ def topic_publish(request: HttpRequest, name: str) -> HttpResponse:
     if errors or time_errors:
         return page.render(errors=errors + time_errors, status=400)
     token, preview = preview_sign(
-        user_id=_user(request).pk, topic=name, event_type=type_name, payload=payload, effective_at=effective_at
+        user_id=signed_in_user(request).pk, topic=name, event_type=type_name, payload=payload, effective_at=effective_at
     )
     return render(request, "publish/preview.html", page.preview_context(preview, token))
 
@@ -231,7 +155,7 @@ class _PublishPage:
             "topic": self.topic.name,
             "schema_version": self.version.version,
             "source": Source.FORM.value,
-            "publisher": _user(self.request).get_username(),
+            "publisher": signed_in_user(self.request).get_username(),
             "payload": preview.payload,
         }
         return {
@@ -250,9 +174,9 @@ class _PublishPage:
 @require_POST
 def topic_publish_confirm(request: HttpRequest, name: str) -> HttpResponse:
     """Publish what was previewed, once; on a sensitive topic, or with a time, keep it as a waiting request."""
-    topic = _topic_with_right(request, name, PUBLISH_TOPIC)
+    topic = topic_with_right(request, name, PUBLISH_TOPIC)
     try:
-        preview = preview_read(request.POST.get("token", ""), user_id=_user(request).pk, topic=name)
+        preview = preview_read(request.POST.get("token", ""), user_id=signed_in_user(request).pk, topic=name)
     except PreviewInvalidError as error:
         return render(request, "publish/refused.html", {"topic": topic, "message": str(error)}, status=400)
     already = _confirmed_before(topic, preview)
@@ -265,7 +189,7 @@ def topic_publish_confirm(request: HttpRequest, name: str) -> HttpResponse:
                 topic=name,
                 event_type=preview.event_type,
                 payload=preview.payload,
-                actor=_user(request),
+                actor=signed_in_user(request),
                 envelope_id=preview.envelope_id,
                 effective_at=preview.effective_at,
             )
@@ -275,7 +199,7 @@ def topic_publish_confirm(request: HttpRequest, name: str) -> HttpResponse:
             topic=name,
             event_type=preview.event_type,
             payload=preview.payload,
-            actor=_user(request),
+            actor=signed_in_user(request),
             source=Source.FORM,
             envelope_id=preview.envelope_id,
         )
@@ -306,106 +230,8 @@ def _waiting_message(waiting: PublishRequest) -> str:
 
 @login_required
 @require_GET
-def publish_request_detail(request: HttpRequest, name: str, pk: int) -> HttpResponse:
-    """A waiting publish: what it will send, who asked, and (for a second person) approve or reject."""
-    topic = _topic_with_right(request, name, VIEW_TOPIC)
-    waiting = get_object_or_404(
-        PublishRequest.objects.select_related("event_type", "requested_by", "decided_by", "event"), pk=pk, topic=topic
-    )
-    return render(request, "publish/request.html", _request_context(request, topic, waiting))
-
-
-def _request_context(request: HttpRequest, topic: Topic, waiting: PublishRequest) -> dict[str, Any]:
-    """What the request page shows, and which buttons this person gets."""
-    user = _user(request)
-    approver = topic_right_held(user, APPROVE_TOPIC, topic)
-    return {
-        "topic": topic,
-        "waiting": waiting,
-        "payload_json": json.dumps(waiting.payload, indent=2, ensure_ascii=False),
-        "own": waiting.requested_by_id == user.pk,
-        "can_decide": approver
-        and waiting.status == PublishRequestStatus.AWAITING_APPROVAL
-        and waiting.requested_by_id != user.pk,
-        "can_cancel": waiting.is_open and (waiting.requested_by_id == user.pk or approver),
-    }
-
-
-@login_required
-@require_POST
-def publish_request_decision(request: HttpRequest, name: str, pk: int) -> HttpResponse:
-    """Approve or reject a waiting publish, with a reason; only a second person holding approve_topic."""
-    topic = _topic_with_right(request, name, APPROVE_TOPIC)
-    waiting = get_object_or_404(PublishRequest, pk=pk, topic=topic)
-    decision = request.POST.get("decision")
-    if decision not in ("approve", "reject"):
-        return _request_refused(request, topic, waiting, "choose approve or reject")
-    try:
-        decided = publish_request_decide(
-            request_id=waiting.pk,
-            actor=_user(request),
-            approve=decision == "approve",
-            reason=request.POST.get("reason", ""),
-        )
-    except BusInputError as refused:
-        return _request_refused(request, topic, waiting, "; ".join(error["message"] for error in refused.errors))
-    messages.success(request, f"{decided.get_status_display().capitalize()}.")
-    return redirect(decided)
-
-
-@login_required
-@require_POST
-def publish_request_withdraw(request: HttpRequest, name: str, pk: int) -> HttpResponse:
-    """Cancel a waiting publish: its requester, or anyone who may approve on the topic."""
-    topic = _topic_with_right(request, name, VIEW_TOPIC)
-    waiting = get_object_or_404(PublishRequest, pk=pk, topic=topic)
-    if not _request_context(request, topic, waiting)["can_cancel"] and waiting.is_open:
-        raise PermissionDenied("only its requester or an approver of the topic may cancel a waiting publish")
-    try:
-        publish_request_cancel(request_id=waiting.pk, actor=_user(request), reason=request.POST.get("reason", ""))
-    except BusInputError as refused:
-        return _request_refused(request, topic, waiting, "; ".join(error["message"] for error in refused.errors))
-    messages.success(request, "Cancelled: it will not be published.")
-    return redirect(waiting)
-
-
-def _request_refused(request: HttpRequest, topic: Topic, waiting: PublishRequest, message: str) -> HttpResponse:
-    """The request page again, with why the action was refused."""
-    waiting.refresh_from_db()
-    context = {**_request_context(request, topic, waiting), "refusal": message}
-    return render(request, "publish/request.html", context, status=400)
-
-
-@login_required
-@require_GET
 def publish_result(request: HttpRequest, name: str, envelope_id: uuid.UUID) -> HttpResponse:
     """What became of a publish: the event id, published or pending (and why), a link to its record."""
-    topic = _topic_with_right(request, name, VIEW_TOPIC)
+    topic = topic_with_right(request, name, VIEW_TOPIC)
     event = get_object_or_404(Event, envelope_id=str(envelope_id), topic=topic)
     return render(request, "publish/result.html", {"topic": topic, "event": event})
-
-
-@login_required
-@require_GET
-def event_detail(request: HttpRequest, envelope_id: str) -> HttpResponse:
-    """One event's record: envelope, schema version, publisher, delivery."""
-    event = get_object_or_404(
-        Event.objects.select_related("topic", "event_type", "schema_version"), envelope_id=envelope_id
-    )
-    _topic_with_right(request, event.topic.name, VIEW_TOPIC)
-    envelope = json.dumps(json.loads(event.envelope), indent=2, ensure_ascii=False)
-    return render(request, "events/detail.html", {"event": event, "envelope_json": envelope})
-
-
-@require_GET
-def health(request: HttpRequest) -> JsonResponse:
-    """For load balancers and operators: database and Redis reachability, events still pending."""
-    database_ok = True
-    try:
-        connection.ensure_connection()
-        pending = pending_event_count()
-    except DatabaseError:
-        database_ok, pending = False, -1
-    redis_ok = bus_reachable()
-    status = 200 if database_ok and redis_ok else 503
-    return JsonResponse({"database": database_ok, "redis": redis_ok, "pending_events": pending}, status=status)

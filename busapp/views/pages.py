@@ -1,0 +1,97 @@
+"""The dashboard, topics, one event's record, and the health check."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib.auth.decorators import login_required
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.http import require_GET
+
+from busapp.models import Event
+from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
+from busapp.publishing import bus_reachable
+from busapp.schema_forms import form_layout
+from busapp.selectors import (
+    dead_letters_open_count,
+    event_types_with_active_versions,
+    pending_event_count,
+    publish_requests_for_approver,
+    publish_requests_open,
+    recent_events,
+    topic_summaries,
+    topics_visible_to,
+)
+from busapp.views.access import signed_in_user, topic_with_right
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """The topics this person may see with their recent activity, events still pending, open dead letters."""
+    user = signed_in_user(request)
+    topics = topics_visible_to(user)
+    summaries = topic_summaries(user, topics)
+    context = {
+        "summaries": summaries,
+        "pending_events": pending_event_count(),
+        "open_dead_letters": sum(summary.open_dead_letters for summary in summaries),
+        "to_approve": publish_requests_for_approver(user),
+        "waiting": publish_requests_open(topics),
+    }
+    return render(request, "dashboard.html", context)
+
+
+@login_required
+@require_GET
+def topic_list(request: HttpRequest) -> HttpResponse:
+    """Every topic this person may see."""
+    user = signed_in_user(request)
+    return render(request, "topics/list.html", {"summaries": topic_summaries(user, topics_visible_to(user))})
+
+
+@login_required
+@require_GET
+def topic_detail(request: HttpRequest, name: str) -> HttpResponse:
+    """One topic: its event types with their active schema, readable, and its newest events."""
+    topic = topic_with_right(request, name, VIEW_TOPIC)
+    types = [
+        {"event_type": event_type, "version": version, "layout": form_layout(version) if version else None}
+        for event_type, version in event_types_with_active_versions(topic=topic)
+    ]
+    context = {
+        "topic": topic,
+        "types": types,
+        "events": recent_events(topic=topic),
+        "can_publish": topic_right_held(signed_in_user(request), PUBLISH_TOPIC, topic),
+        "open_dead_letters": dead_letters_open_count([topic]),
+    }
+    return render(request, "topics/detail.html", context)
+
+
+@login_required
+@require_GET
+def event_detail(request: HttpRequest, envelope_id: str) -> HttpResponse:
+    """One event's record: envelope, schema version, publisher, delivery."""
+    event = get_object_or_404(
+        Event.objects.select_related("topic", "event_type", "schema_version"), envelope_id=envelope_id
+    )
+    topic_with_right(request, event.topic.name, VIEW_TOPIC)
+    envelope = json.dumps(json.loads(event.envelope), indent=2, ensure_ascii=False)
+    return render(request, "events/detail.html", {"event": event, "envelope_json": envelope})
+
+
+@require_GET
+def health(request: HttpRequest) -> JsonResponse:
+    """For load balancers and operators: database and Redis reachability, events still pending."""
+    database_ok = True
+    try:
+        connection.ensure_connection()
+        pending = pending_event_count()
+    except DatabaseError:
+        database_ok, pending = False, -1
+    redis_ok = bus_reachable()
+    status = 200 if database_ok and redis_ok else 503
+    return JsonResponse({"database": database_ok, "redis": redis_ok, "pending_events": pending}, status=status)

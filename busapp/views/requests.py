@@ -1,0 +1,93 @@
+"""Publishes that wait: a request's page, a second person's decision, cancelling."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from busapp.models import PublishRequest, PublishRequestStatus, Topic
+from busapp.permissions import APPROVE_TOPIC, VIEW_TOPIC, topic_right_held
+from busapp.services import publish_request_cancel, publish_request_decide
+from busapp.validation import BusInputError
+from busapp.views.access import signed_in_user, topic_with_right
+
+
+@login_required
+@require_GET
+def request_page(request: HttpRequest, name: str, pk: int) -> HttpResponse:
+    """A waiting publish: what it will send, who asked, and (for a second person) approve or reject."""
+    topic = topic_with_right(request, name, VIEW_TOPIC)
+    waiting = get_object_or_404(
+        PublishRequest.objects.select_related("event_type", "requested_by", "decided_by", "event"), pk=pk, topic=topic
+    )
+    return render(request, "publish/request.html", _request_context(request, topic, waiting))
+
+
+def _request_context(request: HttpRequest, topic: Topic, waiting: PublishRequest) -> dict[str, Any]:
+    """What the request page shows, and which buttons this person gets."""
+    user = signed_in_user(request)
+    approver = topic_right_held(user, APPROVE_TOPIC, topic)
+    return {
+        "topic": topic,
+        "waiting": waiting,
+        "payload_json": json.dumps(waiting.payload, indent=2, ensure_ascii=False),
+        "own": waiting.requested_by_id == user.pk,
+        "can_decide": approver
+        and waiting.status == PublishRequestStatus.AWAITING_APPROVAL
+        and waiting.requested_by_id != user.pk,
+        "can_cancel": waiting.is_open and (waiting.requested_by_id == user.pk or approver),
+    }
+
+
+@login_required
+@require_POST
+def request_decide(request: HttpRequest, name: str, pk: int) -> HttpResponse:
+    """Approve or reject a waiting publish, with a reason; only a second person holding approve_topic."""
+    topic = topic_with_right(request, name, APPROVE_TOPIC)
+    waiting = get_object_or_404(PublishRequest, pk=pk, topic=topic)
+    decision = request.POST.get("decision")
+    if decision not in ("approve", "reject"):
+        return _request_refused(request, topic, waiting, "choose approve or reject")
+    try:
+        decided = publish_request_decide(
+            request_id=waiting.pk,
+            actor=signed_in_user(request),
+            approve=decision == "approve",
+            reason=request.POST.get("reason", ""),
+        )
+    except BusInputError as refused:
+        return _request_refused(request, topic, waiting, "; ".join(error["message"] for error in refused.errors))
+    messages.success(request, f"{decided.get_status_display().capitalize()}.")
+    return redirect(decided)
+
+
+@login_required
+@require_POST
+def request_cancel(request: HttpRequest, name: str, pk: int) -> HttpResponse:
+    """Cancel a waiting publish: its requester, or anyone who may approve on the topic."""
+    topic = topic_with_right(request, name, VIEW_TOPIC)
+    waiting = get_object_or_404(PublishRequest, pk=pk, topic=topic)
+    if not _request_context(request, topic, waiting)["can_cancel"] and waiting.is_open:
+        raise PermissionDenied("only its requester or an approver of the topic may cancel a waiting publish")
+    try:
+        publish_request_cancel(
+            request_id=waiting.pk, actor=signed_in_user(request), reason=request.POST.get("reason", "")
+        )
+    except BusInputError as refused:
+        return _request_refused(request, topic, waiting, "; ".join(error["message"] for error in refused.errors))
+    messages.success(request, "Cancelled: it will not be published.")
+    return redirect(waiting)
+
+
+def _request_refused(request: HttpRequest, topic: Topic, waiting: PublishRequest, message: str) -> HttpResponse:
+    """The request page again, with why the action was refused."""
+    waiting.refresh_from_db()
+    context = {**_request_context(request, topic, waiting), "refusal": message}
+    return render(request, "publish/request.html", context, status=400)
