@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
-.PHONY: run test pytest lint stop bench clean
+.PHONY: run test pytest lint browser stop bench clean
 
 $(RUNTIME): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,17 @@ run: $(RUNTIME)
 stop: $(RUNTIME)
 	$(PY) manage.py ensure_redis --stop
 
-## test: lint, types, then the whole suite against a real Redis.
+## test: lint, types, then the whole suite against a real Redis (and Debian's chromium for tests/e2e).
 test: lint pytest
+
+# The browser tests drive Debian's chromium (Playwright's own browser download is not used).
+# As root with apt (CI, a fresh VM) it is installed; elsewhere this says how.
+browser:
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser tests (apt)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "the browser tests need chromium: sudo apt-get install chromium"; exit 1; fi
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check .
@@ -40,13 +49,14 @@ lint: $(DEV)
 	$(VENV)/bin/mypy .
 
 # pytest exits 5 when it collects nothing: here that means the suite is broken, so it fails.
-pytest: $(DEV)
+pytest: $(DEV) browser
 	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 ## bench: the benchmarks in bench/ (they print their figures and baselines).
 bench: $(DEV)
 	$(PY) bench/publish.py
+	$(PY) bench/forms.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

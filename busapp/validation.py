@@ -6,10 +6,11 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.conf import settings
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import SchemaError
 from jsonschema.exceptions import ValidationError as JsonSchemaError
 from referencing import Registry, Resource
@@ -42,6 +43,27 @@ ENVELOPE_SCHEMA: dict[str, Any] = {
         "payload": {"type": "object"},
     },
 }
+
+
+def _decimal_multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> Iterator[JsonSchemaError]:
+    """``multipleOf`` on the decimal numbers people type: 1234.56 is a multiple of 0.01.
+
+    jsonschema divides binary floats (1234.56 / 0.01 = 123455.99999999999) and refused about
+    one cent amount in nine; the decimal value of each number's shortest text is exact.
+    """
+    if not validator.is_type(instance, "number"):
+        return
+    try:
+        remainder = Decimal(str(instance)) % Decimal(str(divisor))
+    except InvalidOperation:  # beyond Decimal's range: jsonschema's own check decides
+        yield from Draft202012Validator.VALIDATORS["multipleOf"](validator, divisor, instance, schema)
+        return
+    if remainder != 0:
+        yield JsonSchemaError(f"{instance!r} is not a multiple of {divisor}")
+
+
+# Draft 2020-12 with the decimal multipleOf; schemas are still checked against the standard metaschema.
+PayloadValidator = validators.extend(Draft202012Validator, {"multipleOf": _decimal_multiple_of})
 _envelope_validator = Draft202012Validator(ENVELOPE_SCHEMA)
 _format_checker = FormatChecker()
 _validators: dict[tuple[int, str], Draft202012Validator] = {}
@@ -123,7 +145,7 @@ def validator_for(version: SchemaVersion) -> Draft202012Validator:
         with _validators_lock:
             validator = _validators.get(key)
             if validator is None:
-                validator = Draft202012Validator(
+                validator = PayloadValidator(
                     version.schema,
                     registry=stored_schema_registry(),
                     format_checker=_format_checker,
@@ -144,20 +166,24 @@ def json_pointer(prefix: str, parts: Any) -> str:
     return "/".join([prefix, *escaped]) if prefix else "/" + "/".join(escaped)
 
 
-def _field_error(error: JsonSchemaError, prefix: str) -> FieldError:
-    """Turn a jsonschema error into a path and message; a missing property is reported at its own path."""
+def _field_errors(error: JsonSchemaError, prefix: str) -> list[FieldError]:
+    """Turn a jsonschema error into paths and messages; each missing property is reported at its own path."""
     parts = list(error.absolute_path)
     if error.validator == "required" and isinstance(error.instance, dict):
         missing = [name for name in error.validator_value if name not in error.instance]
-        if missing:
-            parts.append(missing[0])
-            return {"path": json_pointer(prefix, parts), "message": "is required but missing"}
-    return {"path": json_pointer(prefix, parts), "message": error.message}
+        if missing:  # jsonschema words one error per missing name; every name gets its own path here
+            return [
+                {"path": json_pointer(prefix, [*parts, name]), "message": "is required but missing"} for name in missing
+            ]
+    return [{"path": json_pointer(prefix, parts), "message": error.message}]
 
 
 def _sorted_errors(errors: Iterator[JsonSchemaError], prefix: str) -> list[FieldError]:
     """All errors, in path order, each once."""
-    found = sorted((_field_error(error, prefix) for error in errors), key=lambda e: (e["path"], e["message"]))
+    found = sorted(
+        (field_error for error in errors for field_error in _field_errors(error, prefix)),
+        key=lambda e: (e["path"], e["message"]),
+    )
     unique: list[FieldError] = []
     for error in found:
         if not unique or unique[-1] != error:

@@ -35,6 +35,17 @@ def test_a_missing_required_field_is_reported_at_the_field_itself(demo):
     assert errors == [{"path": "/payload/standard_deduction", "message": "is required but missing"}]
 
 
+def test_every_missing_required_field_is_reported_at_its_own_path(demo):
+    errors = payload_errors(_withholding_schema(), {"brackets": [{}]})
+
+    assert errors == [
+        {"path": "/payload/brackets/0/rate", "message": "is required but missing"},
+        {"path": "/payload/brackets/0/up_to", "message": "is required but missing"},
+        {"path": "/payload/effective_date", "message": "is required but missing"},
+        {"path": "/payload/tax_year", "message": "is required but missing"},
+    ]
+
+
 def test_every_error_is_reported_in_path_order(demo):
     payload = {
         "tax_year": 1999,
@@ -132,3 +143,14 @@ def test_an_envelope_missing_its_id_and_with_a_string_timestamp_is_refused():
         {"path": "/id", "message": "is required but missing"},
         {"path": "/timestamp", "message": "'now' is not of type 'number'"},
     ]
+
+
+def test_cent_amounts_are_multiples_of_a_cent_as_people_expect():
+    version = SchemaVersion(
+        pk=9_001, version=1, fingerprint="cents", schema={"type": "number", "multipleOf": 0.01, "minimum": 0}
+    )
+
+    accepted = [amount / 100 for amount in range(0, 100_000, 7)] + [1234.56, 19.99, 0.07, 15000]
+
+    assert [amount for amount in accepted if payload_errors(version, amount)] == []
+    assert payload_errors(version, 1234.565) == [{"path": "/payload", "message": "1234.565 is not a multiple of 0.01"}]
