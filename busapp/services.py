@@ -42,6 +42,7 @@ from busapp.validation import (
     PublishRequestRefusedError,
     SchemaInvalidError,
     backward_incompatibilities,
+    effective_at_error,
     payload_errors,
     payload_json,
     schema_check,
@@ -462,10 +463,9 @@ def publish_request_create(
     errors = payload_errors(version, payload)
     if errors:
         raise EventRejectedError(errors)
-    if effective_at is not None and effective_at <= timezone.now():
-        raise EventRejectedError(
-            [{"path": "/effective_at", "message": "is in the past: leave it empty to publish at once"}]
-        )
+    too_late = effective_at_error(effective_at) if effective_at is not None else None
+    if too_late:
+        raise EventRejectedError([too_late])
     sensitive = version.event_type.topic.sensitive
     with transaction.atomic():
         request = PublishRequest.objects.create(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import threading
@@ -10,6 +11,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.conf import settings
+from django.utils import timezone
 from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import SchemaError
 from jsonschema.exceptions import ValidationError as JsonSchemaError
@@ -189,6 +191,13 @@ def _sorted_errors(errors: Iterator[JsonSchemaError], prefix: str) -> list[Field
         if not unique or unique[-1] != error:
             unique.append(error)
     return unique
+
+
+def effective_at_error(moment: dt.datetime) -> FieldError | None:
+    """An error when a scheduled publish's time has already passed (empty means "at once" instead)."""
+    if moment > timezone.now():
+        return None
+    return {"path": "/effective_at", "message": "is in the past: leave it empty to publish at once"}
 
 
 def payload_json(payload: Any) -> str:

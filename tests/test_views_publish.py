@@ -307,3 +307,18 @@ def test_a_payload_with_markup_is_shown_as_text(bus):
         assert "<script>alert(1)" not in html
         assert "<img src=x" not in html
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_with_redis_down_the_result_says_pending_and_why_and_nothing_is_lost(outage_redis):
+    client = _client("policy")
+    token = _token(_preview(client, "15000"))
+    outage_redis.stop()
+
+    response = client.post(CONFIRM, {"token": token})
+    page = client.get(response["Location"]).content.decode()
+
+    event = Event.objects.get()
+    assert event.status == EventStatus.PENDING
+    assert "Accepted, waiting for Redis" in page
+    assert "is not reachable" in page  # the reason, as the relay will retry it
+    assert event.envelope_id in page

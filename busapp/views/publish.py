@@ -13,7 +13,6 @@ from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from busapp.models import Event, PublishRequest, SchemaVersion, Source, Topic
@@ -26,7 +25,7 @@ from busapp.selectors import (
     schema_version_active,
 )
 from busapp.services import event_publish, publish_request_create
-from busapp.validation import ApprovalRequiredError, BusInputError, FieldError, payload_errors
+from busapp.validation import ApprovalRequiredError, BusInputError, FieldError, effective_at_error, payload_errors
 from busapp.views.access import signed_in_user, topic_with_right
 
 # The raw JSON box refuses text far past the payload limit before parsing it.
@@ -106,9 +105,8 @@ class _PublishPage:
         except ValueError:
             return None, [{"path": EFFECTIVE_AT, "message": f"{text!r} is not a date and time"}]
         moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
-        if moment <= timezone.now():
-            return None, [{"path": EFFECTIVE_AT, "message": "is in the past: leave it empty to publish at once"}]
-        return moment, []
+        too_late = effective_at_error(moment)
+        return (None, [too_late]) if too_late else (moment, [])
 
     def render(
         self,
