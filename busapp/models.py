@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -128,6 +129,9 @@ class SchemaVersion(models.Model):
     event_type = models.ForeignKey(EventType, on_delete=models.PROTECT, related_name="schema_versions")
     version = models.PositiveIntegerField()
     schema = models.JSONField()
+    # PostgreSQL's jsonb keeps an object's keys in its own order (shortest first), so the
+    # schema's text is kept too: forms list fields in the order their author wrote them.
+    source = models.TextField(blank=True, help_text="The schema's JSON as its author wrote it (key order kept).")
     fingerprint = models.CharField(max_length=64, help_text="sha256 of the schema's canonical JSON.")
     compatibility = models.CharField(max_length=16, choices=Compatibility.choices, default=Compatibility.BACKWARD)
     deprecated = models.BooleanField(default=False)
@@ -152,6 +156,11 @@ class SchemaVersion(models.Model):
         if not self._state.adding and set(kwargs.get("update_fields") or ()) != {"deprecated"}:
             raise ImmutableRecordError("a saved schema version is immutable: create a new version instead")
         super().save(*args, **kwargs)
+
+    @property
+    def authored(self) -> Any:
+        """The schema with its keys in the order its author wrote them."""
+        return json.loads(self.source) if self.source else self.schema
 
 
 class EventStatus(models.TextChoices):

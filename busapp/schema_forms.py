@@ -90,7 +90,7 @@ def form_layout(version: SchemaVersion) -> FormLayout:
 
 def _build_layout(version: SchemaVersion) -> FormLayout:
     """Turn a schema into form fields, or record why it cannot be one."""
-    schema = version.schema
+    schema = version.authored
     try:
         root = _field(schema, schema, ROOT, label="Payload", required=True)
     except UndrawableSchemaError as error:

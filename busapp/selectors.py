@@ -55,12 +55,13 @@ def _version_from_row(topic: str, event_type: str, row: tuple[Any, ...]) -> Sche
     version = _versions.get(key)
     if version is None:
         version_id, number, fingerprint, event_type_id, topic_id, sensitive, stream_retention = row
-        schema = SchemaVersion.objects.values_list("schema", flat=True).get(pk=version_id)
+        schema, source = SchemaVersion.objects.values_list("schema", "source").get(pk=version_id)
         topic_row = Topic(id=topic_id, name=topic, sensitive=bool(sensitive), stream_retention=stream_retention)
         version = SchemaVersion(
             id=version_id,
             version=number,
             schema=schema,
+            source=source,
             fingerprint=fingerprint,
             event_type=EventType(id=event_type_id, name=event_type, topic=topic_row),
         )

@@ -146,6 +146,7 @@ def schema_version_create(
         event_type=event_type,
         version=number,
         schema=schema,
+        source=json.dumps(schema, ensure_ascii=False),
         fingerprint=schema_fingerprint(schema),
         compatibility=compatibility,
         created_by=user,
@@ -497,7 +498,7 @@ def publish_request_create(
 def _open_request_locked(request_id: int) -> PublishRequest:
     """The request, locked for this transaction; refused unless it can still go out."""
     request = (
-        PublishRequest.objects.select_for_update()
+        PublishRequest.objects.select_for_update(of=("self",))
         .select_related("topic", "event_type", "requested_by", "decided_by")
         .get(pk=request_id)
     )
@@ -565,7 +566,7 @@ def publish_requests_due(*, now: dt.datetime | None = None, limit: int = 100) ->
     for request_id in due:
         with transaction.atomic():
             request = (
-                PublishRequest.objects.select_for_update(skip_locked=True)
+                PublishRequest.objects.select_for_update(skip_locked=True, of=("self",))
                 .select_related("topic", "event_type", "requested_by", "decided_by")
                 .filter(pk=request_id, status=PublishRequestStatus.SCHEDULED)
                 .first()

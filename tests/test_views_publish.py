@@ -322,3 +322,16 @@ def test_with_redis_down_the_result_says_pending_and_why_and_nothing_is_lost(out
     assert "Accepted, waiting for Redis" in page
     assert "is not reachable" in page  # the reason, as the relay will retry it
     assert event.envelope_id in page
+
+
+def test_the_form_lists_fields_in_the_order_the_schema_author_wrote_them():
+    html = _client("policy").get("/topics/irs.withholding/publish/").content.decode()
+
+    names = re.findall(r'name="(/payload/[^"]+)"', html)
+    assert names[:5] == [  # PostgreSQL's jsonb would sort keys shortest first: rate before up_to
+        "/payload/tax_year",
+        "/payload/effective_date",
+        "/payload/filing_status",
+        "/payload/brackets/0/up_to",
+        "/payload/brackets/0/rate",
+    ]

@@ -14,3 +14,9 @@ register = template.Library()
 def as_json(value: Any) -> str:
     """A value as compact JSON text (the page autoescapes it, so a payload's markup stays text)."""
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+@register.filter
+def as_pretty_json(value: Any) -> str:
+    """A value as indented JSON text, keys in their own order (autoescaped by the page)."""
+    return json.dumps(value, ensure_ascii=False, indent=2)
