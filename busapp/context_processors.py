@@ -13,7 +13,7 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
-    links = [("Dashboard", reverse("dashboard")), ("Topics", reverse("topic-list"))]
+    links = [("Dashboard", reverse("dashboard")), ("Topics", reverse("topic-list")), ("Live", reverse("live"))]
     if user.is_staff:
         links.append(("Admin", reverse("admin:index")))
     path = request.path

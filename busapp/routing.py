@@ -1,5 +1,10 @@
-"""Websocket routes (live traffic and dead letters arrive with the live-traffic issue)."""
+"""Websocket routes: live traffic and dead letters (the ASGI app puts origin and sign-in checks before them)."""
 
-from django.urls import URLPattern
+from django.urls import path
 
-websocket_urlpatterns: list[URLPattern] = []
+from busapp.consumers import DeadLetterConsumer, TrafficConsumer
+
+websocket_urlpatterns = [
+    path("ws/traffic/", TrafficConsumer.as_asgi()),
+    path("ws/dlq/", DeadLetterConsumer.as_asgi()),
+]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db import connection
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import get_objects_for_user
@@ -215,3 +215,21 @@ def publish_requests_open(topics: QuerySet[Topic]) -> list[PublishRequest]:
         .select_related("topic", "event_type", "requested_by")
         .order_by("effective_at", "requested_at")
     )
+
+
+def events_after(*, topics: QuerySet[Topic], envelope_id: str | None, limit: int) -> tuple[list[Event], bool] | None:
+    """Events on these topics after the given one in (timestamp, id) order, oldest first, and whether more follow.
+
+    Without an envelope id: the newest ``limit``. None when the id is not an event on these topics.
+    """
+    events = Event.objects.filter(topic__in=topics).select_related("topic", "event_type")
+    if envelope_id is None:
+        newest = list(events.order_by("-timestamp", "-id")[:limit])
+        return newest[::-1], False
+    anchor = events.filter(envelope_id=envelope_id).values_list("timestamp", "id").first()
+    if anchor is None:
+        return None
+    timestamp, pk = anchor
+    later = events.filter(Q(timestamp__gt=timestamp) | Q(timestamp=timestamp, id__gt=pk)).order_by("timestamp", "id")
+    page = list(later[: limit + 1])
+    return page[:limit], len(page) > limit

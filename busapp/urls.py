@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from busapp.views import pages, publish, requests
+from busapp.views import live, pages, publish, requests
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
@@ -14,6 +14,8 @@ urlpatterns = [
     path("topics/<str:name>/requests/<int:pk>/", requests.request_page, name="publish-request"),
     path("topics/<str:name>/requests/<int:pk>/decide/", requests.request_decide, name="publish-request-decide"),
     path("topics/<str:name>/requests/<int:pk>/cancel/", requests.request_cancel, name="publish-request-cancel"),
+    path("live/", live.live_traffic, name="live"),
+    path("live/events/", live.live_events_after, name="live-events"),
     path("events/<str:envelope_id>/", pages.event_detail, name="event-detail"),
     path("healthz", pages.health, name="health"),
 ]

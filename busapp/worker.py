@@ -29,6 +29,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError, ResponseError
 
 from busapp.audit import AuditRecord, audit_append
+from busapp.live import dlq_group, live_item, topic_group
 from busapp.models import DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
 from busapp.publishing import INGEST_STREAM, STREAM_PREFIX, dead_letters_send, relay_pending, stream_key
 from busapp.rows import rows_insert
@@ -49,7 +50,6 @@ RELAY_EVERY_SECONDS = 0.5
 SCHEDULE_EVERY_SECONDS = 1.0
 INGEST_MAXLEN = 100_000
 RAW_KEEP_BYTES = 1024 * 1024
-FANOUT_PAYLOAD_BYTES = 4096
 EXTERNAL_ACTOR = "external"
 
 T = TypeVar("T")
@@ -63,16 +63,6 @@ _RELEASE_LEADER = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-
-
-def topic_group(topic: str) -> str:
-    """The Channels group that live-traffic websockets of a topic join."""
-    return f"topic.{topic}"
-
-
-def dlq_group(topic: str) -> str:
-    """The Channels group that dead-letter websockets of a topic join."""
-    return f"dlq.{topic}"
 
 
 @dataclass(frozen=True)
@@ -113,24 +103,6 @@ def entries_from_reply(reply: Any) -> list[StreamEntry]:
                 body = fields.get(b"event", b"")
             entries.append(StreamEntry(stream, entry_id, channel, body))
     return entries
-
-
-def _live_item(event: Event, entry: StreamEntry) -> dict[str, Any]:
-    """What a live-traffic browser gets for one event (a large payload is only summarised)."""
-    item = {
-        "id": event.envelope_id,
-        "topic": event.topic.name,
-        "type": event.event_type.name,
-        "timestamp": event.timestamp.timestamp(),
-        "source": event.source,
-        "publisher": event.publisher_name,
-        "status": EventStatus.PUBLISHED,
-    }
-    if len(entry.body) <= FANOUT_PAYLOAD_BYTES:  # the envelope holds the payload, so this bounds it
-        item["payload"] = event.payload
-    else:
-        item["payload_omitted_bytes"] = len(entry.body)
-    return item
 
 
 def _decode(entry: StreamEntry) -> tuple[dict[str, Any] | None, list[FieldError]]:
@@ -200,7 +172,7 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
             if envelope is not None and envelope["id"] in known:
                 if entry.stream != INGEST_STREAM:  # Pub/Sub copies of known events add nothing
                     _known_event_seen(known[envelope["id"]], entry, now)
-                    outcome.groups[topic_group(topic.name)].append(_live_item(known[envelope["id"]], entry))
+                    outcome.groups[topic_group(topic.name)].append(live_item(known[envelope["id"]], read_from_bus=True))
                 continue
             if envelope is not None:
                 version = versions.get(topic.name, envelope["type"])
@@ -208,7 +180,7 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
                 if not errors and isinstance(version, SchemaVersion):
                     event = known[envelope["id"]] = _external_event(entry, envelope, version, now)
                     new_events.append(event)
-                    outcome.groups[topic_group(topic.name)].append(_live_item(event, entry))
+                    outcome.groups[topic_group(topic.name)].append(live_item(event, read_from_bus=True))
                     continue
             if entry.origin not in seen_letters:
                 seen_letters.add(entry.origin)

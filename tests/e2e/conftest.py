@@ -110,11 +110,11 @@ def browser_log(page: Page) -> BrowserLog:
     return BrowserLog(page)
 
 
-def sign_in(page: Page, username: str, password: str = DEMO_PASSWORD) -> None:
-    """Sign in through the login form, as a person would, and wait for the dashboard."""
-    page.goto("/accounts/login/")
+def sign_in(page: Page, username: str, password: str = DEMO_PASSWORD, *, base: str = "") -> None:
+    """Sign in through the login form, as a person would, and wait for the dashboard (of ``base``, if given)."""
+    page.goto(f"{base}/accounts/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", password)
     page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url("/")
+    expect(page).to_have_url(f"{base}/")
     expect(page.locator("h1")).to_have_text("Dashboard")

@@ -1,0 +1,197 @@
+"""Websockets of the live pages: ``/ws/traffic/`` (events) and ``/ws/dlq/`` (dead letters).
+
+A signed-in person subscribes to topics by name and receives the live items of those they
+may view, in frames the bus worker fans out at most every 100 ms per topic. Flow control is
+by acknowledgement: at most ``WINDOW`` frames are unacknowledged; what arrives meanwhile
+waits in a buffer of ``BUFFER_ITEMS``, and when that overflows the oldest items go and the
+next frame says how many were skipped (history has them all). Rights are read once when
+the socket opens and again every ``RECHECK_SECONDS``: a revoked topic stops within that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth.models import User
+
+from busapp.live import dlq_group, topic_group
+from busapp.models import Topic
+from busapp.selectors import topics_visible_to
+
+# Close codes the page understands: sign in again; nothing else is worth retrying.
+CLOSE_NOT_SIGNED_IN = 4401
+
+
+@database_sync_to_async
+def _rights(user_id: int) -> tuple[bool, set[str]]:
+    """Whether the person may still sign in, and the topics they may view now (read fresh, never cached)."""
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return False, set()
+    return True, set(topics_visible_to(user).values_list("name", flat=True))
+
+
+@database_sync_to_async
+def _known_topics(names: list[str]) -> set[str]:
+    """Which of these names are topics at all."""
+    return set(Topic.objects.filter(name__in=names).values_list("name", flat=True))
+
+
+class _BusFeedConsumer(AsyncJsonWebsocketConsumer):
+    """One live feed: subscribe to topics by name, receive their items in acknowledged frames."""
+
+    frame_type = ""  # what the frames are called: "events" or "dead_letters"
+    WINDOW = 4  # frames sent and not yet acknowledged
+    BUFFER_ITEMS = 1000  # items held for a client that is behind
+    FRAME_ITEMS = 200  # items in one frame at most
+    RECHECK_SECONDS = 2.0
+
+    def group(self, topic: str) -> str:
+        """The Channels group of a topic's items on this feed."""
+        raise NotImplementedError
+
+    async def connect(self) -> None:
+        """Accept a signed-in person (the origin was checked before this); refuse anyone else."""
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_NOT_SIGNED_IN)
+            return
+        self.user_id: int = user.pk
+        _, self.allowed = await _rights(self.user_id)
+        self.subscribed: set[str] = set()
+        self.buffer: deque[dict[str, Any]] = deque()
+        self.skipped = 0
+        self.sent_seq = 0
+        self.acked_seq = 0
+        await self.accept()
+        self.rechecking = asyncio.ensure_future(self._recheck_rights())
+
+    async def disconnect(self, code: int) -> None:
+        """Leave every group and stop reading rights."""
+        rechecking = getattr(self, "rechecking", None)
+        if rechecking is not None:
+            rechecking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rechecking
+        for topic in list(getattr(self, "subscribed", ())):
+            await self.channel_layer.group_discard(self.group(topic), self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        """Parse the client's message; one that is not JSON gets an error frame, the socket stays open."""
+        try:
+            content = json.loads(text_data or (bytes_data or b"").decode(errors="replace"))
+        except ValueError as error:
+            await self._error(f"messages are JSON objects; this is not JSON ({error})")
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """``{"action": "subscribe"|"unsubscribe", "topics": [...]}`` or ``{"action": "ack", "seq": n}``."""
+        action = content.get("action") if isinstance(content, dict) else None
+        if action == "ack":
+            seq = content.get("seq")
+            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= self.sent_seq:
+                await self._error(f"ack: seq must be a frame number from 0 to {self.sent_seq}")
+                return
+            self.acked_seq = max(self.acked_seq, seq)
+            await self._flush()
+        elif action in ("subscribe", "unsubscribe"):
+            topics = content.get("topics")
+            if not isinstance(topics, list) or not all(isinstance(name, str) for name in topics):
+                await self._error(f"{action}: topics must be a list of topic names")
+                return
+            await (self._subscribe(topics) if action == "subscribe" else self._unsubscribe(topics))
+        else:
+            await self._error('unknown message: send {"action": "subscribe", "topics": [...]}, unsubscribe or ack')
+
+    async def _subscribe(self, topics: list[str]) -> None:
+        """Join the groups of the topics this person may view; say which names were refused and why."""
+        known = await _known_topics(topics)
+        for name in topics:
+            if name not in known:
+                await self._error(f"unknown topic {name!r}", topic=name)
+            elif name not in self.allowed:
+                await self._error(f"you may not view topic {name!r}", topic=name)
+            elif name not in self.subscribed:
+                await self.channel_layer.group_add(self.group(name), self.channel_name)
+                self.subscribed.add(name)
+        await self.send_json({"type": "subscribed", "topics": sorted(self.subscribed)})
+
+    async def _unsubscribe(self, topics: list[str]) -> None:
+        """Leave the groups of these topics."""
+        for name in set(topics) & self.subscribed:
+            await self.channel_layer.group_discard(self.group(name), self.channel_name)
+            self.subscribed.discard(name)
+        await self.send_json({"type": "subscribed", "topics": sorted(self.subscribed)})
+
+    async def _recheck_rights(self) -> None:
+        """Read the rights again now and then; stop a revoked topic, close for a deactivated person."""
+        while True:
+            await asyncio.sleep(self.RECHECK_SECONDS)
+            active, self.allowed = await _rights(self.user_id)
+            if not active:
+                await self.close(code=CLOSE_NOT_SIGNED_IN)
+                return
+            for name in sorted(self.subscribed - self.allowed):
+                await self.channel_layer.group_discard(self.group(name), self.channel_name)
+                self.subscribed.discard(name)
+                self.buffer = deque(item for item in self.buffer if item.get("topic") != name)
+                await self.send_json({"type": "revoked", "topic": name})
+
+    async def _items_arrived(self, items: list[dict[str, Any]]) -> None:
+        """Buffer a group message's items for topics still subscribed, dropping the oldest past the limit."""
+        self.buffer.extend(item for item in items if item.get("topic") in self.subscribed)
+        overflow = len(self.buffer) - self.BUFFER_ITEMS
+        if overflow > 0:
+            for _ in range(overflow):
+                self.buffer.popleft()
+            self.skipped += overflow
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Send buffered items while fewer than WINDOW frames wait for their acknowledgement."""
+        while self.buffer and self.sent_seq - self.acked_seq < self.WINDOW:
+            count = min(len(self.buffer), self.FRAME_ITEMS)
+            items = [self.buffer.popleft() for _ in range(count)]
+            self.sent_seq += 1
+            frame = {"type": self.frame_type, "seq": self.sent_seq, "items": items, "skipped": self.skipped}
+            self.skipped = 0
+            await self.send_json(frame)
+
+    async def _error(self, message: str, **extra: Any) -> None:
+        """An error frame: the client learns what was wrong; the socket stays open."""
+        await self.send_json({"type": "error", "message": message, **extra})
+
+
+class TrafficConsumer(_BusFeedConsumer):
+    """``/ws/traffic/``: events as they go over the bus."""
+
+    frame_type = "events"
+
+    def group(self, topic: str) -> str:
+        """Live traffic of a topic."""
+        return topic_group(topic)
+
+    async def bus_events(self, message: dict[str, Any]) -> None:
+        """A batch the bus worker fanned out (one message per topic per 100 ms at most)."""
+        await self._items_arrived(message["items"])
+
+
+class DeadLetterConsumer(_BusFeedConsumer):
+    """``/ws/dlq/``: dead letters as they arrive."""
+
+    frame_type = "dead_letters"
+
+    def group(self, topic: str) -> str:
+        """Dead letters of a topic."""
+        return dlq_group(topic)
+
+    async def bus_dead_letters(self, message: dict[str, Any]) -> None:
+        """A batch of dead letters the bus worker fanned out."""
+        await self._items_arrived(message["items"])

@@ -1,0 +1,195 @@
+// Live traffic: events from /ws/traffic/, newest first. Every value is written with
+// textContent, never as HTML: payloads are untrusted. Each frame is acknowledged after it
+// is drawn, so a tab that falls behind is sent less and told how many it skipped. After a
+// reconnect the gap is filled from history (/live/events/?after=<last id seen>).
+
+const topics = JSON.parse(document.getElementById("live-topics").textContent);
+const body = document.querySelector("#live tbody");
+const connection = document.getElementById("connection");
+const notice = document.getElementById("feed-notice");
+const held = document.getElementById("held");
+const pauseButton = document.getElementById("pause");
+const filters = {
+  topic: document.getElementById("filter-topic"),
+  type: document.getElementById("filter-type"),
+  text: document.getElementById("filter-text"),
+};
+const ROWS_KEPT = 500;
+const HELD_KEPT = 2000;
+const SPARK_SECONDS = 60;
+
+let socket = null;
+let lastId = null;
+let paused = false;
+let heldItems = [];
+let retryDelay = 500;
+const perSecond = new Map(topics.map((topic) => [topic, new Array(SPARK_SECONDS).fill(0)]));
+
+function say(text) {
+  notice.textContent = text;
+  notice.hidden = !text;
+}
+
+function cell(row, text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  row.appendChild(td);
+  return td;
+}
+
+function payloadSummary(item) {
+  if (item.payload === undefined) return `(${item.payload_omitted_bytes} bytes: open the record)`;
+  const text = JSON.stringify(item.payload);
+  return text.length > 160 ? text.slice(0, 159) + "…" : text;
+}
+
+function matches(row) {
+  const { topic, type, text } = row.dataset;
+  return (!filters.topic.value || topic === filters.topic.value)
+    && (!filters.type.value || type.includes(filters.type.value.trim()))
+    && (!filters.text.value || row.textContent.toLowerCase().includes(filters.text.value.trim().toLowerCase()));
+}
+
+function draw(item) {
+  const row = document.createElement("tr");
+  row.className = "event";
+  row.dataset.id = item.id;
+  row.dataset.topic = item.topic;
+  row.dataset.type = item.type;
+  cell(row, new Date(item.timestamp * 1000).toISOString().replace("T", " ").slice(0, 23));
+  cell(row, item.topic);
+  cell(row, item.type).className = "mono";
+  cell(row, item.publisher);
+  cell(row, item.source);
+  const status = cell(row, item.status);
+  status.className = `status-cell ${item.status}`;
+  cell(row, payloadSummary(item)).className = "mono payload";
+  row.hidden = !matches(row);
+  body.prepend(row);
+  while (body.rows.length > ROWS_KEPT) body.deleteRow(body.rows.length - 1);
+}
+
+function marker(text) {
+  const row = document.createElement("tr");
+  row.className = "marker";
+  const td = cell(row, text);
+  td.colSpan = 7;
+  body.prepend(row);
+}
+
+function arrived(item) {
+  lastId = item.id;
+  const counts = perSecond.get(item.topic);
+  if (counts) counts[counts.length - 1] += 1;
+  if (paused) {
+    heldItems.push(item);
+    if (heldItems.length > HELD_KEPT) heldItems.shift();
+    held.textContent = `${heldItems.length} new while paused`;
+  } else {
+    draw(item);
+  }
+}
+
+async function fillGap() {
+  const url = lastId ? `/live/events/?after=${encodeURIComponent(lastId)}` : "/live/events/";
+  try {
+    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    const answer = await response.json();
+    if (!response.ok) {
+      say(answer.errors.map((error) => error.message).join("; "));
+      return;
+    }
+    answer.events.forEach(arrived);
+    if (answer.more) marker("More events arrived while disconnected than fit here: the history has them all.");
+  } catch (error) {
+    say(`Could not read the history to fill the gap: ${error}`);
+  }
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  socket = new WebSocket(`${scheme}//${location.host}/ws/traffic/`);
+  socket.addEventListener("open", async () => {
+    connection.textContent = "live";
+    connection.className = "connection live";
+    retryDelay = 500;
+    await fillGap();
+    socket.send(JSON.stringify({ action: "subscribe", topics }));
+  });
+  socket.addEventListener("message", (message) => {
+    const frame = JSON.parse(message.data);
+    if (frame.type === "events") {
+      if (frame.skipped) marker(`${frame.skipped} events skipped: this page fell behind (the history has them all).`);
+      frame.items.forEach(arrived);
+      socket.send(JSON.stringify({ action: "ack", seq: frame.seq }));
+    } else if (frame.type === "revoked") {
+      say(`Your right to view ${frame.topic} was withdrawn: its events are no longer shown.`);
+    } else if (frame.type === "error") {
+      say(frame.message);
+    }
+  });
+  socket.addEventListener("close", (event) => {
+    connection.className = "connection down";
+    if (event.code === 4401) {
+      connection.textContent = "signed out";
+      say("Your session ended: sign in again to watch live traffic.");
+      return;
+    }
+    connection.textContent = "reconnecting…";
+    setTimeout(connect, retryDelay);
+    retryDelay = Math.min(retryDelay * 2, 10000);
+  });
+}
+
+function refilter() {
+  for (const row of body.querySelectorAll("tr.event")) row.hidden = !matches(row);
+}
+
+function drawSparklines() {
+  const box = document.getElementById("sparklines");
+  for (const [topic, counts] of perSecond) {
+    let canvas = box.querySelector(`canvas[data-topic="${CSS.escape(topic)}"]`);
+    if (!canvas) {
+      const figure = document.createElement("figure");
+      canvas = document.createElement("canvas");
+      canvas.width = 120;
+      canvas.height = 28;
+      canvas.dataset.topic = topic;
+      const caption = document.createElement("figcaption");
+      figure.append(canvas, caption);
+      box.appendChild(figure);
+    }
+    const peak = Math.max(1, ...counts);
+    const context = canvas.getContext("2d");
+    context.clearRect(0, 0, canvas.width, canvas.height);
+    context.strokeStyle = "#1f5fbf";
+    context.beginPath();
+    counts.forEach((count, index) => {
+      const x = (index / (SPARK_SECONDS - 1)) * (canvas.width - 1);
+      const y = canvas.height - 1 - (count / peak) * (canvas.height - 2);
+      if (index === 0) context.moveTo(x, y); else context.lineTo(x, y);
+    });
+    context.stroke();
+    canvas.nextElementSibling.textContent = `${topic}: ${counts[counts.length - 1]}/s`;
+    counts.shift();
+    counts.push(0);
+  }
+}
+
+pauseButton.addEventListener("click", () => {
+  paused = !paused;
+  pauseButton.textContent = paused ? "Resume" : "Pause";
+  pauseButton.setAttribute("aria-pressed", String(paused));
+  if (!paused) {
+    heldItems.forEach(draw);
+    heldItems = [];
+    held.textContent = "";
+  }
+});
+for (const input of Object.values(filters)) input.addEventListener("input", refilter);
+body.addEventListener("click", (event) => {
+  const row = event.target.closest("tr.event");
+  if (row) location.href = `/events/${encodeURIComponent(row.dataset.id)}/`;
+});
+setInterval(drawSparklines, 1000);
+connect();

@@ -1,0 +1,91 @@
+"""Live traffic in headless Chromium, through the real ASGI server and a running bus worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import BrowserLog, sign_in
+from tests.support import ROOT, OutputWatcher, RedisServer, free_port, manage, manage_background, manage_env, wait_for
+
+pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
+
+
+@pytest.fixture
+def asgi_url(suite_redis: RedisServer) -> Iterator[str]:
+    """uvicorn serving the ASGI app (pages and websockets) on the tests' database, and a bus worker beside it."""
+    import urllib.request
+
+    port = free_port()
+    env = manage_env(suite_redis.url(0))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "hmsadmin.asgi:application", "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT,
+        env=env,
+    )
+    worker = OutputWatcher(manage_background("bus_worker", redis_url=suite_redis.url(0)))
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:  # noqa: S310 (our own server)
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(answers, timeout=20, what="uvicorn to answer")
+        worker.wait_for_line("bus worker", timeout=20)
+        yield url
+    finally:
+        worker.stop()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _publish(payload: dict, suite_redis: RedisServer) -> str:
+    done = manage("publish", "tax-policy", "tax_policy.updated", json.dumps(payload), redis_url=suite_redis.url(0))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.split()[0]  # the event id it prints first
+
+
+def test_an_event_published_from_the_command_line_appears_within_a_second(
+    page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer
+):
+    sign_in(page, "policy", base=asgi_url)
+    page.goto(f"{asgi_url}/live/")
+    expect(page.locator("#connection")).to_have_text("live")
+
+    event_id = _publish({"standard_deduction": 15000}, suite_redis)
+
+    row = page.locator(f'tr.event[data-id="{event_id}"]')
+    expect(row).to_be_visible(timeout=1000)
+    expect(row).to_contain_text('{"standard_deduction":15000}')
+    expect(row).to_contain_text("tax_policy.updated")
+    assert browser_log.errors == []
+
+
+def test_markup_in_a_payload_is_shown_as_text_and_never_runs(
+    page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer
+):
+    sign_in(page, "policy", base=asgi_url)
+    page.goto(f"{asgi_url}/live/")
+    expect(page.locator("#connection")).to_have_text("live")
+    hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+
+    event_id = _publish({"standard_deduction": 1, "note": hostile}, suite_redis)
+
+    row = page.locator(f'tr.event[data-id="{event_id}"]')
+    expect(row).to_contain_text('<img src=x onerror=\\"window.pwned=1\\">')
+    assert row.locator("img, script").count() == 0
+    assert page.evaluate("window.pwned === undefined")
+    row.click()
+    expect(page.locator("h1")).to_contain_text(event_id)
+    expect(page.locator("pre.json")).to_contain_text("<script>window.pwned=2</script>")
+    assert page.evaluate("window.pwned === undefined")
+    assert browser_log.errors == []

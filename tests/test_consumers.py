@@ -1,0 +1,173 @@
+"""The live websockets against the real ASGI app, real Redis and the real database: who may listen, and to what."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing.websocket import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.test import Client
+from guardian.shortcuts import remove_perm
+
+from busapp.models import Topic
+from busapp.services import event_publish_batch
+from busapp.worker import BusWorker
+from hmsadmin.asgi import application
+
+pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
+
+ORIGIN = (b"origin", b"http://testserver")
+
+
+def _session_cookie(username: str) -> bytes:
+    client = Client()
+    client.force_login(User.objects.get(username=username))
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def _connect(path: str = "/ws/traffic/", username: str | None = "policy", origin=ORIGIN):
+    headers = [origin] if origin else []
+    if username:
+        headers.append((b"cookie", await sync_to_async(_session_cookie)(username)))
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    return communicator, connected
+
+
+async def _subscribed(communicator, *topics: str) -> dict:
+    await communicator.send_json_to({"action": "subscribe", "topics": list(topics)})
+    return await communicator.receive_json_from(timeout=5)
+
+
+async def _fan_out(topic: str, items: list[dict]) -> None:
+    """What the bus worker sends: one group message with a batch of items."""
+    await get_channel_layer().group_send(f"topic.{topic}", {"type": "bus.events", "items": items})
+
+
+def _items(topic: str, count: int, start: int = 0) -> list[dict]:
+    return [{"topic": topic, "id": f"e{n}", "payload": {"n": n}} for n in range(start, start + count)]
+
+
+async def test_anonymous_connections_are_refused():
+    communicator, connected = await _connect(username=None)
+
+    assert not connected
+    await communicator.disconnect()
+
+
+async def test_connections_from_a_foreign_origin_are_refused():
+    communicator, connected = await _connect(origin=(b"origin", b"https://evil.example"))
+
+    assert not connected
+    await communicator.disconnect()
+
+
+async def test_a_subscriber_receives_the_batches_of_its_topic():
+    communicator, connected = await _connect()
+    assert connected
+    assert await _subscribed(communicator, "tax-policy") == {"type": "subscribed", "topics": ["tax-policy"]}
+
+    await _fan_out("tax-policy", _items("tax-policy", 3))
+
+    frame = await communicator.receive_json_from(timeout=5)
+    assert (frame["type"], frame["seq"], frame["skipped"]) == ("events", 1, 0)
+    assert [item["id"] for item in frame["items"]] == ["e0", "e1", "e2"]
+    await communicator.disconnect()
+
+
+async def test_a_topic_without_view_right_is_refused_and_never_delivered():
+    await sync_to_async(User.objects.create_user)("outsider", password="x-unused-42")
+    communicator, connected = await _connect(username="outsider")
+    assert connected
+
+    refused = await _subscribed(communicator, "tax-policy")
+    assert refused == {"type": "error", "message": "you may not view topic 'tax-policy'", "topic": "tax-policy"}
+    assert await communicator.receive_json_from(timeout=5) == {"type": "subscribed", "topics": []}
+    await _fan_out("tax-policy", _items("tax-policy", 1))
+    assert await communicator.receive_nothing(timeout=0.5)
+    await communicator.disconnect()
+
+
+async def test_bad_messages_get_error_frames_and_the_socket_stays_open():
+    communicator, _ = await _connect()
+
+    await communicator.send_to(text_data="{not json")
+    not_json = await communicator.receive_json_from(timeout=5)
+    await communicator.send_json_to({"action": "subscribe", "topics": ["no-such-topic"]})
+    unknown = await communicator.receive_json_from(timeout=5)
+    await communicator.receive_json_from(timeout=5)  # the subscription list, still empty
+    await communicator.send_json_to({"action": "dance"})
+    odd = await communicator.receive_json_from(timeout=5)
+    await communicator.send_json_to({"action": "subscribe", "topics": "tax-policy"})
+    not_a_list = await communicator.receive_json_from(timeout=5)
+
+    assert not_json["type"] == "error"
+    assert not_json["message"].startswith("messages are JSON objects; this is not JSON")
+    assert unknown == {"type": "error", "message": "unknown topic 'no-such-topic'", "topic": "no-such-topic"}
+    assert odd["type"] == "error"
+    assert "unknown message" in odd["message"]
+    assert not_a_list == {"type": "error", "message": "subscribe: topics must be a list of topic names"}
+    assert await _subscribed(communicator, "tax-policy") == {"type": "subscribed", "topics": ["tax-policy"]}
+    await communicator.disconnect()
+
+
+async def test_a_revoked_right_stops_delivery_within_five_seconds():
+    communicator, _ = await _connect()
+    await _subscribed(communicator, "tax-policy")
+
+    def revoke() -> None:
+        policy = User.objects.get(username="policy")
+        remove_perm("busapp.view_topic", policy, Topic.objects.get(name="tax-policy"))
+
+    await sync_to_async(revoke)()
+
+    assert await communicator.receive_json_from(timeout=5) == {"type": "revoked", "topic": "tax-policy"}
+    await _fan_out("tax-policy", _items("tax-policy", 1))
+    assert await communicator.receive_nothing(timeout=0.5)
+    await communicator.disconnect()
+
+
+async def test_a_client_that_does_not_keep_up_loses_the_oldest_and_is_told_how_many():
+    communicator, _ = await _connect()
+    await _subscribed(communicator, "tax-policy")
+
+    for n in range(4):  # the window: four frames may wait for their acknowledgement
+        await _fan_out("tax-policy", _items("tax-policy", 1, start=n))
+        await communicator.receive_json_from(timeout=5)
+    await _fan_out("tax-policy", _items("tax-policy", 1500, start=100))  # arrives while the client is behind
+    assert await communicator.receive_nothing(timeout=0.5)
+
+    await communicator.send_json_to({"action": "ack", "seq": 4})
+    frame = await communicator.receive_json_from(timeout=5)
+
+    assert (frame["seq"], frame["skipped"]) == (5, 500)  # 1,500 arrived, 1,000 kept: the oldest 500 went
+    assert frame["items"][0]["id"] == "e600"
+    assert len(frame["items"]) == 200
+    await communicator.disconnect()
+
+
+async def test_events_published_in_a_batch_reach_the_browser_in_a_few_frames():
+    communicator, _ = await _connect()
+    await _subscribed(communicator, "tax-policy")
+    worker = BusWorker(name="consumer-test-worker")
+    running = asyncio.create_task(worker.run())
+    try:
+        await worker.refresh_topics()
+        items = [{"type": "tax_policy.updated", "payload": {"standard_deduction": n}} for n in range(300)]
+        outcome = await sync_to_async(event_publish_batch)(topic="tax-policy", items=items, actor="test")
+
+        received, frames = [], 0
+        while len(received) < 300:
+            frame = await communicator.receive_json_from(timeout=10)
+            received.extend(frame["items"])
+            frames += 1
+            await communicator.send_json_to({"action": "ack", "seq": frame["seq"]})
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, timeout=10)
+        await communicator.disconnect()
+
+    assert [item["id"] for item in received] == [event.envelope_id for event in outcome.events]
+    assert received[0]["payload"] == {"standard_deduction": 0}
+    assert frames <= 6, f"{frames} frames for 300 events"

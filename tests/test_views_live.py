@@ -1,0 +1,69 @@
+"""The live page and the history a reconnecting page reads to fill its gap."""
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from busapp.services import event_publish
+
+pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
+
+
+def _client(username: str) -> Client:
+    client = Client()
+    client.force_login(User.objects.get(username=username))
+    return client
+
+
+def _publish(deduction: int) -> str:
+    event = event_publish(
+        topic="tax-policy",
+        event_type="tax_policy.updated",
+        payload={"standard_deduction": deduction},
+        actor="test",
+        source="api",
+    )
+    return event.envelope_id
+
+
+def test_the_live_page_names_only_the_topics_the_person_may_view():
+    User.objects.create_user("outsider", password="x-unused-42")
+
+    policy = _client("policy").get("/live/").content.decode()
+    outsider = _client("outsider").get("/live/").content.decode()
+
+    assert '<script id="live-topics" type="application/json">["irs.withholding", "tax-policy"]</script>' in policy
+    assert '<script id="live-topics" type="application/json">[]</script>' in outsider
+
+
+def test_a_reconnecting_page_gets_every_event_after_the_last_it_saw_in_order():
+    ids = [_publish(deduction) for deduction in range(5)]
+
+    answer = _client("policy").get("/live/events/", {"after": ids[1]}).json()
+
+    assert [item["id"] for item in answer["events"]] == ids[2:]
+    assert answer["more"] is False
+    assert answer["events"][0]["payload"] == {"standard_deduction": 2}
+    assert answer["events"][0]["status"] == "published"
+
+
+def test_without_a_last_event_the_page_gets_the_newest():
+    ids = [_publish(deduction) for deduction in range(3)]
+
+    answer = _client("policy").get("/live/events/").json()
+
+    assert [item["id"] for item in answer["events"]] == ids
+
+
+def test_an_unknown_or_unseen_event_id_is_a_clear_400():
+    event_id = _publish(1)
+    User.objects.create_user("outsider", password="x-unused-42")
+
+    unknown = _client("policy").get("/live/events/", {"after": "no-such-id"})
+    unseen = _client("outsider").get("/live/events/", {"after": event_id})
+
+    for response in (unknown, unseen):
+        assert response.status_code == 400
+        assert response.json() == {
+            "errors": [{"path": "/after", "message": "is not an event id you may see: reload the page"}]
+        }
