@@ -25,6 +25,8 @@ from busapp.validation import FieldError, json_pointer
 
 ROOT = "/payload"
 INDEX_PLACEHOLDER = "__index__"
+# The raw JSON box refuses text far past the payload limit before parsing it.
+RAW_JSON_MAX_CHARS = 4 * 64 * 1024
 # Keywords a form cannot express; a schema (or part) using them is published as raw JSON.
 _UNDRAWABLE = ("oneOf", "anyOf", "allOf", "not", "if", "patternProperties", "dependentSchemas", "prefixItems")
 _STRING_INPUTS = {"date": "date", "date-time": "datetime-local", "email": "email", "uri": "url", "time": "time"}
@@ -232,6 +234,22 @@ def _read(form_field: FormField, data: QueryDict, errors: list[FieldError]) -> A
     except ValueError as error:
         errors.append({"path": form_field.path, "message": str(error)})
         return raw
+
+
+def submitted_payload(layout: FormLayout, data: QueryDict, *, raw_mode: bool) -> FormReading:
+    """The payload a person submitted, from the generated inputs or the raw JSON box, with what could not be read."""
+    if not raw_mode:
+        return payload_from_form(layout, data)
+    text = data.get("payload_json", "")
+    if len(text) > RAW_JSON_MAX_CHARS:
+        return FormReading({}, [{"path": ROOT, "message": f"is {len(text):,} characters; far over the 64 KiB limit"}])
+    try:
+        payload = json.loads(text)
+    except ValueError as error:
+        return FormReading({}, [{"path": ROOT, "message": f"is not valid JSON: {error}"}])
+    if not isinstance(payload, dict):
+        return FormReading({}, [{"path": ROOT, "message": "must be a JSON object: {...}"}])
+    return FormReading(payload, [])
 
 
 def row_indexes(array: FormField, data: QueryDict) -> list[int]:

@@ -19,7 +19,7 @@ from busapp.models import Event, PublishRequest, SchemaVersion, Source, Topic
 from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
 from busapp.previews import Preview, PreviewInvalidError, preview_read, preview_sign
 from busapp.publishing import subscribers_count
-from busapp.schema_forms import FormLayout, form_bind, form_layout, form_values, payload_from_form
+from busapp.schema_forms import FormLayout, form_bind, form_layout, form_values, submitted_payload
 from busapp.selectors import (
     event_types_with_active_versions,
     schema_version_active,
@@ -28,8 +28,6 @@ from busapp.services import event_publish, publish_request_create
 from busapp.validation import ApprovalRequiredError, BusInputError, FieldError, effective_at_error, payload_errors
 from busapp.views.access import signed_in_user, topic_with_right
 
-# The raw JSON box refuses text far past the payload limit before parsing it.
-RAW_JSON_MAX_CHARS = 4 * 64 * 1024
 # The path errors about the "takes effect at" input carry (it is not part of the payload).
 EFFECTIVE_AT = "/effective_at"
 
@@ -70,6 +68,37 @@ def topic_publish(request: HttpRequest, name: str) -> HttpResponse:
     return render(request, "publish/preview.html", page.preview_context(preview, token))
 
 
+def payload_inputs(
+    request: HttpRequest,
+    layout: FormLayout,
+    *,
+    raw_mode: bool,
+    payload: dict[str, Any] | None = None,
+    errors: list[FieldError] | None = None,
+) -> dict[str, Any]:
+    """What ``publish/_payload_inputs.html`` needs: the generated inputs or the raw JSON box, filled and with errors.
+
+    Filled from ``payload`` when given (a preview to change, a dead letter to fix), else from
+    what was posted, else with the schema's defaults.
+    """
+    errors = errors or []
+    submitted = request.method == "POST" and payload is None
+    values: dict[str, str] | QueryDict | None = request.POST if submitted else None
+    if payload is not None:
+        values = form_values(layout, payload)
+    raw_text = request.POST.get("payload_json", "") if submitted else ""
+    if payload is not None or not raw_text:
+        raw_text = json.dumps(payload if payload is not None else {}, indent=2, ensure_ascii=False)
+    return {
+        "layout": layout,
+        "form": form_bind(layout, values, errors) if layout.drawable else None,
+        "raw_mode": raw_mode,
+        "raw_text": raw_text,
+        "raw_errors": [f"{e['path']}: {e['message']}" for e in errors] if raw_mode else [],
+        "max_payload_bytes": settings.BUS_MAX_PAYLOAD_BYTES,
+    }
+
+
 class _PublishPage:
     """The publish form of one topic and event type, in form or raw JSON mode, as submitted or fresh."""
 
@@ -81,19 +110,8 @@ class _PublishPage:
 
     def read_payload(self) -> tuple[Any, list[FieldError]]:
         """The payload the person submitted, and what could not be read (a wrong type, broken JSON)."""
-        if not self.raw_mode:
-            reading = payload_from_form(self.layout, self.request.POST)
-            return reading.payload, reading.errors
-        text = self.request.POST.get("payload_json", "")
-        if len(text) > RAW_JSON_MAX_CHARS:
-            return None, [{"path": "/payload", "message": f"is {len(text):,} characters; far over the 64 KiB limit"}]
-        try:
-            payload = json.loads(text)
-        except ValueError as error:
-            return None, [{"path": "/payload", "message": f"is not valid JSON: {error}"}]
-        if not isinstance(payload, dict):
-            return None, [{"path": "/payload", "message": "must be a JSON object: {...}"}]
-        return payload, []
+        reading = submitted_payload(self.layout, self.request.POST, raw_mode=self.raw_mode)
+        return reading.payload, reading.errors
 
     def read_effective_at(self) -> tuple[dt.datetime | None, list[FieldError]]:
         """The optional "takes effect at" time (UTC): empty for at once, else a moment in the future."""
@@ -118,12 +136,6 @@ class _PublishPage:
     ) -> HttpResponse:
         """The form: fresh (schema defaults), as submitted (values kept, errors by their fields), or a payload."""
         submitted = self.request.method == "POST" and payload is None
-        values: dict[str, str] | QueryDict | None = self.request.POST if submitted else None
-        if payload is not None:
-            values = form_values(self.layout, payload)
-        raw_text = self.request.POST.get("payload_json", "") if submitted else ""
-        if payload is not None or not raw_text:
-            raw_text = json.dumps(payload if payload is not None else {}, indent=2, ensure_ascii=False)
         time_errors = [error["message"] for error in errors or [] if error["path"] == EFFECTIVE_AT]
         errors = [error for error in errors or [] if error["path"] != EFFECTIVE_AT]
         effective_text = self.request.POST.get("effective_at", "") if submitted else ""
@@ -133,12 +145,7 @@ class _PublishPage:
             "topic": self.topic,
             "types": self.types,
             "version": self.version,
-            "layout": self.layout,
-            "form": form_bind(self.layout, values, errors) if self.layout.drawable else None,
-            "raw_mode": self.raw_mode,
-            "raw_text": raw_text,
-            "raw_errors": [f"{e['path']}: {e['message']}" for e in errors] if self.raw_mode else [],
-            "max_payload_bytes": settings.BUS_MAX_PAYLOAD_BYTES,
+            **payload_inputs(self.request, self.layout, raw_mode=self.raw_mode, payload=payload, errors=errors),
             "effective_text": effective_text,
             "time_errors": time_errors,
         }
