@@ -13,7 +13,12 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
-    links = [("Dashboard", reverse("dashboard")), ("Topics", reverse("topic-list")), ("Live", reverse("live"))]
+    links = [
+        ("Dashboard", reverse("dashboard")),
+        ("Topics", reverse("topic-list")),
+        ("Live", reverse("live")),
+        ("Dead letters", reverse("dead-letters")),
+    ]
     if user.is_staff:
         links.append(("Admin", reverse("admin:index")))
     path = request.path

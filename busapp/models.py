@@ -308,6 +308,11 @@ class DeadLetter(models.Model):
     replay_event = models.ForeignKey(
         Event, null=True, blank=True, on_delete=models.PROTECT, related_name="replayed_from"
     )
+    discarded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    discarded_at = models.DateTimeField(null=True, blank=True)
+    discard_reason = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-received_at", "-id"]
@@ -318,6 +323,10 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"dead letter #{self.pk} on {self.topic.name}"
+
+    def get_absolute_url(self) -> str:
+        """The dead letter's page on the workbench."""
+        return reverse("dead-letter", args=[self.pk])
 
 
 class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):

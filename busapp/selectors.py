@@ -233,3 +233,44 @@ def events_after(*, topics: QuerySet[Topic], envelope_id: str | None, limit: int
     later = events.filter(Q(timestamp__gt=timestamp) | Q(timestamp=timestamp, id__gt=pk)).order_by("timestamp", "id")
     page = list(later[: limit + 1])
     return page[:limit], len(page) > limit
+
+
+# Dead letters grouped for the workbench; only the newest this many open ones are grouped.
+DEAD_LETTER_GROUPING_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class DeadLetterGroup:
+    """Open dead letters of one topic that share their first error: how many, and since when."""
+
+    topic: str
+    error: str
+    count: int
+    oldest: dt.datetime
+    newest_id: int
+
+
+def dead_letter_groups(topics: QuerySet[Topic]) -> list[DeadLetterGroup]:
+    """Open dead letters by topic and first error, biggest group first."""
+    rows = (
+        DeadLetter.objects.filter(topic__in=topics, status=DeadLetterStatus.OPEN)
+        .order_by("-received_at", "-id")
+        .values_list("topic__name", "errors", "received_at", "id")[:DEAD_LETTER_GROUPING_LIMIT]
+    )
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for topic, errors, received_at, pk in rows:
+        first = errors[0] if isinstance(errors, list) and errors else {}
+        key = (topic, f"{first.get('path', '')}: {first.get('message', '')}" if first else "(no error recorded)")
+        found = groups.setdefault(key, [0, received_at, pk])
+        found[0] += 1
+        found[1] = min(found[1], received_at)
+    ordered = sorted(groups.items(), key=lambda item: (-item[1][0], item[0]))
+    return [DeadLetterGroup(topic, error, count, oldest, newest) for (topic, error), (count, oldest, newest) in ordered]
+
+
+def dead_letters_recent(topics: QuerySet[Topic], *, topic: str | None = None, limit: int = 100) -> list[DeadLetter]:
+    """The newest dead letters (any status) on these topics, or on one of them."""
+    letters = DeadLetter.objects.filter(topic__in=topics).select_related("topic")
+    if topic:
+        letters = letters.filter(topic__name=topic)
+    return list(letters.order_by("-received_at", "-id")[:limit])

@@ -21,6 +21,7 @@ from busapp.audit import Actor, AuditRecord, actor_parts, audit_append, audit_re
 from busapp.models import (
     Compatibility,
     DeadLetter,
+    DeadLetterStatus,
     Event,
     EventStatus,
     EventType,
@@ -35,11 +36,11 @@ from busapp.publishing import dead_letters_send, envelope_head, envelope_wire, e
 from busapp.rows import rows_insert
 from busapp.selectors import ActiveVersions, schema_version_active, topic_get
 from busapp.validation import (
+    ActionRefusedError,
     ApprovalRequiredError,
     BusInputError,
     EventRejectedError,
     FieldError,
-    PublishRequestRefusedError,
     SchemaInvalidError,
     backward_incompatibilities,
     effective_at_error,
@@ -504,7 +505,7 @@ def _open_request_locked(request_id: int) -> PublishRequest:
     )
     if not request.is_open:
         message = f"this request is already {request.get_status_display()}"
-        raise PublishRequestRefusedError([{"path": "/status", "message": message}])
+        raise ActionRefusedError([{"path": "/status", "message": message}])
     return request
 
 
@@ -513,13 +514,13 @@ def publish_request_decide(*, request_id: int, actor: User, approve: bool, reaso
     """A second person approves (the event goes out now, or at its time) or rejects, saying why."""
     request = _open_request_locked(request_id)
     if request.status != PublishRequestStatus.AWAITING_APPROVAL:
-        raise PublishRequestRefusedError([{"path": "/status", "message": "this request needs no approval"}])
+        raise ActionRefusedError([{"path": "/status", "message": "this request needs no approval"}])
     if request.requested_by_id == actor.pk:
         raise ApprovalRequiredError(
             [{"path": "/approval", "message": "nobody may approve or reject their own request"}]
         )
     if not reason.strip():
-        raise PublishRequestRefusedError([{"path": "/reason", "message": "is required: say why, for the audit log"}])
+        raise ActionRefusedError([{"path": "/reason", "message": "is required: say why, for the audit log"}])
     request.decided_by, request.decided_at, request.decision_reason = actor, timezone.now(), reason.strip()
     request.status = PublishRequestStatus.REJECTED
     if approve:
@@ -603,3 +604,64 @@ def _request_publish(request: PublishRequest, *, approved_by: User | None) -> No
         return
     request.status, request.event = PublishRequestStatus.PUBLISHED, event
     request.save(update_fields=["status", "event"])
+
+
+# The dead-letter workbench: a fixed dead letter replayed to its topic, or discarded with a reason.
+
+
+def _open_letter_locked(letter_id: int) -> DeadLetter:
+    """The dead letter, locked for this transaction; refused unless it is still open."""
+    letter = DeadLetter.objects.select_for_update(of=("self",)).select_related("topic").get(pk=letter_id)
+    if letter.status != DeadLetterStatus.OPEN:
+        message = f"this dead letter was already {letter.get_status_display()}"
+        raise ActionRefusedError([{"path": "/status", "message": message}])
+    return letter
+
+
+@transaction.atomic
+def dead_letter_replay(*, letter_id: int, event_type: str, payload: Any, actor: User) -> Event:
+    """Publish a (fixed) dead letter to its original topic as a new event whose record names the letter.
+
+    Validated against the current schema version like any publish: a payload that still
+    fails is refused with its errors, and the letter stays open.
+    """
+    letter = _open_letter_locked(letter_id)
+    event = event_publish(
+        topic=letter.topic.name, event_type=event_type, payload=payload, actor=actor, source=Source.REPLAY
+    )
+    letter.status, letter.replayed_by, letter.replayed_at, letter.replay_event = (
+        DeadLetterStatus.REPLAYED,
+        actor,
+        timezone.now(),
+        event,
+    )
+    letter.save(update_fields=["status", "replayed_by", "replayed_at", "replay_event"])
+    audit_record(
+        actor=actor,
+        action="dead_letter.replay",
+        target=f"dead_letter:{letter.pk}",
+        details={"topic": letter.topic.name, "type": event_type, "event": event.envelope_id},
+    )
+    return event
+
+
+@transaction.atomic
+def dead_letter_discard(*, letter_id: int, actor: User, reason: str) -> DeadLetter:
+    """Close a dead letter without sending anything, saying why."""
+    if not reason.strip():
+        raise ActionRefusedError([{"path": "/reason", "message": "is required: say why, for the audit log"}])
+    letter = _open_letter_locked(letter_id)
+    letter.status, letter.discarded_by, letter.discarded_at, letter.discard_reason = (
+        DeadLetterStatus.DISCARDED,
+        actor,
+        timezone.now(),
+        reason.strip(),
+    )
+    letter.save(update_fields=["status", "discarded_by", "discarded_at", "discard_reason"])
+    audit_record(
+        actor=actor,
+        action="dead_letter.discard",
+        target=f"dead_letter:{letter.pk}",
+        details={"topic": letter.topic.name, "reason": letter.discard_reason},
+    )
+    return letter

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from busapp.views import live, pages, publish, requests
+from busapp.views import dlq, live, pages, publish, requests
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
@@ -16,6 +16,10 @@ urlpatterns = [
     path("topics/<str:name>/requests/<int:pk>/cancel/", requests.request_cancel, name="publish-request-cancel"),
     path("live/", live.live_traffic, name="live"),
     path("live/events/", live.live_events_after, name="live-events"),
+    path("dlq/", dlq.dead_letter_list, name="dead-letters"),
+    path("dlq/<int:pk>/", dlq.dead_letter_detail, name="dead-letter"),
+    path("dlq/<int:pk>/replay/", dlq.dead_letter_replay_view, name="dead-letter-replay"),
+    path("dlq/<int:pk>/discard/", dlq.dead_letter_discard_view, name="dead-letter-discard"),
     path("events/<str:envelope_id>/", pages.event_detail, name="event-detail"),
     path("healthz", pages.health, name="health"),
 ]

@@ -249,8 +249,8 @@ class ApprovalRequiredError(BusInputError):
     """A sensitive topic's publish lacks a second person's approval."""
 
 
-class PublishRequestRefusedError(BusInputError):
-    """A waiting publish cannot be decided or cancelled that way (already decided, no reason given)."""
+class ActionRefusedError(BusInputError):
+    """An action the record's state does not allow (already decided, already replayed) or missing its reason."""
 
 
 class EventRejectedError(BusInputError):

@@ -1,4 +1,4 @@
-"""Who is asking, and whether they hold the right a page needs (a refused publish or approval is audited)."""
+"""Who is asking, and whether they hold the right a page needs (a refused publish, approval or replay is audited)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from django.shortcuts import get_object_or_404
 
 from busapp.audit import audit_record
 from busapp.models import Topic
-from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, topic_right_held
+from busapp.permissions import APPROVE_TOPIC, MANAGE_TOPIC, PUBLISH_TOPIC, topic_right_held
+
+# A refused attempt at one of these is written to the audit log, with this action name.
+_REFUSALS_AUDITED = {
+    PUBLISH_TOPIC: "publish.refused",
+    APPROVE_TOPIC: "approval.refused",
+    MANAGE_TOPIC: "manage.refused",
+}
 
 
 def signed_in_user(request: HttpRequest) -> User:
@@ -21,16 +28,16 @@ def signed_in_user(request: HttpRequest) -> User:
 
 
 def topic_with_right(request: HttpRequest, name: str, right: str) -> Topic:
-    """The topic, if the person holds ``right`` on it; otherwise 403, and a refused publish is audited."""
+    """The topic, if the person holds ``right`` on it; otherwise 403, audited for the rights that change things."""
     topic = get_object_or_404(Topic, name=name)
     user = signed_in_user(request)
     if topic_right_held(user, right, topic):
         return topic
-    if right in (PUBLISH_TOPIC, APPROVE_TOPIC):
+    if right in _REFUSALS_AUDITED:
         with transaction.atomic():
             audit_record(
                 actor=user,
-                action="publish.refused" if right == PUBLISH_TOPIC else "approval.refused",
+                action=_REFUSALS_AUDITED[right],
                 target=f"topic:{name}",
                 details={"method": request.method, "path": request.path, "missing_right": right},
             )

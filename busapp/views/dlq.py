@@ -1,0 +1,142 @@
+"""The dead-letter workbench: what failed and why, grouped; one letter fixed in the generated form and replayed,
+or discarded with a reason."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from busapp.models import DeadLetter, DeadLetterStatus, SchemaVersion
+from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC, topic_right_held
+from busapp.schema_forms import form_layout, submitted_payload
+from busapp.selectors import (
+    dead_letter_groups,
+    dead_letters_recent,
+    event_types_with_active_versions,
+    topics_visible_to,
+)
+from busapp.services import dead_letter_discard, dead_letter_replay
+from busapp.validation import BusInputError, FieldError
+from busapp.views.access import signed_in_user, topic_with_right
+from busapp.views.publish import payload_inputs
+
+
+@login_required
+@require_GET
+def dead_letter_list(request: HttpRequest) -> HttpResponse:
+    """Open dead letters grouped by topic and error, and the newest ones (live over /ws/dlq/)."""
+    topics = topics_visible_to(signed_in_user(request))
+    names = list(topics.values_list("name", flat=True))
+    shown = request.GET.get("topic") or None
+    context = {
+        "groups": dead_letter_groups(topics),
+        "letters": dead_letters_recent(topics, topic=shown),
+        "topics": names,
+        "shown": shown,
+    }
+    return render(request, "dlq/list.html", context)
+
+
+def _arrived_as(letter: DeadLetter) -> tuple[str | None, dict[str, Any] | None]:
+    """The event type and payload a dead letter carried, where its body says (None where it was not JSON)."""
+    try:
+        body = json.loads(letter.raw)
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    kind = body.get("type") if isinstance(body.get("type"), str) else None
+    payload = body.get("payload") if isinstance(body.get("payload"), dict) else None
+    return kind, payload
+
+
+def _letter_page(
+    request: HttpRequest,
+    letter: DeadLetter,
+    *,
+    type_name: str | None = None,
+    errors: list[FieldError] | None = None,
+    refusal: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    """One dead letter: as it arrived, why it failed, and (for managers, while open) the form to fix it."""
+    topic = letter.topic
+    can_manage = topic_right_held(signed_in_user(request), MANAGE_TOPIC, topic)
+    arrived_type, arrived_payload = _arrived_as(letter)
+    types = [(kind, version) for kind, version in event_types_with_active_versions(topic=topic) if version]
+    chosen = next((v for kind, v in types if kind.name == (type_name or arrived_type)), types[0][1] if types else None)
+    context: dict[str, Any] = {
+        "letter": letter,
+        "topic": topic,
+        "can_fix": can_manage and letter.status == DeadLetterStatus.OPEN and chosen is not None,
+        "types": types,
+        "version": chosen,
+        "refusal": refusal,
+    }
+    if context["can_fix"] and isinstance(chosen, SchemaVersion):
+        layout = form_layout(chosen)
+        raw_mode = request.POST.get("mode") == "raw" or not layout.drawable
+        fill = None if request.method == "POST" else (arrived_payload or {})
+        context.update(payload_inputs(request, layout, raw_mode=raw_mode, payload=fill, errors=errors))
+    return render(request, "dlq/detail.html", context, status=status)
+
+
+@login_required
+@require_GET
+def dead_letter_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """A dead letter's page."""
+    letter = get_object_or_404(DeadLetter.objects.select_related("topic", "replay_event"), pk=pk)
+    topic_with_right(request, letter.topic.name, VIEW_TOPIC)
+    return _letter_page(request, letter, type_name=request.GET.get("type"))
+
+
+@login_required
+@require_POST
+def dead_letter_replay_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Replay the fixed payload to the letter's topic; a payload that still fails comes back with its errors."""
+    letter = get_object_or_404(DeadLetter.objects.select_related("topic"), pk=pk)
+    topic_with_right(request, letter.topic.name, MANAGE_TOPIC)
+    type_name = request.POST.get("type", "")
+    version = next(
+        (v for kind, v in event_types_with_active_versions(topic=letter.topic) if kind.name == type_name and v), None
+    )
+    if version is None:
+        refusal = f"type: unknown event type {type_name!r} on topic {letter.topic.name!r}"
+        return _letter_page(request, letter, refusal=refusal, status=400)
+    raw_mode = request.POST.get("mode") == "raw" or not form_layout(version).drawable
+    reading = submitted_payload(form_layout(version), request.POST, raw_mode=raw_mode)
+    if reading.errors:
+        return _letter_page(request, letter, type_name=type_name, errors=reading.errors, status=400)
+    try:
+        event = dead_letter_replay(
+            letter_id=letter.pk, event_type=type_name, payload=reading.payload, actor=signed_in_user(request)
+        )
+    except BusInputError as refused:  # still invalid, already closed, or the topic needs an approval
+        letter.refresh_from_db()
+        by_field = [error for error in refused.errors if error["path"].startswith("/payload")]
+        other = "; ".join(f"{e['path'].lstrip('/')}: {e['message']}" for e in refused.errors if e not in by_field)
+        return _letter_page(request, letter, type_name=type_name, errors=by_field, refusal=other, status=400)
+    messages.success(request, f"Replayed to {letter.topic.name} as a new event; dead letter #{letter.pk} is closed.")
+    return redirect(event)
+
+
+@login_required
+@require_POST
+def dead_letter_discard_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Discard a dead letter, with the reason the audit log keeps."""
+    letter = get_object_or_404(DeadLetter.objects.select_related("topic"), pk=pk)
+    topic_with_right(request, letter.topic.name, MANAGE_TOPIC)
+    try:
+        dead_letter_discard(letter_id=letter.pk, actor=signed_in_user(request), reason=request.POST.get("reason", ""))
+    except BusInputError as refused:
+        letter.refresh_from_db()
+        message = "; ".join(f"{error['path'].lstrip('/')}: {error['message']}" for error in refused.errors)
+        return _letter_page(request, letter, refusal=message, status=400)
+    messages.success(request, f"Dead letter #{letter.pk} discarded.")
+    return redirect("dead-letter", pk=letter.pk)

@@ -1,0 +1,139 @@
+"""The dead-letter workbench: see why, fix in the generated form, replay to the topic once, or discard with a reason."""
+
+import json
+import re
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from busapp.models import AuditEntry, DeadLetter, DeadLetterStatus, Event, Source, Topic
+from busapp.publishing import stream_key
+from busapp.services import dead_letter_create
+
+pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
+
+HOSTILE = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+
+
+def _client(username: str) -> Client:
+    client = Client()
+    client.force_login(User.objects.get(username=username))
+    return client
+
+
+def _letter(deduction=-5, note: str | None = None) -> DeadLetter:
+    payload = {"standard_deduction": deduction} | ({"note": note} if note else {})
+    return dead_letter_create(
+        topic=Topic.objects.get(name="tax-policy"),
+        raw=json.dumps({"type": "tax_policy.updated", "payload": payload}),
+        errors=[{"path": "/payload/standard_deduction", "message": f"{deduction} is less than the minimum of 0"}],
+        source=Source.CLI,
+        actor="cli:test",
+    )
+
+
+def _replay(client: Client, letter: DeadLetter, deduction: str):
+    return client.post(
+        f"/dlq/{letter.pk}/replay/", {"type": "tax_policy.updated", "/payload/standard_deduction": deduction}
+    )
+
+
+def test_open_dead_letters_are_grouped_by_topic_and_error_with_counts():
+    for _ in range(3):
+        _letter(-5)
+    _letter(-7)
+
+    html = _client("auditor").get("/dlq/").content.decode()
+
+    rows = re.findall(r"<tr>\s*<td>tax-policy</td>\s*<td><code>(.*?)</code></td>\s*<td class=\"num\">(\d+)</td>", html)
+    assert rows == [
+        ("/payload/standard_deduction: -5 is less than the minimum of 0", "3"),
+        ("/payload/standard_deduction: -7 is less than the minimum of 0", "1"),
+    ]
+
+
+def test_a_dead_letter_shows_its_body_as_text_its_errors_and_a_form_filled_from_it():
+    letter = _letter(-5, note=HOSTILE)
+
+    html = _client("admin").get(f"/dlq/{letter.pk}/").content.decode()
+
+    assert "<img src=x" not in html
+    assert "<script>alert(2)" not in html
+    assert "&lt;img src=x onerror=" in html
+    assert "<code>/payload/standard_deduction</code>: -5 is less than the minimum of 0" in html
+    assert 'name="/payload/standard_deduction" value="-5"' in html  # the form, filled from what arrived
+
+
+def test_a_fixed_payload_is_replayed_to_the_topic_once_and_the_event_names_its_dead_letter(bus):
+    letter = _letter(-5)
+    admin = _client("admin")
+
+    response = _replay(admin, letter, "15000")
+    again = _replay(admin, letter, "15000")
+
+    letter.refresh_from_db()
+    event = Event.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == f"/events/{event.envelope_id}/"
+    assert (letter.status, letter.replay_event, letter.replayed_by.username) == (
+        DeadLetterStatus.REPLAYED,
+        event,
+        "admin",
+    )
+    assert (event.source, event.payload) == ("replay", {"standard_deduction": 15000})
+    assert bus.xlen(stream_key("tax-policy")) == 1
+    assert again.status_code == 400
+    assert "already replayed" in again.content.decode()
+    assert Event.objects.count() == 1
+    entry = AuditEntry.objects.get(action="dead_letter.replay")
+    assert (entry.actor_name, entry.details["event"]) == ("admin", event.envelope_id)
+    assert f"dead letter #{letter.pk}" in admin.get(response["Location"]).content.decode()
+
+
+def test_a_replay_that_still_fails_is_refused_with_its_errors_and_stays_open(bus):
+    letter = _letter(-5)
+
+    response = _replay(_client("admin"), letter, "-1")
+
+    letter.refresh_from_db()
+    assert response.status_code == 400
+    assert re.search(
+        r'id="f-payload-standard_deduction-error" role="alert">-1 is less than the minimum of 0',
+        response.content.decode(),
+    )
+    assert letter.status == DeadLetterStatus.OPEN
+    assert Event.objects.count() == 0
+    assert bus.xlen(stream_key("tax-policy")) == 0
+
+
+def test_discarding_needs_a_reason_and_is_audited():
+    letter = _letter(-5)
+    admin = _client("admin")
+
+    without = admin.post(f"/dlq/{letter.pk}/discard/", {"reason": " "})
+    discarded = admin.post(f"/dlq/{letter.pk}/discard/", {"reason": "a test from the mobile team"})
+
+    letter.refresh_from_db()
+    assert without.status_code == 400
+    assert "reason: is required" in without.content.decode()
+    assert discarded.status_code == 302
+    assert (letter.status, letter.discard_reason) == (DeadLetterStatus.DISCARDED, "a test from the mobile team")
+    assert AuditEntry.objects.filter(action="dead_letter.discard", actor_name="admin").exists()
+
+
+@pytest.mark.parametrize("username", ["auditor", "policy"])
+def test_replay_and_discard_need_the_manage_right_and_refusals_are_audited(username, bus):
+    letter = _letter(-5)
+    client = _client(username)
+
+    page = client.get(f"/dlq/{letter.pk}/").content.decode()
+    replay = _replay(client, letter, "15000")
+    discard = client.post(f"/dlq/{letter.pk}/discard/", {"reason": "no"})
+
+    assert 'id="replay"' not in page
+    assert replay.status_code == discard.status_code == 403
+    assert AuditEntry.objects.filter(action="manage.refused", actor_name=username).count() == 2
+    letter.refresh_from_db()
+    assert letter.status == DeadLetterStatus.OPEN
+    assert bus.xlen(stream_key("tax-policy")) == 0
