@@ -1,0 +1,48 @@
+"""Fixing a dead letter in the browser: the form is filled from what arrived; replay sends the fix once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from playwright.sync_api import Page, expect
+
+from busapp.models import DeadLetter, DeadLetterStatus, Source, Topic
+from busapp.services import dead_letter_create
+from tests.e2e.conftest import BrowserLog, sign_in
+
+pytestmark = pytest.mark.usefixtures("demo_committed")
+
+
+def test_an_admin_fixes_a_dead_letter_in_the_form_and_replays_it_to_its_topic(
+    page: Page, browser_log: BrowserLog, bus: redis.Redis
+):
+    letter = dead_letter_create(
+        topic=Topic.objects.get(name="tax-policy"),
+        raw=json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": -15000}}),
+        errors=[{"path": "/payload/standard_deduction", "message": "-15000 is less than the minimum of 0"}],
+        source=Source.CLI,
+        actor="cli:test",
+    )
+    subscriber = bus.pubsub()
+    subscriber.subscribe("tax-policy")
+    assert subscriber.get_message(timeout=5) is not None  # the subscribe confirmation
+
+    sign_in(page, "admin")
+    page.goto(f"/dlq/{letter.pk}/")
+    field = page.locator('[name="/payload/standard_deduction"]')
+    expect(field).to_have_value("-15000")  # filled from what arrived
+    field.fill("15000")
+    page.locator("#replay").click()
+
+    expect(page.locator("dl.facts")).to_contain_text(f"dead letter #{letter.pk}")
+    message = subscriber.get_message(timeout=5)
+    assert message is not None, "the subscriber on tax-policy heard nothing"
+    heard = json.loads(message["data"])
+    assert (heard["payload"], heard["source"]) == ({"standard_deduction": 15000}, "replay")
+    letter.refresh_from_db()
+    assert letter.status == DeadLetterStatus.REPLAYED
+    assert DeadLetter.objects.get(pk=letter.pk).replay_event.envelope_id == heard["id"]
+    assert browser_log.errors == []
+    subscriber.close()
