@@ -21,6 +21,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import User
 
 from busapp.live import dlq_group, topic_group
+from busapp.metrics import websocket_clients
 from busapp.models import Topic
 from busapp.selectors import topics_visible_to
 
@@ -70,12 +71,14 @@ class _BusFeedConsumer(AsyncJsonWebsocketConsumer):
         self.sent_seq = 0
         self.acked_seq = 0
         await self.accept()
+        websocket_clients.labels(self.frame_type).inc()
         self.rechecking = asyncio.ensure_future(self._recheck_rights())
 
     async def disconnect(self, code: int) -> None:
         """Leave every group and stop reading rights."""
         rechecking = getattr(self, "rechecking", None)
-        if rechecking is not None:
+        if rechecking is not None:  # it was accepted
+            websocket_clients.labels(self.frame_type).dec()
             rechecking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await rechecking

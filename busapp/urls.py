@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from busapp.views import dlq, live, pages, publish, requests
+from busapp.views import dlq, live, metrics, pages, publish, requests
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
@@ -22,4 +22,5 @@ urlpatterns = [
     path("dlq/<int:pk>/discard/", dlq.dead_letter_discard_view, name="dead-letter-discard"),
     path("events/<str:envelope_id>/", pages.event_detail, name="event-detail"),
     path("healthz", pages.health, name="health"),
+    path("metrics", metrics.metrics, name="metrics"),
 ]

@@ -183,6 +183,8 @@ BUS_STREAM_MAXLEN = _env_int("BUS_STREAM_MAXLEN", 100_000)
 BUS_MAX_PAYLOAD_BYTES = 64 * 1024
 # A worker's stream entries left unacknowledged this long are taken over by another.
 BUS_CLAIM_IDLE_MS = _env_int("BUS_CLAIM_IDLE_MS", 60_000)
+# Prometheus scrapers not on this machine present this token (Authorization: Bearer ...).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # How long the web's own after-commit send has before the relay may send an event too.
 BUS_RELAY_GRACE_SECONDS = _env_int("BUS_RELAY_GRACE_SECONDS", 5)
 

@@ -171,3 +171,17 @@ async def test_events_published_in_a_batch_reach_the_browser_in_a_few_frames():
     assert [item["id"] for item in received] == [event.envelope_id for event in outcome.events]
     assert received[0]["payload"] == {"standard_deduction": 0}
     assert frames <= 6, f"{frames} frames for 300 events"
+
+
+async def test_connected_clients_are_counted_for_metrics():
+    from busapp.metrics import registry
+
+    def clients() -> float:
+        return registry.get_sample_value("hms_bus_websocket_clients", {"feed": "events"}) or 0.0
+
+    before = clients()
+    communicator, _ = await _connect()
+    during = clients()
+    await communicator.disconnect()
+
+    assert (during - before, clients() - before) == (1, 0)

@@ -1,0 +1,80 @@
+"""Prometheus metrics of the bus, read when scraped: from the database and Redis, so every process agrees.
+
+Counting events would scan the history on every scrape, so totals come from the newest
+row's id (ids only grow) and the small counts (pending, open dead letters) from their
+partial indexes. The tap's lag is what Redis says its consumer group has yet to read.
+Websocket clients are counted by the web process that holds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from busapp.models import DeadLetter, DeadLetterStatus, Event, EventStatus, Topic
+from busapp.publishing import bus_redis, stream_key
+from busapp.worker import GROUP as TAP_GROUP
+
+registry = CollectorRegistry()  # not auto_describe: that would query the database at import
+websocket_clients = Gauge(
+    "hms_bus_websocket_clients", "Websocket clients connected to this web process", ["feed"], registry=registry
+)
+
+
+def _newest_id(model: type[Event] | type[DeadLetter]) -> int:
+    """The highest id so far: how many rows were ever written, without counting them."""
+    return model.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+class BusCollector(Collector):
+    """Reads the figures at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        """Events, dead letters, what waits, and the tap's lag per topic."""
+        yield GaugeMetricFamily(
+            "hms_bus_events_total",
+            "Events ever accepted: the newest history id (a rolled-back write's id counts too)",
+            value=_newest_id(Event),
+        )
+        yield GaugeMetricFamily(
+            "hms_bus_events_pending",
+            "Accepted events still waiting for Redis",
+            value=Event.objects.filter(status=EventStatus.PENDING).count(),
+        )
+        yield GaugeMetricFamily(
+            "hms_bus_dead_letters_total", "Dead letters ever kept (ids)", value=_newest_id(DeadLetter)
+        )
+        yield GaugeMetricFamily(
+            "hms_bus_dead_letters_open",
+            "Dead letters neither replayed nor discarded",
+            value=DeadLetter.objects.filter(status=DeadLetterStatus.OPEN).count(),
+        )
+        lag = GaugeMetricFamily(
+            "hms_bus_tap_lag_entries", "Stream entries the bus worker has not yet recorded", labels=["topic"]
+        )
+        up = GaugeMetricFamily("hms_bus_redis_up", "1 when Redis answered this scrape")
+        try:
+            for topic in Topic.objects.values_list("name", flat=True):
+                lag.add_metric([topic], _tap_lag(topic))
+            up.add_metric([], 1)
+        except redis.RedisError:
+            up.add_metric([], 0)
+        yield lag
+        yield up
+
+
+def _tap_lag(topic: str) -> float:
+    """Entries of the topic's stream not yet delivered to the tap's group, plus those read but not acknowledged."""
+    for group in bus_redis().xinfo_groups(stream_key(topic)) if bus_redis().exists(stream_key(topic)) else []:
+        name = group.get("name", b"")
+        if (name.decode() if isinstance(name, bytes) else name) == TAP_GROUP:
+            behind = group.get("lag")  # Redis 7; None when Redis cannot tell, and absent on Redis 6
+            return float((behind or 0) + group.get("pending", 0))
+    return 0.0
+
+
+registry.register(BusCollector())

@@ -1,0 +1,61 @@
+"""/metrics for Prometheus: the bus's figures, served to this machine or to a scraper with the token."""
+
+import pytest
+from django.test import Client
+
+from busapp.models import Source, Topic
+from busapp.publishing import stream_key
+from busapp.services import dead_letter_create
+from busapp.worker import GROUP
+from tests.support import publish_deduction
+
+pytestmark = pytest.mark.usefixtures("demo_committed")
+
+
+def _figure(text: str, name: str) -> float:
+    [line] = [line for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{")]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_the_figures_come_from_the_database_and_redis(bus):
+    bus.xgroup_create(stream_key("tax-policy"), GROUP, id="0", mkstream=True)  # as a bus worker would
+    before = _figure(Client().get("/metrics").content.decode(), "hms_bus_events_total")
+    for deduction in (1, 2, 3):
+        publish_deduction(deduction)
+    dead_letter_create(
+        topic=Topic.objects.get(name="tax-policy"), raw="{}", errors=[], source=Source.CLI, actor="cli:test"
+    )
+
+    response = Client().get("/metrics")
+
+    text = response.content.decode()
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain; version=")
+    assert _figure(text, "hms_bus_events_total") - before == 3  # ids: earlier tests' events count too
+    assert _figure(text, "hms_bus_events_pending") == 0
+    assert _figure(text, "hms_bus_dead_letters_open") == 1
+    assert _figure(text, 'hms_bus_tap_lag_entries{topic="tax-policy"}') == 3  # no worker read them yet
+    assert _figure(text, "hms_bus_redis_up") == 1
+
+
+def test_with_redis_down_the_metrics_still_answer_and_say_so(outage_redis):
+    outage_redis.stop()
+    publish_deduction(1)
+
+    text = Client().get("/metrics").content.decode()
+
+    assert _figure(text, "hms_bus_redis_up") == 0
+    assert _figure(text, "hms_bus_events_pending") == 1
+
+
+def test_a_scraper_elsewhere_needs_the_token(settings):
+    settings.METRICS_TOKEN = "scrape-me-please"
+    elsewhere = {"REMOTE_ADDR": "203.0.113.9"}
+
+    refused = Client().get("/metrics", **elsewhere)
+    wrong = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer nope", **elsewhere)
+    allowed = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me-please", **elsewhere)
+
+    assert refused.status_code == wrong.status_code == 403
+    assert b"METRICS_TOKEN" in refused.content
+    assert allowed.status_code == 200
