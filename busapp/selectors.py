@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet
+from django.db.models.functions import TruncMinute
 from django.utils import timezone
 from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import get_objects_for_user
@@ -274,3 +275,36 @@ def dead_letters_recent(topics: QuerySet[Topic], *, topic: str | None = None, li
     if topic:
         letters = letters.filter(topic__name=topic)
     return list(letters.order_by("-received_at", "-id")[:limit])
+
+
+def events_per_minute(topics: QuerySet[Topic], *, minutes: int = 60) -> tuple[list[dt.datetime], dict[str, list[int]]]:
+    """Events per topic in each of the last ``minutes`` minutes (the current one last), counted by the database."""
+    now = timezone.now().replace(second=0, microsecond=0)
+    first = now - dt.timedelta(minutes=minutes - 1)
+    slots = [first + dt.timedelta(minutes=n) for n in range(minutes)]
+    counts = {name: [0] * minutes for name in topics.values_list("name", flat=True)}
+    rows = (
+        Event.objects.filter(topic__in=topics, timestamp__gte=first)
+        .annotate(minute=TruncMinute("timestamp"))
+        .values_list("topic__name", "minute")
+        .annotate(count=Count("id"))
+        .order_by()
+    )
+    for name, minute, count in rows:
+        index = int((minute - first).total_seconds() // 60)
+        if name in counts and 0 <= index < minutes:
+            counts[name][index] += count
+    return slots, counts
+
+
+def dead_letters_open_by_topic(topics: QuerySet[Topic]) -> dict[str, int]:
+    """Open dead letters per topic (zero included), over the (topic, status) index."""
+    counts = dict.fromkeys(topics.values_list("name", flat=True), 0)
+    rows = (
+        DeadLetter.objects.filter(topic__in=topics, status=DeadLetterStatus.OPEN)
+        .values_list("topic__name")
+        .annotate(count=Count("id"))
+        .values_list("topic__name", "count")
+    )
+    counts.update(dict(rows))
+    return counts

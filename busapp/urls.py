@@ -6,6 +6,7 @@ from busapp.views import dlq, live, metrics, pages, publish, requests
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
+    path("dashboard/series/", pages.dashboard_series, name="dashboard-series"),
     path("topics/", pages.topic_list, name="topic-list"),
     path("topics/<str:name>/", pages.topic_detail, name="topic-detail"),
     path("topics/<str:name>/publish/", publish.topic_publish, name="topic-publish"),

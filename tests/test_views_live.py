@@ -67,3 +67,21 @@ def test_an_unknown_or_unseen_event_id_is_a_clear_400():
         assert response.json() == {
             "errors": [{"path": "/after", "message": "is not an event id you may see: reload the page"}]
         }
+
+
+def test_the_dashboard_charts_count_events_per_minute_and_open_dead_letters():
+    from busapp.models import Source, Topic
+    from busapp.services import dead_letter_create
+
+    for deduction in range(3):
+        _publish(deduction)
+    dead_letter_create(
+        topic=Topic.objects.get(name="irs.withholding"), raw="{}", errors=[], source=Source.CLI, actor="cli:test"
+    )
+
+    series = _client("auditor").get("/dashboard/series/").json()
+
+    assert len(series["minutes"]) == 60
+    assert sum(series["events"]["tax-policy"][-2:]) == 3  # this minute (or the last, at a minute boundary)
+    assert sum(series["events"]["tax-policy"]) == 3
+    assert series["dead_letters_open"] == {"irs.withholding": 1, "tax-policy": 0}

@@ -15,8 +15,10 @@ from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.publishing import bus_reachable
 from busapp.schema_forms import form_layout
 from busapp.selectors import (
+    dead_letters_open_by_topic,
     dead_letters_open_count,
     event_types_with_active_versions,
+    events_per_minute,
     pending_event_count,
     publish_requests_for_approver,
     publish_requests_open,
@@ -42,6 +44,21 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "waiting": publish_requests_open(topics),
     }
     return render(request, "dashboard.html", context)
+
+
+@login_required
+@require_GET
+def dashboard_series(request: HttpRequest) -> JsonResponse:
+    """The dashboard charts' data: events per minute per topic over the last hour, open dead letters per topic."""
+    topics = topics_visible_to(signed_in_user(request))
+    minutes, events = events_per_minute(topics)
+    return JsonResponse(
+        {
+            "minutes": [minute.isoformat() for minute in minutes],
+            "events": events,
+            "dead_letters_open": dead_letters_open_by_topic(topics),
+        }
+    )
 
 
 @login_required
