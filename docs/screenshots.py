@@ -101,7 +101,17 @@ def screenshots(base_url: str, password: str) -> None:
         page = browser.new_page(viewport=VIEWPORT)
         page.set_default_timeout(15_000)
         sign_in(page, base_url, password)
+        page.locator("#events-chart").wait_for()
+        page.wait_for_timeout(500)  # the charts' first draw
         take(page, "dashboard")
+
+        page.goto(f"{base_url}/live/")
+        page.locator("tr.event").first.wait_for()
+        page.wait_for_timeout(1200)  # the sparklines draw once a second
+        take(page, "live")
+
+        page.goto(f"{base_url}/dlq/")
+        take(page, "dead-letters")
 
         page.goto(f"{base_url}/topics/tax-policy/publish/")
         take(page, "publish-form")
@@ -144,6 +154,13 @@ def main() -> None:
         for deduction in DEMO_DEDUCTIONS:
             payload = f'{{"standard_deduction": {deduction}}}'
             manage("publish", "tax-policy", "tax_policy.updated", payload, "--user", "policy", env=env)
+        refused = '{"standard_deduction": -5}'  # kept as a dead letter, for its page
+        subprocess.run(  # noqa: S603 (our own manage.py, fixed arguments; exits 1 by design)
+            [sys.executable, str(ROOT / "manage.py"), "publish", "tax-policy", "tax_policy.updated", refused],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
         with web_app(env) as base_url:
             screenshots(base_url, password)
     finally:

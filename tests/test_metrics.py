@@ -3,7 +3,7 @@
 import pytest
 from django.test import Client
 
-from busapp.models import Source, Topic
+from busapp.models import Event, Source, Topic
 from busapp.publishing import stream_key
 from busapp.services import dead_letter_create
 from busapp.worker import GROUP
@@ -19,7 +19,6 @@ def _figure(text: str, name: str) -> float:
 
 def test_the_figures_come_from_the_database_and_redis(bus):
     bus.xgroup_create(stream_key("tax-policy"), GROUP, id="0", mkstream=True)  # as a bus worker would
-    before = _figure(Client().get("/metrics").content.decode(), "hms_bus_events_total")
     for deduction in (1, 2, 3):
         publish_deduction(deduction)
     dead_letter_create(
@@ -31,7 +30,8 @@ def test_the_figures_come_from_the_database_and_redis(bus):
     text = response.content.decode()
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain; version=")
-    assert _figure(text, "hms_bus_events_total") - before == 3  # ids: earlier tests' events count too
+    newest = Event.objects.order_by("-id").values_list("id", flat=True).first()
+    assert _figure(text, "hms_bus_events_total") == newest  # the newest id: ids only grow, as rows are never deleted
     assert _figure(text, "hms_bus_events_pending") == 0
     assert _figure(text, "hms_bus_dead_letters_open") == 1
     assert _figure(text, 'hms_bus_tap_lag_entries{topic="tax-policy"}') == 3  # no worker read them yet

@@ -79,8 +79,11 @@ function marker(text) {
 
 function arrived(item) {
   lastId = item.id;
+  // Counted in the second it was published: events read from history after a reconnect
+  // land where they belong, or nowhere if they are older than the sparkline's minute.
   const counts = perSecond.get(item.topic);
-  if (counts) counts[counts.length - 1] += 1;
+  const age = Math.max(0, Math.floor(Date.now() / 1000 - item.timestamp));  // a clock behind the server: now
+  if (counts && age < SPARK_SECONDS) counts[SPARK_SECONDS - 1 - age] += 1;
   if (paused) {
     heldItems.push(item);
     if (heldItems.length > HELD_KEPT) heldItems.shift();
