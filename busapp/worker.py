@@ -427,35 +427,28 @@ class BusWorker:
                 await self._pause(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    # The relay.
+    # The relay and the scheduler: database steps repeated while they find work.
 
     async def _relay_loop(self) -> None:
         """Send what is still pending, oldest first, backing off while Redis is down."""
-        while not self.stopping.is_set():
-            try:
-                sent = await in_db(relay_pending)
-            except DatabaseError as error:
-                logger.warning("relay: database error (%s)", error)
-                sent = 0
-            if sent:
-                logger.info("relay: sent %d pending event(s) and dead letter(s)", sent)
-                continue
-            await self._pause(RELAY_EVERY_SECONDS)
-
-    # Scheduled publishes.
+        await self._repeat("relay", relay_pending, RELAY_EVERY_SECONDS, "sent %d pending event(s) and dead letter(s)")
 
     async def _schedule_loop(self) -> None:
         """Publish what was scheduled (and approved, where that is needed) once its time has come."""
+        await self._repeat("scheduler", publish_requests_due, SCHEDULE_EVERY_SECONDS, "published %d scheduled event(s)")
+
+    async def _repeat(self, name: str, step: Callable[[], int], pause: float, did: str) -> None:
+        """Run a database step until stopped: again at once while it handles something, else after a pause."""
         while not self.stopping.is_set():
             try:
-                published = await in_db(publish_requests_due)
+                handled = await in_db(step)
             except DatabaseError as error:
-                logger.warning("scheduler: database error (%s)", error)
-                published = 0
-            if published:
-                logger.info("scheduler: published %d scheduled event(s)", published)
+                logger.warning("%s: database error (%s)", name, error)
+                handled = 0
+            if handled:
+                logger.info(f"{name}: {did}", handled)
                 continue
-            await self._pause(SCHEDULE_EVERY_SECONDS)
+            await self._pause(pause)
 
     # The Pub/Sub listener for seed-style publishers.
 

@@ -24,19 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 sys.path.insert(0, str(ROOT))
 
-from playwright.sync_api import Page, ViewportSize, sync_playwright  # noqa: E402
+from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
+from tests.e2e.conftest import CHROMIUM_ARGS, VIEWPORT  # noqa: E402
 from tests.support import RedisServer, free_port, wait_for  # noqa: E402
 
-VIEWPORT: ViewportSize = {"width": 1280, "height": 900}
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # The standard deductions (single filer) of 2023 and 2024: the history the dashboard shows.
 DEMO_DEDUCTIONS = (13850, 14600)
 

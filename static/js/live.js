@@ -3,6 +3,8 @@
 // is drawn, so a tab that falls behind is sent less and told how many it skipped. After a
 // reconnect the gap is filled from history (/live/events/?after=<last id seen>).
 
+import { openFeed, textCell } from "./feed.js";
+
 const topics = JSON.parse(document.getElementById("live-topics").textContent);
 const body = document.querySelector("#live tbody");
 const connection = document.getElementById("connection");
@@ -18,23 +20,14 @@ const ROWS_KEPT = 500;
 const HELD_KEPT = 2000;
 const SPARK_SECONDS = 60;
 
-let socket = null;
 let lastId = null;
 let paused = false;
 let heldItems = [];
-let retryDelay = 500;
 const perSecond = new Map(topics.map((topic) => [topic, new Array(SPARK_SECONDS).fill(0)]));
 
 function say(text) {
   notice.textContent = text;
   notice.hidden = !text;
-}
-
-function cell(row, text) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  row.appendChild(td);
-  return td;
 }
 
 function payloadSummary(item) {
@@ -56,14 +49,14 @@ function draw(item) {
   row.dataset.id = item.id;
   row.dataset.topic = item.topic;
   row.dataset.type = item.type;
-  cell(row, new Date(item.timestamp * 1000).toISOString().replace("T", " ").slice(0, 23));
-  cell(row, item.topic);
-  cell(row, item.type).className = "mono";
-  cell(row, item.publisher);
-  cell(row, item.source);
-  const status = cell(row, item.status);
+  textCell(row, new Date(item.timestamp * 1000).toISOString().replace("T", " ").slice(0, 23));
+  textCell(row, item.topic);
+  textCell(row, item.type).className = "mono";
+  textCell(row, item.publisher);
+  textCell(row, item.source);
+  const status = textCell(row, item.status);
   status.className = `status-cell ${item.status}`;
-  cell(row, payloadSummary(item)).className = "mono payload";
+  textCell(row, payloadSummary(item)).className = "mono payload";
   row.hidden = !matches(row);
   body.prepend(row);
   while (body.rows.length > ROWS_KEPT) body.deleteRow(body.rows.length - 1);
@@ -72,7 +65,7 @@ function draw(item) {
 function marker(text) {
   const row = document.createElement("tr");
   row.className = "marker";
-  const td = cell(row, text);
+  const td = textCell(row, text);
   td.colSpan = 7;
   body.prepend(row);
 }
@@ -107,41 +100,6 @@ async function fillGap() {
   } catch (error) {
     say(`Could not read the history to fill the gap: ${error}`);
   }
-}
-
-function connect() {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  socket = new WebSocket(`${scheme}//${location.host}/ws/traffic/`);
-  socket.addEventListener("open", async () => {
-    connection.textContent = "live";
-    connection.className = "connection live";
-    retryDelay = 500;
-    await fillGap();
-    socket.send(JSON.stringify({ action: "subscribe", topics }));
-  });
-  socket.addEventListener("message", (message) => {
-    const frame = JSON.parse(message.data);
-    if (frame.type === "events") {
-      if (frame.skipped) marker(`${frame.skipped} events skipped: this page fell behind (the history has them all).`);
-      frame.items.forEach(arrived);
-      socket.send(JSON.stringify({ action: "ack", seq: frame.seq }));
-    } else if (frame.type === "revoked") {
-      say(`Your right to view ${frame.topic} was withdrawn: its events are no longer shown.`);
-    } else if (frame.type === "error") {
-      say(frame.message);
-    }
-  });
-  socket.addEventListener("close", (event) => {
-    connection.className = "connection down";
-    if (event.code === 4401) {
-      connection.textContent = "signed out";
-      say("Your session ended: sign in again to watch live traffic.");
-      return;
-    }
-    connection.textContent = "reconnecting…";
-    setTimeout(connect, retryDelay);
-    retryDelay = Math.min(retryDelay * 2, 10000);
-  });
 }
 
 function refilter() {
@@ -195,4 +153,15 @@ body.addEventListener("click", (event) => {
   if (row) location.href = `/events/${encodeURIComponent(row.dataset.id)}/`;
 });
 setInterval(drawSparklines, 1000);
-connect();
+openFeed({
+  path: "/ws/traffic/",
+  topics,
+  frameType: "events",
+  connection,
+  onOpen: fillGap,
+  onItems(items, skipped) {
+    if (skipped) marker(`${skipped} events skipped: this page fell behind (the history has them all).`);
+    items.forEach(arrived);
+  },
+  onNotice: say,
+});

@@ -89,3 +89,25 @@ def test_markup_in_a_payload_is_shown_as_text_and_never_runs(
     expect(page.locator("pre.json")).to_contain_text("<script>window.pwned=2</script>")
     assert page.evaluate("window.pwned === undefined")
     assert browser_log.errors == []
+
+
+def test_the_dead_letter_page_goes_live_and_shows_a_new_dead_letter_as_text(
+    page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer, bus
+):
+    sign_in(page, "policy", base=asgi_url)
+    page.goto(f"{asgi_url}/dlq/")
+    expect(page.locator("#connection")).to_have_text("live")
+
+    # A seed-style publisher's invalid event: the worker's tap dead-letters it and fans it out.
+    envelope = {
+        "id": "bad-1",
+        "type": "tax_policy.updated",
+        "timestamp": 1.0,
+        "payload": {"standard_deduction": "<b>x</b>"},
+    }
+    bus.xadd("stream:tax-policy", {"event": json.dumps(envelope)})
+
+    row = page.locator("#letters tr.letter.new")
+    expect(row).to_contain_text("/payload/standard_deduction '<b>x</b>' is not of type 'number'")
+    assert row.locator("b").count() == 0
+    assert browser_log.errors == []
