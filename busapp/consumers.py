@@ -20,13 +20,15 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.contrib.auth.models import User
 
-from busapp.live import dlq_group, topic_group
+from busapp.live import bulk_group, dlq_group, topic_group
 from busapp.metrics import websocket_clients
-from busapp.models import Topic
+from busapp.models import BulkAction, Topic
+from busapp.permissions import MANAGE_TOPIC, topic_right_held
 from busapp.selectors import topics_visible_to
 
-# Close codes the page understands: sign in again; nothing else is worth retrying.
+# Close codes the pages understand: sign in again; not yours to watch. Neither is worth retrying.
 CLOSE_NOT_SIGNED_IN = 4401
+CLOSE_NOT_ALLOWED = 4403
 
 
 @database_sync_to_async
@@ -198,3 +200,39 @@ class DeadLetterConsumer(_BusFeedConsumer):
     async def bus_dead_letters(self, message: dict[str, Any]) -> None:
         """A batch of dead letters the bus worker fanned out."""
         await self._items_arrived(message["items"])
+
+
+@database_sync_to_async
+def _bulk_progress_for(user_id: int, action_id: int) -> dict[str, Any] | None:
+    """A bulk action's progress, if it exists and the person may manage its topic; None otherwise."""
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    action = BulkAction.objects.select_related("topic").filter(pk=action_id).first()
+    if user is None or action is None or not topic_right_held(user, MANAGE_TOPIC, action.topic):
+        return None
+    return action.progress()
+
+
+class BulkProgressConsumer(AsyncJsonWebsocketConsumer):
+    """``/ws/dlq/bulk/<id>/``: the progress of one bulk replay or discard, for those who may manage its topic."""
+
+    async def connect(self) -> None:
+        """Accept a manager of the action's topic and send where it is now."""
+        user = self.scope.get("user")
+        action_id = int(self.scope["url_route"]["kwargs"]["action_id"])
+        progress = await _bulk_progress_for(user.pk, action_id) if user and user.is_authenticated else None
+        if progress is None:
+            await self.close(code=CLOSE_NOT_SIGNED_IN if not (user and user.is_authenticated) else CLOSE_NOT_ALLOWED)
+            return
+        self.group = bulk_group(action_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_json({"type": "progress", **progress})
+
+    async def disconnect(self, code: int) -> None:
+        """Leave the action's group."""
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def bulk_progress(self, message: dict[str, Any]) -> None:
+        """The worker's word on the action after a tick."""
+        await self.send_json({**message, "type": "progress"})

@@ -21,6 +21,11 @@ def dlq_group(topic: str) -> str:
     return f"dlq.{topic}"
 
 
+def bulk_group(action_id: int) -> str:
+    """The Channels group the progress page of one bulk action joins."""
+    return f"bulk.{action_id}"
+
+
 def live_item(event: Event, *, read_from_bus: bool = False) -> dict[str, Any]:
     """One event as a live page shows it (a large payload only summarised).
 

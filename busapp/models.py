@@ -329,6 +329,69 @@ class DeadLetter(models.Model):
         return reverse("dead-letter", args=[self.pk])
 
 
+class BulkActionKind(models.TextChoices):
+    """What a bulk action does to each dead letter."""
+
+    REPLAY = "replay", "replay"
+    DISCARD = "discard", "discard"
+
+
+class BulkActionStatus(models.TextChoices):
+    """Where a bulk action is."""
+
+    RUNNING = "running", "running"
+    CANCELLED = "cancelled", "cancelled"
+    DONE = "done", "done"
+
+
+class BulkAction(models.Model):
+    """A replay or discard over many dead letters of a topic, run by the bus worker at a capped rate.
+
+    The selection is fixed when it starts; the report says, letter by letter, what was done and why not.
+    """
+
+    topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=16, choices=BulkActionKind.choices)
+    letter_ids = models.JSONField(help_text="The dead letters selected, in the order they are handled.")
+    reason = models.TextField(blank=True, help_text="Why (required to discard).")
+    rate_per_second = models.PositiveIntegerField()
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    requested_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=16, choices=BulkActionStatus.choices, default=BulkActionStatus.RUNNING)
+    handled = models.PositiveIntegerField(default=0)
+    succeeded = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    report = models.JSONField(default=list, help_text='[{"letter": id, "outcome": ..., "detail": ...}]')
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        indexes = [models.Index(fields=["status"], name="bulkaction_status")]
+
+    def __str__(self) -> str:
+        return f"bulk {self.kind} #{self.pk} on {self.topic.name}"
+
+    def get_absolute_url(self) -> str:
+        """The action's progress and report."""
+        return reverse("bulk-action", args=[self.pk])
+
+    @property
+    def total(self) -> int:
+        """How many dead letters were selected."""
+        return len(self.letter_ids)
+
+    def progress(self) -> dict[str, Any]:
+        """What the progress bar shows."""
+        return {
+            "id": self.pk,
+            "status": self.status,
+            "total": self.total,
+            "handled": self.handled,
+            "succeeded": self.succeeded,
+            "skipped": self.skipped,
+        }
+
+
 class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
     """Audit entries can be read and appended, never updated or deleted."""
 

@@ -251,6 +251,22 @@ class DeadLetterGroup:
     newest_id: int
 
 
+def first_error_key(errors: Any) -> str:
+    """What dead letters are grouped by: their first error, as ``path: message``."""
+    first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else None
+    return f"{first.get('path', '')}: {first.get('message', '')}" if first else "(no error recorded)"
+
+
+def dead_letters_matching(*, topic: Topic, error_key: str | None) -> list[DeadLetter]:
+    """A topic's open dead letters, oldest first, all of them or those whose first error is ``error_key``."""
+    letters = (
+        DeadLetter.objects.filter(topic=topic, status=DeadLetterStatus.OPEN)
+        .select_related("topic")
+        .order_by("received_at", "id")[:DEAD_LETTER_GROUPING_LIMIT]
+    )
+    return [letter for letter in letters if error_key is None or first_error_key(letter.errors) == error_key]
+
+
 def dead_letter_groups(topics: QuerySet[Topic]) -> list[DeadLetterGroup]:
     """Open dead letters by topic and first error, biggest group first."""
     rows = (
@@ -260,8 +276,7 @@ def dead_letter_groups(topics: QuerySet[Topic]) -> list[DeadLetterGroup]:
     )
     groups: dict[tuple[str, str], list[Any]] = {}
     for topic, errors, received_at, pk in rows:
-        first = errors[0] if isinstance(errors, list) and errors else {}
-        key = (topic, f"{first.get('path', '')}: {first.get('message', '')}" if first else "(no error recorded)")
+        key = (topic, first_error_key(errors))
         found = groups.setdefault(key, [0, received_at, pk])
         found[0] += 1
         found[1] = min(found[1], received_at)

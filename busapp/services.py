@@ -19,6 +19,9 @@ from django.utils import timezone
 
 from busapp.audit import Actor, AuditRecord, actor_parts, audit_append, audit_record
 from busapp.models import (
+    BulkAction,
+    BulkActionKind,
+    BulkActionStatus,
     Compatibility,
     DeadLetter,
     DeadLetterStatus,
@@ -665,3 +668,137 @@ def dead_letter_discard(*, letter_id: int, actor: User, reason: str) -> DeadLett
         details={"topic": letter.topic.name, "reason": letter.discard_reason},
     )
     return letter
+
+
+# Bulk replay and discard over many dead letters: estimated first, then run by the worker at a capped rate.
+
+BULK_RATE_LIMIT = 500  # dead letters a second, at most, whatever is asked
+
+
+def dead_letter_contents(letter: DeadLetter) -> tuple[str | None, dict[str, Any] | None]:
+    """The event type and payload a dead letter carried, where its body says (None where it was not JSON)."""
+    try:
+        body = json.loads(letter.raw)
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    kind = body.get("type") if isinstance(body.get("type"), str) else None
+    payload = body.get("payload") if isinstance(body.get("payload"), dict) else None
+    return kind, payload
+
+
+@dataclass(frozen=True)
+class BulkEstimate:
+    """What a bulk action over a selection would meet: how many letters, how many pass the current schema."""
+
+    letter_ids: list[int]
+    passing: int
+
+
+def bulk_estimate(*, letters: Sequence[DeadLetter]) -> BulkEstimate:
+    """Check each open letter's contents against its type's current schema version, without changing anything."""
+    active = ActiveVersions()
+    passing = 0
+    for letter in letters:
+        kind, payload = dead_letter_contents(letter)
+        version = active.get(letter.topic.name, kind) if kind else None
+        if isinstance(version, SchemaVersion) and payload is not None and not payload_errors(version, payload):
+            passing += 1
+    return BulkEstimate([letter.pk for letter in letters], passing)
+
+
+@transaction.atomic
+def bulk_action_start(
+    *, topic: Topic, kind: str, letter_ids: list[int], actor: User, rate_per_second: int, reason: str = ""
+) -> BulkAction:
+    """Start a bulk replay or discard; the bus worker runs it at the capped rate."""
+    if kind == BulkActionKind.DISCARD and not reason.strip():
+        raise ActionRefusedError([{"path": "/reason", "message": "is required to discard: say why, for the audit log"}])
+    if not 1 <= rate_per_second <= BULK_RATE_LIMIT:
+        message = f"must be from 1 to {BULK_RATE_LIMIT} dead letters a second"
+        raise ActionRefusedError([{"path": "/rate_per_second", "message": message}])
+    if not letter_ids:
+        raise ActionRefusedError([{"path": "/selection", "message": "no open dead letter matches"}])
+    action = BulkAction.objects.create(
+        topic=topic,
+        kind=kind,
+        letter_ids=letter_ids,
+        reason=reason.strip(),
+        rate_per_second=rate_per_second,
+        requested_by=actor,
+    )
+    audit_record(
+        actor=actor,
+        action=f"dead_letter.bulk_{kind}.start",
+        target=f"bulk_action:{action.pk}",
+        details={"topic": topic.name, "letters": len(letter_ids), "rate_per_second": rate_per_second},
+    )
+    return action
+
+
+@transaction.atomic
+def bulk_action_cancel(*, action_id: int, actor: User) -> BulkAction:
+    """Stop a running bulk action; what it already did stays done."""
+    action = BulkAction.objects.select_for_update(of=("self",)).get(pk=action_id)
+    if action.status != BulkActionStatus.RUNNING:
+        raise ActionRefusedError([{"path": "/status", "message": f"this bulk action is already {action.status}"}])
+    action.status, action.finished_at = BulkActionStatus.CANCELLED, timezone.now()
+    action.save(update_fields=["status", "finished_at"])
+    audit_record(
+        actor=actor,
+        action=f"dead_letter.bulk_{action.kind}.cancel",
+        target=f"bulk_action:{action.pk}",
+        details={"handled": action.handled, "of": action.total},
+    )
+    return action
+
+
+def bulk_action_step(*, action_id: int, budget: int) -> BulkAction:
+    """Handle up to ``budget`` more letters of a running action, each in its own transaction; finish it at the end."""
+    action = BulkAction.objects.select_related("requested_by", "topic").get(pk=action_id)
+    for letter_id in action.letter_ids[action.handled : action.handled + budget]:
+        action.refresh_from_db(fields=["status"])
+        if action.status != BulkActionStatus.RUNNING:
+            break
+        outcome, detail = _bulk_handle(action, letter_id)
+        action.handled += 1
+        if outcome == "skipped":
+            action.skipped += 1
+        else:
+            action.succeeded += 1
+        action.report.append({"letter": letter_id, "outcome": outcome, "detail": detail})
+        action.save(update_fields=["handled", "succeeded", "skipped", "report"])
+    if action.status == BulkActionStatus.RUNNING and action.handled >= action.total:
+        with transaction.atomic():
+            action.status, action.finished_at = BulkActionStatus.DONE, timezone.now()
+            action.save(update_fields=["status", "finished_at"])
+            audit_record(
+                actor=action.requested_by,
+                action=f"dead_letter.bulk_{action.kind}.done",
+                target=f"bulk_action:{action.pk}",
+                details={"succeeded": action.succeeded, "skipped": action.skipped},
+            )
+    return action
+
+
+def _bulk_handle(action: BulkAction, letter_id: int) -> tuple[str, str]:
+    """Replay or discard one letter of a bulk action: the outcome and a word on it."""
+    actor = action.requested_by
+    try:
+        if action.kind == BulkActionKind.DISCARD:
+            dead_letter_discard(letter_id=letter_id, actor=actor, reason=action.reason)
+            return "discarded", ""
+        letter = DeadLetter.objects.select_related("topic").get(pk=letter_id)
+        kind, payload = dead_letter_contents(letter)
+        if kind is None or payload is None:
+            return "skipped", "its body has no event type and payload to replay: fix it on its own page"
+        event = dead_letter_replay(letter_id=letter_id, event_type=kind, payload=payload, actor=actor)
+    except BusInputError as refused:
+        return "skipped", "; ".join(f"{error['path']}: {error['message']}" for error in refused.errors[:5])
+    return "replayed", event.envelope_id
+
+
+def bulk_actions_running() -> list[int]:
+    """The ids of the bulk actions the worker should advance."""
+    return list(BulkAction.objects.filter(status=BulkActionStatus.RUNNING).values_list("id", flat=True))

@@ -29,12 +29,18 @@ from django.utils import timezone
 from redis.exceptions import RedisError, ResponseError
 
 from busapp.audit import AuditRecord, audit_append
-from busapp.live import dlq_group, live_item, topic_group
-from busapp.models import DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
+from busapp.live import bulk_group, dlq_group, live_item, topic_group
+from busapp.models import BulkAction, DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
 from busapp.publishing import INGEST_STREAM, STREAM_PREFIX, dead_letters_send, relay_pending, stream_key
 from busapp.rows import rows_insert
 from busapp.selectors import ActiveVersions
-from busapp.services import dead_letter_audit_record, dead_letter_build, publish_requests_due
+from busapp.services import (
+    bulk_action_step,
+    bulk_actions_running,
+    dead_letter_audit_record,
+    dead_letter_build,
+    publish_requests_due,
+)
 from busapp.validation import FieldError, envelope_errors, payload_errors
 
 logger = logging.getLogger(__name__)
@@ -48,6 +54,7 @@ TOPIC_REFRESH_SECONDS = 5.0
 CLAIM_EVERY_SECONDS = 30.0
 RELAY_EVERY_SECONDS = 0.5
 SCHEDULE_EVERY_SECONDS = 1.0
+BULK_TICK_SECONDS = 0.2
 INGEST_MAXLEN = 100_000
 RAW_KEEP_BYTES = 1024 * 1024
 EXTERNAL_ACTOR = "external"
@@ -285,6 +292,12 @@ async def in_db(function: Callable[..., T], *args: Any) -> T:
     return await sync_to_async(call, thread_sensitive=True)()
 
 
+def _bulk_tick(action_id: int) -> BulkAction:
+    """One tick's share of a bulk action: its rate times the tick, at least one letter."""
+    rate = BulkAction.objects.values_list("rate_per_second", flat=True).get(pk=action_id)
+    return bulk_action_step(action_id=action_id, budget=max(1, round(rate * BULK_TICK_SECONDS)))
+
+
 def _topic_names() -> list[str]:
     """Every topic's name."""
     return list(Topic.objects.values_list("name", flat=True))
@@ -313,7 +326,7 @@ class BusWorker:
 
     async def run(self) -> None:
         """Run relay, tap and Pub/Sub listener until ``stop()``; nothing is left half-done."""
-        loops = (self._tap_loop(), self._relay_loop(), self._listen_loop(), self._schedule_loop())
+        loops = (self._tap_loop(), self._relay_loop(), self._listen_loop(), self._schedule_loop(), self._bulk_loop())
         tasks = [asyncio.create_task(loop) for loop in loops]
         try:
             for finished in asyncio.as_completed(tasks):
@@ -449,6 +462,29 @@ class BusWorker:
                 logger.info(f"{name}: {did}", handled)
                 continue
             await self._pause(pause)
+
+    # Bulk replays and discards.
+
+    async def _bulk_loop(self) -> None:
+        """Advance each running bulk action by what its rate allows per tick, and tell its progress page."""
+        while not self.stopping.is_set():
+            try:
+                for action_id in await in_db(bulk_actions_running):
+                    action = await in_db(_bulk_tick, action_id)
+                    await self._tell_progress(action)
+            except DatabaseError as error:
+                logger.warning("bulk: database error (%s)", error)
+            await self._pause(BULK_TICK_SECONDS)
+
+    async def _tell_progress(self, action: BulkAction) -> None:
+        """One progress message to the action's page (best effort: the page also reads it on load)."""
+        layer = self.fanout.layer
+        if layer is None:
+            return
+        try:
+            await layer.group_send(bulk_group(action.pk), {"type": "bulk.progress", **action.progress()})
+        except Exception:  # the progress page is best effort; the action and its report are in the database
+            logger.exception("bulk: progress of #%d not sent", action.pk)
 
     # The Pub/Sub listener for seed-style publishers.
 

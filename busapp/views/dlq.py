@@ -3,7 +3,6 @@ or discarded with a reason."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.contrib import messages
@@ -12,16 +11,24 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from busapp.models import DeadLetter, DeadLetterStatus, SchemaVersion
+from busapp.models import BulkAction, BulkActionKind, DeadLetter, DeadLetterStatus, SchemaVersion, Topic
 from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.schema_forms import form_layout, submitted_payload
 from busapp.selectors import (
     dead_letter_groups,
+    dead_letters_matching,
     dead_letters_recent,
     event_types_with_active_versions,
     topics_visible_to,
 )
-from busapp.services import dead_letter_discard, dead_letter_replay
+from busapp.services import (
+    bulk_action_cancel,
+    bulk_action_start,
+    bulk_estimate,
+    dead_letter_contents,
+    dead_letter_discard,
+    dead_letter_replay,
+)
 from busapp.validation import BusInputError, FieldError
 from busapp.views.access import signed_in_user, topic_with_right
 from busapp.views.publish import payload_inputs
@@ -31,29 +38,19 @@ from busapp.views.publish import payload_inputs
 @require_GET
 def dead_letter_list(request: HttpRequest) -> HttpResponse:
     """Open dead letters grouped by topic and error, and the newest ones (live over /ws/dlq/)."""
-    topics = topics_visible_to(signed_in_user(request))
+    user = signed_in_user(request)
+    topics = topics_visible_to(user)
     names = list(topics.values_list("name", flat=True))
     shown = request.GET.get("topic") or None
     context = {
         "groups": dead_letter_groups(topics),
+        "managed": {topic.name for topic in topics if topic_right_held(user, MANAGE_TOPIC, topic)},
+        "bulk_kinds": BulkActionKind.choices,
         "letters": dead_letters_recent(topics, topic=shown),
         "topics": names,
         "shown": shown,
     }
     return render(request, "dlq/list.html", context)
-
-
-def _arrived_as(letter: DeadLetter) -> tuple[str | None, dict[str, Any] | None]:
-    """The event type and payload a dead letter carried, where its body says (None where it was not JSON)."""
-    try:
-        body = json.loads(letter.raw)
-    except ValueError:
-        return None, None
-    if not isinstance(body, dict):
-        return None, None
-    kind = body.get("type") if isinstance(body.get("type"), str) else None
-    payload = body.get("payload") if isinstance(body.get("payload"), dict) else None
-    return kind, payload
 
 
 def _letter_page(
@@ -68,7 +65,7 @@ def _letter_page(
     """One dead letter: as it arrived, why it failed, and (for managers, while open) the form to fix it."""
     topic = letter.topic
     can_manage = topic_right_held(signed_in_user(request), MANAGE_TOPIC, topic)
-    arrived_type, arrived_payload = _arrived_as(letter)
+    arrived_type, arrived_payload = dead_letter_contents(letter)
     types = [(kind, version) for kind, version in event_types_with_active_versions(topic=topic) if version]
     chosen = next((v for kind, v in types if kind.name == (type_name or arrived_type)), types[0][1] if types else None)
     context: dict[str, Any] = {
@@ -140,3 +137,76 @@ def dead_letter_discard_view(request: HttpRequest, pk: int) -> HttpResponse:
         return _letter_page(request, letter, refusal=message, status=400)
     messages.success(request, f"Dead letter #{letter.pk} discarded.")
     return redirect("dead-letter", pk=letter.pk)
+
+
+def _selection(request: HttpRequest) -> tuple[Topic, str | None, str]:
+    """The topic (managed by this person), the first-error group (None: every open letter) and the action asked."""
+    topic = topic_with_right(request, request.POST.get("topic", ""), MANAGE_TOPIC)
+    kind = request.POST.get("kind", BulkActionKind.REPLAY)
+    return topic, request.POST.get("error") or None, kind if kind in BulkActionKind.values else BulkActionKind.REPLAY
+
+
+@login_required
+@require_POST
+def bulk_estimate_view(request: HttpRequest) -> HttpResponse:
+    """Before a bulk action: how many dead letters match, and how many pass the current schema."""
+    topic, error_key, kind = _selection(request)
+    estimate = bulk_estimate(letters=dead_letters_matching(topic=topic, error_key=error_key))
+    context = {"topic": topic, "error_key": error_key or "", "kind": kind, "estimate": estimate, "rate": 50}
+    return render(request, "dlq/bulk_estimate.html", context)
+
+
+@login_required
+@require_POST
+def bulk_start_view(request: HttpRequest) -> HttpResponse:
+    """Start the bulk action over the selection as it is now; the bus worker runs it."""
+    topic, error_key, kind = _selection(request)
+    letters = dead_letters_matching(topic=topic, error_key=error_key)
+    try:
+        rate = int(request.POST.get("rate_per_second", "50"))
+    except ValueError:
+        rate = 0
+    try:
+        action = bulk_action_start(
+            topic=topic,
+            kind=kind,
+            letter_ids=[letter.pk for letter in letters],
+            actor=signed_in_user(request),
+            rate_per_second=rate,
+            reason=request.POST.get("reason", ""),
+        )
+    except BusInputError as refused:
+        context = {
+            "topic": topic,
+            "error_key": error_key or "",
+            "kind": kind,
+            "estimate": bulk_estimate(letters=letters),
+            "rate": request.POST.get("rate_per_second", "50"),
+            "refusal": "; ".join(f"{e['path'].lstrip('/')}: {e['message']}" for e in refused.errors),
+        }
+        return render(request, "dlq/bulk_estimate.html", context, status=400)
+    return redirect(action)
+
+
+@login_required
+@require_GET
+def bulk_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """A bulk action's progress (live over /ws/dlq/bulk/<id>/) and, letter by letter, its report."""
+    action = get_object_or_404(BulkAction.objects.select_related("topic", "requested_by"), pk=pk)
+    topic_with_right(request, action.topic.name, MANAGE_TOPIC)
+    return render(request, "dlq/bulk.html", {"action": action, "progress": action.progress()})
+
+
+@login_required
+@require_POST
+def bulk_cancel_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Stop a running bulk action; what it did stays done."""
+    action = get_object_or_404(BulkAction.objects.select_related("topic"), pk=pk)
+    topic_with_right(request, action.topic.name, MANAGE_TOPIC)
+    try:
+        bulk_action_cancel(action_id=action.pk, actor=signed_in_user(request))
+    except BusInputError as refused:
+        messages.error(request, "; ".join(error["message"] for error in refused.errors))
+    else:
+        messages.success(request, "Cancelled: what was already done stays done.")
+    return redirect(action)

@@ -111,3 +111,31 @@ def test_the_dead_letter_page_goes_live_and_shows_a_new_dead_letter_as_text(
     expect(row).to_contain_text("/payload/standard_deduction '<b>x</b>' is not of type 'number'")
     assert row.locator("b").count() == 0
     assert browser_log.errors == []
+
+
+def test_a_bulk_replay_shows_its_progress_bar_reaching_the_end(
+    page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer
+):
+    from busapp.models import Source, Topic
+    from busapp.services import dead_letter_create
+    from busapp.validation import FieldError
+
+    topic = Topic.objects.get(name="tax-policy")
+    error: list[FieldError] = [{"path": "/payload/standard_deduction", "message": "refused by an older schema"}]
+    for deduction in range(30):
+        body = json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": deduction}})
+        dead_letter_create(topic=topic, raw=body, errors=error, source=Source.EXTERNAL, actor="external")
+
+    sign_in(page, "admin", base=asgi_url)
+    page.goto(f"{asgi_url}/dlq/")
+    page.get_by_role("button", name="Replay all 30…").click()
+    expect(page.locator("p.estimate")).to_contain_text("30 open dead letters match")
+    page.fill("#rate_per_second", "20")
+    page.locator("#start").click()
+
+    expect(page.locator("#bulk-status")).to_have_text("done", timeout=15_000)
+    bar = page.locator("#bulk-progress")
+    expect(bar).to_have_attribute("value", "30")
+    expect(bar).to_have_attribute("max", "30")
+    expect(page.locator("table.report tbody tr")).to_have_count(30)
+    assert browser_log.errors == []
