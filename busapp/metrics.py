@@ -3,7 +3,8 @@
 Counting events would scan the history on every scrape, so totals come from the newest
 row's id (ids only grow) and the small counts (pending, open dead letters) from their
 partial indexes. The tap's lag is what Redis says its consumer group has yet to read.
-Websocket clients are counted by the web process that holds them.
+Websocket clients are counted by the web process that holds them; bulk replays by what they
+have left to do.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from busapp.models import DeadLetter, DeadLetterStatus, Event, EventStatus, Topic
+from busapp.models import BulkAction, BulkActionStatus, DeadLetter, DeadLetterStatus, Event, EventStatus, Topic
 from busapp.publishing import bus_redis, stream_key
 from busapp.worker import GROUP as TAP_GROUP
 
@@ -52,6 +53,13 @@ class BusCollector(Collector):
             "hms_bus_dead_letters_open",
             "Dead letters neither replayed nor discarded",
             value=DeadLetter.objects.filter(status=DeadLetterStatus.OPEN).count(),
+        )
+        running = list(BulkAction.objects.filter(status=BulkActionStatus.RUNNING).values_list("letter_ids", "handled"))
+        yield GaugeMetricFamily("hms_bus_bulk_actions_running", "Bulk replays and discards running", value=len(running))
+        yield GaugeMetricFamily(
+            "hms_bus_bulk_letters_remaining",
+            "Dead letters the running bulk actions have yet to handle",
+            value=sum(len(ids) - handled for ids, handled in running),
         )
         lag = GaugeMetricFamily(
             "hms_bus_tap_lag_entries", "Stream entries the bus worker has not yet recorded", labels=["topic"]

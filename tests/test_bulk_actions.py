@@ -166,3 +166,14 @@ async def test_the_worker_runs_a_bulk_replay_and_its_progress_arrives_over_the_w
         await communicator.disconnect()
 
     assert (progress["status"], progress["handled"], progress["succeeded"], progress["skipped"]) == ("done", 4, 2, 2)
+
+
+def test_metrics_say_how_much_bulk_work_remains():
+    _letters()
+    _start(_client("admin"))
+    bulk_action_step(action_id=BulkAction.objects.get().pk, budget=1)
+
+    text = Client().get("/metrics").content.decode()
+
+    assert "hms_bus_bulk_actions_running 1.0" in text
+    assert "hms_bus_bulk_letters_remaining 3.0" in text
