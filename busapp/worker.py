@@ -156,7 +156,13 @@ def tap_record(entries: list[StreamEntry]) -> TapOutcome:
 
 
 def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
-    """One attempt of ``tap_record``, in one transaction."""
+    """One attempt of ``tap_record``: read what is known, then write what is new in one transaction.
+
+    Most entries are the dashboard's own events, already recorded: the tap then only reads,
+    and takes SQLite's write lock (an IMMEDIATE transaction) only when there is something to
+    write, so publishers are not kept waiting by a batch that changes nothing. Another
+    worker recording the same id in between makes the insert fail, and ``tap_record`` retries.
+    """
     outcome = TapOutcome()
     decoded = [(entry, *_decode(entry)) for entry in entries]
     ids = {envelope["id"] for _, envelope, _ in decoded if envelope is not None}
@@ -164,44 +170,50 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
     topics = {topic.name: topic for topic in Topic.objects.filter(name__in={e.channel for e in entries})}
     versions = ActiveVersions()
     now = timezone.now()
-    with transaction.atomic():
-        known = {
-            event.envelope_id: event
-            for event in Event.objects.select_related("topic", "event_type").filter(envelope_id__in=ids)
-        }
-        seen_letters = set(DeadLetter.objects.filter(origin__in=origins).values_list("origin", flat=True))
-        new_events: list[Event] = []
-        for entry, envelope, errors in decoded:
-            topic = topics.get(entry.channel)
-            if topic is None:
-                logger.warning("entry %s: unknown channel %r; acknowledged, ignored", entry.origin, entry.channel)
+    known = {
+        event.envelope_id: event
+        for event in Event.objects.select_related("topic", "event_type").filter(envelope_id__in=ids)
+    }
+    seen_letters = set(DeadLetter.objects.filter(origin__in=origins).values_list("origin", flat=True))
+    new_events: list[Event] = []
+    seen_pending: list[tuple[Event, StreamEntry]] = []
+    for entry, envelope, errors in decoded:
+        topic = topics.get(entry.channel)
+        if topic is None:
+            logger.warning("entry %s: unknown channel %r; acknowledged, ignored", entry.origin, entry.channel)
+            continue
+        if envelope is not None and envelope["id"] in known:
+            if entry.stream != INGEST_STREAM:  # Pub/Sub copies of known events add nothing
+                event = known[envelope["id"]]
+                if event.status == EventStatus.PENDING and event.pk is not None:
+                    seen_pending.append((event, entry))
+                outcome.groups[topic_group(topic.name)].append(live_item(event, read_from_bus=True))
+            continue
+        if envelope is not None:
+            version = versions.get(topic.name, envelope["type"])
+            errors = version if isinstance(version, list) else payload_errors(version, envelope["payload"])
+            if not errors and isinstance(version, SchemaVersion):
+                event = known[envelope["id"]] = _external_event(entry, envelope, version, now)
+                new_events.append(event)
+                outcome.groups[topic_group(topic.name)].append(live_item(event, read_from_bus=True))
                 continue
-            if envelope is not None and envelope["id"] in known:
-                if entry.stream != INGEST_STREAM:  # Pub/Sub copies of known events add nothing
-                    _known_event_seen(known[envelope["id"]], entry, now)
-                    outcome.groups[topic_group(topic.name)].append(live_item(known[envelope["id"]], read_from_bus=True))
-                continue
-            if envelope is not None:
-                version = versions.get(topic.name, envelope["type"])
-                errors = version if isinstance(version, list) else payload_errors(version, envelope["payload"])
-                if not errors and isinstance(version, SchemaVersion):
-                    event = known[envelope["id"]] = _external_event(entry, envelope, version, now)
-                    new_events.append(event)
-                    outcome.groups[topic_group(topic.name)].append(live_item(event, read_from_bus=True))
-                    continue
-            if entry.origin not in seen_letters:
-                seen_letters.add(entry.origin)
-                letter = _external_dead_letter(entry, topic, errors)
-                outcome.dead_letters.append(letter)
-                outcome.groups[dlq_group(topic.name)].append(
-                    {"topic": topic.name, "errors": errors, "received_at": letter.received_at.timestamp()}
-                )
-        rows_insert(new_events)
-        DeadLetter.objects.bulk_create(outcome.dead_letters)
-        records = [_record_audit_record(event) for event in new_events]
-        records += [dead_letter_audit_record(letter) for letter in outcome.dead_letters]
-        if records:
-            audit_append(actor=EXTERNAL_ACTOR, records=records)
+        if entry.origin not in seen_letters:
+            seen_letters.add(entry.origin)
+            letter = _external_dead_letter(entry, topic, errors)
+            outcome.dead_letters.append(letter)
+            outcome.groups[dlq_group(topic.name)].append(
+                {"topic": topic.name, "errors": errors, "received_at": letter.received_at.timestamp()}
+            )
+    if new_events or outcome.dead_letters or seen_pending:
+        with transaction.atomic():
+            for event, entry in seen_pending:
+                _known_event_seen(event, entry, now)
+            rows_insert(new_events)
+            DeadLetter.objects.bulk_create(outcome.dead_letters)
+            records = [_record_audit_record(event) for event in new_events]
+            records += [dead_letter_audit_record(letter) for letter in outcome.dead_letters]
+            if records:
+                audit_append(actor=EXTERNAL_ACTOR, records=records)
     return outcome
 
 

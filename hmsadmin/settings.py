@@ -176,7 +176,10 @@ CHANNEL_LAYER_URL = os.environ.get("CHANNEL_LAYER_URL", _redis_url_with_db(REDIS
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [CHANNEL_LAYER_URL], "capacity": 1000, "expiry": 30},
+        # redis-py 8 reads with a 5 s timeout, the same 5 s channels-redis blocks waiting for
+        # messages: an idle websocket's receive then fails and the socket drops (channels_redis
+        # #422). A longer read timeout keeps idle live pages connected.
+        "CONFIG": {"hosts": [{"address": CHANNEL_LAYER_URL, "socket_timeout": 10}], "capacity": 1000, "expiry": 30},
     }
 }
 BUS_STREAM_MAXLEN = _env_int("BUS_STREAM_MAXLEN", 100_000)

@@ -22,7 +22,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _suite_redis.start()
     settings.REDIS_URL = _suite_redis.url(0)
     settings.CHANNEL_LAYER_URL = _suite_redis.url(1)
-    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [_suite_redis.url(1)]  # type: ignore[index]
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"] = _suite_redis.url(1)  # type: ignore[index]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

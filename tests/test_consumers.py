@@ -185,3 +185,15 @@ async def test_connected_clients_are_counted_for_metrics():
     await communicator.disconnect()
 
     assert (during - before, clients() - before) == (1, 0)
+
+
+async def test_an_idle_page_stays_connected_past_the_redis_read_timeout():
+    communicator, _ = await _connect()
+    await _subscribed(communicator, "tax-policy")
+
+    assert await communicator.receive_nothing(timeout=6.5)  # nothing happens on the bus for a while
+    await _fan_out("tax-policy", _items("tax-policy", 1))
+
+    frame = await communicator.receive_json_from(timeout=5)
+    assert frame["items"][0]["id"] == "e0"
+    await communicator.disconnect()
