@@ -16,9 +16,9 @@ import json
 from collections import deque
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from channels.consumer import get_handler_name
 from django.contrib.auth.models import User
 
 from busapp.live import bulk_group, dlq_group, topic_group
