@@ -57,6 +57,7 @@ pytest: $(DEV) browser
 bench: $(DEV)
 	$(PY) bench/publish.py
 	$(PY) bench/forms.py
+	$(PY) bench/live.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
