@@ -124,6 +124,11 @@ def topics_visible_to(user: User | AnonymousUser) -> QuerySet[Topic]:
     return get_objects_for_user(user, f"busapp.{VIEW_TOPIC}", klass=Topic.objects.all())
 
 
+def topic_names_with_right(user: User, right: str, topics: QuerySet[Topic]) -> set[str]:
+    """Which of these topics the person holds ``right`` on (role-wide or granted), in one query."""
+    return set(get_objects_for_user(user, f"busapp.{right}", klass=topics).values_list("name", flat=True))
+
+
 @dataclass(frozen=True)
 class TopicSummary:
     """What the dashboard and the topic list say about one topic."""

@@ -128,10 +128,13 @@ def test_replay_and_discard_need_the_manage_right_and_refusals_are_audited(usern
     client = _client(username)
 
     page = client.get(f"/dlq/{letter.pk}/").content.decode()
+    listing = client.get("/dlq/").content.decode()
     replay = _replay(client, letter, "15000")
     discard = client.post(f"/dlq/{letter.pk}/discard/", {"reason": "no"})
 
     assert 'id="replay"' not in page
+    assert "Replay all" not in listing
+    assert "Replay all 1…" in _client("admin").get("/dlq/").content.decode()
     assert replay.status_code == discard.status_code == 403
     assert AuditEntry.objects.filter(action="manage.refused", actor_name=username).count() == 2
     letter.refresh_from_db()

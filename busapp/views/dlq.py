@@ -19,6 +19,7 @@ from busapp.selectors import (
     dead_letters_matching,
     dead_letters_recent,
     event_types_with_active_versions,
+    topic_names_with_right,
     topics_visible_to,
 )
 from busapp.services import (
@@ -44,7 +45,7 @@ def dead_letter_list(request: HttpRequest) -> HttpResponse:
     shown = request.GET.get("topic") or None
     context = {
         "groups": dead_letter_groups(topics),
-        "managed": {topic.name for topic in topics if topic_right_held(user, MANAGE_TOPIC, topic)},
+        "managed": topic_names_with_right(user, MANAGE_TOPIC, topics),
         "bulk_kinds": BulkActionKind.choices,
         "letters": dead_letters_recent(topics, topic=shown),
         "topics": names,
