@@ -755,12 +755,16 @@ def bulk_action_cancel(*, action_id: int, actor: User) -> BulkAction:
 
 
 def bulk_action_step(*, action_id: int, budget: int) -> BulkAction:
-    """Handle up to ``budget`` more letters of a running action, each in its own transaction; finish it at the end."""
+    """Handle up to ``budget`` more letters of a running action, each in its own transaction; finish it at the end.
+
+    The counts and the report are saved once per step, not once per letter: the report grows
+    with every letter, and rewriting it each time made a large action quadratic. A cancel
+    takes effect at the next step (the worker steps every 200 ms).
+    """
     action = BulkAction.objects.select_related("requested_by", "topic").get(pk=action_id)
+    if action.status != BulkActionStatus.RUNNING:
+        return action
     for letter_id in action.letter_ids[action.handled : action.handled + budget]:
-        action.refresh_from_db(fields=["status"])
-        if action.status != BulkActionStatus.RUNNING:
-            break
         outcome, detail = _bulk_handle(action, letter_id)
         action.handled += 1
         if outcome == "skipped":
@@ -768,17 +772,20 @@ def bulk_action_step(*, action_id: int, budget: int) -> BulkAction:
         else:
             action.succeeded += 1
         action.report.append({"letter": letter_id, "outcome": outcome, "detail": detail})
-        action.save(update_fields=["handled", "succeeded", "skipped", "report"])
-    if action.status == BulkActionStatus.RUNNING and action.handled >= action.total:
+    action.save(update_fields=["handled", "succeeded", "skipped", "report"])  # never the status: a cancel stands
+    if action.handled >= action.total:
         with transaction.atomic():
-            action.status, action.finished_at = BulkActionStatus.DONE, timezone.now()
-            action.save(update_fields=["status", "finished_at"])
-            audit_record(
-                actor=action.requested_by,
-                action=f"dead_letter.bulk_{action.kind}.done",
-                target=f"bulk_action:{action.pk}",
-                details={"succeeded": action.succeeded, "skipped": action.skipped},
+            finished = BulkAction.objects.filter(pk=action.pk, status=BulkActionStatus.RUNNING).update(
+                status=BulkActionStatus.DONE, finished_at=timezone.now()
             )
+            if finished:
+                audit_record(
+                    actor=action.requested_by,
+                    action=f"dead_letter.bulk_{action.kind}.done",
+                    target=f"bulk_action:{action.pk}",
+                    details={"succeeded": action.succeeded, "skipped": action.skipped},
+                )
+        action.refresh_from_db(fields=["status", "finished_at"])
     return action
 
 

@@ -134,8 +134,7 @@ def dead_letter_discard_view(request: HttpRequest, pk: int) -> HttpResponse:
         dead_letter_discard(letter_id=letter.pk, actor=signed_in_user(request), reason=request.POST.get("reason", ""))
     except BusInputError as refused:
         letter.refresh_from_db()
-        message = "; ".join(f"{error['path'].lstrip('/')}: {error['message']}" for error in refused.errors)
-        return _letter_page(request, letter, refusal=message, status=400)
+        return _letter_page(request, letter, refusal=str(refused), status=400)
     messages.success(request, f"Dead letter #{letter.pk} discarded.")
     return redirect("dead-letter", pk=letter.pk)
 
@@ -183,7 +182,7 @@ def bulk_start_view(request: HttpRequest) -> HttpResponse:
             "kind": kind,
             "estimate": bulk_estimate(letters=letters),
             "rate": request.POST.get("rate_per_second", "50"),
-            "refusal": "; ".join(f"{e['path'].lstrip('/')}: {e['message']}" for e in refused.errors),
+            "refusal": str(refused),
         }
         return render(request, "dlq/bulk_estimate.html", context, status=400)
     return redirect(action)
