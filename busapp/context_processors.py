@@ -18,7 +18,10 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
         ("Topics", reverse("topic-list")),
         ("Live", reverse("live")),
         ("Dead letters", reverse("dead-letters")),
+        ("History", reverse("event-list")),
     ]
+    if user.has_perm("busapp.view_auditentry"):
+        links.append(("Audit", reverse("audit-log")))
     if user.is_staff:
         links.append(("Admin", reverse("admin:index")))
     path = request.path

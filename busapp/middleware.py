@@ -1,10 +1,13 @@
-"""Security headers on every page of ours: a Content-Security-Policy without 'unsafe-inline'."""
+"""Security headers on our pages (a Content-Security-Policy without 'unsafe-inline'), and refused writes audited."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
+
+from busapp.audit import audit_record
 
 # Scripts and styles come only from our own static files: an event payload that smuggles
 # markup into a page can neither run script nor load anything. The Django admin keeps
@@ -28,4 +31,35 @@ class ContentSecurityPolicyMiddleware:
             response.headers.setdefault("Content-Security-Policy", POLICY)
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+
+class RefusedWriteAuditMiddleware:
+    """Writes every refused attempt to change something (a 403 to a signed-in person's POST) to the audit log.
+
+    Views that refuse with their own audit entry (a publish, an approval, a replay) mark the
+    request so it is written once; this catches the rest, the Django admin's included.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        """Pass the request on; audit it on the way back if it was a refused write."""
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        if (
+            response.status_code == 403
+            and request.method not in ("GET", "HEAD", "OPTIONS", "TRACE")
+            and user is not None
+            and user.is_authenticated
+            and not getattr(request, "refusal_audited", False)
+        ):
+            with transaction.atomic():
+                audit_record(
+                    actor=user,
+                    action="write.refused",
+                    target=f"path:{request.path[:190]}",
+                    details={"method": request.method or "", "path": request.path},
+                )
         return response

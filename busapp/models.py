@@ -76,6 +76,7 @@ class Topic(models.Model):
             ("publish_topic", "Can publish events to the topic"),
             ("approve_topic", "Can approve publishes to the sensitive topic"),
             ("manage_topic", "Can manage the topic's schemas and dead letters"),
+            ("export_topic", "Can export the topic's history"),
         ]
 
     def __str__(self) -> str:
@@ -427,6 +428,8 @@ class AuditEntry(models.Model):
         indexes = [
             models.Index(fields=["target"], name="audit_target"),
             models.Index(fields=["action", "time"], name="audit_action_time"),
+            models.Index(fields=["actor_name", "seq"], name="audit_actor_seq"),
+            models.Index(fields=["time"], name="audit_time"),
         ]
 
     def __str__(self) -> str:
@@ -451,3 +454,58 @@ class AuditHead(models.Model):
 
     def __str__(self) -> str:
         return f"audit head #{self.seq}"
+
+
+class AuditCheck(models.Model):
+    """One run of the chain check: how far the chain held, and the head hash to write down outside the system."""
+
+    checked_at = models.DateTimeField(default=timezone.now)
+    checked_by = models.CharField(max_length=150, help_text="Who ran it: a person, the worker or the command.")
+    from_seq = models.PositiveBigIntegerField(help_text="The first entry checked (1: the whole chain).")
+    through_seq = models.PositiveBigIntegerField(help_text="The last entry found intact.")
+    through_hash = models.CharField(max_length=64, help_text="That entry's hash: the head an auditor writes down.")
+    checked = models.PositiveBigIntegerField(help_text="How many entries this run recomputed.")
+    seconds = models.FloatField(default=0)
+    broken_seq = models.PositiveBigIntegerField(null=True, blank=True)
+    problem = models.TextField(blank=True, help_text="What is wrong with the first broken entry.")
+
+    class Meta:
+        ordering = ["-checked_at", "-id"]
+
+    def __str__(self) -> str:
+        state = f"broken at #{self.broken_seq}" if self.broken_seq else f"intact through #{self.through_seq}"
+        return f"audit check {self.checked_at:%Y-%m-%d %H:%M}: {state}"
+
+    @property
+    def intact(self) -> bool:
+        """True when every entry it checked held."""
+        return self.broken_seq is None
+
+
+class SavedFilterPage(models.TextChoices):
+    """Which list a saved filter belongs to."""
+
+    EVENTS = "events", "event history"
+    AUDIT = "audit", "audit log"
+
+
+class SavedFilter(models.Model):
+    """A person's named filter of the history or the audit log: the query string of its URL."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="saved_filters")
+    page = models.CharField(max_length=16, choices=SavedFilterPage.choices)
+    name = models.CharField(max_length=100)
+    query = models.TextField(help_text="The URL query string, as the filter form writes it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["owner", "page", "name"], name="unique_saved_filter_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.page})"
+
+    def get_absolute_url(self) -> str:
+        """The list, filtered."""
+        route = "event-list" if self.page == SavedFilterPage.EVENTS else "audit-log"
+        return f"{reverse(route)}?{self.query}" if self.query else reverse(route)

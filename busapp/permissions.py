@@ -14,7 +14,8 @@ VIEW_TOPIC = "view_topic"
 PUBLISH_TOPIC = "publish_topic"
 APPROVE_TOPIC = "approve_topic"
 MANAGE_TOPIC = "manage_topic"
-TOPIC_RIGHTS = (VIEW_TOPIC, PUBLISH_TOPIC, APPROVE_TOPIC, MANAGE_TOPIC)
+EXPORT_TOPIC = "export_topic"
+TOPIC_RIGHTS = (VIEW_TOPIC, PUBLISH_TOPIC, APPROVE_TOPIC, MANAGE_TOPIC, EXPORT_TOPIC)
 
 
 class Role(StrEnum):
@@ -32,7 +33,8 @@ _READ_EVERYTHING = (VIEW_TOPIC, *_READ_SCHEMAS, "view_event", "view_deadletter",
 ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
     # Policy staff see and publish only on topics granted to them one by one.
     Role.POLICY_PUBLISHERS: _READ_SCHEMAS,
-    Role.AUDITORS: _READ_EVERYTHING,
+    # Auditors read everything and export it; they change nothing.
+    Role.AUDITORS: (*_READ_EVERYTHING, EXPORT_TOPIC),
     Role.BUS_ADMINS: (
         *_READ_EVERYTHING,
         *TOPIC_RIGHTS[1:],

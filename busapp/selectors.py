@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import get_objects_for_user
 
 from busapp.models import (
+    AuditEntry,
     DeadLetter,
     DeadLetterStatus,
     Event,
@@ -328,3 +330,67 @@ def dead_letters_open_by_topic(topics: QuerySet[Topic]) -> dict[str, int]:
     )
     counts.update(dict(rows))
     return counts
+
+
+@dataclass(frozen=True)
+class EventProvenance:
+    """Where an event came from and what vouches for it: its request, its dead letter, its audit entry."""
+
+    request: PublishRequest | None
+    dead_letter: DeadLetter | None
+    accepted_entry: AuditEntry | None
+    envelope_vouched: bool | None  # None: no audit entry holds a digest of it (recorded before digests were kept)
+
+
+def event_provenance(event: Event) -> EventProvenance:
+    """The publish request and dead letter an event came from, and whether its audit entry still vouches for it."""
+    requests = PublishRequest.objects.select_related("requested_by", "decided_by")
+    request = requests.filter(envelope_id=event.envelope_id).first()
+    letter = DeadLetter.objects.select_related("replayed_by").filter(replay_event=event).first()
+    entry = (
+        AuditEntry.objects.filter(target=f"event:{event.envelope_id}", action__in=("event.publish", "event.record"))
+        .order_by("seq")
+        .first()
+    ) or _batch_entry(event)
+    return EventProvenance(request, letter, entry, _envelope_vouched(event, entry))
+
+
+def _batch_entry(event: Event) -> AuditEntry | None:
+    """The one audit entry of the batch that accepted the event (written in the same transaction, moments later)."""
+    window = (event.created_at - dt.timedelta(seconds=1), event.created_at + dt.timedelta(seconds=30))
+    candidates = AuditEntry.objects.filter(
+        action="event.publish_batch", target=f"topic:{event.topic.name}", time__range=window
+    ).order_by("seq")
+    return next((entry for entry in candidates if event.envelope_id in entry.details.get("events", ())), None)
+
+
+def _envelope_vouched(event: Event, entry: AuditEntry | None) -> bool | None:
+    """True when the stored envelope still hashes to the digest its audit entry wrote down."""
+    if entry is None:
+        return None
+    if "envelope_sha256" in entry.details:
+        return envelopes_sha256([event.envelope]) == entry.details["envelope_sha256"]
+    if "envelopes_sha256" in entry.details:
+        ids = entry.details.get("events", [])
+        envelopes = dict(Event.objects.filter(envelope_id__in=ids).values_list("envelope_id", "envelope"))
+        digest = envelopes_sha256([envelopes.get(envelope_id, "") for envelope_id in ids])
+        return digest == entry.details["envelopes_sha256"]
+    return None
+
+
+def envelopes_sha256(envelopes: Iterable[str]) -> str:
+    """sha256 of wire envelopes, one per line, in order: what the audit log vouches for."""
+    return hashlib.sha256("\n".join(envelopes).encode()).hexdigest()
+
+
+def event_audit_entries(event: Event, provenance: EventProvenance) -> list[AuditEntry]:
+    """Every audit entry that mentions the event: its own, its batch's, its request's and its dead letter's."""
+    targets = [f"event:{event.envelope_id}"]
+    if provenance.request:
+        targets.append(f"publish_request:{provenance.request.pk}")
+    if provenance.dead_letter:
+        targets.append(f"dead_letter:{provenance.dead_letter.pk}")
+    entries = {entry.seq: entry for entry in AuditEntry.objects.filter(target__in=targets)}
+    if provenance.accepted_entry is not None:
+        entries[provenance.accepted_entry.seq] = provenance.accepted_entry
+    return [entries[seq] for seq in sorted(entries)]

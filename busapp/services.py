@@ -37,7 +37,7 @@ from busapp.models import (
 from busapp.permissions import ROLE_PERMISSIONS
 from busapp.publishing import dead_letters_send, envelope_head, envelope_wire, events_send
 from busapp.rows import rows_insert
-from busapp.selectors import ActiveVersions, schema_version_active, topic_get
+from busapp.selectors import ActiveVersions, envelopes_sha256, schema_version_active, topic_get
 from busapp.validation import (
     ActionRefusedError,
     ApprovalRequiredError,
@@ -280,7 +280,7 @@ def _batch_record(topic: str, source: str, events: Sequence[Event]) -> AuditReco
 
 def envelopes_digest(events: Sequence[Event]) -> str:
     """sha256 of the events' wire envelopes, one per line, in order: what the audit log vouches for."""
-    return hashlib.sha256("\n".join(event.envelope for event in events).encode()).hexdigest()
+    return envelopes_sha256(event.envelope for event in events)
 
 
 def _approval_check(topic: Topic, actor: Actor, approved_by: Actor | None) -> None:

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from busapp.views import dlq, live, metrics, pages, publish, requests
+from busapp.views import audit, dlq, history, live, metrics, pages, publish, requests
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
@@ -25,7 +25,14 @@ urlpatterns = [
     path("dlq/<int:pk>/", dlq.dead_letter_detail, name="dead-letter"),
     path("dlq/<int:pk>/replay/", dlq.dead_letter_replay_view, name="dead-letter-replay"),
     path("dlq/<int:pk>/discard/", dlq.dead_letter_discard_view, name="dead-letter-discard"),
-    path("events/<str:envelope_id>/", pages.event_detail, name="event-detail"),
+    path("events/", history.event_list, name="event-list"),
+    path("events/export.<str:fmt>", history.event_export, name="event-export"),
+    path("events/<str:envelope_id>/", history.event_detail, name="event-detail"),
+    path("filters/", history.saved_filter_create, name="saved-filter-create"),
+    path("filters/<int:pk>/delete/", history.saved_filter_delete, name="saved-filter-delete"),
+    path("audit/", audit.audit_log, name="audit-log"),
+    path("audit/check/", audit.audit_check_now, name="audit-check"),
+    path("audit/export.<str:fmt>", audit.audit_export, name="audit-export"),
     path("healthz", pages.health, name="health"),
     path("metrics", metrics.metrics, name="metrics"),
 ]

@@ -3,12 +3,17 @@
 Starts its own Redis and a throwaway SQLite database, loads the demo data, publishes a
 couple of events, runs the web app (uvicorn, as in production) on a free port, signs in
 as `policy` in headless Chromium (Debian's `chromium`, 1280x900) and saves
-docs/dashboard.png, docs/publish-form.png, docs/preview.png and docs/withholding-form.png.
-Everything it started is stopped again; nothing outside docs/ is changed.
+docs/dashboard.png, docs/live.png, docs/dead-letters.png, docs/publish-form.png,
+docs/preview.png and docs/withholding-form.png; then, as `auditor`, docs/history.png (the
+history narrowed by a payload condition), docs/event-record.png (one event's record) and
+docs/audit.png (the audit log, its chain just checked).
+`--out DIR` saves the pictures in DIR instead of docs/.
+Everything it started is stopped again; nothing outside the output directory is changed.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import shutil
@@ -31,6 +36,10 @@ from tests.support import RedisServer, free_port, wait_for  # noqa: E402
 
 # The standard deductions (single filer) of 2023 and 2024: the history the dashboard shows.
 DEMO_DEDUCTIONS = (13850, 14600)
+# Published after the publisher's pictures (with the form's 15000), for the history's: 2025 and 2026.
+LATER_DEDUCTIONS = (15750, 16100)
+# The payload condition the history picture is narrowed by: every deduction but 2023's.
+HISTORY_CONDITION = "standard_deduction >= 14000"
 
 
 def manage(*args: str, env: dict[str, str]) -> None:
@@ -66,25 +75,26 @@ def web_app(env: dict[str, str]) -> Iterator[str]:
         server.wait(timeout=10)
 
 
-def sign_in(page: Page, base_url: str, password: str) -> None:
-    """Sign in as the demo publisher through the login form."""
+def sign_in(page: Page, base_url: str, password: str, username: str = "policy") -> None:
+    """Sign in as a demo user (the publisher, unless named) through the login form."""
     page.goto(f"{base_url}/accounts/login/")
-    page.fill("#id_username", "policy")
+    page.fill("#id_username", username)
     page.fill("#id_password", password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"{base_url}/")
 
 
-def take(page: Page, name: str, *, full_page: bool = False) -> None:
-    """Save the page, from its top, as docs/<name>.png: no caret, no hover colour."""
+def take(page: Page, out: Path, name: str, *, full_page: bool = False) -> None:
+    """Save the page, from its top, as <out>/<name>.png: no caret, no hover colour."""
     page.mouse.move(0, 0)
     page.evaluate("() => { document.activeElement?.blur(); window.scrollTo(0, 0); }")
-    page.screenshot(path=DOCS / f"{name}.png", full_page=full_page)
-    print(f"docs/{name}.png")
+    path = out / f"{name}.png"
+    page.screenshot(path=path, full_page=full_page)
+    print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
-def screenshots(base_url: str, password: str) -> None:
-    """Walk the publish flow as policy staff and save the four pictures."""
+def screenshots(base_url: str, password: str, out: Path, env: dict[str, str]) -> None:
+    """Walk the publish flow as policy staff, then the history and audit log as the auditor; save the pictures."""
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("chromium is not on PATH: apt-get install chromium")
@@ -95,23 +105,25 @@ def screenshots(base_url: str, password: str) -> None:
         sign_in(page, base_url, password)
         page.locator("#events-chart").wait_for()
         page.wait_for_timeout(500)  # the charts' first draw
-        take(page, "dashboard")
+        take(page, out, "dashboard")
 
         page.goto(f"{base_url}/live/")
         page.locator("tr.event").first.wait_for()
         page.wait_for_timeout(1200)  # the sparklines draw once a second
-        take(page, "live")
+        take(page, out, "live")
 
         page.goto(f"{base_url}/dlq/")
-        take(page, "dead-letters")
+        take(page, out, "dead-letters")
 
         page.goto(f"{base_url}/topics/tax-policy/publish/")
-        take(page, "publish-form")
+        take(page, out, "publish-form")
 
         page.locator('[name="/payload/standard_deduction"]').fill("15000")
         page.get_by_role("button", name="Preview").click()
         page.locator("#confirm").wait_for()
-        take(page, "preview")
+        take(page, out, "preview")
+        page.locator("#confirm").click()  # sent: the history's pictures show it, published by a person
+        page.get_by_role("heading", name="Published").wait_for()
 
         page.goto(f"{base_url}/topics/irs.withholding/publish/")
         page.locator('[name="/payload/tax_year"]').fill("2027")
@@ -122,12 +134,48 @@ def screenshots(base_url: str, password: str) -> None:
         page.locator('[name="/payload/brackets/1/up_to"]').fill("48475")
         page.locator('[name="/payload/brackets/1/rate"]').fill("0.12")
         # The whole form: the rows are the point of this picture, and they sit below the fold.
-        take(page, "withholding-form", full_page=True)
+        take(page, out, "withholding-form", full_page=True)
+        page.context.close()
+        for deduction in LATER_DEDUCTIONS:
+            payload = f'{{"standard_deduction": {deduction}}}'
+            manage("publish", "tax-policy", "tax_policy.updated", payload, "--user", "policy", env=env)
+
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(15_000)
+        sign_in(page, base_url, password, "auditor")
+        history(page, base_url, out)
         browser.close()
+
+
+def history(page: Page, base_url: str, out: Path) -> None:
+    """As the auditor: the history narrowed by a payload condition, one event's record, the audit log."""
+    page.goto(f"{base_url}/events/")
+    page.get_by_label("Payload conditions").fill(HISTORY_CONDITION)
+    page.locator("form.filters").get_by_role("button", name="Show", exact=True).click()
+    page.wait_for_url("**/events/?*where=*")
+    page.locator("#history tbody tr").first.wait_for()
+    take(page, out, "history")
+
+    # The form's 15000: a person published it, so its record says who and how.
+    row = page.locator("#history tbody tr", has_text='"standard_deduction": 15000')
+    row.get_by_role("link").first.click()
+    page.locator("#record").wait_for()
+    take(page, out, "event-record", full_page=True)
+
+    page.goto(f"{base_url}/audit/")
+    with page.expect_navigation():  # the check posts, then comes back to the log
+        page.get_by_role("button", name="Check new entries now").click()
+    page.goto(f"{base_url}/audit/")  # again, without the check's message: the chain status says it
+    page.locator("#head-hash").wait_for()
+    take(page, out, "audit")
 
 
 def main() -> None:
     """Set up a private Redis and database, run the app, take the screenshots, stop everything."""
+    parser = argparse.ArgumentParser(description="Take the README's screenshots.")
+    parser.add_argument("--out", type=Path, default=DOCS, help="where to save the pictures (default: docs/)")
+    out = parser.parse_args().out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="hms-screenshots-"))
     password = secrets.token_urlsafe(12)
     redis = RedisServer()
@@ -154,7 +202,7 @@ def main() -> None:
             check=False,
         )
         with web_app(env) as base_url:
-            screenshots(base_url, password)
+            screenshots(base_url, password, out, env)
     finally:
         redis.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -87,6 +87,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "busapp.middleware.ContentSecurityPolicyMiddleware",
+    "busapp.middleware.RefusedWriteAuditMiddleware",
 ]
 
 ROOT_URLCONF = "hmsadmin.urls"

@@ -20,3 +20,10 @@ def as_json(value: Any) -> str:
 def as_pretty_json(value: Any) -> str:
     """A value as indented JSON text, keys in their own order (autoescaped by the page)."""
     return json.dumps(value, ensure_ascii=False, indent=2)
+
+
+@register.filter
+def payload_summary(value: Any, length: int = 140) -> str:
+    """A payload as one line of JSON text, cut at ``length`` characters (the record has it whole)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= length else f"{text[: length - 1]}…"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -33,12 +35,20 @@ def topic_with_right(request: HttpRequest, name: str, right: str) -> Topic:
     user = signed_in_user(request)
     if topic_right_held(user, right, topic):
         return topic
+    message = f"you do not hold {right} on topic {name}"
     if right in _REFUSALS_AUDITED:
-        with transaction.atomic():
-            audit_record(
-                actor=user,
-                action=_REFUSALS_AUDITED[right],
-                target=f"topic:{name}",
-                details={"method": request.method, "path": request.path, "missing_right": right},
-            )
-    raise PermissionDenied(f"you do not hold {right} on topic {name}")
+        refuse_audited(request, _REFUSALS_AUDITED[right], f"topic:{name}", message, missing_right=right)
+    raise PermissionDenied(message)
+
+
+def refuse_audited(request: HttpRequest, action: str, target: str, message: str, **details: str) -> NoReturn:
+    """Write the refused attempt to the audit log, then answer 403 with ``message``."""
+    request.refusal_audited = True  # type: ignore[attr-defined]  # read by RefusedWriteAuditMiddleware
+    with transaction.atomic():
+        audit_record(
+            actor=signed_in_user(request),
+            action=action,
+            target=target,
+            details={"method": request.method or "", "path": request.path, "reason": message, **details},
+        )
+    raise PermissionDenied(message)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from django.contrib.auth.decorators import login_required
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from busapp.models import Event
 from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.publishing import bus_reachable
 from busapp.schema_forms import form_layout
@@ -86,18 +83,6 @@ def topic_detail(request: HttpRequest, name: str) -> HttpResponse:
         "open_dead_letters": dead_letters_open_count([topic]),
     }
     return render(request, "topics/detail.html", context)
-
-
-@login_required
-@require_GET
-def event_detail(request: HttpRequest, envelope_id: str) -> HttpResponse:
-    """One event's record: envelope, schema version, publisher, delivery."""
-    event = get_object_or_404(
-        Event.objects.select_related("topic", "event_type", "schema_version"), envelope_id=envelope_id
-    )
-    topic_with_right(request, event.topic.name, VIEW_TOPIC)
-    envelope = json.dumps(json.loads(event.envelope), indent=2, ensure_ascii=False)
-    return render(request, "events/detail.html", {"event": event, "envelope_json": envelope})
 
 
 @require_GET

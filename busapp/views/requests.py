@@ -7,7 +7,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -16,7 +15,7 @@ from busapp.models import PublishRequest, PublishRequestStatus, Topic
 from busapp.permissions import APPROVE_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.services import publish_request_cancel, publish_request_decide
 from busapp.validation import BusInputError
-from busapp.views.access import signed_in_user, topic_with_right
+from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
 
 
 @login_required
@@ -75,7 +74,8 @@ def request_cancel(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     topic = topic_with_right(request, name, VIEW_TOPIC)
     waiting = get_object_or_404(PublishRequest, pk=pk, topic=topic)
     if not _request_context(request, topic, waiting)["can_cancel"] and waiting.is_open:
-        raise PermissionDenied("only its requester or an approver of the topic may cancel a waiting publish")
+        message = "only its requester or an approver of the topic may cancel a waiting publish"
+        refuse_audited(request, "publish_request.cancel.refused", f"publish_request:{waiting.pk}", message)
     try:
         publish_request_cancel(
             request_id=waiting.pk, actor=signed_in_user(request), reason=request.POST.get("reason", "")

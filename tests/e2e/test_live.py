@@ -86,7 +86,7 @@ def test_markup_in_a_payload_is_shown_as_text_and_never_runs(
     assert page.evaluate("window.pwned === undefined")
     row.click()
     expect(page.locator("h1")).to_contain_text(event_id)
-    expect(page.locator("pre.json")).to_contain_text("<script>window.pwned=2</script>")
+    expect(page.locator("#envelope")).to_contain_text("<script>window.pwned=2</script>")
     assert page.evaluate("window.pwned === undefined")
     assert browser_log.errors == []
 

@@ -1,0 +1,215 @@
+"""The event history: filtered keyset pages, one event's full record, exports, and saved filters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from asgiref.sync import sync_to_async
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.core.handlers.asgi import ASGIRequest
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.forms import Form
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+from guardian.shortcuts import get_objects_for_user
+
+from busapp.audit import audit_record
+from busapp.forms import EventFilterForm
+from busapp.history import (
+    Cursor,
+    HistoryPage,
+    HistoryQueryError,
+    events_filtered,
+    export_bounded,
+    export_lines,
+    history_page,
+)
+from busapp.models import Event, SavedFilter, SavedFilterPage, Topic
+from busapp.permissions import EXPORT_TOPIC, VIEW_TOPIC
+from busapp.selectors import event_audit_entries, event_provenance, topics_visible_to
+from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
+
+EXPORT_FORMATS = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson; charset=utf-8"}
+
+
+def topics_for(user: User, right: str) -> QuerySet[Topic] | None:
+    """The topics a right reaches: None when the role holds it on every topic (no filter needed)."""
+    if user.is_active and user.has_perm(f"busapp.{right}"):
+        return None
+    if right == VIEW_TOPIC:
+        return topics_visible_to(user)
+    return get_objects_for_user(user, f"busapp.{right}", klass=Topic.objects.all(), accept_global_perms=False)
+
+
+def export_allowed(user: User) -> bool:
+    """True when the person may export some topic's history."""
+    exportable = topics_for(user, EXPORT_TOPIC)
+    return exportable is None or exportable.exists()
+
+
+def filter_query(request: HttpRequest) -> str:
+    """The query string without the page cursor: what a saved filter, an export or a first page keeps."""
+    query = request.GET.copy()
+    query.pop("cursor", None)
+    return str(query.urlencode())
+
+
+@login_required
+@require_GET
+def event_list(request: HttpRequest) -> HttpResponse:
+    """The history, newest first, narrowed by the URL's filters, a page at a time."""
+    user = signed_in_user(request)
+    topics = topics_for(user, VIEW_TOPIC)
+    names = list((topics if topics is not None else Topic.objects.all()).values_list("name", flat=True))
+    form = EventFilterForm(request.GET, topic_names=names)
+
+    def page_at(cursor: str | None) -> HistoryPage:
+        events = events_filtered(form.history_filter(), topics=topics).select_related("topic", "event_type")
+        return history_page(events, Cursor.decode(cursor) if cursor else None)
+
+    context, status = filtered_list(request, user, form, page_at, SavedFilterPage.EVENTS)
+    return render(request, "events/list.html", {**context, "can_export": export_allowed(user)}, status=status)
+
+
+def filtered_list(
+    request: HttpRequest, user: User, form: Form, page_at: Callable[[str | None], object], saved: SavedFilterPage
+) -> tuple[dict[str, object], int]:
+    """A filtered list page's context and status: the page at the URL's cursor, or the form's errors and a 400."""
+    page, status = None, 400
+    if form.is_valid():
+        try:
+            page, status = page_at(request.GET.get("cursor") or None), 200
+        except HistoryQueryError as error:
+            form.add_error(None, [item["message"] for item in error.errors])
+    context = {
+        "form": form,
+        "page": page,
+        "filter_query": filter_query(request),
+        "saved_filters": SavedFilter.objects.filter(owner=user, page=saved),
+    }
+    return context, status
+
+
+@login_required
+@require_GET
+def event_detail(request: HttpRequest, envelope_id: str) -> HttpResponse:
+    """One event's full record: envelope, schema, validation, publisher, approval, delivery, provenance, audit."""
+    event = get_object_or_404(
+        Event.objects.select_related("topic", "event_type", "schema_version", "schema_version__event_type"),
+        envelope_id=envelope_id,
+    )
+    topic_with_right(request, event.topic.name, VIEW_TOPIC)
+    provenance = event_provenance(event)
+    context = {
+        "event": event,
+        "envelope_json": json.dumps(json.loads(event.envelope), indent=2, ensure_ascii=False),
+        "schema_json": json.dumps(event.schema_version.authored, indent=2, ensure_ascii=False),
+        "provenance": provenance,
+        "audit_entries": event_audit_entries(event, provenance),
+    }
+    return render(request, "events/detail.html", context)
+
+
+@login_required
+@require_GET
+def event_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
+    """The filtered history as CSV or NDJSON, streamed; for holders of the export right, and audited."""
+    user = signed_in_user(request)
+    if fmt not in EXPORT_FORMATS:
+        return HttpResponse(f"unknown export format {fmt!r}: use csv or ndjson", status=404, content_type="text/plain")
+    if not export_allowed(user):
+        message = "exporting history needs the export right (auditors and bus admins hold it)"
+        refuse_audited(request, "events.export.refused", "events", message, missing_right=EXPORT_TOPIC)
+    exportable = topics_for(user, EXPORT_TOPIC)
+    visible = topics_for(user, VIEW_TOPIC)
+    names = list((visible if visible is not None else Topic.objects.all()).values_list("name", flat=True))
+    form = EventFilterForm(request.GET, topic_names=names)
+    if not form.is_valid():
+        message = f"the export's filter is not valid: {form_problems(form)}"
+        return HttpResponse(message, status=400, content_type="text/plain")
+    history_filter = form.history_filter()
+    events = export_bounded(events_filtered(history_filter, topics=exportable))
+    rows = events.count()
+    with transaction.atomic():
+        audit_record(
+            actor=user,
+            action="events.export",
+            target="events",
+            details={"format": fmt, "filter": history_filter.as_details(), "rows": rows},
+        )
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+    response = StreamingHttpResponse(streamed(request, export_lines(events, fmt)), content_type=EXPORT_FORMATS[fmt])
+    response["Content-Disposition"] = f'attachment; filename="hms-events-{stamp}.{fmt}"'
+    response["X-Export-Rows"] = str(rows)
+    return response
+
+
+def streamed(request: HttpRequest, lines: Iterator[str]) -> Iterator[str] | AsyncIterator[str]:
+    """The chunks as the server streams them: an async iterator under ASGI, so they are not gathered in memory.
+
+    Django serves a plain iterator under ASGI by collecting it into a list first; each chunk
+    is read in the thread that owns the database connection instead.
+    """
+    if not isinstance(request, ASGIRequest):
+        return lines
+
+    async def chunks() -> AsyncIterator[str]:
+        read = sync_to_async(_next_chunk, thread_sensitive=True)
+        try:
+            while (chunk := await read(lines)) is not None:
+                yield chunk
+        finally:
+            await sync_to_async(lines.close, thread_sensitive=True)()  # type: ignore[attr-defined]
+
+    return chunks()
+
+
+def _next_chunk(lines: Iterator[str]) -> str | None:
+    """The next chunk of an export, or None at its end."""
+    return next(lines, None)
+
+
+def form_problems(form: Form) -> str:
+    """A filter form's errors as one line of text, each naming its field."""
+    return "; ".join(
+        f"{name or 'filter'}: {' '.join(str(error) for error in errors)}" for name, errors in form.errors.items()
+    )
+
+
+@login_required
+@require_POST
+def saved_filter_create(request: HttpRequest) -> HttpResponse:
+    """Keep the current filter of the history or the audit log under a name of the person's choosing."""
+    user = signed_in_user(request)
+    page = request.POST.get("page", "")
+    name = request.POST.get("name", "").strip()[:100]
+    if page not in SavedFilterPage.values:
+        return HttpResponse("page must be events or audit", status=400, content_type="text/plain")
+    saved = SavedFilter(owner=user, page=page, name=name, query=request.POST.get("query", "")[:4000])
+    if not name:
+        messages.error(request, "Give the filter a name to save it.")
+    else:
+        try:
+            with transaction.atomic():
+                saved.save()
+            messages.success(request, f"Saved the filter “{name}”.")
+        except IntegrityError:
+            messages.error(request, f"You already have a filter called “{name}”: pick another name or delete it.")
+    return redirect(saved.get_absolute_url())
+
+
+@login_required
+@require_POST
+def saved_filter_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """Forget one of the person's saved filters."""
+    saved = get_object_or_404(SavedFilter, pk=pk, owner=signed_in_user(request))
+    saved.delete()
+    messages.success(request, f"Deleted the filter “{saved.name}”.")
+    return redirect("event-list" if saved.page == SavedFilterPage.EVENTS else "audit-log")
