@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through Django, websockets through Channels."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -12,6 +13,10 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from busapp.routing import websocket_urlpatterns  # noqa: E402
+
+# What start-up loaded (Django, the apps, the URLconf) lives as long as the process: kept out
+# of the garbage collector's full passes, which otherwise stall every live socket (bench/live.py).
+gc.freeze()
 
 application = ProtocolTypeRouter(
     {

@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from guardian.shortcuts import remove_perm
 
+from busapp.live import live_message
 from busapp.models import Topic
 from busapp.services import event_publish_batch
 from busapp.worker import BusWorker
@@ -42,7 +43,7 @@ async def _subscribed(communicator, *topics: str) -> dict:
 
 async def _fan_out(topic: str, items: list[dict]) -> None:
     """What the bus worker sends: one group message with a batch of items."""
-    await get_channel_layer().group_send(f"topic.{topic}", {"type": "bus.events", "items": items})
+    await get_channel_layer().group_send(f"topic.{topic}", live_message("bus.events", topic, items))
 
 
 def _items(topic: str, count: int, start: int = 0) -> list[dict]:

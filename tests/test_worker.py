@@ -178,7 +178,8 @@ async def test_fan_out_sends_one_group_message_per_topic_per_batch_not_one_per_e
     while len(received) < 300:
         message = await asyncio.wait_for(layer.receive(channel), timeout=10)
         assert message["type"] == "bus.events"
-        received.extend(message["items"])
+        assert message["topic"] == "tax-policy"
+        received.extend(json.loads(text) for text in message["items"])
         messages += 1
     assert [item["id"] for item in received] == [event.envelope_id for event in outcome.events]
     assert received[0]["payload"] == {"standard_deduction": 0}
