@@ -18,7 +18,7 @@ from typing import Any
 
 from django.core import signing
 from django.db import connections
-from django.db.models import Q, QuerySet, TextField
+from django.db.models import Func, Q, QuerySet, Subquery, TextField
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 
@@ -185,10 +185,15 @@ def events_filtered(history_filter: HistoryFilter, *, topics: QuerySet[Topic] | 
     events = Event.objects.all()
     if topics is not None:
         events = events.filter(topic__in=topics)
+    # Topic and type by id (a subquery), not through a join on their names: PostgreSQL's
+    # planner then walks the (topic, timestamp, id) index of that topic (bench/history.py).
     if history_filter.topic:
-        events = events.filter(topic__name=history_filter.topic)
+        events = events.filter(topic_id=Subquery(Topic.objects.filter(name=history_filter.topic).values("id")[:1]))
     if history_filter.event_type:
-        events = events.filter(event_type__name=history_filter.event_type)
+        types = EventType.objects.filter(name=history_filter.event_type)
+        if history_filter.topic:
+            types = types.filter(topic__name=history_filter.topic)
+        events = events.filter(event_type_id__in=Subquery(types.values("id")))
     for name in ("status", "source", "publisher_name", "envelope_id"):
         value = getattr(history_filter, "publisher" if name == "publisher_name" else name)
         if value:
@@ -307,34 +312,55 @@ class _Names:
         )
 
 
-def _iso(value: Any) -> str:
-    """A timestamp as ISO 8601 in UTC, whatever the database returned (text on SQLite, datetime elsewhere)."""
+class UtcText(Func):
+    """A datetime column as its UTC text, formatted by the database: exports never build Python datetimes."""
+
+    output_field = TextField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        """SQLite keeps UTC as 'YYYY-MM-DD HH:MM:SS[.ffffff]' text; the CAST keeps the driver from parsing it."""
+        return self.as_sql(compiler, connection, template="CAST(%(expressions)s AS TEXT)", **extra)
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        """PostgreSQL formats it (to_char, microseconds always)."""
+        template = "to_char(%(expressions)s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+        return self.as_sql(compiler, connection, template=template, **extra)
+
+
+def _iso(value: str | None) -> str:
+    """UTC text from the database (UtcText) as ISO 8601, as Python's isoformat writes it."""
     if value is None:
         return ""
-    if isinstance(value, str):  # SQLite keeps UTC as 'YYYY-MM-DD HH:MM:SS[.ffffff]'
-        return f"{value.replace(' ', 'T')}+00:00"
-    return str(value.astimezone(dt.UTC).isoformat())
+    return f"{value.replace(' ', 'T').removesuffix('.000000')}+00:00"
 
 
-def export_bounded(events: QuerySet[Event]) -> QuerySet[Event]:
-    """The events as they stand now: bounded by today's newest, so a count and an export agree."""
-    newest = events.values_list("timestamp", "id").first()
+def export_newest(events: QuerySet[Event]) -> tuple[dt.datetime, int] | None:
+    """Where an export starts: the newest event the filter selects now (later arrivals are left out)."""
+    return events.values_list("timestamp", "id").first()
+
+
+def events_through(events: QuerySet[Event], newest: tuple[dt.datetime, int] | None) -> QuerySet[Event]:
+    """The events up to and including ``newest``: what an export that starts there holds."""
     if newest is None:
         return events
     return events.filter(timestamp__lte=newest[0]).exclude(timestamp=newest[0], id__gt=newest[1])
 
 
-def export_lines(events: QuerySet[Event], fmt: str) -> Iterator[str]:
-    """The filtered history as CSV or NDJSON, in chunks of text, read a chunk of rows at a time.
+def export_lines(events: QuerySet[Event], fmt: str, *, newest: tuple[dt.datetime, int] | None) -> Iterator[str]:
+    """The filtered history from ``newest`` down, as CSV or NDJSON, in chunks of text, a chunk of rows at a time.
 
     Rows are read by keyset (never OFFSET, never all at once), so a million rows take the
-    memory of one chunk; the newest event at the start bounds the export, so events that
-    arrive while it runs are not half-included.
+    memory of one chunk; starting at the newest event of the moment the export began, events
+    that arrive while it runs are not half-included.
     """
     names = _Names.load()
-    rows = events.annotate(payload_text=Cast("payload", TextField())).values_list(
+    rows = events.annotate(
+        timestamp_text=UtcText("timestamp"),
+        accepted_text=UtcText("created_at"),
+        published_text=UtcText("published_at"),
+        payload_text=Cast("payload", TextField()),
+    ).values_list(
         "id",
-        "timestamp",
         "envelope_id",
         "topic_id",
         "event_type_id",
@@ -343,44 +369,44 @@ def export_lines(events: QuerySet[Event], fmt: str) -> Iterator[str]:
         "publisher_name",
         "status",
         "stream_id",
-        "created_at",
-        "published_at",
         "envelope",
-        "payload_text",  # annotations come after the fields in the SQL this reads raw
+        # annotations come after the fields in the SQL this reads raw, in the order annotated
+        "timestamp_text",
+        "accepted_text",
+        "published_text",
+        "payload_text",
     )
-    sql_rows = _raw_chunks(rows)
-    if fmt == "csv":
-        yield from _csv_lines(sql_rows, names)
-    else:
-        yield from _ndjson_lines(sql_rows, names)
+    chunks = _raw_chunks(rows, newest)
+    yield from (_csv_lines if fmt == "csv" else _ndjson_lines)(chunks, names)
 
 
-def _raw_chunks(rows: QuerySet[Any]) -> Iterator[list[tuple[Any, ...]]]:
-    """Chunks of raw database rows (no per-value conversion), walking the keyset from newest to oldest."""
-    last: tuple[Any, int] | None = None
+def _raw_chunks(rows: QuerySet[Any], newest: tuple[dt.datetime, int] | None) -> Iterator[list[tuple[Any, ...]]]:
+    """Chunks of raw database rows (no per-value conversion), walking the keyset from ``newest`` down.
+
+    Each chunk's query carries one bound on the timestamp, where the one before stopped, so
+    every chunk starts reading the index at its own place.
+    """
+    if newest is None:
+        return
+    stamp, event_id, inclusive = newest[0], newest[1], True
     while True:
-        page = rows
-        if last is not None:
-            stamp, event_id = last
-            page = rows.filter(timestamp__lte=stamp).exclude(timestamp=stamp, id__gte=event_id)
+        page = rows.filter(timestamp__lte=stamp)
+        page = (
+            page.exclude(timestamp=stamp, id__gt=event_id)
+            if inclusive
+            else page.exclude(timestamp=stamp, id__gte=event_id)
+        )
         sql, params = page[:EXPORT_CHUNK].query.sql_with_params()
         with connections[rows.db].cursor() as cursor:
             cursor.execute(sql, params)
             chunk = cursor.fetchall()
-        if not chunk:
-            return
-        yield chunk
+        if chunk:
+            yield chunk
         if len(chunk) < EXPORT_CHUNK:
             return
-        newest_last = chunk[-1]
-        last = (_db_timestamp(newest_last[1]), newest_last[0])
-
-
-def _db_timestamp(value: Any) -> dt.datetime:
-    """A timestamp read raw from the database, as an aware datetime for the next chunk's filter."""
-    if isinstance(value, str):
-        return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
-    return value
+        last = chunk[-1]
+        stamp = dt.datetime.fromisoformat(last[10].replace(" ", "T")).replace(tzinfo=dt.UTC)
+        event_id, inclusive = last[0], False
 
 
 def _csv_lines(chunks: Iterator[list[tuple[Any, ...]]], names: _Names) -> Iterator[str]:
@@ -404,7 +430,22 @@ def _csv_lines(chunks: Iterator[list[tuple[Any, ...]]], names: _Names) -> Iterat
                 _iso(published),
                 payload,
             )
-            for _, stamp, envelope_id, topic_id, type_id, version_id, source, publisher, status, stream_id, accepted, published, _, payload in chunk  # noqa: E501
+            for (
+                _,
+                envelope_id,
+                topic_id,
+                type_id,
+                version_id,
+                source,
+                publisher,
+                status,
+                stream_id,
+                envelope,
+                stamp,
+                accepted,
+                published,
+                payload,
+            ) in chunk
         )
         yield buffer.getvalue()
         buffer.seek(0)
@@ -419,7 +460,6 @@ def _ndjson_lines(chunks: Iterator[list[tuple[Any, ...]]], names: _Names) -> Ite
         lines = []
         for (
             _,
-            stamp,
             envelope_id,
             topic_id,
             type_id,
@@ -428,10 +468,11 @@ def _ndjson_lines(chunks: Iterator[list[tuple[Any, ...]]], names: _Names) -> Ite
             publisher,
             status,
             stream_id,
+            envelope,
+            stamp,
             accepted,
             published,
-            envelope,
-            _,
+            _payload,
         ) in chunk:
             record = dumps(
                 {
@@ -528,8 +569,8 @@ def audit_page(entries: QuerySet[AuditEntry], cursor: tuple[int, bool] | None, *
 
 def audit_export_lines(entries: QuerySet[AuditEntry], fmt: str) -> Iterator[str]:
     """The filtered audit log as CSV or NDJSON, a chunk of entries at a time (keyset on seq)."""
-    rows = entries.annotate(details_text=Cast("details", TextField())).values_list(
-        "seq", "time", "actor_name", "action", "target", "prev_hash", "hash", "details_text"
+    rows = entries.annotate(time_text=UtcText("time"), details_text=Cast("details", TextField())).values_list(
+        "seq", "actor_name", "action", "target", "prev_hash", "hash", "time_text", "details_text"
     )
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     buffer = io.StringIO()
@@ -546,7 +587,7 @@ def audit_export_lines(entries: QuerySet[AuditEntry], fmt: str) -> Iterator[str]
         if fmt == "csv":
             writer.writerows(
                 (seq, _iso(time), actor, action, target, details, prev_hash, digest)
-                for seq, time, actor, action, target, prev_hash, digest, details in chunk
+                for seq, actor, action, target, prev_hash, digest, time, details in chunk
             )
             text = buffer.getvalue()
             buffer.seek(0)
@@ -554,7 +595,7 @@ def audit_export_lines(entries: QuerySet[AuditEntry], fmt: str) -> Iterator[str]
         else:
             text = "".join(
                 f'{dumps({"seq": seq, "time": _iso(time), "actor": actor, "action": action, "target": target, "prev_hash": prev_hash, "hash": digest})[:-1]},"details":{details}}}\n'  # noqa: E501
-                for seq, time, actor, action, target, prev_hash, digest, details in chunk
+                for seq, actor, action, target, prev_hash, digest, time, details in chunk
             )
         yield text
         if len(chunk) < EXPORT_CHUNK:

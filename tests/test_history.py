@@ -221,6 +221,8 @@ def test_an_export_holds_exactly_the_filtered_events_and_is_audited() -> None:
         event.envelope_id for event in sorted(wanted, key=lambda event: event.pk, reverse=True)
     ]
     assert {json.loads(row["payload"])["standard_deduction"] for row in rows} == set(range(15000, 30000, 500))
+    stored_times = dict(Event.objects.values_list("envelope_id", "timestamp"))
+    assert all(row["timestamp"] == stored_times[row["envelope_id"]].isoformat() for row in rows)
     assert rows[0]["topic"] == "tax-policy"
     assert rows[0]["schema_version"] == "1"
 

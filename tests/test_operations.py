@@ -8,6 +8,7 @@ import sys
 import pytest
 import redis
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 
 from busapp.models import AuditEntry, Event
 from tests.support import ROOT, free_port, publish_deduction
@@ -146,3 +147,17 @@ def test_the_procfile_runs_web_and_worker_together_and_ctrl_c_stops_both(suite_r
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:
         output.stop()
+
+
+def test_collectstatic_builds_the_hashed_compressed_files_production_serves(tmp_path, settings):
+    """A deploy runs collectstatic with the manifest storage: every reference in our static files must resolve."""
+    settings.STATIC_ROOT = tmp_path
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+    call_command("collectstatic", interactive=False, verbosity=0)
+    manifest = json.loads((tmp_path / "staticfiles.json").read_text())["paths"]
+    for name in ("css/app.css", "js/live.js", "vendor/chart.js-4.5.1/chart.umd.min.js"):
+        assert (tmp_path / manifest[name]).exists(), name
+        assert (tmp_path / f"{manifest[name]}.gz").exists(), name

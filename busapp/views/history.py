@@ -27,8 +27,9 @@ from busapp.history import (
     HistoryPage,
     HistoryQueryError,
     events_filtered,
-    export_bounded,
+    events_through,
     export_lines,
+    export_newest,
     history_page,
 )
 from busapp.models import Event, SavedFilter, SavedFilterPage, Topic
@@ -135,8 +136,9 @@ def event_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
         message = f"the export's filter is not valid: {form_problems(form)}"
         return HttpResponse(message, status=400, content_type="text/plain")
     history_filter = form.history_filter()
-    events = export_bounded(events_filtered(history_filter, topics=exportable))
-    rows = events.count()
+    events = events_filtered(history_filter, topics=exportable)
+    newest = export_newest(events)
+    rows = events_through(events, newest).count()
     with transaction.atomic():
         audit_record(
             actor=user,
@@ -145,7 +147,9 @@ def event_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
             details={"format": fmt, "filter": history_filter.as_details(), "rows": rows},
         )
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-    response = StreamingHttpResponse(streamed(request, export_lines(events, fmt)), content_type=EXPORT_FORMATS[fmt])
+    response = StreamingHttpResponse(
+        streamed(request, export_lines(events, fmt, newest=newest)), content_type=EXPORT_FORMATS[fmt]
+    )
     response["Content-Disposition"] = f'attachment; filename="hms-events-{stamp}.{fmt}"'
     response["X-Export-Rows"] = str(rows)
     return response
