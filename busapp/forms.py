@@ -45,7 +45,10 @@ class EventFilterForm(_TimeRangeForm):
         required=False,
         label="Payload conditions",
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": 'standard_deduction >= 15000\nstate = "CA"'}),
-        help_text="One a line: field path, operator (= != > >= < <= contains), value.",
+        help_text=(
+            "One a line: field path, operator (= != > >= < <= contains), value. A condition few events meet "
+            "reads far back: narrow by topic or time for a faster answer."
+        ),
     )
 
     field_order = ["topic", "type", "status", "source", "publisher", "since", "until", "envelope", "where"]
