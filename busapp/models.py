@@ -509,3 +509,67 @@ class SavedFilter(models.Model):
         """The list, filtered."""
         route = "event-list" if self.page == SavedFilterPage.EVENTS else "audit-log"
         return f"{reverse(route)}?{self.query}" if self.query else reverse(route)
+
+
+SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9._-]*$")
+
+
+def validate_service_name(name: str) -> None:
+    """Refuse a service name that is not lowercase words like 'refund-service'."""
+    if len(name) > 100 or not SERVICE_NAME_RE.match(name):
+        raise ValidationError(
+            f"service name {name!r} breaks the naming rule: lowercase letters, digits, '.', '-' and '_', "
+            "starting with a letter, at most 100 characters, like 'refund-service'"
+        )
+
+
+class ServiceToken(models.Model):
+    """A service's API token: only its public prefix and the sha256 of its secret are kept, never the secret."""
+
+    name = models.CharField(
+        max_length=100, validators=[validate_service_name], help_text="The service; it publishes as 'service:<name>'."
+    )
+    prefix = models.CharField(max_length=16, unique=True, help_text="The token's public part, to find it by.")
+    secret_sha256 = models.CharField(max_length=64, help_text="sha256 of the whole token text.")
+    topics = models.ManyToManyField(Topic, related_name="service_tokens", help_text="The only topics it may use.")
+    can_publish = models.BooleanField(default=False)
+    can_view = models.BooleanField(default=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (hms_{self.prefix}_…)"
+
+    @property
+    def actor(self) -> str:
+        """Who history and the audit log say did what the token did."""
+        return f"service:{self.name}"
+
+
+class IdempotencyKey(models.Model):
+    """The first answer to a publish sent with an ``Idempotency-Key``, replayed when the same request comes again."""
+
+    key = models.CharField(max_length=255)
+    actor_name = models.CharField(max_length=150, help_text="Keys are per caller: a person or 'service:<name>'.")
+    request_sha256 = models.CharField(max_length=64, help_text="sha256 of the method, path and body.")
+    response_status = models.PositiveSmallIntegerField()
+    response_body = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["actor_name", "key"], name="unique_idempotency_key")]
+        indexes = [models.Index(fields=["created_at"], name="idempotencykey_created")]
+
+    def __str__(self) -> str:
+        return f"idempotency key {self.key!r} of {self.actor_name}"

@@ -1,4 +1,4 @@
-"""Top-level URLs: sign-in and out, the Django admin, and the bus app."""
+"""Top-level URLs: sign-in and out, the Django admin, the JSON API, and the bus app."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -8,5 +8,6 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    path("api/", include("busapp.api.urls")),
     path("", include("busapp.urls")),
 ]

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from busapp.validation import validator_cache_clear
-from tests.support import RedisServer
+from tests.support import OutputWatcher, RedisServer, seed_script, wait_for
 
 DEMO_PASSWORD = "correct-horse-battery-42"
 _suite_redis = RedisServer()
@@ -74,3 +74,12 @@ def outage_redis(settings: object) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def refund_service(bus: redis.Redis, suite_redis: RedisServer) -> Iterator[OutputWatcher]:
+    """The seed chapter's refund_service.py, unchanged, subscribed to tax-policy."""
+    watcher = OutputWatcher(seed_script("refund_service.py", suite_redis.port))
+    wait_for(lambda: bus.pubsub_numsub("tax-policy")[0][1] == 1, timeout=10, what="refund_service to subscribe")
+    yield watcher
+    watcher.stop()

@@ -13,22 +13,13 @@ from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, Source
 from busapp.publishing import relay_pending, stream_key
 from busapp.services import event_publish_batch
 from busapp.validation import ApprovalRequiredError, EventRejectedError, TopicNotFoundError
-from tests.support import OutputWatcher, publish_deduction, seed_script, wait_for
+from tests.support import publish_deduction
 
 pytestmark = pytest.mark.usefixtures("demo_committed")
 
 
 def _publish(payload, **overrides):
     return publish_deduction(None, payload=payload, **overrides)
-
-
-@pytest.fixture
-def refund_service(bus, suite_redis):
-    """The seed chapter's refund_service.py, unchanged, subscribed to tax-policy."""
-    watcher = OutputWatcher(seed_script("refund_service.py", suite_redis.port))
-    wait_for(lambda: bus.pubsub_numsub("tax-policy")[0][1] == 1, timeout=10, what="refund_service to subscribe")
-    yield watcher
-    watcher.stop()
 
 
 def test_the_seeds_refund_service_prints_the_new_deduction(refund_service):

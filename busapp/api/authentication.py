@@ -1,0 +1,136 @@
+"""Who calls the API (a service by its bearer token, or a signed-in person), and what they may do on a topic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.request import Request
+
+from busapp.audit import Actor
+from busapp.models import ServiceToken, Topic
+from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
+from busapp.selectors import topics_visible_to
+from busapp.tokens import TokenInvalidError, service_token_authenticate
+
+
+class ServiceCaller:
+    """``request.user`` for a request made with a service token."""
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+
+    def __init__(self, token: ServiceToken) -> None:
+        self.token = token
+
+    def __str__(self) -> str:
+        return self.actor
+
+    @property
+    def actor(self) -> str:
+        """The publisher name history and the audit log give the service: ``service:<name>``."""
+        return self.token.actor
+
+
+class ServiceTokenAuthentication(BaseAuthentication):
+    """``Authorization: Bearer hms_<prefix>_<secret>``; any other Authorization scheme is left to the next class."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[ServiceCaller, ServiceToken] | None:
+        """The token's service, or None when the request carries no bearer token."""
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        scheme, _, text = header.partition(" ")
+        if scheme.lower() != self.keyword.lower():
+            return None
+        try:
+            token = service_token_authenticate(text=text.strip())
+        except TokenInvalidError as error:
+            raise exceptions.AuthenticationFailed(str(error)) from None
+        return ServiceCaller(token), token
+
+    def authenticate_header(self, request: Request) -> str:
+        """Makes refusals without credentials 401 (not 403) and names the scheme."""
+        return f'{self.keyword} realm="api"'
+
+
+class ServiceTokenScheme(OpenApiAuthenticationExtension):
+    """Describes the bearer token in the OpenAPI document."""
+
+    target_class = ServiceTokenAuthentication
+    name = "serviceToken"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        """HTTP bearer, with the token's form."""
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "hms_<prefix>_<secret>"}
+
+
+# Browsers use their session; DRF enforces CSRF on it (the API views are exempt from the middleware's check).
+BrowserSessionAuthentication = SessionAuthentication
+
+
+def caller(request: Request) -> User | ServiceCaller:
+    """The service or the person making the request."""
+    user = request.user
+    return user if isinstance(user, ServiceCaller) else _person(request)
+
+
+def caller_actor(request: Request) -> Actor:
+    """Who the request acts as: the person, or ``service:<name>``."""
+    user = request.user
+    return user.actor if isinstance(user, ServiceCaller) else _person(request)
+
+
+def caller_name(request: Request) -> str:
+    """The caller's name, as history and idempotency keys record it."""
+    actor = caller_actor(request)
+    return actor if isinstance(actor, str) else actor.get_username()
+
+
+def topic_for(request: Request, name: str, right: str) -> Topic:
+    """The topic, if the caller holds ``right`` (publish or view) on it: 404 unknown, 403 refused."""
+    topic = Topic.objects.filter(name=name).first()
+    if topic is None:
+        raise exceptions.NotFound(f"unknown topic {name!r}")
+    user = request.user
+    if isinstance(user, ServiceCaller):
+        held = _token_right(user.token, right) and user.token.topics.filter(pk=topic.pk).exists()
+        who = f"token {user.token}"
+    else:
+        held = topic_right_held(_person(request), right, topic)
+        who = "you"
+    if not held:
+        raise exceptions.PermissionDenied(f"{who} may not {_verb(right)} topic {name!r}: ask a bus admin for the right")
+    return topic
+
+
+def topics_for(request: Request) -> QuerySet[Topic]:
+    """The topics the caller may see: a person's visible topics, or a viewing token's scope."""
+    user = request.user
+    if isinstance(user, ServiceCaller):
+        if not user.token.can_view:
+            return Topic.objects.none()
+        return Topic.objects.filter(service_tokens=user.token)
+    return topics_visible_to(_person(request))
+
+
+def _person(request: Request) -> User:
+    """The signed-in person making the request."""
+    if not isinstance(request.user, User):  # IsAuthenticated stands before every caller
+        raise exceptions.NotAuthenticated()
+    return request.user
+
+
+def _token_right(token: ServiceToken, right: str) -> bool:
+    """Whether the token's rights include ``right`` (on the topics of its scope)."""
+    return {PUBLISH_TOPIC: token.can_publish, VIEW_TOPIC: token.can_view}.get(right, False)
+
+
+def _verb(right: str) -> str:
+    """What a right lets one do, for messages."""
+    return {PUBLISH_TOPIC: "publish to", VIEW_TOPIC: "view"}.get(right, right)

@@ -1,0 +1,122 @@
+"""One error shape for every answer under /api/: ``{"errors": [{"path": "/payload/x", "message": "..."}]}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import Http404, HttpRequest
+from rest_framework import exceptions, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import set_rollback
+
+from busapp.api.authentication import ServiceCaller
+from busapp.audit import audit_record
+from busapp.validation import (
+    ActionRefusedError,
+    ApprovalRequiredError,
+    BusInputError,
+    EventRejectedError,
+    FieldError,
+    TopicNotFoundError,
+)
+
+logger = logging.getLogger(__name__)
+
+# What each refusal of the bus's own services answers with.
+BUS_ERROR_STATUS: dict[type[BusInputError], int] = {
+    TopicNotFoundError: status.HTTP_404_NOT_FOUND,
+    ApprovalRequiredError: status.HTTP_403_FORBIDDEN,
+    ActionRefusedError: status.HTTP_409_CONFLICT,
+    EventRejectedError: status.HTTP_422_UNPROCESSABLE_ENTITY,
+}
+
+
+class ApiError(exceptions.APIException):
+    """A refusal that already carries its errors as paths and messages."""
+
+    def __init__(self, errors: list[FieldError], status_code: int) -> None:
+        super().__init__(detail="; ".join(f"{error['path']}: {error['message']}" for error in errors))
+        self.errors = errors
+        self.status_code = status_code
+
+
+def body_too_large(limit: int, size: int) -> ApiError:
+    """413 for a body over ``limit`` bytes."""
+    message = f"the body is {size} bytes; the limit is {limit} bytes: send IDs, not documents"
+    return ApiError([{"path": "", "message": message}], status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+
+
+def errors_response(errors: list[FieldError], status_code: int, headers: dict[str, str] | None = None) -> Response:
+    """The one error answer."""
+    return Response({"errors": errors}, status=status_code, headers=headers)
+
+
+def detail_errors(detail: Any, path: str = "") -> list[FieldError]:
+    """DRF's error detail (nested dicts and lists of messages) as paths and messages."""
+    if isinstance(detail, dict):
+        errors: list[FieldError] = []
+        for key, value in detail.items():
+            inner = path if key in ("non_field_errors", "detail") else f"{path}/{key}"
+            errors += detail_errors(value, inner)
+        return errors
+    if isinstance(detail, list):
+        if all(isinstance(item, str) for item in detail):
+            return [{"path": path, "message": str(item)} for item in detail]
+        return [error for index, item in enumerate(detail) for error in detail_errors(item, f"{path}/{index}")]
+    return [{"path": path, "message": str(detail)}]
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """Answer every refusal, and any failure, in the one error shape (REST_FRAMEWORK's EXCEPTION_HANDLER)."""
+    request: Request | None = context.get("request")
+    headers: dict[str, str] = {}
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(*exc.args)
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied(*exc.args)
+    if isinstance(exc, BusInputError):
+        errors, status_code = exc.errors, BUS_ERROR_STATUS.get(type(exc), status.HTTP_400_BAD_REQUEST)
+    elif isinstance(exc, ApiError):
+        errors, status_code = exc.errors, exc.status_code
+    elif isinstance(exc, exceptions.APIException):
+        errors, status_code = detail_errors(exc.detail), exc.status_code
+        if isinstance(exc, exceptions.ParseError):
+            errors = [{"path": "", "message": f"the body is not valid JSON: {exc.detail}"}]
+        auth_header = getattr(exc, "auth_header", None)
+        if auth_header:
+            headers["WWW-Authenticate"] = auth_header
+    else:
+        logger.exception("API request failed", exc_info=exc)
+        errors = [{"path": "", "message": "the server failed to answer; try again, and report it if it persists"}]
+        status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    set_rollback()
+    if status_code == status.HTTP_403_FORBIDDEN and request is not None:
+        refusal_audit(request, errors)
+    return errors_response(errors, status_code, headers)
+
+
+def refusal_audit(request: Request, errors: list[FieldError]) -> None:
+    """Write a refused write to the audit log, as the person or service that tried it."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    user = request.user
+    if isinstance(user, ServiceCaller):
+        actor: Any = user.actor
+    elif user is not None and user.is_authenticated:
+        actor = user
+    else:
+        return
+    django_request: HttpRequest = request._request
+    django_request.refusal_audited = True  # type: ignore[attr-defined]  # read by RefusedWriteAuditMiddleware
+    topic = (request.parser_context or {}).get("kwargs", {}).get("name")
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="publish.refused" if topic else "write.refused",
+            target=f"topic:{topic}" if topic else f"path:{request.path[:190]}",
+            details={"method": request.method or "", "path": request.path, "reason": errors[0]["message"]},
+        )

@@ -1,0 +1,206 @@
+"""Thin API views: check the caller's right and the body, call one service or selector, answer in JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import Serializer
+from rest_framework.views import APIView
+
+from busapp.api.authentication import caller, caller_actor, caller_name, topic_for, topics_for
+from busapp.api.errors import ApiError, body_too_large
+from busapp.api.idempotency import Answer, publish_once, request_sha256
+from busapp.api.parsers import StrictJSONParser
+from busapp.api.selectors import topic_names_publishable, topics_with_schemas
+from busapp.api.serializers import (
+    BatchInSerializer,
+    BatchResultSerializer,
+    ErrorsSerializer,
+    EventInSerializer,
+    PublishedSerializer,
+    TopicSerializer,
+)
+from busapp.models import Event, EventStatus, Source, Topic
+from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
+from busapp.services import BatchOutcome, event_publish, event_publish_batch
+from busapp.validation import payload_json
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="Send the same request again with the same key (within 24 hours): you get the first answer, "
+    "and nothing is published twice. The same key with another body is refused with 409.",
+)
+
+
+def _refusals(*codes: int) -> dict[int, OpenApiResponse]:
+    """The error answers an operation documents, all in the one shape."""
+    return {code: OpenApiResponse(ErrorsSerializer, description="refused: see errors") for code in codes}
+
+
+def body_checked(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 when it is over ``limit`` bytes (before anything parses it)."""
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    if declared.isdigit() and int(declared) > limit:
+        raise body_too_large(limit, int(declared))
+    body: bytes = request.body
+    if len(body) > limit:
+        raise body_too_large(limit, len(body))
+    return body
+
+
+def input_valid(serializer_class: type[Serializer[Any]], request: Request) -> dict[str, Any]:
+    """The parsed, checked body: 415 when not JSON, 400 when malformed or missing a member."""
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    data: dict[str, Any] = serializer.validated_data
+    return data
+
+
+def published_answer(event: Event) -> Answer:
+    """201 with the envelope once on the bus; 202 while it waits for Redis."""
+    published = event.status == EventStatus.PUBLISHED
+    body = {"event": json.loads(event.envelope), "id": event.envelope_id, "status": event.status}
+    return Answer(status.HTTP_201_CREATED if published else status.HTTP_202_ACCEPTED, body)
+
+
+def batch_answer(outcome: BatchOutcome) -> Answer:
+    """One result per item, in order: published or pending with its id, or dead-lettered with its errors."""
+    results: list[dict[str, Any]] = []
+    for index, item in enumerate(outcome.items):
+        if isinstance(item, Event):
+            results.append({"index": index, "status": str(item.status), "id": item.envelope_id})
+        else:
+            results.append({"index": index, "status": "dead_lettered", "dead_letter": item.pk, "errors": item.errors})
+    pending = sum(event.status == EventStatus.PENDING for event in outcome.events)
+    return Answer(
+        status.HTTP_200_OK,
+        {
+            "results": results,
+            "published": len(outcome.events) - pending,
+            "pending": pending,
+            "dead_lettered": len(outcome.dead_letters),
+        },
+    )
+
+
+class TopicEventsView(APIView):
+    """POST /api/topics/<name>/events/: publish one event."""
+
+    parser_classes = [StrictJSONParser]
+
+    @extend_schema(
+        operation_id="event_publish",
+        request=EventInSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            201: PublishedSerializer,
+            202: OpenApiResponse(PublishedSerializer, description="accepted while Redis is down: pending"),
+            **_refusals(400, 401, 403, 404, 409, 413, 415, 422),
+        },
+    )
+    def post(self, request: Request, name: str) -> Response:
+        """Validate against the type's active schema and publish; a sensitive topic refuses (403)."""
+        body = body_checked(request, settings.BUS_MAX_PAYLOAD_BYTES)
+        topic = topic_for(request, name, PUBLISH_TOPIC)
+        data = input_valid(EventInSerializer, request)
+        answer = publish_once(
+            actor_name=caller_name(request),
+            key=request.headers.get("Idempotency-Key"),
+            fingerprint=request_sha256(method="POST", path=request.path, body=body),
+            publish=lambda: event_publish(
+                topic=topic.name,
+                event_type=data["type"],
+                payload=data["payload"],
+                actor=caller_actor(request),
+                source=Source.API,
+            ),
+            answer=published_answer,
+        )
+        return Response(answer.body, status=answer.status)
+
+
+class TopicEventsBatchView(APIView):
+    """POST /api/topics/<name>/events/batch/: publish up to 1,000 events at once."""
+
+    parser_classes = [StrictJSONParser]
+
+    @extend_schema(
+        operation_id="event_publish_batch",
+        request=BatchInSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={200: BatchResultSerializer, **_refusals(400, 401, 403, 404, 409, 413, 415)},
+    )
+    def post(self, request: Request, name: str) -> Response:
+        """Publish the valid items, dead-letter the invalid ones; one transaction, one Redis round trip."""
+        # A batch may be as large as Django reads into memory; each payload still keeps the 64 KiB limit.
+        body = body_checked(request, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or settings.BUS_MAX_PAYLOAD_BYTES)
+        topic = topic_for(request, name, PUBLISH_TOPIC)
+        data = input_valid(BatchInSerializer, request)
+        items = data["events"]
+        oversized = [index for index, item in enumerate(items) if _payload_too_large(item)]
+        if oversized:
+            raise ApiError(
+                [
+                    {
+                        "path": f"/events/{index}/payload",
+                        "message": f"is over {settings.BUS_MAX_PAYLOAD_BYTES} bytes: send IDs, not documents",
+                    }
+                    for index in oversized
+                ],
+                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
+        answer = publish_once(
+            actor_name=caller_name(request),
+            key=request.headers.get("Idempotency-Key"),
+            fingerprint=request_sha256(method="POST", path=request.path, body=body),
+            publish=lambda: event_publish_batch(
+                topic=topic.name, items=items, actor=caller_actor(request), source=Source.API
+            ),
+            answer=batch_answer,
+        )
+        return Response(answer.body, status=answer.status)
+
+
+def _payload_too_large(item: dict[str, Any]) -> bool:
+    """True when an item's payload alone is over the bus's payload limit."""
+    payload = item.get("payload")
+    return isinstance(payload, dict) and len(payload_json(payload).encode()) > settings.BUS_MAX_PAYLOAD_BYTES
+
+
+class TopicListView(APIView):
+    """GET /api/topics/: the topics the caller may see, with event types and active schema versions."""
+
+    @extend_schema(operation_id="topic_list", responses={200: TopicSerializer(many=True), **_refusals(401)})
+    def get(self, request: Request) -> Response:
+        """Every visible topic, by name."""
+        topics = list(topics_with_schemas(topics_for(request)))
+        context = {"publishable": topic_names_publishable(caller(request), topics)}
+        return Response({"topics": TopicSerializer(topics, many=True, context=context).data})
+
+
+class TopicDetailView(APIView):
+    """GET /api/topics/<name>/: one topic, with its event types and active schema versions."""
+
+    @extend_schema(operation_id="topic_detail", responses={200: TopicSerializer, **_refusals(401, 403, 404)})
+    def get(self, request: Request, name: str) -> Response:
+        """The topic, if the caller may see it."""
+        topic = topic_for(request, name, VIEW_TOPIC)
+        found = topics_with_schemas(Topic.objects.filter(pk=topic.pk)).get()
+        context = {"publishable": topic_names_publishable(caller(request), [found])}
+        return Response(TopicSerializer(found, context=context).data)
+
+
+def not_found(request: HttpRequest, path: str) -> JsonResponse:
+    """Any other path under /api/: 404 in the one error shape."""
+    message = f"no API endpoint at {request.path}: see /api/docs/ for the ones there are"
+    return JsonResponse({"errors": [{"path": "", "message": message}]}, status=status.HTTP_404_NOT_FOUND)
