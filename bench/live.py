@@ -5,8 +5,8 @@ on a free port, a temporary SQLite database (WAL) with the demo data, production
 (``DEBUG=0``), and as subprocesses ``uvicorn hmsadmin.asgi:application`` and one
 ``manage.py bus_worker``, as ``make run`` does.
 
-Clients: N websocket clients in this process's asyncio loop (``websockets``, with
-permessage-deflate as browsers negotiate it), signed in as the demo user ``policy``
+Clients: N websocket clients in this process's asyncio loop (``websockets``, offering
+permessage-deflate as browsers do; the server, as the Procfile runs it, declines), signed in as the demo user ``policy``
 (a session made in the shared database), each subscribed to ``tax-policy`` and
 acknowledging every frame at once. A client notes ``time.time()`` when each frame arrives.
 
@@ -274,10 +274,14 @@ main()
 """
 
 
+# The Procfile's own uvicorn flags, so the bench serves websockets as `make run` does.
+_PROCFILE_WEB_FLAGS = ["--ws-per-message-deflate", "false"]
+
+
 def _start_uvicorn(env: dict[str, str], port: int, no_dispatch_hop: bool = False) -> OutputWatcher:
-    """uvicorn serving the ASGI app (defaults: uvloop, httptools, websockets-sansio, permessage-deflate)."""
+    """uvicorn serving the ASGI app as the Procfile runs it (uvloop, httptools, no permessage-deflate)."""
     command = [sys.executable, "-c", _NO_DISPATCH_HOP] if no_dispatch_hop else [sys.executable, "-m", "uvicorn"]
-    command += ["hmsadmin.asgi:application", "--host", "127.0.0.1"]
+    command += ["hmsadmin.asgi:application", "--host", "127.0.0.1", *_PROCFILE_WEB_FLAGS]
     command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return OutputWatcher(process)
@@ -414,8 +418,8 @@ class LayerProbe:
                 await asyncio.sleep(0.01)
                 continue
             arrived = time.time()
-            for item in message.get("items", []):
-                self.received.setdefault(item["id"], arrived)
+            for item in message.get("items", []):  # each item's JSON text (busapp.live.live_message)
+                self.received.setdefault(json.loads(item)["id"], arrived)
 
     async def close(self) -> None:
         """Leave the group."""
@@ -745,7 +749,8 @@ def _report(bench: Bench, arguments: argparse.Namespace, logs: dict[str, OutputW
     print(f"code: {_revision()}" + (f"; environment set: {', '.join(arguments.env)}" if arguments.env else ""))
     print(
         f"publisher: {arguments.publisher}; clients: websockets in one asyncio process, "
-        f"{'no compression' if arguments.no_compression else 'permessage-deflate'}; "
+        f"{'not offering compression' if arguments.no_compression else 'offering permessage-deflate'} "
+        "(the server declines, as the Procfile runs it); "
         f"fan-out interval: {arguments.fanout_interval if arguments.fanout_interval is not None else 'as shipped'}; "
         f"CHANNEL_LAYER_URL: {os.environ.get('CHANNEL_LAYER_URL', 'REDIS_URL with database 1 (as shipped)')}; "
         f"per-dispatch close_old_connections: {'skipped (experiment)' if arguments.no_dispatch_hop else 'as shipped'}"
