@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 
@@ -57,7 +58,7 @@ class RefusedWriteAuditMiddleware:
         ):
             with transaction.atomic():
                 audit_record(
-                    actor=user,
+                    actor=user if isinstance(user, User) else str(user),  # a service token's caller names itself
                     action="write.refused",
                     target=f"path:{request.path[:190]}",
                     details={"method": request.method or "", "path": request.path},

@@ -510,8 +510,8 @@ class BusWorker:
             full = time.monotonic() - last_full >= AUDIT_FULL_CHECK_EVERY_SECONDS
             try:
                 report = await sync_to_async(_audit_check, thread_sensitive=False)(not full)
-            except DatabaseError as error:
-                logger.warning("audit check: database error (%s)", error)
+            except Exception:  # a failed check is logged; it must not stop the relay and the tap
+                logger.exception("audit check failed")
             else:
                 if full:
                     last_full = time.monotonic()

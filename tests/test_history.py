@@ -291,7 +291,10 @@ def test_saved_filters_belong_to_their_owner() -> None:
     assert response["Location"] == "/events/?where=standard_deduction+%3E%3D+15000"
     assert "Big deductions" in client.get("/events/").content.decode()
     assert "Big deductions" not in _client("admin").get("/events/").content.decode()
+    odd = client.post("/filters/", {"page": "events", "name": "Odd", "query": "topic=a\r\nSet-Cookie: x=1"})
+    assert odd.status_code == 302
+    assert "\n" not in odd["Location"]
     saved = SavedFilter.objects.get(name="Big deductions")
     assert _client("admin").post(f"/filters/{saved.pk}/delete/").status_code == 404
     client.post(f"/filters/{saved.pk}/delete/")
-    assert not SavedFilter.objects.exists()
+    assert list(SavedFilter.objects.values_list("name", flat=True)) == ["Odd"]

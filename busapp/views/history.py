@@ -13,7 +13,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.forms import Form
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -196,7 +196,9 @@ def saved_filter_create(request: HttpRequest) -> HttpResponse:
     name = request.POST.get("name", "").strip()[:100]
     if page not in SavedFilterPage.values:
         return HttpResponse("page must be events or audit", status=400, content_type="text/plain")
-    saved = SavedFilter(owner=user, page=page, name=name, query=request.POST.get("query", "")[:4000])
+    # Re-encoded, so what is kept (and redirected to) is a plain query string whatever was posted.
+    query = QueryDict(request.POST.get("query", "")[:4000]).urlencode()
+    saved = SavedFilter(owner=user, page=page, name=name, query=query)
     if not name:
         messages.error(request, "Give the filter a name to save it.")
     else:
