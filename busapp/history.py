@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import io
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -112,11 +113,22 @@ def _condition_value(text: str, raw: str) -> Any:
     if not raw:
         raise _condition_error(text, 'give a value after the operator, like 15000 or "CA"')
     try:
-        return json.loads(raw)
+        value = json.loads(raw, parse_constant=_not_a_number)
     except ValueError:
         if raw[0] in "\"'[{":
             raise _condition_error(text, f"{raw} is not a JSON value: write text in double quotes") from None
-        return raw
+        value = raw
+    # What both databases can compare: finite numbers within 64 bits, text without NUL.
+    if (isinstance(value, float) and not math.isfinite(value)) or (isinstance(value, int) and abs(value) >= 2**63):
+        raise _condition_error(text, f"{raw} is out of range: numbers in conditions have at most 18 digits")
+    if isinstance(value, str) and "\x00" in value:
+        raise _condition_error(text, "text in conditions cannot hold the NUL character")
+    return value
+
+
+def _not_a_number(constant: str) -> Any:
+    """json.loads's hook for NaN and Infinity: refused, like any other text that is not JSON."""
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def _operator_list() -> str:
