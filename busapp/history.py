@@ -421,6 +421,9 @@ def _raw_chunks(rows: QuerySet[Any], newest: tuple[dt.datetime, int] | None) -> 
         event_id, inclusive = last[0], False
 
 
+# _csv_lines and _ndjson_lines each unpack the row themselves: one shared row generator
+# measured 159,000 -> 131,000 CSV and 245,000 -> 116,000 NDJSON rows/s of formatting, which
+# would take PostgreSQL's NDJSON export (56,000 rows/s) below the 50,000 aim.
 def _csv_lines(chunks: Iterator[list[tuple[Any, ...]]], names: _Names) -> Iterator[str]:
     """CSV with a header row; the payload as its JSON text in the last column."""
     buffer = io.StringIO()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,20 @@ def publish_deduction(deduction: object, **overrides: object) -> Any:
         "source": "cli",
     }
     return event_publish(**{**arguments, **overrides})
+
+
+# A valid payload of the demo's sensitive topic irs.withholding (type withholding_table.published).
+WITHHOLDING_TABLE = {"tax_year": 2027, "effective_date": "2027-01-01", "brackets": [{"up_to": 10, "rate": 0.1}]}
+
+
+def withholding_request(requested_by: Any) -> Any:
+    """A publish of WITHHOLDING_TABLE on irs.withholding, waiting for a second person's approval."""
+    from busapp.services import publish_request_create
+
+    return publish_request_create(
+        topic="irs.withholding",
+        event_type="withholding_table.published",
+        payload=WITHHOLDING_TABLE,
+        actor=requested_by,
+        envelope_id=uuid.uuid4(),
+    )

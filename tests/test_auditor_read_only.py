@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
 from busapp.models import AuditEntry, BulkAction, DeadLetter, PublishRequest, Source, Topic
-from busapp.services import bulk_action_start, dead_letter_create, event_publish, publish_request_create
+from busapp.services import bulk_action_start, dead_letter_create, event_publish
+from tests.support import withholding_request
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
 
@@ -27,13 +27,7 @@ def targets() -> dict[str, int]:
         source=Source.CLI,
         actor="cli:test",
     )
-    waiting = publish_request_create(
-        topic="irs.withholding",
-        event_type="withholding_table.published",
-        payload={"tax_year": 2027, "effective_date": "2027-01-01", "brackets": [{"up_to": 10, "rate": 0.1}]},
-        actor=policy,
-        envelope_id=uuid.uuid4(),
-    )
+    waiting = withholding_request(policy)
     bulk = bulk_action_start(
         topic=topic, kind="discard", letter_ids=[letter.pk], actor=admin, rate_per_second=1, reason="x"
     )

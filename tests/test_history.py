@@ -8,7 +8,6 @@ import io
 import json
 import re
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import cast
 
@@ -21,7 +20,8 @@ from django.test import Client
 from django.utils import timezone
 
 from busapp.models import AuditEntry, Event, EventStatus, SavedFilter, Source
-from busapp.services import event_publish, event_publish_batch, publish_request_create, publish_request_decide
+from busapp.services import event_publish, event_publish_batch, publish_request_decide
+from tests.support import WITHHOLDING_TABLE, withholding_request
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
 
@@ -198,7 +198,7 @@ def test_policy_staff_see_only_their_topics_history() -> None:
     withholding = event_publish(
         topic="irs.withholding",
         event_type="withholding_table.published",
-        payload={"tax_year": 2027, "effective_date": "2027-01-01", "brackets": [{"up_to": 10, "rate": 0.1}]},
+        payload=WITHHOLDING_TABLE,
         actor=User.objects.get(username="policy"),
         approved_by=User.objects.get(username="policy2"),
         source=Source.FORM,
@@ -253,13 +253,7 @@ def test_policy_staff_cannot_export_and_the_attempt_is_audited() -> None:
 
 def test_the_event_record_shows_approval_provenance_audit_and_notices_an_edited_envelope() -> None:
     policy, policy2 = User.objects.get(username="policy"), User.objects.get(username="policy2")
-    waiting = publish_request_create(
-        topic="irs.withholding",
-        event_type="withholding_table.published",
-        payload={"tax_year": 2027, "effective_date": "2027-01-01", "brackets": [{"up_to": 10, "rate": 0.1}]},
-        actor=policy,
-        envelope_id=uuid.uuid4(),
-    )
+    waiting = withholding_request(policy)
     publish_request_decide(request_id=waiting.pk, actor=policy2, approve=True, reason="matches the IRS notice")
     event = Event.objects.get(envelope_id=waiting.envelope_id)
     client = _client("auditor")

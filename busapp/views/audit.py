@@ -7,10 +7,9 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from busapp.audit import audit_record, audit_verify
@@ -19,7 +18,7 @@ from busapp.history import AuditPage, audit_cursor_decode, audit_export_lines, a
 from busapp.models import AuditCheck, AuditEntry, AuditHead, SavedFilterPage
 from busapp.permissions import EXPORT_TOPIC
 from busapp.views.access import refuse_audited, signed_in_user
-from busapp.views.history import EXPORT_FORMATS, filtered_list, form_problems, streamed
+from busapp.views.history import EXPORT_FORMATS, export_response, filtered_list, form_problems
 
 
 def _auditing_user(request: HttpRequest) -> User:
@@ -95,9 +94,4 @@ def audit_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
         # The export's own entry comes after the bound, so the file ends where the export began.
         details = {"format": fmt, "filter": filters, "rows": rows}
         audit_record(actor=user, action="audit.export", target="audit", details=details)
-    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-    lines = audit_export_lines(entries, fmt)
-    response = StreamingHttpResponse(streamed(request, lines), content_type=EXPORT_FORMATS[fmt])
-    response["Content-Disposition"] = f'attachment; filename="hms-audit-{stamp}.{fmt}"'
-    response["X-Export-Rows"] = str(rows)
-    return response
+    return export_response(request, audit_export_lines(entries, fmt), fmt=fmt, rows=rows, name="audit")

@@ -49,6 +49,11 @@ def topics_for(user: User, right: str) -> QuerySet[Topic] | None:
     return get_objects_for_user(user, f"busapp.{right}", klass=Topic.objects.all(), accept_global_perms=False)
 
 
+def _topic_names(topics: QuerySet[Topic] | None) -> list[str]:
+    """The names the topic filter offers: these topics, or every topic (None)."""
+    return list((topics if topics is not None else Topic.objects.all()).values_list("name", flat=True))
+
+
 def export_allowed(user: User) -> bool:
     """True when the person may export some topic's history."""
     exportable = topics_for(user, EXPORT_TOPIC)
@@ -68,8 +73,7 @@ def event_list(request: HttpRequest) -> HttpResponse:
     """The history, newest first, narrowed by the URL's filters, a page at a time."""
     user = signed_in_user(request)
     topics = topics_for(user, VIEW_TOPIC)
-    names = list((topics if topics is not None else Topic.objects.all()).values_list("name", flat=True))
-    form = EventFilterForm(request.GET, topic_names=names)
+    form = EventFilterForm(request.GET, topic_names=_topic_names(topics))
 
     def page_at(cursor: str | None) -> HistoryPage:
         events = events_filtered(form.history_filter(), topics=topics).select_related("topic", "event_type")
@@ -125,13 +129,11 @@ def event_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
     user = signed_in_user(request)
     if fmt not in EXPORT_FORMATS:
         return HttpResponse(f"unknown export format {fmt!r}: use csv or ndjson", status=404, content_type="text/plain")
-    if not export_allowed(user):
+    exportable = topics_for(user, EXPORT_TOPIC)
+    if exportable is not None and not exportable.exists():
         message = "exporting history needs the export right (auditors and bus admins hold it)"
         refuse_audited(request, "events.export.refused", "events", message, missing_right=EXPORT_TOPIC)
-    exportable = topics_for(user, EXPORT_TOPIC)
-    visible = topics_for(user, VIEW_TOPIC)
-    names = list((visible if visible is not None else Topic.objects.all()).values_list("name", flat=True))
-    form = EventFilterForm(request.GET, topic_names=names)
+    form = EventFilterForm(request.GET, topic_names=_topic_names(topics_for(user, VIEW_TOPIC)))
     if not form.is_valid():
         message = f"the export's filter is not valid: {form_problems(form)}"
         return HttpResponse(message, status=400, content_type="text/plain")
@@ -146,11 +148,14 @@ def event_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
             target="events",
             details={"format": fmt, "filter": history_filter.as_details(), "rows": rows},
         )
+    return export_response(request, export_lines(events, fmt, newest=newest), fmt=fmt, rows=rows, name="events")
+
+
+def export_response(request: HttpRequest, lines: Iterator[str], *, fmt: str, rows: int, name: str) -> HttpResponseBase:
+    """The export as a streamed download named ``hms-<name>-<time>.<fmt>``, its row count in a header."""
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-    response = StreamingHttpResponse(
-        streamed(request, export_lines(events, fmt, newest=newest)), content_type=EXPORT_FORMATS[fmt]
-    )
-    response["Content-Disposition"] = f'attachment; filename="hms-events-{stamp}.{fmt}"'
+    response = StreamingHttpResponse(streamed(request, lines), content_type=EXPORT_FORMATS[fmt])
+    response["Content-Disposition"] = f'attachment; filename="hms-{name}-{stamp}.{fmt}"'
     response["X-Export-Rows"] = str(rows)
     return response
 
