@@ -24,7 +24,7 @@ from django.contrib.auth.models import User
 from busapp.live import bulk_group, dlq_group, topic_group
 from busapp.metrics import websocket_clients
 from busapp.models import BulkAction, Topic
-from busapp.permissions import MANAGE_TOPIC, topic_right_held
+from busapp.permissions import VIEW_TOPIC, topic_right_held
 from busapp.selectors import topics_visible_to
 
 # Close codes the pages understand: sign in again; not yours to watch. Neither is worth retrying.
@@ -222,19 +222,19 @@ class DeadLetterConsumer(_BusFeedConsumer):
 
 @database_sync_to_async
 def _bulk_progress_for(user_id: int, action_id: int) -> dict[str, Any] | None:
-    """A bulk action's progress, if it exists and the person may manage its topic; None otherwise."""
+    """A bulk action's progress, if it exists and the person may view its topic; None otherwise."""
     user = User.objects.filter(pk=user_id, is_active=True).first()
     action = BulkAction.objects.select_related("topic").filter(pk=action_id).first()
-    if user is None or action is None or not topic_right_held(user, MANAGE_TOPIC, action.topic):
+    if user is None or action is None or not topic_right_held(user, VIEW_TOPIC, action.topic):
         return None
     return action.progress()
 
 
 class BulkProgressConsumer(AsyncJsonWebsocketConsumer):
-    """``/ws/dlq/bulk/<id>/``: the progress of one bulk replay or discard, for those who may manage its topic."""
+    """``/ws/dlq/bulk/<id>/``: the progress of one bulk replay or discard, for those who may view its topic."""
 
     async def connect(self) -> None:
-        """Accept a manager of the action's topic and send where it is now."""
+        """Accept a viewer of the action's topic and send where it is now."""
         user = self.scope.get("user")
         action_id = int(self.scope["url_route"]["kwargs"]["action_id"])
         progress = await _bulk_progress_for(user.pk, action_id) if user and user.is_authenticated else None

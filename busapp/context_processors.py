@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.http import HttpRequest
 from django.urls import reverse
 
@@ -11,7 +12,8 @@ from django.urls import reverse
 def navigation(request: HttpRequest) -> dict[str, Any]:
     """The links of the top bar (only what the person's role allows, the current one marked) and their role."""
     user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated:
+    # Only people have a frame: a service token's caller (the API docs page, say) gets none.
+    if not isinstance(user, User) or not user.is_authenticated:
         return {}
     links = [
         ("Dashboard", reverse("dashboard")),
@@ -22,6 +24,8 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
     ]
     if user.has_perm("busapp.view_auditentry"):
         links.append(("Audit", reverse("audit-log")))
+    if user.has_perm("busapp.manage_access"):
+        links.append(("Access", reverse("access")))
     if user.is_staff:
         links.append(("Admin", reverse("admin:index")))
     path = request.path

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 from django import forms
+from django.utils import timezone
 
 from busapp.history import HistoryFilter, HistoryQueryError, PayloadCondition, conditions_parse
 from busapp.models import EventStatus, Source
+from busapp.permissions import TOPIC_RIGHTS, Role
 
 _ANY = [("", "any")]
 _TIME_HELP = "UTC, like 2026-11-27 07:00"
@@ -21,8 +23,17 @@ class _TimeRangeForm(forms.Form):
     until = forms.DateTimeField(required=False, help_text=_TIME_HELP)
 
     def clean(self) -> dict[str, Any]:
-        """Refuse a time range the wrong way round, naming both ends."""
+        """Both ends in UTC; refuse one that UTC cannot hold, or a range the wrong way round, naming both ends."""
         cleaned = super().clean() or {}
+        for name in ("since", "until"):
+            value = cleaned.get(name)
+            if value is None:
+                continue
+            try:
+                # The databases compare in UTC: a time whose UTC falls outside years 1-9999 cannot be compared.
+                cleaned[name] = value.astimezone(dt.UTC)
+            except OverflowError:
+                self.add_error(name, f"{value.isoformat()} is out of range: give a time between the years 1 and 9999")
         since, until = cleaned.get("since"), cleaned.get("until")
         if since and until and since > until:
             self.add_error(
@@ -93,3 +104,99 @@ class AuditFilterForm(_TimeRangeForm):
 def utc_text(value: dt.datetime | None) -> str:
     """A time as the filter forms show it."""
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+# The /access/ pages: grants, roles and service tokens. Each form names what it refuses, field by field.
+
+_EXPIRY_HELP = "UTC; leave empty for no expiry. The right stops working at this moment."
+
+
+class _ExpiryForm(forms.Form):
+    """An optional expiry, refused when it is not in the future."""
+
+    expires_at = forms.DateTimeField(
+        required=False,
+        label="Expires (UTC)",
+        help_text=_EXPIRY_HELP,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"],
+    )
+
+    def clean_expires_at(self) -> dt.datetime | None:
+        """The expiry, if it is still ahead."""
+        value: dt.datetime | None = self.cleaned_data.get("expires_at")
+        if value is not None and value <= timezone.now():
+            raise forms.ValidationError(f"{value:%Y-%m-%d %H:%M} UTC has passed: choose a later time, or none")
+        return value
+
+
+class GrantForm(_ExpiryForm):
+    """Give one or more rights on one or more topics to a person or a group, saying why."""
+
+    field_order = ["principal", "topics", "rights", "reason", "expires_at"]
+
+    principal = forms.ChoiceField(label="To", help_text="A person, or a group (every member holds the right).")
+    topics = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple)
+    rights = forms.MultipleChoiceField(
+        widget=forms.CheckboxSelectMultiple, choices=[(right, right.removesuffix("_topic")) for right in TOPIC_RIGHTS]
+    )
+    reason = forms.CharField(
+        max_length=500, widget=forms.Textarea(attrs={"rows": 2}), help_text="Kept in the audit log."
+    )
+
+    def __init__(self, *args: Any, principals: list[tuple[str, str]], topic_names: list[str], **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "grant_%s")  # unique ids: the forms share a page
+        super().__init__(*args, **kwargs)
+        cast(forms.ChoiceField, self.fields["principal"]).choices = [("", "choose…"), *principals]
+        cast(forms.ChoiceField, self.fields["topics"]).choices = [(name, name) for name in topic_names]
+
+
+class RevokeForm(forms.Form):
+    """Take back the chosen grants, saying why."""
+
+    grants = forms.MultipleChoiceField(
+        widget=forms.CheckboxSelectMultiple, error_messages={"required": "tick at least one grant"}
+    )
+    reason = forms.CharField(max_length=500, help_text="Kept in the audit log.")
+
+    def __init__(self, *args: Any, grant_keys: list[str], **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "revoke_%s")  # unique ids: the forms share a page
+        super().__init__(*args, **kwargs)
+        cast(forms.ChoiceField, self.fields["grants"]).choices = [(key, key) for key in grant_keys]
+
+
+class RoleForm(forms.Form):
+    """Put a person in a role, or take them out of it."""
+
+    username = forms.ChoiceField(label="Person")
+    role = forms.ChoiceField(choices=[(role.value, role.value) for role in Role])
+    member = forms.TypedChoiceField(
+        label="Change",
+        choices=[("1", "add to the role"), ("0", "remove from the role")],
+        coerce=lambda value: value == "1",
+    )
+    reason = forms.CharField(max_length=500, help_text="Kept in the audit log.")
+
+    def __init__(self, *args: Any, usernames: list[str], **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "role_%s")  # unique ids: the forms share a page
+        super().__init__(*args, **kwargs)
+        cast(forms.ChoiceField, self.fields["username"]).choices = [
+            ("", "choose…"),
+            *[(name, name) for name in usernames],
+        ]
+
+
+class ServiceTokenForm(_ExpiryForm):
+    """A token for a named service, scoped to topics and to publish and/or view."""
+
+    field_order = ["name", "topics", "can_publish", "can_view", "expires_at"]
+
+    name = forms.CharField(max_length=100, label="Service", help_text="It publishes as 'service:<name>'.")
+    topics = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple)
+    can_publish = forms.BooleanField(required=False, initial=True, label="may publish")
+    can_view = forms.BooleanField(required=False, initial=True, label="may view history and dead letters")
+
+    def __init__(self, *args: Any, topic_names: list[str], **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "token_%s")  # unique ids: the forms share a page
+        super().__init__(*args, **kwargs)
+        cast(forms.ChoiceField, self.fields["topics"]).choices = [(name, name) for name in topic_names]

@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.core import signing
@@ -27,6 +27,8 @@ from busapp.models import AuditEntry, Event, EventType, SchemaVersion, Topic
 from busapp.validation import FieldError
 
 PAGE_SIZE = 50
+# Events a page with payload conditions reads at most (bench/history.py: about 50 ms of JSON on SQLite).
+SCAN_BUDGET = 20_000
 EXPORT_CHUNK = 2_000
 MAX_CONDITIONS = 10
 
@@ -248,32 +250,90 @@ class Cursor:
 
 @dataclass
 class HistoryPage:
-    """One page of events, newest first, with the cursors to the pages on either side."""
+    """One page of events, newest first, with the cursors to the pages on either side.
+
+    ``searched_to`` is set when payload conditions stopped at the scan budget before the page
+    filled: the page holds every match among the ``searched`` events up to that time, and the
+    cursor onwards searches the next stretch.
+    """
 
     events: list[Event]
     older: str | None
     newer: str | None
+    searched_to: dt.datetime | None = None
+    searched: int = 0
 
 
-def history_page(events: QuerySet[Event], cursor: Cursor | None, *, size: int = PAGE_SIZE) -> HistoryPage:
-    """A page of ``events`` (ordered newest first) at ``cursor``, stable while new events keep arriving."""
+def history_page(
+    events: QuerySet[Event], cursor: Cursor | None, *, size: int = PAGE_SIZE, scanned: QuerySet[Event] | None = None
+) -> HistoryPage:
+    """A page of ``events`` (ordered newest first) at ``cursor``, stable while new events keep arriving.
+
+    With ``scanned`` (the same events before their payload conditions), the page reads at most
+    SCAN_BUDGET of them: a condition no index can serve then costs a bounded time per page,
+    however rarely it matches, and the page says how far it searched.
+    """
+    older = cursor is None or cursor.older
+    edge = _scan_edge(scanned, cursor, older=older) if scanned is not None else None
+    if edge is not None:
+        events = _within(events, edge, older=older)
     if cursor is None:
         rows = list(events[: size + 1])
-        has_older, has_newer = len(rows) > size, False
-        rows = rows[:size]
-    elif cursor.older:
+    elif older:
         rows = list(_beyond(events, cursor, older=True)[: size + 1])
-        has_older, has_newer = len(rows) > size, True
-        rows = rows[:size]
     else:
         rows = list(_beyond(events, cursor, older=False).order_by("timestamp", "id")[: size + 1])
-        has_newer, has_older = len(rows) > size, True
-        rows = rows[:size][::-1]
+    more = len(rows) > size
+    rows = rows[:size]
+    searched_to, onward = None, None
+    if edge is not None and not more:  # the budget ran out first: onwards from the edge, not from the last match
+        searched_to, onward = edge[0], Cursor(edge[0], edge[1], older=older).encode()
+    elif rows and more:
+        onward = Cursor(rows[-1].timestamp, rows[-1].pk, older=older).encode()
+    if not older:
+        rows = rows[::-1]
+    back = None
+    if cursor is not None and rows:
+        nearest = rows[0] if older else rows[-1]
+        back = Cursor(nearest.timestamp, nearest.pk, older=not older).encode()
     return HistoryPage(
         events=rows,
-        older=Cursor(rows[-1].timestamp, rows[-1].pk, older=True).encode() if rows and has_older else None,
-        newer=Cursor(rows[0].timestamp, rows[0].pk, older=False).encode() if rows and has_newer else None,
+        older=onward if older else back,
+        newer=back if older else onward,
+        searched_to=searched_to,
+        searched=SCAN_BUDGET if searched_to else 0,
     )
+
+
+def _scan_edge(scanned: QuerySet[Event], cursor: Cursor | None, *, older: bool) -> tuple[dt.datetime, int] | None:
+    """The (timestamp, id) of the last event a page may read in its direction, or None when fewer remain."""
+    ahead = scanned if cursor is None else _beyond(scanned, cursor, older=older)
+    ordered = ahead.order_by("-timestamp", "-id") if older else ahead.order_by("timestamp", "id")
+    found = list(ordered.values_list("timestamp", "id")[SCAN_BUDGET - 1 : SCAN_BUDGET])
+    return found[0] if found else None
+
+
+def _within(events: QuerySet[Event], edge: tuple[dt.datetime, int], *, older: bool) -> QuerySet[Event]:
+    """The events on the near side of ``edge``, the edge itself included."""
+    stamp, event_id = edge
+    if older:
+        return events.filter(timestamp__gte=stamp).exclude(timestamp=stamp, id__lt=event_id)
+    return events.filter(timestamp__lte=stamp).exclude(timestamp=stamp, id__gt=event_id)
+
+
+def history_page_at(
+    history_filter: HistoryFilter, *, topics: QuerySet[Topic] | None, cursor: str | None, size: int = PAGE_SIZE
+) -> HistoryPage:
+    """The page of the filtered history a page link's ``cursor`` points at (None: the newest page).
+
+    What the history page and the API's ``GET /api/events/`` both show; a damaged cursor is
+    refused with HistoryQueryError. Payload conditions search SCAN_BUDGET events per page.
+    """
+    events = events_filtered(history_filter, topics=topics).select_related("topic", "event_type")
+    scanned = None
+    if history_filter.conditions:
+        scanned = events_filtered(replace(history_filter, conditions=()), topics=topics)
+    return history_page(events, Cursor.decode(cursor) if cursor else None, size=size, scanned=scanned)
 
 
 def _beyond(events: QuerySet[Event], cursor: Cursor, *, older: bool) -> QuerySet[Event]:

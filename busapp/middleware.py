@@ -1,4 +1,4 @@
-"""Security headers on our pages (a Content-Security-Policy without 'unsafe-inline'), and refused writes audited."""
+"""Security headers on our pages (a CSP without 'unsafe-inline'), addresses with NUL refused, refused writes audited."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from busapp.audit import audit_record
 
@@ -33,6 +33,27 @@ class ContentSecurityPolicyMiddleware:
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
+
+
+class NulInAddressMiddleware:
+    """Answers 400 to an address whose path or query holds a NUL character (PostgreSQL refuses it in any query).
+
+    Form fields already refuse NUL (Django's CharField); this covers what views read from the
+    address itself: ids in the path, filters in the query string.
+    """
+
+    MESSAGE = "the address holds a NUL character (%00): remove it"
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        """Refuse the request before any view sees it, or pass it on."""
+        if "\x00" not in request.path and "%00" not in request.META.get("QUERY_STRING", ""):
+            return self.get_response(request)
+        if request.path.startswith("/api/"):
+            return JsonResponse({"errors": [{"path": "", "message": self.MESSAGE}]}, status=400)
+        return HttpResponse(self.MESSAGE, status=400, content_type="text/plain; charset=utf-8")
 
 
 class RefusedWriteAuditMiddleware:

@@ -12,6 +12,7 @@ from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 TOPIC_NAME_RE = re.compile(r"^[a-z][a-z0-9._-]*$")
 EVENT_TYPE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
@@ -573,3 +574,48 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"idempotency key {self.key!r} of {self.actor_name}"
+
+
+class GrantDetails(models.Model):
+    """What a per-topic grant records besides the right: why, by whom, when, and until when."""
+
+    reason = models.TextField(help_text="Why the right was given; shown on /access/ and in the audit log.")
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    granted_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="The right stops working at this moment (checked on every use)."
+    )
+
+    class Meta:
+        abstract = True
+
+    def live_at(self, moment: Any) -> bool:
+        """Whether the grant still works at ``moment``."""
+        return self.expires_at is None or self.expires_at > moment
+
+
+class TopicUserGrant(GrantDetails, UserObjectPermissionBase):
+    """A right on one topic given to one person (django-guardian's direct per-object permission)."""
+
+    content_object = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="user_grants")
+
+    class Meta(UserObjectPermissionBase.Meta):
+        permissions = [("manage_access", "Can grant and revoke rights and roles, and issue service tokens")]
+        indexes = [models.Index(fields=["user", "permission"], name="usergrant_user_permission")]
+
+    def __str__(self) -> str:
+        return f"{self.permission.codename} on {self.content_object_id} to user {self.user_id}"
+
+
+class TopicGroupGrant(GrantDetails, GroupObjectPermissionBase):
+    """A right on one topic given to a group: every member holds it."""
+
+    content_object = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="group_grants")
+
+    class Meta(GroupObjectPermissionBase.Meta):
+        indexes = [models.Index(fields=["group", "permission"], name="groupgrant_group_permission")]
+
+    def __str__(self) -> str:
+        return f"{self.permission.codename} on {self.content_object_id} to group {self.group_id}"

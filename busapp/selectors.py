@@ -12,8 +12,6 @@ from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
-from guardian.core import ObjectPermissionChecker
-from guardian.shortcuts import get_objects_for_user
 
 from busapp.models import (
     AuditEntry,
@@ -27,7 +25,7 @@ from busapp.models import (
     SchemaVersion,
     Topic,
 )
-from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC
+from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, topics_with_right
 from busapp.validation import BusInputError, EventRejectedError, FieldError, TopicNotFoundError
 
 if TYPE_CHECKING:
@@ -123,12 +121,12 @@ def pending_event_count() -> int:
 
 def topics_visible_to(user: User | AnonymousUser) -> QuerySet[Topic]:
     """The topics a person may see: all of them with the role-wide right, else those granted one by one."""
-    return get_objects_for_user(user, f"busapp.{VIEW_TOPIC}", klass=Topic.objects.all())
+    return topics_with_right(user, VIEW_TOPIC)
 
 
 def topic_names_with_right(user: User, right: str, topics: QuerySet[Topic]) -> set[str]:
     """Which of these topics the person holds ``right`` on (role-wide or granted), in one query."""
-    return set(get_objects_for_user(user, f"busapp.{right}", klass=topics).values_list("name", flat=True))
+    return set(topics_with_right(user, right, topics).values_list("name", flat=True))
 
 
 @dataclass(frozen=True)
@@ -167,16 +165,14 @@ def topic_summaries(user: User, topics_query: QuerySet[Topic]) -> list[TopicSumm
         .annotate(count=Count("id"))
         .values_list("topic", "count")
     )
-    checker = ObjectPermissionChecker(user)
-    checker.prefetch_perms(topics_query)
-    global_publish = user.has_perm(f"busapp.{PUBLISH_TOPIC}")
+    publishable = set(topics_with_right(user, PUBLISH_TOPIC, topics_query).values_list("pk", flat=True))
     return [
         TopicSummary(
             topic=topic,
             last_event_at=newest.get(topic.pk),
             events_last_day=recent.get(topic.pk, 0),
             open_dead_letters=open_letters.get(topic.pk, 0),
-            can_publish=user.is_active and (global_publish or checker.has_perm(PUBLISH_TOPIC, topic)),
+            can_publish=topic.pk in publishable,
         )
         for topic in topics
     ]
@@ -207,7 +203,7 @@ def dead_letters_open_count(topics: Iterable[Topic]) -> int:
 
 def publish_requests_for_approver(user: User) -> list[PublishRequest]:
     """Requests waiting for a second person that this person may decide: not their own, on topics they approve."""
-    topics = get_objects_for_user(user, f"busapp.{APPROVE_TOPIC}", klass=Topic.objects.all())
+    topics = topics_with_right(user, APPROVE_TOPIC)
     return list(
         PublishRequest.objects.filter(status=PublishRequestStatus.AWAITING_APPROVAL, topic__in=topics)
         .exclude(requested_by=user)

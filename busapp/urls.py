@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from busapp.views import audit, dlq, history, live, metrics, pages, publish, requests
+from busapp.views import audit, dlq, history, live, metrics, pages, publish, requests, rights
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
@@ -33,6 +33,12 @@ urlpatterns = [
     path("audit/", audit.audit_log, name="audit-log"),
     path("audit/check/", audit.audit_check_now, name="audit-check"),
     path("audit/export.<str:fmt>", audit.audit_export, name="audit-export"),
+    path("access/", rights.access_page, name="access"),
+    path("access/grants/", rights.access_grant, name="access-grant"),
+    path("access/revoke/", rights.access_revoke, name="access-revoke"),
+    path("access/roles/", rights.access_role, name="access-role"),
+    path("access/tokens/", rights.access_tokens, name="access-tokens"),
+    path("access/tokens/<str:prefix>/revoke/", rights.access_token_revoke, name="access-token-revoke"),
     path("healthz", pages.health, name="health"),
     path("metrics", metrics.metrics, name="metrics"),
 ]

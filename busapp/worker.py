@@ -29,7 +29,9 @@ from django.db import DatabaseError, IntegrityError, close_old_connections, conn
 from django.utils import timezone
 from redis.exceptions import RedisError, ResponseError
 
+from busapp.api.idempotency import idempotency_keys_purge
 from busapp.audit import AuditRecord, ChainReport, audit_append, audit_verify
+from busapp.grants import grants_expire
 from busapp.live import bulk_group, dlq_group, live_item, live_message, topic_group
 from busapp.models import BulkAction, DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
 from busapp.publishing import INGEST_STREAM, STREAM_PREFIX, dead_letters_send, relay_pending, stream_key
@@ -60,6 +62,8 @@ TOPIC_REFRESH_SECONDS = 5.0
 CLAIM_EVERY_SECONDS = 30.0
 RELAY_EVERY_SECONDS = 0.5
 SCHEDULE_EVERY_SECONDS = 1.0
+# Expired grants are written down and removed (the checks ignore them already), old idempotency keys forgotten.
+TIDY_EVERY_SECONDS = 30.0
 # The audit chain: new entries checked every minute, the whole chain every hour.
 AUDIT_CHECK_EVERY_SECONDS = 60.0
 AUDIT_FULL_CHECK_EVERY_SECONDS = 3600.0
@@ -360,6 +364,7 @@ class BusWorker:
             self._schedule_loop(),
             self._bulk_loop(),
             self._audit_check_loop(),
+            self._tidy_loop(),
         )
         tasks = [asyncio.create_task(loop) for loop in loops]
         try:
@@ -483,6 +488,10 @@ class BusWorker:
     async def _schedule_loop(self) -> None:
         """Publish what was scheduled (and approved, where that is needed) once its time has come."""
         await self._repeat("scheduler", publish_requests_due, SCHEDULE_EVERY_SECONDS, "published %d scheduled event(s)")
+
+    async def _tidy_loop(self) -> None:
+        """Record and remove grants that ran out; forget idempotency keys older than their day."""
+        await self._repeat("tidy", _tidy, TIDY_EVERY_SECONDS, "removed %d expired grant(s) or old idempotency key(s)")
 
     async def _repeat(self, name: str, step: Callable[[], int], pause: float, did: str) -> None:
         """Run a database step until stopped: again at once while it handles something, else after a pause."""
@@ -638,6 +647,11 @@ def _not_yet_recorded(batch: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
         set(Event.objects.filter(envelope_id__in=known).values_list("envelope_id", flat=True)) if known else set()
     )
     return [message for message, envelope_id in zip(batch, ids, strict=True) if envelope_id not in recorded]
+
+
+def _tidy() -> int:
+    """One round of tidying; how many grants and keys it removed."""
+    return grants_expire() + idempotency_keys_purge()
 
 
 def _audit_check(resume: bool) -> ChainReport:

@@ -144,7 +144,35 @@ def screenshots(base_url: str, password: str, out: Path, env: dict[str, str]) ->
         page.set_default_timeout(15_000)
         sign_in(page, base_url, password, "auditor")
         history(page, base_url, out)
+        page.context.close()
+
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(15_000)
+        sign_in(page, base_url, password, "admin")
+        access(page, base_url, out)
         browser.close()
+
+
+def access(page: Page, base_url: str, out: Path) -> None:
+    """As the admin: a grant with an expiry on the access matrix, then a new service token with its secret."""
+    page.goto(f"{base_url}/access/")
+    grant_form = page.locator("#grant-form")
+    grant_form.get_by_label("To", exact=True).select_option(label="auditor")
+    grant_form.get_by_label("tax-policy", exact=True).check()
+    grant_form.get_by_label("manage", exact=True).check()
+    grant_form.get_by_label("Reason", exact=True).fill("replays dead letters while policy is away")
+    grant_form.get_by_label("Expires (UTC)").fill("2030-01-31T17:00")
+    grant_form.get_by_role("button", name="Grant").click()
+    page.locator(".message.success").wait_for()
+    take(page, out, "access", full_page=True)
+
+    page.goto(f"{base_url}/access/tokens/")
+    token_form = page.locator("#token-form")
+    token_form.get_by_label("Service").fill("refund-feed")
+    token_form.get_by_label("tax-policy", exact=True).check()
+    token_form.get_by_role("button", name="Issue token").click()
+    page.locator("#token-secret").wait_for()
+    take(page, out, "tokens")
 
 
 def history(page: Page, base_url: str, out: Path) -> None:

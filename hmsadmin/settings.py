@@ -85,6 +85,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "busapp.middleware.NulInAddressMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -219,6 +220,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Events and dead letters both have a "status": each choice set gets its own component name.
+    "ENUM_NAME_OVERRIDES": {
+        "EventStatusEnum": "busapp.models.EventStatus",
+        "DeadLetterStatusEnum": "busapp.models.DeadLetterStatus",
+    },
 }
 
 LOGGING = {

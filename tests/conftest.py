@@ -18,8 +18,10 @@ _suite_redis = RedisServer()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Start the suite's own Redis and point the bus and the Channels layer at it."""
+    """Start the suite's own Redis, point the bus and the Channels layer at it, hash passwords cheaply."""
     _suite_redis.start()
+    # Tests sign the demo people in thousands of times; production's slow hash would cost minutes of CI.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.REDIS_URL = _suite_redis.url(0)
     settings.CHANNEL_LAYER_URL = _suite_redis.url(1)
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"] = _suite_redis.url(1)  # type: ignore[index]

@@ -146,9 +146,12 @@ async def test_the_worker_runs_a_bulk_replay_and_its_progress_arrives_over_the_w
     await sync_to_async(_letters)()
     await sync_to_async(_start)(await sync_to_async(_client)("admin"))
     action = await sync_to_async(BulkAction.objects.get)()
-    outsider, allowed = await _progress_socket(action.pk, "auditor")
-    assert not allowed  # only those who may manage the topic watch it
-    await outsider.disconnect()
+    watcher, allowed = await _progress_socket(action.pk, "auditor")
+    assert allowed  # auditors follow it (read-only); only managers may cancel it
+    await watcher.disconnect()
+    await sync_to_async(User.objects.create_user)("outsider")  # no role, no grant: cannot view tax-policy
+    _, allowed = await _progress_socket(action.pk, "outsider")
+    assert not allowed
 
     communicator, connected = await _progress_socket(action.pk, "admin")
     assert connected

@@ -1,6 +1,7 @@
 """The live websockets against the real ASGI app, real Redis and the real database: who may listen, and to what."""
 
 import asyncio
+import datetime as dt
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -8,8 +9,10 @@ from channels.layers import get_channel_layer
 from channels.testing.websocket import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 from guardian.shortcuts import remove_perm
 
+from busapp.grants import grant_create
 from busapp.live import live_message
 from busapp.models import Topic
 from busapp.services import event_publish_batch
@@ -127,6 +130,37 @@ async def test_a_revoked_right_stops_delivery_within_five_seconds():
     await _fan_out("tax-policy", _items("tax-policy", 1))
     assert await communicator.receive_nothing(timeout=0.5)
     await communicator.disconnect()
+
+
+async def test_a_grant_that_expires_stops_delivery_without_anyone_revoking_it():
+    """A view right given until a moment in the near future: at that moment the topic stops, no sweep needed."""
+
+    def lend_view() -> None:
+        topic = Topic.objects.create(name="payroll.rates")
+        grant_create(
+            principal=User.objects.get(username="auditor"),
+            topics=[topic],
+            rights=["view_topic"],
+            reason="one look",
+            actor="cli:test",
+            expires_at=timezone.now() + dt.timedelta(seconds=3),  # time enough to connect and subscribe
+        )
+
+    await sync_to_async(lend_view)()
+    auditor_without_role = await sync_to_async(_without_role_view)("auditor")
+    communicator, _ = await _connect(username=auditor_without_role)
+    assert await _subscribed(communicator, "payroll.rates") == {"type": "subscribed", "topics": ["payroll.rates"]}
+    # Expiry in at most 3 s, and rights are read again every 2 s.
+    assert await communicator.receive_json_from(timeout=8) == {"type": "revoked", "topic": "payroll.rates"}
+    await _fan_out("payroll.rates", _items("payroll.rates", 1))
+    assert await communicator.receive_nothing(timeout=0.5)
+    await communicator.disconnect()
+
+
+def _without_role_view(username: str) -> str:
+    """Take the person out of their role (whose view right reaches every topic), so only grants count."""
+    User.objects.get(username=username).groups.clear()
+    return username
 
 
 async def test_a_client_that_does_not_keep_up_loses_the_oldest_and_is_told_how_many():

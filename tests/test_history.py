@@ -170,6 +170,39 @@ def test_keyset_pages_walk_the_whole_history_once_in_order_and_back() -> None:
     assert _listed_text(client.get(f"/events/?{newer}").content.decode()) == expected[:50]
 
 
+def test_a_rare_condition_searches_a_stretch_per_page_and_the_walk_still_finds_every_match(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a scan budget of 40 events, 130 events and 4 matches: cut pages say how far they searched, none is lost."""
+    monkeypatch.setattr("busapp.history.SCAN_BUDGET", 40)
+    _publish(*({"standard_deduction": 15000 if n in (3, 64, 65, 129) else n} for n in range(130)))
+    client = _client("auditor")
+    query = "where=standard_deduction+%3D+15000"
+    walked, url, cut_pages, last_page = [], f"/events/?{query}", 0, ""
+    while url:
+        last_page = client.get(url).content.decode()
+        walked.extend(_listed_text(last_page))
+        cut_pages += 'id="searched-to"' in last_page
+        older = _next_link(last_page)
+        url = f"/events/?{older}" if older else ""
+    back, newer = _listed_text(last_page), _next_link(last_page, "prev")
+    while newer:  # and back again, newest last: the same matches, each once
+        page = client.get(f"/events/?{newer}").content.decode()
+        back = _listed_text(page) + back
+        newer = _next_link(page, "prev")
+    expected = list(
+        Event.objects.filter(payload__standard_deduction=15000)
+        .order_by("-timestamp", "-id")
+        .values_list("envelope_id", flat=True)
+    )
+    assert walked == expected
+    assert back == expected
+    assert len(expected) == 4
+    assert cut_pages == 3  # 130 events at 40 a stretch: three stretches end before the history does
+    first = client.get(f"/events/?{query}").content.decode()
+    assert "checked against 40 events per page" in first
+
+
 def test_pages_stay_stable_while_new_events_keep_arriving() -> None:
     before = _publish(*({"standard_deduction": n} for n in range(180)))
     stop = threading.Event()
@@ -295,3 +328,14 @@ def test_saved_filters_belong_to_their_owner() -> None:
     assert _client("admin").post(f"/filters/{saved.pk}/delete/").status_code == 404
     client.post(f"/filters/{saved.pk}/delete/")
     assert list(SavedFilter.objects.values_list("name", flat=True)) == ["Odd"]
+
+
+@pytest.mark.parametrize("address", ["/events/abc%00def/", "/events/?type=a%00b", "/api/events/?publisher=%00"])
+def test_a_nul_in_the_address_is_refused_with_a_400_not_a_database_error(address: str) -> None:
+    """PostgreSQL refuses NUL in any query: the address is refused before a view reads it, and says why."""
+    response = _client("auditor").get(address)
+    assert response.status_code == 400
+    text = response.content.decode()
+    assert "NUL character" in text
+    if address.startswith("/api/"):
+        assert set(response.json()) == {"errors"}

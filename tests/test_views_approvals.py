@@ -100,8 +100,10 @@ def test_nobody_approves_their_own_request():
 
     response = _decide("policy", waiting, "approve")
 
-    assert response.status_code == 400
+    assert response.status_code == 403
     assert "nobody may approve or reject their own request" in response.content.decode()
+    refusal = AuditEntry.objects.get(action="approval.refused")
+    assert (refusal.actor_name, refusal.target) == ("policy", f"publish_request:{waiting.pk}")
     waiting.refresh_from_db()
     assert waiting.status == PublishRequestStatus.AWAITING_APPROVAL
     assert Event.objects.count() == 0

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 
 from busapp.audit import Actor
 from busapp.models import ServiceToken, Topic
-from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
+from busapp.permissions import MANAGE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.selectors import topics_visible_to
 from busapp.tokens import TokenInvalidError, service_token_authenticate
 
@@ -93,8 +93,9 @@ def caller_name(request: Request) -> str:
 
 
 def topic_for(request: Request, name: str, right: str) -> Topic:
-    """The topic, if the caller holds ``right`` (publish or view) on it: 404 unknown, 403 refused."""
-    topic = Topic.objects.filter(name=name).first()
+    """The topic, if the caller holds ``right`` on it: 404 unknown, 403 refused (tokens hold only publish and view)."""
+    # NUL is never in a topic's name, and PostgreSQL refuses it in a query.
+    topic = None if "\x00" in name else Topic.objects.filter(name=name).first()
     if topic is None:
         raise exceptions.NotFound(f"unknown topic {name!r}")
     user = request.user
@@ -119,6 +120,34 @@ def topics_for(request: Request) -> QuerySet[Topic]:
     return topics_visible_to(_person(request))
 
 
+def topics_viewable(request: Request) -> QuerySet[Topic]:
+    """The topics whose history the caller may read; 403 for a token issued without the view right."""
+    user = request.user
+    if isinstance(user, ServiceCaller) and not user.token.can_view:
+        raise exceptions.PermissionDenied(
+            f"token {user.token} may not view: it was issued to publish only; ask a bus admin for a token that views"
+        )
+    return topics_for(request)
+
+
+def person_for(request: Request, action: str) -> User:
+    """The signed-in person making the request; 403 for a service token, which may never ``action``."""
+    user = request.user
+    if isinstance(user, ServiceCaller):
+        raise exceptions.PermissionDenied(
+            f"service tokens may not {action}: a person with the right does it, signed in (token {user.token})"
+        )
+    return _person(request)
+
+
+def person_with_permission(request: Request, permission: str, action: str) -> User:
+    """The signed-in person, if their role grants the ``permission`` (like busapp.add_schemaversion); else 403."""
+    person = person_for(request, action)
+    if not person.has_perm(permission):
+        raise exceptions.PermissionDenied(f"you may not {action}: it needs the {permission} permission (bus admins)")
+    return person
+
+
 def _person(request: Request) -> User:
     """The signed-in person making the request."""
     if not isinstance(request.user, User):  # IsAuthenticated stands before every caller
@@ -133,4 +162,4 @@ def _token_right(token: ServiceToken, right: str) -> bool:
 
 def _verb(right: str) -> str:
     """What a right lets one do, for messages."""
-    return {PUBLISH_TOPIC: "publish to", VIEW_TOPIC: "view"}.get(right, right)
+    return {PUBLISH_TOPIC: "publish to", VIEW_TOPIC: "view", MANAGE_TOPIC: "manage"}.get(right, right)

@@ -8,13 +8,16 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import Http404, HttpRequest
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from busapp.api.authentication import ServiceCaller
+from busapp.api.serializers import ErrorsSerializer
 from busapp.audit import audit_record
+from busapp.history import HistoryQueryError
 from busapp.validation import (
     ActionRefusedError,
     ApprovalRequiredError,
@@ -78,7 +81,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         exc = exceptions.NotFound(*exc.args)
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied(*exc.args)
-    if isinstance(exc, BusInputError):
+    errors: list[FieldError]
+    status_code: int
+    if isinstance(exc, HistoryQueryError):  # a filter, condition or cursor of the query string
+        errors = [{"path": f"/query/{error['path']}", "message": error["message"]} for error in exc.errors]
+        status_code = status.HTTP_400_BAD_REQUEST
+    elif isinstance(exc, BusInputError):
         errors, status_code = exc.errors, BUS_ERROR_STATUS.get(type(exc), status.HTTP_400_BAD_REQUEST)
     elif isinstance(exc, ApiError):
         errors, status_code = exc.errors, exc.status_code
@@ -95,12 +103,21 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
     set_rollback()
     if status_code == status.HTTP_403_FORBIDDEN and request is not None:
-        refusal_audit(request, errors)
+        refusal_audit(request, errors, context.get("view"))
     return errors_response(errors, status_code, headers)
 
 
-def refusal_audit(request: Request, errors: list[FieldError]) -> None:
-    """Write a refused write to the audit log, as the person or service that tried it."""
+def refusals(*codes: int) -> dict[int, OpenApiResponse]:
+    """The error answers an operation documents, all in the one shape."""
+    return {code: OpenApiResponse(ErrorsSerializer, description="refused: see errors") for code in codes}
+
+
+def refusal_audit(request: Request, errors: list[FieldError], view: Any = None) -> None:
+    """Write a refused write to the audit log, as the person or service that tried it.
+
+    A view names the action and target of the entry (``refusal_action``, and ``refusal_target``
+    filled from the URL's arguments); others are written as ``write.refused`` to their path.
+    """
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
     user = request.user
@@ -112,11 +129,13 @@ def refusal_audit(request: Request, errors: list[FieldError]) -> None:
         return
     django_request: HttpRequest = request._request
     django_request.refusal_audited = True  # type: ignore[attr-defined]  # read by RefusedWriteAuditMiddleware
-    topic = (request.parser_context or {}).get("kwargs", {}).get("name")
+    kwargs = (request.parser_context or {}).get("kwargs", {})
+    action = getattr(view, "refusal_action", "write.refused")
+    target = getattr(view, "refusal_target", "path:{path}").format(**kwargs, path=request.path)
     with transaction.atomic():
         audit_record(
             actor=actor,
-            action="publish.refused" if topic else "write.refused",
-            target=f"topic:{topic}" if topic else f"path:{request.path[:190]}",
+            action=action,
+            target=target[:200],
             details={"method": request.method or "", "path": request.path, "reason": errors[0]["message"]},
         )

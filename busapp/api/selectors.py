@@ -1,14 +1,19 @@
-"""Reads for the API: topics with their event types and active schema versions, in a fixed number of queries."""
+"""Reads for the API: topics with their schemas, one event's record, pages of open dead letters."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from django.contrib.auth.models import User
-from django.db.models import Prefetch, QuerySet
+from django.core import signing
+from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
+from rest_framework import exceptions
 
 from busapp.api.authentication import ServiceCaller
-from busapp.models import EventType, SchemaVersion, Topic
+from busapp.history import HistoryQueryError
+from busapp.models import DeadLetter, DeadLetterStatus, Event, EventType, SchemaVersion, Topic
 from busapp.permissions import PUBLISH_TOPIC
 from busapp.selectors import topic_names_with_right
 
@@ -25,3 +30,66 @@ def topic_names_publishable(caller: User | ServiceCaller, topics: Sequence[Topic
     if isinstance(caller, ServiceCaller):
         return {topic.name for topic in topics} if caller.token.can_publish else set()
     return topic_names_with_right(caller, PUBLISH_TOPIC, Topic.objects.filter(pk__in=[topic.pk for topic in topics]))
+
+
+def event_type_on(topic: Topic, name: str) -> EventType:
+    """The topic's event type called ``name``; 404 naming the types there are."""
+    event_type = None if "\x00" in name else EventType.objects.filter(topic=topic, name=name).first()
+    if event_type is None:
+        known = ", ".join(EventType.objects.filter(topic=topic).order_by("name").values_list("name", flat=True))
+        raise exceptions.NotFound(f"unknown event type {name!r} on topic {topic.name!r}; known: {known or 'none'}")
+    return event_type
+
+
+def event_record(*, envelope_id: str, topics: QuerySet[Topic]) -> Event | None:
+    """The event with this envelope id if it is on one of ``topics``, with the dead letter it replays (if any)."""
+    if "\x00" in envelope_id:  # never in an id, and PostgreSQL refuses it in a query
+        return None
+    letters = DeadLetter.objects.filter(replay_event=OuterRef("pk")).values("pk")[:1]
+    return (
+        Event.objects.filter(envelope_id=envelope_id, topic__in=topics)
+        .select_related("topic", "event_type", "schema_version")
+        .annotate(replayed_from_letter=Subquery(letters))
+        .first()
+    )
+
+
+_DEAD_LETTER_CURSOR_SALT = "busapp.api.dead_letters.cursor"
+
+
+@dataclass
+class DeadLetterPage:
+    """A page of open dead letters, newest first, and the cursor of the next (older) page."""
+
+    dead_letters: list[DeadLetter]
+    next: str | None
+
+
+def dead_letters_open_page(
+    topics: QuerySet[Topic], *, topic: str | None, cursor: str | None, size: int
+) -> DeadLetterPage:
+    """Open dead letters on these topics (or one of them), newest first, from a cursor; by keyset, never OFFSET."""
+    letters = DeadLetter.objects.filter(topic__in=topics, status=DeadLetterStatus.OPEN).select_related("topic")
+    if topic:
+        letters = letters.filter(topic__name=topic)
+    if cursor:
+        received_at, letter_id = _dead_letter_cursor_decode(cursor)
+        letters = letters.filter(received_at__lte=received_at).exclude(received_at=received_at, id__gte=letter_id)
+    rows = list(letters.order_by("-received_at", "-id")[: size + 1])
+    last = rows[size - 1] if len(rows) > size else None
+    return DeadLetterPage(rows[:size], _dead_letter_cursor_encode(last) if last else None)
+
+
+def _dead_letter_cursor_encode(letter: DeadLetter) -> str:
+    """The signed position after which the next page starts."""
+    return signing.Signer(salt=_DEAD_LETTER_CURSOR_SALT).sign(f"{letter.received_at.isoformat()}|{letter.pk}")
+
+
+def _dead_letter_cursor_decode(text: str) -> tuple[dt.datetime, int]:
+    """The (received_at, id) a cursor carries; a damaged or edited one is refused."""
+    try:
+        stamp, letter_id = signing.Signer(salt=_DEAD_LETTER_CURSOR_SALT).unsign(text).split("|")
+        return dt.datetime.fromisoformat(stamp), int(letter_id)
+    except (signing.BadSignature, ValueError):
+        message = "this cursor was changed or is damaged: start again from the first page"
+        raise HistoryQueryError([{"path": "cursor", "message": message}]) from None

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from busapp.models import EventType, SchemaVersion, Topic
+from busapp.history import PAGE_SIZE
+from busapp.models import (
+    TOPIC_NAME_MAX_LENGTH,
+    Compatibility,
+    DeadLetter,
+    Event,
+    EventStatus,
+    EventType,
+    SchemaVersion,
+    Topic,
+)
 
 BATCH_MAX_EVENTS = 1000
+PAGE_LIMIT_MAX = 200
 
 
 class EventInSerializer(serializers.Serializer[Any]):
@@ -37,7 +51,7 @@ class PublishedSerializer(serializers.Serializer[Any]):
     """The answer to a publish: the envelope as it went (or will go) on the bus."""
 
     id = serializers.CharField(help_text="The envelope id.")
-    status = serializers.ChoiceField(choices=["published", "pending"], help_text="pending: Redis is down, queued.")
+    status = serializers.ChoiceField(choices=EventStatus.choices, help_text="pending: Redis is down, queued.")
     event = serializers.DictField(help_text="The envelope: id, type, timestamp, topic, schema_version, payload ...")
 
 
@@ -111,3 +125,148 @@ class TopicSerializer(serializers.ModelSerializer[Topic]):
     def get_can_publish(self, topic: Topic) -> bool:
         """True when the caller may publish here (a sensitive topic still refuses API publishes)."""
         return topic.name in self.context.get("publishable", set())
+
+
+class TopicListSerializer(serializers.Serializer[Any]):
+    """The answer to a topic list: every topic the caller may see, by name."""
+
+    topics = TopicSerializer(many=True)
+
+
+# Reads of the history, schema versions and dead letters.
+
+
+class PageQuerySerializer(serializers.Serializer[Any]):
+    """Where a list answer starts and how long it is: the ``next`` cursor of the page before, and a page size."""
+
+    cursor = serializers.CharField(
+        required=False, help_text="The `next` of the page before; without it, the newest page."
+    )
+    limit = serializers.IntegerField(
+        required=False, default=PAGE_SIZE, min_value=1, max_value=PAGE_LIMIT_MAX, help_text="How many per page."
+    )
+
+
+class EventRecordSerializer(serializers.ModelSerializer[Event]):
+    """An event in the history: its envelope as it went on the bus, where it is, and who sent it when."""
+
+    id = serializers.CharField(source="envelope_id", help_text="The envelope id.")
+    topic = serializers.CharField(source="topic.name")
+    type = serializers.CharField(source="event_type.name")
+    publisher = serializers.CharField(source="publisher_name", help_text="A person's name, or service:<name>.")
+    accepted_at = serializers.DateTimeField(source="created_at", help_text="When the bus accepted (recorded) it.")
+    envelope = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Event
+        fields = [
+            "id",
+            "topic",
+            "type",
+            "timestamp",
+            "status",
+            "source",
+            "publisher",
+            "stream_id",
+            "accepted_at",
+            "published_at",
+            "envelope",
+        ]
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_envelope(self, event: Event) -> Any:
+        """The envelope: id, type, timestamp, topic, schema_version, source, publisher, payload."""
+        return json.loads(event.envelope)
+
+
+class EventDetailSerializer(EventRecordSerializer):
+    """One event's record: the history's fields, its schema version, and the dead letter it was replayed from."""
+
+    schema_version = serializers.IntegerField(source="schema_version.version", help_text="Validated against it.")
+    replayed_from = serializers.IntegerField(
+        source="replayed_from_letter", allow_null=True, help_text="The dead letter's id, if it is a replay of one."
+    )
+
+    class Meta(EventRecordSerializer.Meta):
+        fields = [*EventRecordSerializer.Meta.fields, "schema_version", "replayed_from"]
+
+
+class EventPageSerializer(serializers.Serializer[Any]):
+    """A page of the history, newest first, and the cursor of the next (older) page."""
+
+    events = EventRecordSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="Send as `cursor` for the next page; null at the end.")
+    searched_to = serializers.DateTimeField(
+        allow_null=True,
+        help_text="Set when payload conditions read their 20,000 events before the page filled: every match "
+        "newer than this time is on this page or before it; `next` searches on.",
+    )
+
+
+class SchemaVersionRecordSerializer(SchemaVersionSerializer):
+    """A schema version, active or deprecated, with the schema as its author wrote it."""
+
+    class Meta(SchemaVersionSerializer.Meta):
+        fields = ["version", "schema", "fingerprint", "compatibility", "deprecated", "created_at"]
+
+
+class SchemaVersionListSerializer(serializers.Serializer[Any]):
+    """An event type's schema versions, newest first."""
+
+    topic = serializers.CharField()
+    type = serializers.CharField()
+    schema_versions = SchemaVersionRecordSerializer(many=True)
+
+
+class SchemaVersionInSerializer(serializers.Serializer[Any]):
+    """A new schema version: the JSON Schema, and what it must keep of the version before it."""
+
+    schema = serializers.DictField(help_text="A JSON Schema (Draft 2020-12) for the payload.")
+    compatibility = serializers.ChoiceField(
+        choices=Compatibility.choices,
+        default=Compatibility.BACKWARD,
+        help_text="backward: events valid under the newest version stay valid; none: any change.",
+    )
+
+
+class DeadLetterSerializer(serializers.ModelSerializer[DeadLetter]):
+    """Something that arrived for a topic and failed validation, as it arrived, and why it failed."""
+
+    topic = serializers.CharField(source="topic.name")
+    publisher = serializers.CharField(source="publisher_name", help_text="Empty when it came from outside.")
+
+    class Meta:
+        model = DeadLetter
+        fields = ["id", "topic", "status", "source", "publisher", "received_at", "raw"]
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        """The declared fields and ``errors`` (the name is taken by ``Serializer.errors``)."""
+        return {**super().get_fields(), "errors": ErrorSerializer(many=True, help_text="Why it was refused.")}
+
+
+class DeadLetterPageSerializer(serializers.Serializer[Any]):
+    """A page of open dead letters, newest first, and the cursor of the next (older) page."""
+
+    dead_letters = DeadLetterSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="Send as `cursor` for the next page; null at the end.")
+
+
+class DeadLetterQuerySerializer(PageQuerySerializer):
+    """Which open dead letters to list: one topic's, or every visible topic's."""
+
+    topic = serializers.CharField(
+        required=False, max_length=TOPIC_NAME_MAX_LENGTH, help_text="Only this topic's dead letters."
+    )
+
+
+class ReplayInSerializer(serializers.Serializer[Any]):
+    """What to replay; each member left out is taken from the dead letter as it arrived."""
+
+    type = serializers.CharField(required=False, max_length=200, help_text="The event type; default: the letter's.")
+    payload = serializers.DictField(required=False, help_text="The fixed payload; default: the letter's.")
+
+
+class ReplayedSerializer(PublishedSerializer):
+    """The answer to a replay: the new event, and the dead letter it closed."""
+
+    dead_letter = serializers.IntegerField(help_text="The dead letter, now replayed.")

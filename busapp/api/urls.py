@@ -1,17 +1,25 @@
 """URLs of the JSON API, mounted at /api/ (stable: services call them)."""
 
 from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from busapp.api import views
+from busapp.api import dead_letters, events, schema_versions, views
 
 urlpatterns = [
     path("topics/", views.TopicListView.as_view(), name="api-topic-list"),
     path("topics/<str:name>/", views.TopicDetailView.as_view(), name="api-topic-detail"),
     path("topics/<str:name>/events/", views.TopicEventsView.as_view(), name="api-event-publish"),
     path("topics/<str:name>/events/batch/", views.TopicEventsBatchView.as_view(), name="api-event-publish-batch"),
-    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path(
+        "topics/<str:name>/types/<str:event_type>/schemas/",
+        schema_versions.SchemaVersionsView.as_view(),
+        name="api-schema-versions",
+    ),
+    path("events/", events.EventListView.as_view(), name="api-event-list"),
+    path("events/<str:envelope_id>/", events.EventDetailView.as_view(), name="api-event-detail"),
+    path("dlq/", dead_letters.DeadLetterListView.as_view(), name="api-dead-letter-list"),
+    path("dlq/<int:letter_id>/replay/", dead_letters.DeadLetterReplayView.as_view(), name="api-dead-letter-replay"),
+    path("schema/", views.SchemaView.as_view(), name="api-schema"),
     # The split view serves its start-up script as a file: the pages' CSP allows no inline script.
-    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
+    path("docs/", views.DocsView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^(?P<path>.*)$", views.not_found),
 ]

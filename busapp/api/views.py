@@ -9,23 +9,25 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework import status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from busapp.api.authentication import caller, caller_actor, caller_name, topic_for, topics_for
-from busapp.api.errors import ApiError, body_too_large
+from busapp.api.errors import ApiError, body_too_large, detail_errors, refusals
 from busapp.api.idempotency import Answer, publish_once, request_sha256
 from busapp.api.parsers import StrictJSONParser
 from busapp.api.selectors import topic_names_publishable, topics_with_schemas
 from busapp.api.serializers import (
     BatchInSerializer,
     BatchResultSerializer,
-    ErrorsSerializer,
     EventInSerializer,
     PublishedSerializer,
+    TopicListSerializer,
     TopicSerializer,
 )
 from busapp.models import Event, EventStatus, Source, Topic
@@ -40,11 +42,6 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     description="Send the same request again with the same key (within 24 hours): you get the first answer, "
     "and nothing is published twice. The same key with another body is refused with 409.",
 )
-
-
-def _refusals(*codes: int) -> dict[int, OpenApiResponse]:
-    """The error answers an operation documents, all in the one shape."""
-    return {code: OpenApiResponse(ErrorsSerializer, description="refused: see errors") for code in codes}
 
 
 def body_checked(request: Request, limit: int) -> bytes:
@@ -62,6 +59,15 @@ def input_valid(serializer_class: type[Serializer[Any]], request: Request) -> di
     """The parsed, checked body: 415 when not JSON, 400 when malformed or missing a member."""
     serializer = serializer_class(data=request.data)
     serializer.is_valid(raise_exception=True)
+    data: dict[str, Any] = serializer.validated_data
+    return data
+
+
+def query_valid(serializer_class: type[Serializer[Any]], request: Request) -> dict[str, Any]:
+    """The checked query parameters: 400 naming each one that is wrong, as ``/query/<name>``."""
+    serializer = serializer_class(data=request.query_params)
+    if not serializer.is_valid():
+        raise ApiError(detail_errors(serializer.errors, "/query"), status.HTTP_400_BAD_REQUEST)
     data: dict[str, Any] = serializer.validated_data
     return data
 
@@ -97,6 +103,7 @@ class TopicEventsView(APIView):
     """POST /api/topics/<name>/events/: publish one event."""
 
     parser_classes = [StrictJSONParser]
+    refusal_action, refusal_target = "publish.refused", "topic:{name}"
 
     @extend_schema(
         operation_id="event_publish",
@@ -105,7 +112,7 @@ class TopicEventsView(APIView):
         responses={
             201: PublishedSerializer,
             202: OpenApiResponse(PublishedSerializer, description="accepted while Redis is down: pending"),
-            **_refusals(400, 401, 403, 404, 409, 413, 415, 422),
+            **refusals(400, 401, 403, 404, 409, 413, 415, 422),
         },
     )
     def post(self, request: Request, name: str) -> Response:
@@ -133,12 +140,13 @@ class TopicEventsBatchView(APIView):
     """POST /api/topics/<name>/events/batch/: publish up to 1,000 events at once."""
 
     parser_classes = [StrictJSONParser]
+    refusal_action, refusal_target = "publish.refused", "topic:{name}"
 
     @extend_schema(
         operation_id="event_publish_batch",
         request=BatchInSerializer,
         parameters=[IDEMPOTENCY_KEY],
-        responses={200: BatchResultSerializer, **_refusals(400, 401, 403, 404, 409, 413, 415)},
+        responses={200: BatchResultSerializer, **refusals(400, 401, 403, 404, 409, 413, 415)},
     )
     def post(self, request: Request, name: str) -> Response:
         """Publish the valid items, dead-letter the invalid ones; one transaction, one Redis round trip."""
@@ -180,7 +188,7 @@ def _payload_too_large(item: dict[str, Any]) -> bool:
 class TopicListView(APIView):
     """GET /api/topics/: the topics the caller may see, with event types and active schema versions."""
 
-    @extend_schema(operation_id="topic_list", responses={200: TopicSerializer(many=True), **_refusals(401)})
+    @extend_schema(operation_id="topic_list", responses={200: TopicListSerializer, **refusals(401)})
     def get(self, request: Request) -> Response:
         """Every visible topic, by name."""
         topics = list(topics_with_schemas(topics_for(request)))
@@ -191,13 +199,31 @@ class TopicListView(APIView):
 class TopicDetailView(APIView):
     """GET /api/topics/<name>/: one topic, with its event types and active schema versions."""
 
-    @extend_schema(operation_id="topic_detail", responses={200: TopicSerializer, **_refusals(401, 403, 404)})
+    @extend_schema(operation_id="topic_detail", responses={200: TopicSerializer, **refusals(401, 403, 404)})
     def get(self, request: Request, name: str) -> Response:
         """The topic, if the caller may see it."""
         topic = topic_for(request, name, VIEW_TOPIC)
         found = topics_with_schemas(Topic.objects.filter(pk=topic.pk)).get()
         context = {"publishable": topic_names_publishable(caller(request), [found])}
         return Response(TopicSerializer(found, context=context).data)
+
+
+class JSONRefusalsMixin:
+    """Refusals in the one JSON error shape, whatever the view renders when it answers (YAML, HTML)."""
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        """Render an error answer as JSON."""
+        if isinstance(response, Response) and response.status_code >= status.HTTP_400_BAD_REQUEST:
+            request.accepted_renderer, request.accepted_media_type = JSONRenderer(), JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+
+
+class SchemaView(JSONRefusalsMixin, SpectacularAPIView):
+    """GET /api/schema/: the OpenAPI document (YAML, or JSON with ?format=json), for callers of the API."""
+
+
+class DocsView(JSONRefusalsMixin, SpectacularSwaggerSplitView):
+    """GET /api/docs/: Swagger UI over the OpenAPI document, served from our own static files."""
 
 
 def not_found(request: HttpRequest, path: str) -> JsonResponse:

@@ -191,10 +191,11 @@ def bulk_start_view(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def bulk_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
-    """A bulk action's progress (live over /ws/dlq/bulk/<id>/) and, letter by letter, its report."""
+    """A bulk action's progress (live over /ws/dlq/bulk/<id>/) and its report, for anyone who views its topic."""
     action = get_object_or_404(BulkAction.objects.select_related("topic", "requested_by"), pk=pk)
-    topic_with_right(request, action.topic.name, MANAGE_TOPIC)
-    return render(request, "dlq/bulk.html", {"action": action, "progress": action.progress()})
+    topic = topic_with_right(request, action.topic.name, VIEW_TOPIC)  # auditors follow it too; managers cancel
+    can_cancel = topic_right_held(signed_in_user(request), MANAGE_TOPIC, topic)
+    return render(request, "dlq/bulk.html", {"action": action, "progress": action.progress(), "can_cancel": can_cancel})
 
 
 @login_required

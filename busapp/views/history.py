@@ -18,23 +18,21 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
-from guardian.shortcuts import get_objects_for_user
 
 from busapp.audit import audit_record
 from busapp.forms import EventFilterForm
 from busapp.history import (
-    Cursor,
     HistoryPage,
     HistoryQueryError,
     events_filtered,
     events_through,
     export_lines,
     export_newest,
-    history_page,
+    history_page_at,
 )
 from busapp.models import Event, SavedFilter, SavedFilterPage, Topic
-from busapp.permissions import EXPORT_TOPIC, VIEW_TOPIC
-from busapp.selectors import event_audit_entries, event_provenance, topics_visible_to
+from busapp.permissions import EXPORT_TOPIC, VIEW_TOPIC, topics_with_right
+from busapp.selectors import event_audit_entries, event_provenance
 from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
 
 EXPORT_FORMATS = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson; charset=utf-8"}
@@ -44,9 +42,7 @@ def topics_for(user: User, right: str) -> QuerySet[Topic] | None:
     """The topics a right reaches: None when the role holds it on every topic (no filter needed)."""
     if user.is_active and user.has_perm(f"busapp.{right}"):
         return None
-    if right == VIEW_TOPIC:
-        return topics_visible_to(user)
-    return get_objects_for_user(user, f"busapp.{right}", klass=Topic.objects.all(), accept_global_perms=False)
+    return topics_with_right(user, right)
 
 
 def _topic_names(topics: QuerySet[Topic] | None) -> list[str]:
@@ -76,8 +72,7 @@ def event_list(request: HttpRequest) -> HttpResponse:
     form = EventFilterForm(request.GET, topic_names=_topic_names(topics))
 
     def page_at(cursor: str | None) -> HistoryPage:
-        events = events_filtered(form.history_filter(), topics=topics).select_related("topic", "event_type")
-        return history_page(events, Cursor.decode(cursor) if cursor else None)
+        return history_page_at(form.history_filter(), topics=topics, cursor=cursor)
 
     context, status = filtered_list(request, user, form, page_at, SavedFilterPage.EVENTS)
     return render(request, "events/list.html", {**context, "can_export": export_allowed(user)}, status=status)

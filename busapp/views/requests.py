@@ -51,6 +51,9 @@ def request_decide(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     """Approve or reject a waiting publish, with a reason; only a second person holding approve_topic."""
     topic = topic_with_right(request, name, APPROVE_TOPIC)
     waiting = get_object_or_404(PublishRequest, pk=pk, topic=topic)
+    if waiting.requested_by_id == signed_in_user(request).pk:  # four eyes: a right nobody holds on their own
+        message = "nobody may approve or reject their own request"
+        refuse_audited(request, "approval.refused", f"publish_request:{waiting.pk}", message)
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
         return _request_refused(request, topic, waiting, "choose approve or reject")
@@ -73,7 +76,8 @@ def request_cancel(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     """Cancel a waiting publish: its requester, or anyone who may approve on the topic."""
     topic = topic_with_right(request, name, VIEW_TOPIC)
     waiting = get_object_or_404(PublishRequest, pk=pk, topic=topic)
-    if not _request_context(request, topic, waiting)["can_cancel"] and waiting.is_open:
+    user = signed_in_user(request)
+    if not (waiting.requested_by_id == user.pk or topic_right_held(user, APPROVE_TOPIC, topic)):
         message = "only its requester or an approver of the topic may cancel a waiting publish"
         refuse_audited(request, "publish_request.cancel.refused", f"publish_request:{waiting.pk}", message)
     try:

@@ -9,9 +9,9 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
-from guardian.shortcuts import assign_perm
 
 from busapp.audit import audit_record
+from busapp.grants import grant_create
 from busapp.models import Topic
 from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, Role
 from busapp.services import roles_ensure, topic_create
@@ -74,12 +74,5 @@ class Command(BaseCommand):
         if role == Role.POLICY_PUBLISHERS:
             for topic in Topic.objects.filter(name__in=[name for name, _, _ in TOPICS]):
                 rights = [VIEW_TOPIC, PUBLISH_TOPIC] + ([APPROVE_TOPIC] if topic.sensitive else [])
-                for right in rights:
-                    assign_perm(f"busapp.{right}", user, topic)
-                audit_record(
-                    actor=ACTOR,
-                    action="role.grant",
-                    target=f"topic:{topic.name}",
-                    details={"user": username, "rights": rights, "reason": "demo data"},
-                )
+                grant_create(principal=user, topics=[topic], rights=rights, reason="demo data", actor=ACTOR)
         return user, True

@@ -1,0 +1,307 @@
+"""Who may do what: per-topic grants (with a reason and an optional expiry), role membership, and their expiry.
+
+Every change here writes its audit entry in the same transaction. The grants are django-guardian's own
+per-object permissions (``TopicUserGrant`` and ``TopicGroupGrant`` are its direct-foreign-key models); what
+guardian cannot do, honour an expiry, ``busapp.permissions.topics_with_right`` does at every check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.contrib.auth.models import Group, Permission, User
+from django.db import transaction
+from django.utils import timezone
+
+from busapp.audit import Actor, actor_parts, audit_record
+from busapp.models import Topic, TopicGroupGrant, TopicUserGrant
+from busapp.permissions import TOPIC_RIGHTS, Role, grant_live
+from busapp.validation import ActionRefusedError
+
+Principal = User | Group
+Grant = TopicUserGrant | TopicGroupGrant
+EXPIRY_ACTOR = "system:grant-expiry"
+
+
+def principal_label(principal: Principal) -> str:
+    """How the audit log and the pages name a person or a group: ``user:policy2``, ``group:Auditors``."""
+    return f"user:{principal.get_username()}" if isinstance(principal, User) else f"group:{principal.name}"
+
+
+def grant_principal(grant: Grant) -> Principal:
+    """The person or group a grant is to."""
+    return grant.user if isinstance(grant, TopicUserGrant) else grant.group
+
+
+def _grants_of(principal: Principal) -> type[TopicUserGrant] | type[TopicGroupGrant]:
+    """The grant model for a person or for a group."""
+    return TopicUserGrant if isinstance(principal, User) else TopicGroupGrant
+
+
+def _reason_checked(reason: str) -> str:
+    """The reason, stripped; refused when empty (every grant and revoke says why)."""
+    text = reason.strip()
+    if not text:
+        raise ActionRefusedError([{"path": "/reason", "message": "is required: say why, for the audit log"}])
+    return text
+
+
+@dataclass(frozen=True)
+class GrantRow:
+    """One right on one topic, as a grant or revoke asks for it."""
+
+    topic: str
+    right: str
+
+
+@transaction.atomic
+def grant_create(
+    *,
+    principal: Principal,
+    topics: Sequence[Topic],
+    rights: Sequence[str],
+    reason: str,
+    actor: Actor,
+    expires_at: dt.datetime | None = None,
+) -> list[Grant]:
+    """Give ``rights`` on ``topics`` to a person or group; a right already held gets the new reason and expiry."""
+    reason = _reason_checked(reason)
+    if not topics:
+        raise ActionRefusedError([{"path": "/topics", "message": "choose at least one topic"}])
+    unknown = sorted(set(rights) - set(TOPIC_RIGHTS))
+    if not rights or unknown:
+        message = f"unknown right {unknown[0]!r}" if unknown else "choose at least one right"
+        raise ActionRefusedError([{"path": "/rights", "message": f"{message}: one of {', '.join(TOPIC_RIGHTS)}"}])
+    now = timezone.now()
+    if expires_at is not None and expires_at <= now:
+        raise ActionRefusedError([{"path": "/expires_at", "message": "is in the past: choose a later time or none"}])
+    model = _grants_of(principal)
+    permissions = {
+        p.codename: p for p in Permission.objects.filter(content_type__app_label="busapp", codename__in=rights)
+    }
+    granted_by = actor_parts(actor)[0]
+    holder = {"user": principal} if isinstance(principal, User) else {"group": principal}
+    grants: list[Grant] = []
+    renewed: list[str] = []
+    for topic in sorted(topics, key=lambda t: t.name):
+        for right in sorted(set(rights), key=TOPIC_RIGHTS.index):
+            found = (
+                model.objects.select_for_update()
+                .filter(**holder, permission=permissions[right], content_object=topic)
+                .first()
+            )
+            if found is not None and not found.live_at(now):
+                _expired_record(found)
+                found.delete()
+                found = None
+            if found is None:
+                found = model(**holder, permission=permissions[right], content_object=topic)
+            else:
+                renewed.append(f"{topic.name}:{right}")
+            found.reason, found.expires_at, found.granted_by, found.granted_at = reason, expires_at, granted_by, now
+            found.save()
+            grants.append(found)
+    audit_record(
+        actor=actor,
+        action="access.grant",
+        target=principal_label(principal),
+        details={
+            "topics": sorted(topic.name for topic in topics),
+            "rights": sorted(set(rights), key=TOPIC_RIGHTS.index),
+            "reason": reason,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "renewed": renewed,
+        },
+    )
+    return grants
+
+
+@transaction.atomic
+def grant_revoke(*, grants: Sequence[Grant], reason: str, actor: Actor) -> int:
+    """Take back these grants (one audit entry per person or group); returns how many were taken back."""
+    reason = _reason_checked(reason)
+    if not grants:
+        raise ActionRefusedError([{"path": "/grants", "message": "choose at least one grant to revoke"}])
+    by_principal: dict[str, list[Grant]] = {}
+    for grant in grants:
+        by_principal.setdefault(principal_label(grant_principal(grant)), []).append(grant)
+    for label, held in sorted(by_principal.items()):
+        audit_record(
+            actor=actor,
+            action="access.revoke",
+            target=label,
+            details={
+                "rights": [f"{grant.content_object.name}:{grant.permission.codename}" for grant in held],
+                "reason": reason,
+                "granted_reasons": sorted({grant.reason for grant in held}),
+            },
+        )
+        for grant in held:
+            grant.delete()
+    return len(grants)
+
+
+def _expired_record(grant: Grant) -> None:
+    """Write down that a grant ran out (with the reason it was given for)."""
+    audit_record(
+        actor=EXPIRY_ACTOR,
+        action="access.expire",
+        target=principal_label(grant_principal(grant)),
+        details={
+            "topic": grant.content_object.name,
+            "right": grant.permission.codename,
+            "expired_at": grant.expires_at.isoformat() if grant.expires_at else None,
+            "reason": grant.reason,
+        },
+    )
+
+
+def grants_expire(*, now: dt.datetime | None = None) -> int:
+    """Remove grants past their expiry, each with its audit entry; returns how many.
+
+    The checks already ignore them from the moment they expire; this writes that down and tidies the tables.
+    """
+    moment = now or timezone.now()
+    removed = 0
+    for model in (TopicUserGrant, TopicGroupGrant):
+        with transaction.atomic():
+            due = (
+                model.objects.select_for_update()
+                .filter(expires_at__lte=moment)
+                .select_related("content_object", "permission", *(("user",) if model is TopicUserGrant else ("group",)))
+            )
+            for grant in due:
+                _expired_record(grant)
+                grant.delete()
+                removed += 1
+    return removed
+
+
+def grants_listed(*, now: dt.datetime | None = None) -> list[Grant]:
+    """Every grant still in force, groups first, then people, by name, topic and right."""
+    live = grant_live(now or timezone.now())
+    related = ("content_object", "permission", "granted_by")
+    groups = list(TopicGroupGrant.objects.filter(live).select_related("group", *related))
+    people = list(TopicUserGrant.objects.filter(live).select_related("user", *related))
+    rank = {right: index for index, right in enumerate(TOPIC_RIGHTS)}
+
+    def order(grant: Grant) -> tuple[str, str, int]:
+        return principal_label(grant_principal(grant)), grant.content_object.name, rank[grant.permission.codename]
+
+    return sorted(groups, key=order) + sorted(people, key=order)
+
+
+def grants_by_keys(keys: Sequence[str]) -> list[Grant]:
+    """The grants named by form keys ``u<id>`` (a person's) and ``g<id>`` (a group's); unknown keys are ignored."""
+    user_ids = [int(key[1:]) for key in keys if key[:1] == "u" and key[1:].isdigit()]
+    group_ids = [int(key[1:]) for key in keys if key[:1] == "g" and key[1:].isdigit()]
+    related = ("content_object", "permission")
+    return [
+        *TopicUserGrant.objects.filter(pk__in=user_ids).select_related("user", *related),
+        *TopicGroupGrant.objects.filter(pk__in=group_ids).select_related("group", *related),
+    ]
+
+
+def grant_key(grant: Grant) -> str:
+    """The form key of a grant (see ``grants_by_keys``)."""
+    return f"{'u' if isinstance(grant, TopicUserGrant) else 'g'}{grant.pk}"
+
+
+@transaction.atomic
+def role_member_set(*, user: User, role: Role, member: bool, reason: str, actor: Actor) -> None:
+    """Put a person in a role group or take them out; the last active Bus admin cannot be taken out."""
+    reason = _reason_checked(reason)
+    # Locking the group row serialises role changes, so two admins cannot remove each other at once.
+    group = Group.objects.select_for_update().get(name=role.value)
+    is_member = group.user_set.filter(pk=user.pk).exists()
+    if is_member == member:
+        state = "already in" if member else "not in"
+        raise ActionRefusedError([{"path": "/role", "message": f"{user.get_username()} is {state} {role.value}"}])
+    if not member and role == Role.BUS_ADMINS:
+        others = group.user_set.filter(is_active=True).exclude(pk=user.pk)
+        if not others.exists():
+            raise ActionRefusedError(
+                [
+                    {
+                        "path": "/role",
+                        "message": f"{user.get_username()} is the last active Bus admin: make someone else one first",
+                    }
+                ]
+            )
+    if member:
+        group.user_set.add(user)
+    else:
+        group.user_set.remove(user)
+    audit_record(
+        actor=actor,
+        action="role.add" if member else "role.remove",
+        target=f"user:{user.get_username()}",
+        details={"role": role.value, "reason": reason},
+    )
+
+
+@dataclass(frozen=True)
+class Held:
+    """One right in one cell of the access matrix, and where it comes from."""
+
+    right: str
+    via: str  # "grant" (given here, revocable here), "role" (role-wide) or "group:<name>"
+    grant: Grant | None = None
+
+
+@dataclass
+class MatrixRow:
+    """A person or a group: their roles, their role-wide rights, and what they hold on each topic."""
+
+    label: str
+    name: str
+    is_group: bool
+    roles: list[str]
+    role_wide: list[str]
+    cells: list[tuple[Topic, list[Held]]]
+
+
+def access_matrix(topics: Sequence[Topic], *, now: dt.datetime | None = None) -> list[MatrixRow]:
+    """Topics by people and groups, each cell the rights held there (given directly, by role, or by a group).
+
+    Five queries, however many topics, people and grants there are.
+    """
+    rank = {right: index for index, right in enumerate(TOPIC_RIGHTS)}
+    groups = list(Group.objects.order_by("name").prefetch_related("permissions"))
+    people = list(User.objects.filter(is_active=True).order_by("username").prefetch_related("groups"))
+    role_wide = {
+        group.pk: sorted(
+            {p.codename for p in group.permissions.all() if p.codename in rank}, key=lambda right: rank[right]
+        )
+        for group in groups
+    }
+    granted: dict[tuple[str, int], list[Held]] = {}
+    for grant in grants_listed(now=now):
+        key = (principal_label(grant_principal(grant)), grant.content_object_id)
+        granted.setdefault(key, []).append(Held(grant.permission.codename, "grant", grant))
+    rows: list[MatrixRow] = []
+    for group in groups:
+        label = principal_label(group)
+        by_topic = [
+            (t, [*(Held(r, "role") for r in role_wide[group.pk]), *granted.get((label, t.pk), [])]) for t in topics
+        ]
+        rows.append(MatrixRow(label, group.name, True, [], role_wide[group.pk], by_topic))
+    for person in people:
+        label = principal_label(person)
+        member_of = sorted(person.groups.all(), key=lambda g: g.name)
+        wide = sorted({r for g in member_of for r in role_wide.get(g.pk, [])}, key=lambda right: rank[right])
+        cells: list[tuple[Topic, list[Held]]] = []
+        for topic in topics:
+            cell = [Held(r, "role") for r in wide]
+            for group in member_of:
+                cell += [
+                    Held(held.right, f"group:{group.name}")
+                    for held in granted.get((principal_label(group), topic.pk), [])
+                    if held.right not in wide
+                ]
+            cell += granted.get((label, topic.pk), [])
+            cells.append((topic, cell))
+        rows.append(MatrixRow(label, person.get_username(), False, [g.name for g in member_of], wide, cells))
+    return rows

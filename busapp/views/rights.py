@@ -1,0 +1,218 @@
+"""/access/ for bus admins: the matrix of topics by people and groups, grants, revokes, roles and service tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import Group, User
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from busapp.forms import GrantForm, RevokeForm, RoleForm, ServiceTokenForm
+from busapp.grants import (
+    access_matrix,
+    grant_create,
+    grant_key,
+    grant_principal,
+    grant_revoke,
+    grants_by_keys,
+    grants_listed,
+    principal_label,
+    role_member_set,
+)
+from busapp.models import ServiceToken, Topic
+from busapp.permissions import MANAGE_ACCESS, Role
+from busapp.tokens import service_token_create, service_token_revoke
+from busapp.validation import BusInputError
+from busapp.views.access import refuse_audited, signed_in_user
+
+
+def _admin(request: HttpRequest) -> User:
+    """The signed-in person, if they may manage access (Bus admins); otherwise 403, audited."""
+    user = signed_in_user(request)
+    if not (user.is_active and user.has_perm(f"busapp.{MANAGE_ACCESS}")):
+        refuse_audited(request, "access.refused", "access", "managing access is for bus admins")
+    return user
+
+
+def _principal_choices() -> list[tuple[str, str]]:
+    """Every group and active person, as the grant form offers them."""
+    groups = [(f"group:{g.pk}", f"group {g.name}") for g in Group.objects.order_by("name")]
+    people = [(f"user:{u.pk}", u.get_username()) for u in User.objects.filter(is_active=True).order_by("username")]
+    return groups + people
+
+
+def _principal(choice: str) -> User | Group:
+    """The person or group a grant form's choice names."""
+    kind, _, pk = choice.partition(":")
+    return User.objects.get(pk=pk) if kind == "user" else Group.objects.get(pk=pk)
+
+
+def _usernames() -> list[str]:
+    """Every active person's username."""
+    return list(User.objects.filter(is_active=True).order_by("username").values_list("username", flat=True))
+
+
+def _refused_on(form: forms.Form, refused: BusInputError) -> None:
+    """Put a service's refusal under the form fields it names (or above the form)."""
+    for error in refused.errors:
+        field = error["path"].strip("/").split("/")[0]
+        form.add_error(field if field in form.fields else None, error["message"])
+
+
+def _matrix_page(request: HttpRequest, *, status: int = 200, **bound: forms.Form) -> HttpResponse:
+    """The access page, with any bound (refused) form in place of its empty one."""
+    topics = list(Topic.objects.order_by("name"))
+    names = [topic.name for topic in topics]
+    grants = grants_listed()
+    context: dict[str, Any] = {
+        "topics": topics,
+        "rows": access_matrix(topics),
+        "grants": [(grant_key(grant), principal_label(grant_principal(grant)), grant) for grant in grants],
+        "grant_form": bound.get("grant_form") or GrantForm(principals=_principal_choices(), topic_names=names),
+        "revoke_form": bound.get("revoke_form") or RevokeForm(grant_keys=[grant_key(g) for g in grants]),
+        "role_form": bound.get("role_form") or RoleForm(usernames=_usernames()),
+    }
+    return render(request, "access/matrix.html", context, status=status)
+
+
+@login_required
+@require_GET
+def access_page(request: HttpRequest) -> HttpResponse:
+    """Who holds what on which topic, and the forms to grant, revoke and change roles."""
+    _admin(request)
+    return _matrix_page(request)
+
+
+@login_required
+@require_POST
+def access_grant(request: HttpRequest) -> HttpResponse:
+    """Grant rights on topics to a person or group, with a reason and an optional expiry."""
+    actor = _admin(request)
+    names = list(Topic.objects.order_by("name").values_list("name", flat=True))
+    form = GrantForm(request.POST, principals=_principal_choices(), topic_names=names)
+    if form.is_valid():
+        data = form.cleaned_data
+        principal = _principal(data["principal"])
+        try:
+            grant_create(
+                principal=principal,
+                topics=list(Topic.objects.filter(name__in=data["topics"])),
+                rights=data["rights"],
+                reason=data["reason"],
+                expires_at=data["expires_at"],
+                actor=actor,
+            )
+        except BusInputError as refused:
+            _refused_on(form, refused)
+        else:
+            until = f" until {data['expires_at']:%Y-%m-%d %H:%M} UTC" if data["expires_at"] else ""
+            rights, topics = ", ".join(data["rights"]), ", ".join(data["topics"])
+            messages.success(request, f"Granted {rights} on {topics} to {principal_label(principal)}{until}.")
+            return redirect("access")
+    return _matrix_page(request, status=400, grant_form=form)
+
+
+@login_required
+@require_POST
+def access_revoke(request: HttpRequest) -> HttpResponse:
+    """Revoke the ticked grants, with a reason."""
+    actor = _admin(request)
+    form = RevokeForm(request.POST, grant_keys=[grant_key(grant) for grant in grants_listed()])
+    if form.is_valid():
+        try:
+            count = grant_revoke(
+                grants=grants_by_keys(form.cleaned_data["grants"]), reason=form.cleaned_data["reason"], actor=actor
+            )
+        except BusInputError as refused:
+            _refused_on(form, refused)
+        else:
+            messages.success(request, f"Revoked {count} grant{'s' if count != 1 else ''}.")
+            return redirect("access")
+    return _matrix_page(request, status=400, revoke_form=form)
+
+
+@login_required
+@require_POST
+def access_role(request: HttpRequest) -> HttpResponse:
+    """Add a person to a role or remove them from it (never the last Bus admin)."""
+    actor = _admin(request)
+    form = RoleForm(request.POST, usernames=_usernames())
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            role_member_set(
+                user=User.objects.get(username=data["username"]),
+                role=Role(data["role"]),
+                member=data["member"],
+                reason=data["reason"],
+                actor=actor,
+            )
+        except BusInputError as refused:
+            _refused_on(form, refused)
+        else:
+            change = "added to" if data["member"] else "removed from"
+            messages.success(request, f"{data['username']} {change} {data['role']}.")
+            return redirect("access")
+    return _matrix_page(request, status=400, role_form=form)
+
+
+def _tokens_page(
+    request: HttpRequest, form: ServiceTokenForm | None = None, *, secret: str = "", status: int = 200
+) -> HttpResponse:
+    """The service tokens, the form to issue one, and a new token's secret (shown this once)."""
+    names = list(Topic.objects.order_by("name").values_list("name", flat=True))
+    tokens = ServiceToken.objects.prefetch_related("topics").select_related("created_by", "revoked_by")
+    context = {"tokens": tokens, "form": form or ServiceTokenForm(topic_names=names), "secret": secret}
+    response = render(request, "access/tokens.html", context, status=status)
+    if secret:
+        response["Cache-Control"] = "no-store"  # the secret must not stay in any cache
+    return response
+
+
+@login_required
+def access_tokens(request: HttpRequest) -> HttpResponse:
+    """GET: the service tokens; POST: issue one (its secret is shown once, on the answer to this POST)."""
+    actor = _admin(request)
+    if request.method != "POST":
+        return _tokens_page(request)
+    names = list(Topic.objects.order_by("name").values_list("name", flat=True))
+    form = ServiceTokenForm(request.POST, topic_names=names)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            token, secret = service_token_create(
+                name=data["name"],
+                topics=list(Topic.objects.filter(name__in=data["topics"])),
+                actor=actor,
+                can_publish=data["can_publish"],
+                can_view=data["can_view"],
+                expires_at=data["expires_at"],
+            )
+        except BusInputError as refused:
+            _refused_on(form, refused)
+        except forms.ValidationError as invalid:  # the model's own checks (the service name's rule)
+            for field, problems in invalid.message_dict.items():
+                form.add_error(field if field in form.fields else None, problems)
+        else:
+            messages.success(request, f"Token issued for {token.name}. Copy it now: it is not shown again.")
+            return _tokens_page(request, secret=secret)
+    return _tokens_page(request, form, status=400)
+
+
+@login_required
+@require_POST
+def access_token_revoke(request: HttpRequest, prefix: str) -> HttpResponse:
+    """Revoke a service token for good."""
+    actor = _admin(request)
+    try:
+        token = service_token_revoke(prefix=prefix, actor=actor)
+    except BusInputError as refused:
+        messages.error(request, str(refused.errors[0]["message"]))
+    else:
+        messages.success(request, f"Token {token} revoked: every request with it is now refused.")
+    return redirect("access-tokens")

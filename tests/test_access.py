@@ -1,0 +1,290 @@
+"""/access/: grants with reasons and expiry, revokes, roles (never the last Bus admin), service tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import time
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import Client
+from django.utils import timezone
+
+from busapp.grants import grant_create, grant_key, grants_expire, role_member_set
+from busapp.models import AuditEntry, ServiceToken, Topic, TopicGroupGrant, TopicUserGrant
+from busapp.permissions import MANAGE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, Role, topic_right_held, topics_with_right
+from busapp.validation import ActionRefusedError
+
+pytestmark = pytest.mark.usefixtures("demo", "bus")
+
+
+def _client(username: str) -> Client:
+    client = Client()
+    client.force_login(User.objects.get(username=username))
+    return client
+
+
+def _user(username: str) -> User:
+    return User.objects.get(username=username)  # fresh: Django caches role permissions on the instance
+
+
+def _topic(name: str = "tax-policy") -> Topic:
+    return Topic.objects.get(name=name)
+
+
+def _matrix_row(response: Any, principal: str) -> str:
+    """The HTML of one person's or group's row of the access matrix."""
+    page = response.content.decode()
+    start = page.index(f'data-principal="{principal}"')
+    return page[start : page.index("</tr>", start)]
+
+
+def _pk(username: str) -> int:
+    return _user(username).pk
+
+
+def test_the_roles_exist_with_their_global_rights_after_migrate() -> None:
+    """The data migration made the three groups; Bus admins may manage access, the others may not."""
+    names = set(Group.objects.values_list("name", flat=True))
+    assert {role.value for role in Role} <= names
+    assert _user("admin").has_perm("busapp.manage_access")
+    assert not _user("auditor").has_perm("busapp.manage_access")
+    assert _user("auditor").has_perm("busapp.view_topic")
+    assert not _user("auditor").has_perm("busapp.publish_topic")
+
+
+def test_admin_grants_through_the_page_and_the_right_works_at_once() -> None:
+    """A grant with a reason gives the right on the chosen topics, shows in the matrix and is audited."""
+    assert not topic_right_held(_user("policy2"), MANAGE_TOPIC, _topic())
+    response = _client("admin").post(
+        "/access/grants/",
+        {
+            "principal": f"user:{_pk('policy2')}",
+            "topics": ["tax-policy"],
+            "rights": [MANAGE_TOPIC],
+            "reason": "covers dead letters during the filing season",
+        },
+    )
+    assert response.status_code == 302
+    assert topic_right_held(_user("policy2"), MANAGE_TOPIC, _topic())
+    assert not topic_right_held(_user("policy2"), MANAGE_TOPIC, _topic("irs.withholding"))
+    entry = AuditEntry.objects.filter(action="access.grant", target="user:policy2").order_by("seq").last()
+    assert entry is not None
+    assert entry.actor_name == "admin"
+    assert entry.details["rights"] == [MANAGE_TOPIC]
+    assert entry.details["reason"] == "covers dead letters during the filing season"
+    page = _client("admin").get("/access/").content.decode()
+    assert "covers dead letters during the filing season" in page
+    assert 'data-right="manage_topic"' in _matrix_row(_client("admin").get("/access/"), "user:policy2")
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"reason": ""}, "reason", "This field is required"),
+        ({"expires_at": "2001-01-01T00:00"}, "expires_at", "has passed"),
+        ({"rights": ["fly_topic"]}, "rights", "not one of the available choices"),
+        ({"topics": []}, "topics", "This field is required"),
+    ],
+)
+def test_a_grant_without_reason_or_with_a_past_expiry_is_refused_and_changes_nothing(
+    change: dict[str, object], field: str, message: str
+) -> None:
+    """The form answers 400 with the problem under its field; no right is given, nothing is audited."""
+    before = (TopicUserGrant.objects.count(), AuditEntry.objects.count())
+    form = {"principal": f"user:{_pk('policy2')}", "topics": ["tax-policy"], "rights": [MANAGE_TOPIC], "reason": "x"}
+    response = _client("admin").post("/access/grants/", {**form, **change})
+    assert response.status_code == 400
+    assert message in str(response.context["grant_form"].errors[field])
+    assert (TopicUserGrant.objects.count(), AuditEntry.objects.count()) == before
+
+
+def test_an_expired_grant_stops_working_at_its_expiry_before_any_sweep() -> None:
+    """Checked where rights are checked: once the moment passes, the right is gone; the sweep then writes it down."""
+    grant_create(
+        principal=_user("policy2"),
+        topics=[_topic()],
+        rights=[MANAGE_TOPIC],
+        reason="one afternoon's cover",
+        actor=_user("admin"),
+        expires_at=timezone.now() + dt.timedelta(seconds=1),
+    )
+    assert topic_right_held(_user("policy2"), MANAGE_TOPIC, _topic())
+    time.sleep(1.1)
+    assert not topic_right_held(_user("policy2"), MANAGE_TOPIC, _topic())
+    assert TopicUserGrant.objects.filter(permission__codename=MANAGE_TOPIC).exists(), "not swept yet, yet not held"
+    assert 'data-right="manage_topic"' not in _matrix_row(_client("admin").get("/access/"), "user:policy2")
+    assert grants_expire() == 1
+    entry = AuditEntry.objects.get(action="access.expire")
+    assert entry.target == "user:policy2"
+    assert entry.details["right"] == MANAGE_TOPIC
+    assert entry.details["reason"] == "one afternoon's cover"
+    assert grants_expire() == 0
+
+
+def test_a_group_grant_reaches_every_member_and_expires_for_all() -> None:
+    """A right given to a group is held by its members, and stops for all of them at its expiry."""
+    topic = Topic.objects.create(name="payroll.rates")
+    assert not topics_with_right(_user("policy"), VIEW_TOPIC).filter(pk=topic.pk).exists()
+    grant_create(
+        principal=Group.objects.get(name=Role.POLICY_PUBLISHERS.value),
+        topics=[topic],
+        rights=[VIEW_TOPIC, PUBLISH_TOPIC],
+        reason="new topic for all policy staff",
+        actor=_user("admin"),
+        expires_at=timezone.now() + dt.timedelta(seconds=1),
+    )
+    for username in ("policy", "policy2"):
+        assert topic_right_held(_user(username), PUBLISH_TOPIC, topic)
+    assert not topic_right_held(_user("auditor"), PUBLISH_TOPIC, topic)
+    time.sleep(1.1)
+    assert not topic_right_held(_user("policy"), PUBLISH_TOPIC, topic)
+    assert grants_expire() == 2
+    assert not TopicGroupGrant.objects.exists()
+
+
+def test_granting_again_renews_instead_of_doubling() -> None:
+    """A right already held gets the new reason and expiry; it is still one grant."""
+    for reason in ("first", "second"):
+        grant_create(
+            principal=_user("policy2"), topics=[_topic()], rights=[MANAGE_TOPIC], reason=reason, actor=_user("admin")
+        )
+    grants = TopicUserGrant.objects.filter(user__username="policy2", permission__codename=MANAGE_TOPIC)
+    assert [grant.reason for grant in grants] == ["second"]
+    renewal = AuditEntry.objects.filter(action="access.grant").order_by("seq").last()
+    assert renewal is not None
+    assert renewal.details["renewed"] == ["tax-policy:manage_topic"]
+
+
+def test_revoke_through_the_page_needs_a_reason_and_takes_the_right_away() -> None:
+    """Without a reason nothing is revoked; with one, the right is gone and the audit entry says why."""
+    grant = TopicUserGrant.objects.get(
+        user__username="policy2", content_object__name="tax-policy", permission__codename=PUBLISH_TOPIC
+    )
+    admin = _client("admin")
+    refused = admin.post("/access/revoke/", {"grants": [grant_key(grant)], "reason": ""})
+    assert refused.status_code == 400
+    assert "reason" in refused.context["revoke_form"].errors
+    assert topic_right_held(_user("policy2"), PUBLISH_TOPIC, _topic())
+    done = admin.post("/access/revoke/", {"grants": [grant_key(grant)], "reason": "moved to another team"})
+    assert done.status_code == 302
+    assert not topic_right_held(_user("policy2"), PUBLISH_TOPIC, _topic())
+    assert topic_right_held(_user("policy2"), VIEW_TOPIC, _topic()), "only the ticked grant goes"
+    entry = AuditEntry.objects.get(action="access.revoke")
+    assert entry.target == "user:policy2"
+    assert entry.details == {
+        "rights": ["tax-policy:publish_topic"],
+        "reason": "moved to another team",
+        "granted_reasons": ["demo data"],
+    }
+    published = _client("policy2").post(
+        "/topics/tax-policy/publish/", {"type": "tax_policy.updated", "/payload/standard_deduction": "15000"}
+    )
+    assert published.status_code == 403
+
+
+def test_the_last_bus_admin_cannot_be_removed() -> None:
+    """Removing the only active Bus admin is refused; once there is another, it is allowed."""
+    admin = _client("admin")
+    form = {"username": "admin", "role": Role.BUS_ADMINS.value, "member": "0", "reason": "leaving"}
+    refused = admin.post("/access/roles/", form)
+    assert refused.status_code == 400
+    assert "last active Bus admin" in str(refused.context["role_form"].errors)
+    assert _user("admin").groups.filter(name=Role.BUS_ADMINS.value).exists()
+    added = admin.post("/access/roles/", {**form, "username": "policy2", "member": "1", "reason": "deputy admin"})
+    assert added.status_code == 302
+    assert admin.post("/access/roles/", form).status_code == 302
+    assert not _user("admin").groups.filter(name=Role.BUS_ADMINS.value).exists()
+    with pytest.raises(ActionRefusedError, match="last active Bus admin"):
+        role_member_set(user=_user("policy2"), role=Role.BUS_ADMINS, member=False, reason="x", actor="cli:test")
+    actions = list(
+        AuditEntry.objects.filter(action__startswith="role.").order_by("seq").values_list("action", "target")
+    )
+    assert actions == [("role.add", "user:policy2"), ("role.remove", "user:admin")]
+
+
+@pytest.mark.parametrize("username", ["policy", "auditor"])
+def test_only_bus_admins_reach_access_and_refused_writes_are_audited(username: str) -> None:
+    """Policy staff and auditors get 403 on every /access/ page; their attempted grant is written down once."""
+    client = _client(username)
+    assert client.get("/access/").status_code == 403
+    assert client.get("/access/tokens/").status_code == 403
+    form = {"principal": f"user:{_pk(username)}", "topics": ["tax-policy"], "rights": [MANAGE_TOPIC], "reason": "me"}
+    assert client.post("/access/grants/", form).status_code == 403
+    assert not topic_right_held(_user(username), MANAGE_TOPIC, _topic())
+    refused = AuditEntry.objects.filter(actor_name=username, action="access.refused", details__path="/access/grants/")
+    assert refused.count() == 1
+
+
+def test_a_token_issued_on_the_page_is_shown_once_works_and_stops_when_revoked() -> None:
+    """The secret appears on the answer to the POST only; the API accepts it; revoked on the page, it is refused."""
+    admin = _client("admin")
+    response = admin.post(
+        "/access/tokens/", {"name": "refund-feed", "topics": ["tax-policy"], "can_publish": "on", "can_view": "on"}
+    )
+    assert response.status_code == 200
+    assert response["Cache-Control"] == "no-store"
+    secret = response.context["secret"]
+    assert secret.startswith("hms_")
+    assert secret in response.content.decode()
+    token = ServiceToken.objects.get(name="refund-feed")
+    assert secret not in admin.get("/access/tokens/").content.decode()
+    assert token.secret_sha256 != secret
+    assert secret not in json.dumps(list(ServiceToken.objects.values()), default=str)
+
+    def publish() -> int:
+        body = {"type": "tax_policy.updated", "payload": {"standard_deduction": 15000}}
+        return (
+            Client()
+            .post(
+                "/api/topics/tax-policy/events/",
+                body,
+                content_type="application/json",
+                HTTP_AUTHORIZATION=f"Bearer {secret}",
+            )
+            .status_code
+        )
+
+    assert publish() in (201, 202)  # 202 here: this test's transaction never commits, so Redis waits
+    token.refresh_from_db()
+    assert token.last_used_at is not None
+    assert "service:refund-feed" in AuditEntry.objects.filter(action="event.publish").values_list(
+        "actor_name", flat=True
+    )
+    assert admin.post(f"/access/tokens/{token.prefix}/revoke/").status_code == 302
+    assert publish() == 401
+
+
+def test_a_token_form_with_a_bad_service_name_says_which_rule() -> None:
+    """The service name's rule is shown under the field; no token is issued."""
+    response = _client("admin").post(
+        "/access/tokens/", {"name": "Refund Feed!", "topics": ["tax-policy"], "can_view": "on"}
+    )
+    assert response.status_code == 400
+    assert response.context["form"].errors["name"]
+    assert not ServiceToken.objects.exists()
+
+
+def test_the_service_token_command_issues_lists_and_revokes() -> None:
+    """The operator's way: the text is printed once, the list never shows it, a revoked token is refused."""
+    out, err = io.StringIO(), io.StringIO()
+    call_command("service_token", "create", "--service", "efile", "--topic", "tax-policy", stdout=out, stderr=err)
+    text = out.getvalue().strip()
+    assert text.startswith("hms_")
+    assert "not shown again" in err.getvalue()
+    token = ServiceToken.objects.get(name="efile")
+    listed = io.StringIO()
+    call_command("service_token", "list", stdout=listed)
+    assert f"{token.prefix}  efile  tax-policy  publish+view" in listed.getvalue()
+    assert text not in listed.getvalue()
+    call_command("service_token", "revoke", token.prefix, stdout=io.StringIO())
+    assert Client().get("/api/topics/", HTTP_AUTHORIZATION=f"Bearer {text}").status_code == 401
+    with pytest.raises(CommandError, match="already revoked"):
+        call_command("service_token", "revoke", token.prefix, stdout=io.StringIO())
+    with pytest.raises(CommandError, match="unknown topic 'nope'"):
+        call_command("service_token", "create", "--service", "efile", "--topic", "nope", stdout=io.StringIO())
