@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +117,22 @@ def database_url() -> str:
     user = settings["USER"] or ""
     password = f":{settings['PASSWORD']}" if settings["PASSWORD"] else ""
     return f"postgres://{user}{password}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+
+
+@functools.cache
+def _production_hash(password: str) -> str:
+    """``password`` hashed as production hashes it (once per run: it takes most of a second)."""
+    hasher = PBKDF2PasswordHasher()
+    return hasher.encode(password, hasher.salt())
+
+
+def passwords_for_another_process(password: str) -> None:
+    """Give every user ``password`` hashed as production does, for a server in another process to check.
+
+    The suite hashes with MD5 for speed (tests/conftest.py); a server started with the
+    production settings does not accept that hasher.
+    """
+    get_user_model().objects.update(password=_production_hash(password))
 
 
 def manage_env(redis_url: str) -> dict[str, str]:

@@ -10,8 +10,19 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.conftest import DEMO_PASSWORD
 from tests.e2e.conftest import BrowserLog, sign_in
-from tests.support import ROOT, OutputWatcher, RedisServer, free_port, manage, manage_background, manage_env, wait_for
+from tests.support import (
+    ROOT,
+    OutputWatcher,
+    RedisServer,
+    free_port,
+    manage,
+    manage_background,
+    manage_env,
+    passwords_for_another_process,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
 
@@ -21,6 +32,7 @@ def asgi_url(suite_redis: RedisServer) -> Iterator[str]:
     """uvicorn serving the ASGI app (pages and websockets) on the tests' database, and a bus worker beside it."""
     import urllib.request
 
+    passwords_for_another_process(DEMO_PASSWORD)
     port = free_port()
     env = manage_env(suite_redis.url(0))
     server = subprocess.Popen(
