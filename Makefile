@@ -58,6 +58,7 @@ bench: $(DEV)
 	$(PY) bench/publish.py
 	$(PY) bench/forms.py
 	$(PY) bench/live.py
+	$(PY) bench/api.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

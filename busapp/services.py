@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import hashlib
 import json
@@ -15,6 +14,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
 from django.db.models import Model
+from django.db.models.base import ModelState
 from django.utils import timezone
 
 from busapp.audit import Actor, AuditRecord, actor_parts, audit_append, audit_record
@@ -44,11 +44,13 @@ from busapp.validation import (
     BusInputError,
     EventRejectedError,
     FieldError,
+    PayloadTooLargeError,
     SchemaInvalidError,
     backward_incompatibilities,
     effective_at_error,
     payload_errors,
     payload_json,
+    payload_size_error,
     schema_check,
     schema_fingerprint,
     schema_uri,
@@ -243,10 +245,24 @@ class _BatchEvents:
             self.first[version.pk] = (event, head)
             return event
         first, head = known
-        event = copy.copy(first)
+        event = _event_like(first)
         event.envelope_id, event.envelope = envelope_wire(head=head, payload_json=encoded)
         event.payload = payload
         return event
+
+
+def _event_like(first: Event) -> Event:
+    """A new unsaved Event with the same field values as ``first`` (its related objects shared, not copied).
+
+    ``copy.copy`` of a model instance goes through ``Model.__getstate__`` and cost 21 us an
+    event of a 1,000-event batch; this costs about 2.
+    """
+    event = Event.__new__(Event)
+    event.__dict__.update(first.__dict__)
+    state = ModelState()
+    state.db, state.adding, state.fields_cache = first._state.db, True, dict(first._state.fields_cache)
+    event._state = state
+    return event
 
 
 def _publish_record(event: Event) -> AuditRecord:
@@ -400,14 +416,20 @@ def event_publish_batch(
     """Publish many ``{"type", "payload"}`` items: one transaction, one Redis round trip.
 
     Valid items become events; invalid ones become dead letters (and go to ``<topic>.dlq``).
+    A payload over the size limit refuses the whole batch (PayloadTooLargeError), nothing written.
     """
     topic_row = topic_get(name=topic)
     _approval_check(topic_row, actor, approved_by=None)
     active = ActiveVersions()
     outcome = BatchOutcome()
     events = _BatchEvents(actor=actor, source=source)
-    for item in items:
-        checked = _batch_item_check(item, topic, active)
+    too_big: list[FieldError] = []
+    for index, item in enumerate(items):
+        try:
+            checked = _batch_item_check(item, topic, active)
+        except PayloadTooLargeError as refused:
+            too_big += [{"path": f"/events/{index}{e['path']}", "message": e["message"]} for e in refused.errors]
+            continue
         if isinstance(checked, tuple):
             version, encoded = checked
             event = events.build(version, item["payload"], encoded)
@@ -418,6 +440,8 @@ def event_publish_batch(
             letter = dead_letter_build(topic=topic_row, raw=raw, errors=checked, source=source, actor=actor)
             outcome.dead_letters.append(letter)
             outcome.items.append(letter)
+    if too_big:  # documents do not go on the bus, not even into its dead-letter queue
+        raise PayloadTooLargeError(too_big)
     with transaction.atomic():
         rows_insert(outcome.events)
         DeadLetter.objects.bulk_create(outcome.dead_letters)
@@ -442,6 +466,9 @@ def _batch_item_check(
     if not isinstance(payload, dict):
         return [{"path": "/payload", "message": "is required and must be an object"}]
     encoded = payload_json(payload)
+    too_big = payload_size_error(encoded)
+    if too_big:
+        raise PayloadTooLargeError([too_big])
     return payload_errors(version, payload, encoded=encoded) or (version, encoded)
 
 

@@ -253,6 +253,10 @@ class ActionRefusedError(BusInputError):
     """An action the record's state does not allow (already decided, already replayed) or missing its reason."""
 
 
+class PayloadTooLargeError(BusInputError):
+    """A batch holding a payload over the bus's size limit: refused whole, before anything is written."""
+
+
 class EventRejectedError(BusInputError):
     """The event breaks the envelope, its type is unknown, or its payload breaks the schema."""
 

@@ -5,6 +5,7 @@ Environment:
 - ``DEBUG``: ``1`` for local development (the default), ``0`` in production.
 - ``ALLOWED_HOSTS``: comma-separated host names.
 - ``DATABASE_URL``: default SQLite under ``var/``; PostgreSQL in production
+- ``DATABASE_POOL_SIZE``: PostgreSQL connections a process keeps open (default 20; 0 turns the pool off)
   (``postgres://user@host:5432/name``).
 - ``REDIS_URL``: the bus (default ``redis://127.0.0.1:6379/0``).
 - ``CHANNEL_LAYER_URL``: the Channels layer (default: ``REDIS_URL`` with database 1).
@@ -130,6 +131,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
     }
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and _env_int("DATABASE_POOL_SIZE", 20):
+    # Under ASGI every request runs in a thread of its own, so a connection never outlives its
+    # request whatever CONN_MAX_AGE says: each request started a new PostgreSQL backend (about
+    # 10 ms of server CPU). psycopg's pool keeps them open (bench/README.md, api.py).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool, not Django, keeps connections
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": _env_int("DATABASE_POOL_SIZE", 20),
+        "timeout": 10,
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LOGIN_URL = "login"

@@ -354,6 +354,14 @@ def test_a_batch_over_1000_events_or_empty_is_400():
     assert Event.objects.count() == 0
 
 
+def test_a_batch_holding_a_document_sized_payload_is_413_and_writes_nothing():
+    big = {"type": "tax_policy.updated", "payload": {"standard_deduction": 15000, "note": "a" * 70_000}}
+    errors = _errors(_post(BATCH, {"events": [EVENT, big, EVENT, big]}, _token()), 413)
+    assert [error["path"] for error in errors] == ["/events/1/payload", "/events/3/payload"]
+    assert "the limit is 65,536 bytes" in errors[0]["message"]
+    assert (Event.objects.count(), DeadLetter.objects.count()) == (0, 0)
+
+
 def test_a_batch_to_a_sensitive_topic_is_403():
     token = _token(topics=("irs.withholding",))
 

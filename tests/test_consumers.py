@@ -12,6 +12,7 @@ from django.test import Client
 from django.utils import timezone
 from guardian.shortcuts import remove_perm
 
+from busapp.consumers import SharedRightsReads
 from busapp.grants import grant_create
 from busapp.live import live_message
 from busapp.models import Topic
@@ -232,3 +233,24 @@ async def test_an_idle_page_stays_connected_past_the_redis_read_timeout():
     frame = await communicator.receive_json_from(timeout=5)
     assert frame["items"][0]["id"] == "e0"
     await communicator.disconnect()
+
+
+async def test_many_sockets_of_one_person_share_one_rights_read_a_second(monkeypatch: pytest.MonkeyPatch):
+    """Fifty tabs re-reading rights every 2 s cost one read, not fifty; a second later the next read is fresh."""
+    reads: list[int] = []
+
+    async def counted(user_id: int) -> tuple[bool, set[str]]:
+        reads.append(user_id)
+        await asyncio.sleep(0.01)
+        return True, {"tax-policy"}
+
+    monkeypatch.setattr("busapp.consumers._rights", counted)
+    shared = SharedRightsReads()
+    answers = await asyncio.gather(*(shared.get(7) for _ in range(50)), shared.get(8))
+    assert reads == [7, 8]
+    assert all(answer == (True, {"tax-policy"}) for answer in answers)
+    answers[0][1].add("mutated")  # one socket's copy is its own
+    assert (await shared.get(7))[1] == {"tax-policy"}
+    await asyncio.sleep(SharedRightsReads.FRESH_SECONDS + 0.05)
+    await shared.get(7)
+    assert reads == [7, 8, 7]

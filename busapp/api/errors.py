@@ -24,6 +24,7 @@ from busapp.validation import (
     BusInputError,
     EventRejectedError,
     FieldError,
+    PayloadTooLargeError,
     TopicNotFoundError,
 )
 
@@ -35,6 +36,7 @@ BUS_ERROR_STATUS: dict[type[BusInputError], int] = {
     ApprovalRequiredError: status.HTTP_403_FORBIDDEN,
     ActionRefusedError: status.HTTP_409_CONFLICT,
     EventRejectedError: status.HTTP_422_UNPROCESSABLE_ENTITY,
+    PayloadTooLargeError: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
 }
 
 

@@ -32,11 +32,27 @@ class EventInSerializer(serializers.Serializer[Any]):
     payload = serializers.DictField(help_text="Checked against the type's active JSON Schema version.")
 
 
+class ObjectListField(serializers.ListField):
+    """A list of JSON objects, checked for shape only: the service checks each item against its schema.
+
+    DRF's ``DictField`` child copied every item key by key, 6% of a 1,000-event batch's time.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=serializers.DictField(), **kwargs)  # the child documents the items' type
+
+    def run_child_validation(self, data: list[Any]) -> list[Any]:
+        """Each item must be an object; errors are keyed by index, as DRF keys a list's."""
+        wrong = {str(index): ["must be an object"] for index, item in enumerate(data) if not isinstance(item, dict)}
+        if wrong:
+            raise serializers.ValidationError(wrong)
+        return list(data)
+
+
 class BatchInSerializer(serializers.Serializer[Any]):
     """Up to 1,000 events for one topic, published in one transaction and one Redis round trip."""
 
-    events = serializers.ListField(
-        child=serializers.DictField(),
+    events = ObjectListField(
         min_length=1,
         max_length=BATCH_MAX_EVENTS,
         error_messages={
