@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from typing import Any
@@ -560,6 +561,8 @@ class ServiceToken(models.Model):
 
 class IdempotencyKey(models.Model):
     """The first answer to a publish sent with an ``Idempotency-Key``, replayed when the same request comes again."""
+
+    LIFETIME = dt.timedelta(hours=24)  # a key is honoured this long, then forgotten
 
     key = models.CharField(max_length=255)
     actor_name = models.CharField(max_length=150, help_text="Keys are per caller: a person or 'service:<name>'.")

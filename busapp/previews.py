@@ -14,6 +14,8 @@ from typing import Any
 
 from django.core import signing
 
+from busapp.publishing import envelope_uuid
+
 _SALT = "busapp.publish-preview"
 # A preview older than this is refused; the person previews again and sees current values.
 MAX_AGE_SECONDS = 60 * 60
@@ -38,7 +40,7 @@ def preview_sign(
     *, user_id: int, topic: str, event_type: str, payload: dict[str, Any], effective_at: dt.datetime | None = None
 ) -> tuple[str, Preview]:
     """A new preview with its own envelope id, and the token that carries it to the confirm step."""
-    preview = Preview(topic, event_type, payload, uuid.uuid4(), effective_at)
+    preview = Preview(topic, event_type, payload, envelope_uuid(), effective_at)
     data = {"u": user_id, "t": topic, "e": event_type, "p": payload, "id": str(preview.envelope_id)}
     if effective_at is not None:
         data["at"] = effective_at.isoformat()

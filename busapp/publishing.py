@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -74,13 +76,26 @@ def envelope_head(
     return json.dumps(members, separators=(",", ":"), ensure_ascii=False)[1:-1]
 
 
+def envelope_uuid() -> uuid.UUID:
+    """A new envelope id: a version-7 UUID (RFC 9562), its first 48 bits the time in milliseconds.
+
+    Ids that rise with time land at the end of the history's unique index instead of all over
+    it: with random (version-4) ids a batch of 1,000 dirtied a leaf page of that index per event
+    once the history held about 100,000 events, and batches slowed by a third (bench/README.md).
+    """
+    millis = time.time_ns() // 1_000_000
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    rand_a, rand_b = random_bits >> 68, random_bits & ((1 << 62) - 1)
+    return uuid.UUID(int=(millis & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
+
+
 def envelope_wire(*, head: str, payload_json: str, envelope_id: uuid.UUID | None = None) -> tuple[str, str]:
     """The envelope id (new unless given), and the seed's envelope ``{id, type, timestamp, payload}`` plus our keys.
 
     The payload arrives already encoded (its size was checked on that encoding), so it is
     encoded once however many times it is used. A given id is a UUID, so it needs no escaping.
     """
-    text = str(envelope_id or uuid.uuid4())
+    text = str(envelope_id or envelope_uuid())
     return text, f'{{"id":"{text}",{head},"payload":{payload_json}}}'
 
 

@@ -28,6 +28,7 @@ from busapp.models import (
     Event,
     EventStatus,
     EventType,
+    IdempotencyKey,
     PublishRequest,
     PublishRequestStatus,
     SchemaVersion,
@@ -836,3 +837,13 @@ def _bulk_handle(action: BulkAction, letter_id: int) -> tuple[str, str]:
 def bulk_actions_running() -> list[int]:
     """The ids of the bulk actions the worker should advance."""
     return list(BulkAction.objects.filter(status=BulkActionStatus.RUNNING).values_list("id", flat=True))
+
+
+# Housekeeping the bus worker runs.
+
+
+def idempotency_keys_purge(*, now: dt.datetime | None = None) -> int:
+    """Forget idempotency keys older than their lifetime (a day); returns how many."""
+    cutoff = (now or timezone.now()) - IdempotencyKey.LIFETIME
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -29,7 +29,6 @@ from django.db import DatabaseError, IntegrityError, close_old_connections, conn
 from django.utils import timezone
 from redis.exceptions import RedisError, ResponseError
 
-from busapp.api.idempotency import idempotency_keys_purge
 from busapp.audit import AuditRecord, ChainReport, audit_append, audit_verify
 from busapp.grants import grants_expire
 from busapp.live import bulk_group, dlq_group, live_item, live_message, topic_group
@@ -43,6 +42,7 @@ from busapp.services import (
     dead_letter_audit_record,
     dead_letter_build,
     envelopes_digest,
+    idempotency_keys_purge,
     publish_requests_due,
 )
 from busapp.validation import FieldError, envelope_errors, payload_errors

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from busapp.api.errors import ApiError
 from busapp.models import IdempotencyKey
 
 # A key is remembered at least this long; an older one may be used again for a new request.
-KEY_LIFETIME = dt.timedelta(hours=24)
+KEY_LIFETIME = IdempotencyKey.LIFETIME
 KEY_MAX_LENGTH = 255
 
 Outcome = TypeVar("Outcome")
@@ -101,10 +100,3 @@ def publish_once(
     if final != provisional:
         IdempotencyKey.objects.filter(pk=row.pk).update(response_status=final.status, response_body=final.body)
     return final
-
-
-def idempotency_keys_purge(*, now: dt.datetime | None = None) -> int:
-    """Forget keys older than a day; returns how many."""
-    cutoff = (now or timezone.now()) - KEY_LIFETIME
-    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
-    return deleted
