@@ -48,14 +48,6 @@ def _reason_checked(reason: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class GrantRow:
-    """One right on one topic, as a grant or revoke asks for it."""
-
-    topic: str
-    right: str
-
-
 @transaction.atomic
 def grant_create(
     *,

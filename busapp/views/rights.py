@@ -8,6 +8,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import Group, User
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -32,11 +33,14 @@ from busapp.views.access import refuse_audited, signed_in_user
 
 
 def _admin(request: HttpRequest) -> User:
-    """The signed-in person, if they may manage access (Bus admins); otherwise 403, audited."""
+    """The signed-in person, if they may manage access (Bus admins); otherwise 403 (audited for a POST)."""
     user = signed_in_user(request)
-    if not (user.is_active and user.has_perm(f"busapp.{MANAGE_ACCESS}")):
-        refuse_audited(request, "access.refused", "access", "managing access is for bus admins")
-    return user
+    if user.is_active and user.has_perm(f"busapp.{MANAGE_ACCESS}"):
+        return user
+    message = "managing access is for bus admins"
+    if request.method in ("GET", "HEAD"):  # looking is refused; trying to change access is also written down
+        raise PermissionDenied(message)
+    refuse_audited(request, "access.refused", "access", message)
 
 
 def _principal_choices() -> list[tuple[str, str]]:
