@@ -125,6 +125,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the bus worker write at once: WAL lets readers run beside the
     # writer, IMMEDIATE takes the write lock at BEGIN (no lock-upgrade deadlocks, and
     # it serializes the audit chain), and the timeout waits instead of failing.
+    # Threads of one process queue for the write lock instead of polling for it (hmsadmin/sqlite).
+    DATABASES["default"]["ENGINE"] = "hmsadmin.sqlite"
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
