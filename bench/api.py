@@ -40,7 +40,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.history import _database_line, _postgres_database  # noqa: E402
+from bench.history import _database_line, _postgres_database, _teardown  # noqa: E402
 from bench.live import _answers, _cpu_seconds, _machine_busy_seconds, _p, _revision, _setup  # noqa: E402
 from bench.publish import _seed_path  # noqa: E402
 from tests.support import RedisServer, free_port, wait_for  # noqa: E402
@@ -770,18 +769,7 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
-        with contextlib.suppress(Exception):
-            from django.db import connections
-
-            connections.close_all()
-        redis_server.stop()
-        shutil.rmtree(redis_server.workdir, ignore_errors=True)
-        if arguments.keep:
-            print(f"kept: {database_url}, the server's log {log}")
-        else:
-            if postgres:
-                _postgres_database(database_url, create=False)
-            shutil.rmtree(workdir, ignore_errors=True)
+        _teardown(redis_server, workdir, database_url, keep=arguments.keep, kept=f", the server's log {log}")
 
 
 if __name__ == "__main__":

@@ -724,18 +724,23 @@ def main() -> None:
     try:
         _run(arguments, database_url, redis_server, workdir)
     finally:
-        with contextlib.suppress(Exception):
-            from django.db import connections
+        _teardown(redis_server, workdir, database_url, keep=arguments.keep)
 
-            connections.close_all()
-        redis_server.stop()
-        shutil.rmtree(redis_server.workdir, ignore_errors=True)
-        if arguments.keep:
-            print(f"kept: {database_url}")
-        else:
-            if postgres:
-                _postgres_database(database_url, create=False)
-            shutil.rmtree(workdir, ignore_errors=True)
+
+def _teardown(redis_server: RedisServer, workdir: str, database_url: str, *, keep: bool, kept: str = "") -> None:
+    """Close the connections, stop the bench's Redis, drop its database and folder (unless ``keep``)."""
+    with contextlib.suppress(Exception):
+        from django.db import connections
+
+        connections.close_all()
+    redis_server.stop()
+    shutil.rmtree(redis_server.workdir, ignore_errors=True)
+    if keep:
+        print(f"kept: {database_url}{kept}")
+        return
+    if database_url.startswith("postgres"):
+        _postgres_database(database_url, create=False)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _run(arguments: argparse.Namespace, database_url: str, redis_server: RedisServer, workdir: str) -> None:

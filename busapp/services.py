@@ -51,6 +51,7 @@ from busapp.validation import (
     effective_at_error,
     payload_errors,
     payload_json,
+    payload_schema_errors,
     payload_size_error,
     schema_check,
     schema_fingerprint,
@@ -470,7 +471,7 @@ def _batch_item_check(
     too_big = payload_size_error(encoded)
     if too_big:
         raise PayloadTooLargeError([too_big])
-    return payload_errors(version, payload, encoded=encoded) or (version, encoded)
+    return payload_schema_errors(version, payload) or (version, encoded)
 
 
 def _batch_send(outcome: BatchOutcome) -> None:

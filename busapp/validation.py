@@ -225,6 +225,11 @@ def payload_errors(version: SchemaVersion, payload: Any, *, encoded: str | None 
     too_big = payload_size_error(payload_json(payload) if encoded is None else encoded)
     if too_big:
         return [too_big]
+    return payload_schema_errors(version, payload)
+
+
+def payload_schema_errors(version: SchemaVersion, payload: Any) -> list[FieldError]:
+    """Every way the payload breaks its schema version (its size already checked), with paths under ``/payload``."""
     return _sorted_errors(validator_for(version).iter_errors(payload), "/payload")
 
 

@@ -228,3 +228,33 @@ def withholding_request(requested_by: Any) -> Any:
         actor=requested_by,
         envelope_id=uuid.uuid4(),
     )
+
+
+def approved_withholding_event() -> Any:
+    """WITHHOLDING_TABLE published on irs.withholding by policy, approved by policy2 (a form publish)."""
+    from busapp.models import Source
+    from busapp.services import event_publish
+
+    people = get_user_model().objects
+    return event_publish(
+        topic="irs.withholding",
+        event_type="withholding_table.published",
+        payload=WITHHOLDING_TABLE,
+        actor=people.get(username="policy"),
+        approved_by=people.get(username="policy2"),
+        source=Source.FORM,
+    )
+
+
+def signed_in(username: str) -> Any:
+    """A test Client with a session of the person."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(get_user_model().objects.get(username=username))
+    return client
+
+
+def session_cookie(username: str) -> bytes:
+    """The Cookie header of a fresh session of the person (for websockets)."""
+    return f"sessionid={signed_in(username).cookies['sessionid'].value}".encode()

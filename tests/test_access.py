@@ -19,14 +19,9 @@ from busapp.grants import grant_create, grant_key, grants_expire, role_member_se
 from busapp.models import AuditEntry, ServiceToken, Topic, TopicGroupGrant, TopicUserGrant
 from busapp.permissions import MANAGE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, Role, topic_right_held, topics_with_right
 from busapp.validation import ActionRefusedError
+from tests.support import signed_in
 
 pytestmark = pytest.mark.usefixtures("demo", "bus")
-
-
-def _client(username: str) -> Client:
-    client = Client()
-    client.force_login(User.objects.get(username=username))
-    return client
 
 
 def _user(username: str) -> User:
@@ -61,7 +56,7 @@ def test_the_roles_exist_with_their_global_rights_after_migrate() -> None:
 def test_admin_grants_through_the_page_and_the_right_works_at_once() -> None:
     """A grant with a reason gives the right on the chosen topics, shows in the matrix and is audited."""
     assert not topic_right_held(_user("policy2"), MANAGE_TOPIC, _topic())
-    response = _client("admin").post(
+    response = signed_in("admin").post(
         "/access/grants/",
         {
             "principal": f"user:{_pk('policy2')}",
@@ -78,9 +73,9 @@ def test_admin_grants_through_the_page_and_the_right_works_at_once() -> None:
     assert entry.actor_name == "admin"
     assert entry.details["rights"] == [MANAGE_TOPIC]
     assert entry.details["reason"] == "covers dead letters during the filing season"
-    page = _client("admin").get("/access/").content.decode()
+    page = signed_in("admin").get("/access/").content.decode()
     assert "covers dead letters during the filing season" in page
-    assert 'data-right="manage_topic"' in _matrix_row(_client("admin").get("/access/"), "user:policy2")
+    assert 'data-right="manage_topic"' in _matrix_row(signed_in("admin").get("/access/"), "user:policy2")
 
 
 @pytest.mark.parametrize(
@@ -98,7 +93,7 @@ def test_a_grant_without_reason_or_with_a_past_expiry_is_refused_and_changes_not
     """The form answers 400 with the problem under its field; no right is given, nothing is audited."""
     before = (TopicUserGrant.objects.count(), AuditEntry.objects.count())
     form = {"principal": f"user:{_pk('policy2')}", "topics": ["tax-policy"], "rights": [MANAGE_TOPIC], "reason": "x"}
-    response = _client("admin").post("/access/grants/", {**form, **change})
+    response = signed_in("admin").post("/access/grants/", {**form, **change})
     assert response.status_code == 400
     assert message in str(response.context["grant_form"].errors[field])
     assert (TopicUserGrant.objects.count(), AuditEntry.objects.count()) == before
@@ -118,7 +113,7 @@ def test_an_expired_grant_stops_working_at_its_expiry_before_any_sweep() -> None
     time.sleep(1.1)
     assert not topic_right_held(_user("policy2"), MANAGE_TOPIC, _topic())
     assert TopicUserGrant.objects.filter(permission__codename=MANAGE_TOPIC).exists(), "not swept yet, yet not held"
-    assert 'data-right="manage_topic"' not in _matrix_row(_client("admin").get("/access/"), "user:policy2")
+    assert 'data-right="manage_topic"' not in _matrix_row(signed_in("admin").get("/access/"), "user:policy2")
     assert grants_expire() == 1
     entry = AuditEntry.objects.get(action="access.expire")
     assert entry.target == "user:policy2"
@@ -166,7 +161,7 @@ def test_revoke_through_the_page_needs_a_reason_and_takes_the_right_away() -> No
     grant = TopicUserGrant.objects.get(
         user__username="policy2", content_object__name="tax-policy", permission__codename=PUBLISH_TOPIC
     )
-    admin = _client("admin")
+    admin = signed_in("admin")
     refused = admin.post("/access/revoke/", {"grants": [grant_key(grant)], "reason": ""})
     assert refused.status_code == 400
     assert "reason" in refused.context["revoke_form"].errors
@@ -182,7 +177,7 @@ def test_revoke_through_the_page_needs_a_reason_and_takes_the_right_away() -> No
         "reason": "moved to another team",
         "granted_reasons": ["demo data"],
     }
-    published = _client("policy2").post(
+    published = signed_in("policy2").post(
         "/topics/tax-policy/publish/", {"type": "tax_policy.updated", "/payload/standard_deduction": "15000"}
     )
     assert published.status_code == 403
@@ -190,7 +185,7 @@ def test_revoke_through_the_page_needs_a_reason_and_takes_the_right_away() -> No
 
 def test_the_last_bus_admin_cannot_be_removed() -> None:
     """Removing the only active Bus admin is refused; once there is another, it is allowed."""
-    admin = _client("admin")
+    admin = signed_in("admin")
     form = {"username": "admin", "role": Role.BUS_ADMINS.value, "member": "0", "reason": "leaving"}
     refused = admin.post("/access/roles/", form)
     assert refused.status_code == 400
@@ -211,7 +206,7 @@ def test_the_last_bus_admin_cannot_be_removed() -> None:
 @pytest.mark.parametrize("username", ["policy", "auditor"])
 def test_only_bus_admins_reach_access_and_refused_writes_are_audited(username: str) -> None:
     """Policy staff and auditors get 403 on every /access/ page; their attempted grant is written down once."""
-    client = _client(username)
+    client = signed_in(username)
     assert client.get("/access/").status_code == 403
     assert client.get("/access/tokens/").status_code == 403
     form = {"principal": f"user:{_pk(username)}", "topics": ["tax-policy"], "rights": [MANAGE_TOPIC], "reason": "me"}
@@ -223,7 +218,7 @@ def test_only_bus_admins_reach_access_and_refused_writes_are_audited(username: s
 
 def test_a_token_issued_on_the_page_is_shown_once_works_and_stops_when_revoked() -> None:
     """The secret appears on the answer to the POST only; the API accepts it; revoked on the page, it is refused."""
-    admin = _client("admin")
+    admin = signed_in("admin")
     response = admin.post(
         "/access/tokens/", {"name": "refund-feed", "topics": ["tax-policy"], "can_publish": "on", "can_view": "on"}
     )
@@ -262,7 +257,7 @@ def test_a_token_issued_on_the_page_is_shown_once_works_and_stops_when_revoked()
 
 def test_a_token_form_with_a_bad_service_name_says_which_rule() -> None:
     """The service name's rule is shown under the field; no token is issued."""
-    response = _client("admin").post(
+    response = signed_in("admin").post(
         "/access/tokens/", {"name": "Refund Feed!", "topics": ["tax-policy"], "can_view": "on"}
     )
     assert response.status_code == 400

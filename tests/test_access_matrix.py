@@ -39,7 +39,7 @@ from busapp.routing import websocket_urlpatterns
 from busapp.services import bulk_action_start, dead_letter_create, event_publish
 from busapp.tokens import service_token_create
 from hmsadmin.asgi import application
-from tests.support import WITHHOLDING_TABLE, publish_deduction, withholding_request
+from tests.support import WITHHOLDING_TABLE, publish_deduction, session_cookie, withholding_request
 
 ANONYMOUS, TOKEN = "anonymous", "token"
 PEOPLE = ("auditor", "policy", "policy2", "admin")
@@ -479,13 +479,6 @@ async def socket_connected(path: str, world: World, role: str) -> tuple[bool, in
     connected, code = await communicator.connect(timeout=5)
     await communicator.disconnect()
     return connected, code if isinstance(code, int) else None
-
-
-def session_cookie(username: str) -> bytes:
-    """The Cookie header of a fresh session of the person."""
-    client = Client()
-    client.force_login(User.objects.get(username=username))
-    return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
 @pytest.mark.parametrize("route", sorted(SOCKET_RULES))

@@ -11,8 +11,8 @@ from django.test import Client
 
 from busapp.models import AuditEntry, DeadLetter, DeadLetterStatus, Event, SchemaVersion, Source, Topic
 from busapp.publishing import stream_key
-from busapp.services import dead_letter_create, event_publish, event_publish_batch
-from tests.support import WITHHOLDING_TABLE
+from busapp.services import dead_letter_create, event_publish_batch
+from tests.support import approved_withholding_event, signed_in
 from tests.test_api import _errors, _get, _post, _token
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
@@ -20,29 +20,10 @@ pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
 SCHEMAS = "/api/topics/tax-policy/types/tax_policy.updated/schemas/"
 
 
-def _client(username: str) -> Client:
-    """A client signed in as the demo user."""
-    client = Client()
-    client.force_login(User.objects.get(username=username))
-    return client
-
-
 def _publish(*deductions: int, actor: str = "service:efile", source: str = Source.API) -> list[Event]:
     """Events on tax-policy, one per deduction, in one batch."""
     items = [{"type": "tax_policy.updated", "payload": {"standard_deduction": amount}} for amount in deductions]
     return event_publish_batch(topic="tax-policy", items=items, actor=actor, source=source).events
-
-
-def _withholding_event() -> Event:
-    """An event on the sensitive topic irs.withholding, approved by a second person."""
-    return event_publish(
-        topic="irs.withholding",
-        event_type="withholding_table.published",
-        payload=WITHHOLDING_TABLE,
-        actor=User.objects.get(username="policy"),
-        approved_by=User.objects.get(username="policy2"),
-        source=Source.FORM,
-    )
 
 
 def _events(client: Client, **query) -> dict:
@@ -70,7 +51,7 @@ def _letter(deduction: int = -5, raw: str | None = None) -> DeadLetter:
 def test_the_history_narrows_by_field_and_payload_condition_like_the_page():
     _publish(100, 20000, 30000)
     _publish(25000, actor="service:payroll")
-    auditor = _client("auditor")
+    auditor = signed_in("auditor")
 
     rich = _events(auditor, topic="tax-policy", publisher="service:efile", where=["standard_deduction >= 15000"])
 
@@ -98,7 +79,7 @@ def test_the_cursor_walks_the_whole_filtered_history_once_newest_first():
     _publish(*range(7))
     _publish(*range(100, 105))
     expected = list(Event.objects.order_by("-timestamp", "-id").values_list("envelope_id", flat=True))
-    auditor = _client("auditor")
+    auditor = signed_in("auditor")
 
     walked, cursor, pages = [], None, 0
     while True:
@@ -115,7 +96,7 @@ def test_the_cursor_walks_the_whole_filtered_history_once_newest_first():
 
 
 def test_a_wrong_condition_filter_or_limit_is_400_naming_each_parameter_and_its_rule():
-    auditor = _client("auditor")
+    auditor = signed_in("auditor")
 
     errors = _errors(auditor.get("/api/events/", {"where": "standard_deduction >> 5", "limit": 0}), 400)
 
@@ -132,7 +113,7 @@ def test_a_wrong_condition_filter_or_limit_is_400_naming_each_parameter_and_its_
 
 def test_a_tampered_cursor_is_400_not_a_page_elsewhere():
     _publish(*range(3))
-    auditor = _client("auditor")
+    auditor = signed_in("auditor")
     cursor = _events(auditor, limit=1)["next"]
     value, signature = cursor.split(":", 1)
 
@@ -148,7 +129,7 @@ def test_a_tampered_cursor_is_400_not_a_page_elsewhere():
 
 def test_a_token_reads_only_the_history_of_its_topics_and_one_without_the_view_right_none():
     _publish(1)
-    withholding = _withholding_event()
+    withholding = approved_withholding_event()
     token = _token(topics=("tax-policy",), can_publish=False, can_view=True)
 
     listed = json.loads(_get("/api/events/", token).content)["events"]
@@ -169,8 +150,8 @@ def test_a_persons_history_holds_only_the_topics_they_may_see():
     _publish(1)
     User.objects.create_user("outsider")
 
-    assert _events(_client("outsider"))["events"] == []
-    assert [event["topic"] for event in _events(_client("policy"))["events"]] == ["tax-policy"]
+    assert _events(signed_in("outsider"))["events"] == []
+    assert [event["topic"] for event in _events(signed_in("policy"))["events"]] == ["tax-policy"]
 
 
 # One event's record
@@ -178,10 +159,10 @@ def test_a_persons_history_holds_only_the_topics_they_may_see():
 
 def test_an_events_record_names_its_schema_version_and_the_dead_letter_it_replays():
     letter = _letter()
-    replayed = _post(f"/api/dlq/{letter.pk}/replay/", {"payload": {"standard_deduction": 5}}, client=_client("admin"))
+    replayed = _post(f"/api/dlq/{letter.pk}/replay/", {"payload": {"standard_deduction": 5}}, client=signed_in("admin"))
     envelope_id = replayed.json()["id"]
 
-    record = _client("auditor").get(f"/api/events/{envelope_id}/").json()
+    record = signed_in("auditor").get(f"/api/events/{envelope_id}/").json()
 
     assert (record["id"], record["schema_version"], record["replayed_from"], record["source"]) == (
         envelope_id,
@@ -191,13 +172,13 @@ def test_an_events_record_names_its_schema_version_and_the_dead_letter_it_replay
     )
     assert record["envelope"]["payload"] == {"standard_deduction": 5}
     plain = _publish(7)[0]
-    assert _client("auditor").get(f"/api/events/{plain.envelope_id}/").json()["replayed_from"] is None
+    assert signed_in("auditor").get(f"/api/events/{plain.envelope_id}/").json()["replayed_from"] is None
 
 
 def test_an_event_the_caller_may_not_see_is_404_like_an_unknown_one():
-    hidden = _withholding_event()
+    hidden = approved_withholding_event()
     User.objects.create_user("outsider")
-    outsider = _client("outsider")
+    outsider = signed_in("outsider")
 
     hidden_errors = _errors(outsider.get(f"/api/events/{hidden.envelope_id}/"), 404)
     unknown_errors = _errors(outsider.get("/api/events/no-such-event/"), 404)
@@ -205,7 +186,7 @@ def test_an_event_the_caller_may_not_see_is_404_like_an_unknown_one():
     assert hidden_errors[0]["message"].replace(hidden.envelope_id, "X") == unknown_errors[0]["message"].replace(
         "no-such-event", "X"
     )
-    assert _client("auditor").get(f"/api/events/{hidden.envelope_id}/").status_code == 200
+    assert signed_in("auditor").get(f"/api/events/{hidden.envelope_id}/").status_code == 200
 
 
 # Schema versions
@@ -237,7 +218,7 @@ def test_anyone_who_may_view_the_topic_lists_its_types_schema_versions():
 
 
 def test_a_bus_admin_adds_the_next_schema_version_and_it_is_audited_and_in_force():
-    response = _post(SCHEMAS, {"schema": NOTE_SCHEMA}, client=_client("admin"))
+    response = _post(SCHEMAS, {"schema": NOTE_SCHEMA}, client=signed_in("admin"))
 
     assert response.status_code == 201, response.content
     created = response.json()
@@ -245,7 +226,7 @@ def test_a_bus_admin_adds_the_next_schema_version_and_it_is_audited_and_in_force
     assert created["schema"] == NOTE_SCHEMA
     entry = AuditEntry.objects.get(action="schema_version.create", target="schema:tax-policy/tax_policy.updated/v2")
     assert entry.actor_name == "admin"
-    listed = _client("policy").get(SCHEMAS).json()["schema_versions"]
+    listed = signed_in("policy").get(SCHEMAS).json()["schema_versions"]
     assert [version["version"] for version in listed] == [2, 1]
     too_long = {"type": "tax_policy.updated", "payload": {"standard_deduction": 1, "note": "x" * 201}}
     assert _errors(_post("/api/topics/tax-policy/events/", too_long, _token()), 422)[0]["path"] == "/payload/note"
@@ -256,7 +237,7 @@ def test_only_a_bus_admin_may_add_a_schema_version_and_refusals_are_audited(who)
     if who == "token":
         response = _post(SCHEMAS, {"schema": NOTE_SCHEMA}, _token("admin-feed"))
     else:
-        response = _post(SCHEMAS, {"schema": NOTE_SCHEMA}, client=_client(who))
+        response = _post(SCHEMAS, {"schema": NOTE_SCHEMA}, client=signed_in(who))
 
     message = _errors(response, 403)[0]["message"]
 
@@ -268,7 +249,7 @@ def test_only_a_bus_admin_may_add_a_schema_version_and_refusals_are_audited(who)
 
 
 def test_an_invalid_or_breaking_schema_is_422_with_the_reason_and_saves_nothing():
-    admin = _client("admin")
+    admin = signed_in("admin")
     broken = {"type": "object", "properties": {"standard_deduction": {"type": "numeric"}}}
     breaking = copy.deepcopy(NOTE_SCHEMA) | {"required": ["standard_deduction", "note"]}
 
@@ -310,12 +291,12 @@ def test_the_dead_letter_list_holds_open_letters_of_visible_topics_newest_first_
     assert _errors(_get("/api/dlq/?cursor=forged", token), 400)[0]["path"] == "/query/cursor"
     assert _errors(_get("/api/dlq/?topic=irs.withholding", token), 400)[0]["path"] == "/query/topic"
     User.objects.create_user("outsider")
-    assert _client("outsider").get("/api/dlq/").json() == {"dead_letters": [], "next": None}
+    assert signed_in("outsider").get("/api/dlq/").json() == {"dead_letters": [], "next": None}
 
 
 def test_a_replay_as_it_arrived_or_fixed_publishes_a_new_event_and_closes_the_letter(bus):
     fixable, fine = _letter(-5), _letter(raw='{"type": "tax_policy.updated", "payload": {"standard_deduction": 9}}')
-    admin = _client("admin")
+    admin = signed_in("admin")
 
     fixed = _post(f"/api/dlq/{fixable.pk}/replay/", {"payload": {"standard_deduction": 5}}, client=admin)
     as_arrived = _post(f"/api/dlq/{fine.pk}/replay/", "", client=admin)
@@ -336,14 +317,14 @@ def test_a_replay_as_it_arrived_or_fixed_publishes_a_new_event_and_closes_the_le
 def test_a_replay_that_still_fails_is_422_with_its_errors_and_the_letter_stays_open():
     letter = _letter(-5)
 
-    errors = _errors(_post(f"/api/dlq/{letter.pk}/replay/", {}, client=_client("admin")), 422)
+    errors = _errors(_post(f"/api/dlq/{letter.pk}/replay/", {}, client=signed_in("admin")), 422)
 
     assert errors == [{"path": "/payload/standard_deduction", "message": "-5 is less than the minimum of 0"}]
     letter.refresh_from_db()
     assert letter.status == DeadLetterStatus.OPEN
     assert Event.objects.count() == 0
     not_json = _letter(raw="{oops")
-    missing = _errors(_post(f"/api/dlq/{not_json.pk}/replay/", {}, client=_client("admin")), 422)
+    missing = _errors(_post(f"/api/dlq/{not_json.pk}/replay/", {}, client=signed_in("admin")), 422)
     assert {error["path"] for error in missing} == {"/type", "/payload"}
 
 
@@ -354,7 +335,7 @@ def test_only_people_with_the_manage_right_may_replay_and_refusals_are_audited(w
     if who == "token":
         response = _post(f"/api/dlq/{letter.pk}/replay/", body, _token("admin-feed"))
     else:
-        response = _post(f"/api/dlq/{letter.pk}/replay/", body, client=_client(who))
+        response = _post(f"/api/dlq/{letter.pk}/replay/", body, client=signed_in(who))
 
     _errors(response, 403)
 
@@ -367,7 +348,7 @@ def test_only_people_with_the_manage_right_may_replay_and_refusals_are_audited(w
 
 def test_a_letter_replayed_or_discarded_already_is_409_and_an_unknown_one_404():
     letter = _letter(-5)
-    admin = _client("admin")
+    admin = signed_in("admin")
     body = {"payload": {"standard_deduction": 5}}
     assert _post(f"/api/dlq/{letter.pk}/replay/", body, client=admin).status_code == 201
 

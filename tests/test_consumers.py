@@ -8,7 +8,6 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing.websocket import WebsocketCommunicator
 from django.contrib.auth.models import User
-from django.test import Client
 from django.utils import timezone
 from guardian.shortcuts import remove_perm
 
@@ -19,22 +18,17 @@ from busapp.models import Topic
 from busapp.services import event_publish_batch
 from busapp.worker import BusWorker
 from hmsadmin.asgi import application
+from tests.support import session_cookie
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
 
 ORIGIN = (b"origin", b"http://testserver")
 
 
-def _session_cookie(username: str) -> bytes:
-    client = Client()
-    client.force_login(User.objects.get(username=username))
-    return f"sessionid={client.cookies['sessionid'].value}".encode()
-
-
 async def _connect(path: str = "/ws/traffic/", username: str | None = "policy", origin=ORIGIN):
     headers = [origin] if origin else []
     if username:
-        headers.append((b"cookie", await sync_to_async(_session_cookie)(username)))
+        headers.append((b"cookie", await sync_to_async(session_cookie)(username)))
     communicator = WebsocketCommunicator(application, path, headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     return communicator, connected

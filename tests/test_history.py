@@ -20,8 +20,8 @@ from django.test import Client
 from django.utils import timezone
 
 from busapp.models import AuditEntry, Event, EventStatus, SavedFilter, Source
-from busapp.services import event_publish, event_publish_batch, publish_request_decide
-from tests.support import WITHHOLDING_TABLE, withholding_request
+from busapp.services import event_publish_batch, publish_request_decide
+from tests.support import approved_withholding_event, withholding_request
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
 
@@ -228,14 +228,7 @@ def test_pages_stay_stable_while_new_events_keep_arriving() -> None:
 
 
 def test_policy_staff_see_only_their_topics_history() -> None:
-    withholding = event_publish(
-        topic="irs.withholding",
-        event_type="withholding_table.published",
-        payload=WITHHOLDING_TABLE,
-        actor=User.objects.get(username="policy"),
-        approved_by=User.objects.get(username="policy2"),
-        source=Source.FORM,
-    )
+    withholding = approved_withholding_event()
     outsider = User.objects.create_user("outsider")
     assert _listed(_client("outsider").get("/events/")) == []
     assert _listed(_client("auditor").get("/events/")) == [withholding.envelope_id]

@@ -56,6 +56,11 @@ def _principal(choice: str) -> User | Group:
     return User.objects.get(pk=pk) if kind == "user" else Group.objects.get(pk=pk)
 
 
+def _topic_names() -> list[str]:
+    """Every topic's name, as the forms offer them."""
+    return list(Topic.objects.order_by("name").values_list("name", flat=True))
+
+
 def _usernames() -> list[str]:
     """Every active person's username."""
     return list(User.objects.filter(is_active=True).order_by("username").values_list("username", flat=True))
@@ -97,8 +102,7 @@ def access_page(request: HttpRequest) -> HttpResponse:
 def access_grant(request: HttpRequest) -> HttpResponse:
     """Grant rights on topics to a person or group, with a reason and an optional expiry."""
     actor = _admin(request)
-    names = list(Topic.objects.order_by("name").values_list("name", flat=True))
-    form = GrantForm(request.POST, principals=_principal_choices(), topic_names=names)
+    form = GrantForm(request.POST, principals=_principal_choices(), topic_names=_topic_names())
     if form.is_valid():
         data = form.cleaned_data
         principal = _principal(data["principal"])
@@ -169,9 +173,8 @@ def _tokens_page(
     request: HttpRequest, form: ServiceTokenForm | None = None, *, secret: str = "", status: int = 200
 ) -> HttpResponse:
     """The service tokens, the form to issue one, and a new token's secret (shown this once)."""
-    names = list(Topic.objects.order_by("name").values_list("name", flat=True))
     tokens = ServiceToken.objects.prefetch_related("topics").select_related("created_by", "revoked_by")
-    context = {"tokens": tokens, "form": form or ServiceTokenForm(topic_names=names), "secret": secret}
+    context = {"tokens": tokens, "form": form or ServiceTokenForm(topic_names=_topic_names()), "secret": secret}
     response = render(request, "access/tokens.html", context, status=status)
     if secret:
         response["Cache-Control"] = "no-store"  # the secret must not stay in any cache
@@ -184,8 +187,7 @@ def access_tokens(request: HttpRequest) -> HttpResponse:
     actor = _admin(request)
     if request.method != "POST":
         return _tokens_page(request)
-    names = list(Topic.objects.order_by("name").values_list("name", flat=True))
-    form = ServiceTokenForm(request.POST, topic_names=names)
+    form = ServiceTokenForm(request.POST, topic_names=_topic_names())
     if form.is_valid():
         data = form.cleaned_data
         try:
