@@ -34,6 +34,7 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", help="default: SQLite in a temporary folder")
     parser.add_argument("--single", type=int, default=3000, help="events for the seed and single paths")
+    parser.add_argument("--rounds", type=int, default=10, help="turns the seed and single paths take about")
     parser.add_argument("--batches", type=int, default=10, help="batch calls of 1,000 events")
     parser.add_argument("--tap", type=int, default=20_000, help="external events for the tap")
     return parser.parse_args()
@@ -58,15 +59,15 @@ def _setup(database_url: str, redis_url: str) -> None:
     call_command("load_demo", password="bench-password-123", stdout=open(os.devnull, "w"))  # noqa: SIM115
 
 
-def _seed_path(redis_url: str, count: int) -> float:
-    """The seed chapter's publisher.py loop: jsonschema.validate + PUBLISH, events/s."""
+def _seed_path(redis_url: str, count: int, offset: int = 0) -> float:
+    """The seed chapter's publisher.py loop: jsonschema.validate + PUBLISH; seconds for ``count`` events."""
     import jsonschema
     import redis
 
     bus = redis.Redis.from_url(redis_url)
-    schema = {key: value for key, value in json.loads((ROOT / "schemas/tax_policy.json").read_text()).items()}
+    schema = json.loads((ROOT / "schemas/tax_policy.json").read_text())
     start = time.perf_counter()
-    for n in range(count):
+    for n in range(offset, offset + count):
         event = {
             "id": str(uuid.uuid4()),
             "type": "tax_policy.updated",
@@ -75,16 +76,16 @@ def _seed_path(redis_url: str, count: int) -> float:
         }
         jsonschema.validate(event["payload"], schema)
         bus.publish("tax-policy", json.dumps(event))
-    return count / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
-def _single_path(count: int) -> float:
-    """event_publish one at a time, events/s."""
+def _single_path(count: int, offset: int = 0) -> float:
+    """event_publish one event at a time; seconds for ``count`` events."""
     from busapp.models import EventStatus
     from busapp.services import event_publish
 
     start = time.perf_counter()
-    for n in range(count):
+    for n in range(offset, offset + count):
         event = event_publish(
             topic="tax-policy",
             event_type="tax_policy.updated",
@@ -93,7 +94,19 @@ def _single_path(count: int) -> float:
             source="api",
         )
         assert event.status == EventStatus.PUBLISHED
-    return count / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def _seed_and_single(redis_url: str, count: int, rounds: int) -> tuple[float, float]:
+    """Both paths' events/s, taken turn about in ``rounds`` slices so a machine that slows down mid-run slows both."""
+    per_round = max(1, count // rounds)
+    _seed_path(redis_url, 100)  # imports and connections warm before either is timed
+    _single_path(100)
+    seed_seconds = single_seconds = 0.0
+    for round_number in range(rounds):
+        seed_seconds += _seed_path(redis_url, per_round, offset=round_number * per_round)
+        single_seconds += _single_path(per_round, offset=round_number * per_round)
+    return per_round * rounds / seed_seconds, per_round * rounds / single_seconds
 
 
 def _batch_path(batches: int) -> float:
@@ -165,8 +178,7 @@ def main() -> None:
     database_url = arguments.database_url or f"sqlite:///{workdir}/bench.sqlite3"
     try:
         _setup(database_url, redis_server.url(0))
-        seed = _seed_path(redis_server.url(0), arguments.single)
-        single = _single_path(arguments.single)
+        seed, single = _seed_and_single(redis_server.url(0), arguments.single, arguments.rounds)
         batch = _batch_path(arguments.batches)
         tap_rate, tap_peak_mib = _tap(database_url, redis_server.url(0), arguments.tap)
     finally:

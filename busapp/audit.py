@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from busapp.models import AuditCheck, AuditEntry, AuditHead
-from busapp.rows import rows_insert
+from busapp.rows import driver_cursor, rows_insert
 
 GENESIS_HASH = "0" * 64
 
@@ -137,7 +137,7 @@ def _chain_entries(
 def _head_advance(expected: tuple[int, str] | None, newest: AuditEntry) -> bool:
     """Move the head to ``newest``; with ``expected``, only if the head is still there (True if it moved)."""
     table = AuditHead._meta.db_table
-    with connection.cursor() as cursor:
+    with driver_cursor() as cursor:
         if expected is None:  # the head is locked by this transaction already
             cursor.execute(f"UPDATE {table} SET seq = %s, hash = %s WHERE id = 1", [newest.seq, newest.hash])  # noqa: S608
             return True

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
@@ -26,6 +25,7 @@ from busapp.models import (
     Topic,
 )
 from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, topics_with_right
+from busapp.rows import driver_cursor
 from busapp.validation import BusInputError, EventRejectedError, FieldError, TopicNotFoundError
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def _version_from_row(topic: str, event_type: str, row: tuple[Any, ...]) -> Sche
 
 def schema_version_active(*, topic: str, event_type: str) -> SchemaVersion:
     """The newest non-deprecated schema version of a topic's event type, or a clear error naming what is unknown."""
-    with connection.cursor() as cursor:
+    with driver_cursor() as cursor:
         cursor.execute(_ACTIVE_VERSION_SQL, [topic, event_type, False])
         row = cursor.fetchone()
     if row is not None:

@@ -27,7 +27,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         _writer.acquire()
         self.holds_writer = True
         try:
-            super()._start_transaction_under_autocommit()  # type: ignore[misc]  # a private hook django-stubs leaves out
+            if self.queries_logged:
+                super()._start_transaction_under_autocommit()  # type: ignore[misc]  # a private hook django-stubs leaves out
+            else:
+                # On the driver's connection: Django's cursor wrapper cost more than the BEGIN itself.
+                with self.wrap_database_errors:
+                    self.connection.execute(f"BEGIN {self.transaction_mode or ''}")  # type: ignore[attr-defined]  # not in django-stubs
         except BaseException:
             self._writer_release()
             raise
