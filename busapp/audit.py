@@ -85,13 +85,14 @@ def audit_append(*, actor: Actor, records: Sequence[AuditRecord]) -> list[AuditE
     # Most appends come from the process that wrote the previous link, so the head it
     # remembers is tried first: the conditional UPDATE both checks and moves it, which
     # saves reading it. Another writer moved it in between: read it, locked, and redo.
-    remembered = _remembered_heads.get(_database_key())
+    database = _database_key()
+    remembered = _remembered_heads.get(database)
     entries = _chain_entries(remembered, now, user, actor_name, records) if remembered else []
     if not entries or not _head_advance(remembered, entries[-1]):
         entries = _chain_entries(_head_locked(), now, user, actor_name, records)
         _head_advance(None, entries[-1])
     rows_insert(entries)
-    _remembered_heads[_database_key()] = (entries[-1].seq, entries[-1].hash)
+    _remembered_heads[database] = (entries[-1].seq, entries[-1].hash)
     return entries
 
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from busapp.audit import AuditRecord, audit_append
 from busapp.models import DeadLetter, Event, EventStatus
-from busapp.rows import driver_cursor
+from busapp.rows import datetime_for_db, driver_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def _mark_published(events: Sequence[Event], now: dt.datetime) -> None:
         f"UPDATE {Event._meta.db_table} SET status = %s, stream_id = %s, published_at = %s, last_error = '' "  # noqa: S608
         "WHERE id = %s"
     )
-    published_at = connection.ops.adapt_datetimefield_value(now)
+    published_at = datetime_for_db(connection, now)
     rows = [(EventStatus.PUBLISHED.value, event.stream_id, published_at, event.pk) for event in events]
     own_transaction = not connection.in_atomic_block
     if own_transaction and len(rows) == 1 and connection.vendor == "sqlite":

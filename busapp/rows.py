@@ -104,8 +104,19 @@ class _Insert:
             return None
         adapted = self.adapted.get(value)
         if adapted is None:
-            adapted = self.adapted[value] = self.connection.ops.adapt_datetimefield_value(value)
+            adapted = self.adapted[value] = datetime_for_db(self.connection, value)
         return adapted
+
+
+def datetime_for_db(connection: BaseDatabaseWrapper, value: dt.datetime) -> Any:
+    """A datetime as the connection's driver takes it, as Django's adapter gives it.
+
+    On SQLite a time already in UTC (every ``timezone.now()``) is written directly; Django's
+    adapter converts it to UTC again first, about 3 us a value, five values a single publish.
+    """
+    if value.tzinfo is dt.UTC and connection.vendor == "sqlite" and connection.timezone is dt.UTC:
+        return str(value.replace(tzinfo=None))
+    return connection.ops.adapt_datetimefield_value(value)
 
 
 # Reads one column's value off an object, adapted for the insert it is part of.
