@@ -25,7 +25,15 @@ import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, close_old_connections, connections, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    IntegrityError,
+    close_old_connections,
+    connection,
+    connections,
+    transaction,
+)
 from django.utils import timezone
 from redis.exceptions import RedisError, ResponseError
 
@@ -67,6 +75,8 @@ TIDY_EVERY_SECONDS = 30.0
 # The audit chain: new entries checked every minute, the whole chain every hour.
 AUDIT_CHECK_EVERY_SECONDS = 60.0
 AUDIT_FULL_CHECK_EVERY_SECONDS = 3600.0
+# SQLite: the WAL is copied into the database this often (settings.py: publishers then never do).
+CHECKPOINT_EVERY_SECONDS = 1.0
 BULK_TICK_SECONDS = 0.2
 INGEST_MAXLEN = 100_000
 RAW_KEEP_BYTES = 1024 * 1024
@@ -364,6 +374,7 @@ class BusWorker:
             self._schedule_loop(),
             self._bulk_loop(),
             self._audit_check_loop(),
+            self._checkpoint_loop(),
             self._tidy_loop(),
         )
         tasks = [asyncio.create_task(loop) for loop in loops]
@@ -528,6 +539,17 @@ class BusWorker:
                     logger.error("audit log broken at entry #%s: %s", report.broken_seq, report.problem)
             await self._pause(AUDIT_CHECK_EVERY_SECONDS)
 
+    async def _checkpoint_loop(self) -> None:
+        """On SQLite, checkpoint the WAL every second from here, so that publishers never pay for it."""
+        if connections[DEFAULT_DB_ALIAS].vendor != "sqlite":
+            return
+        while not self.stopping.is_set():
+            try:
+                await sync_to_async(wal_checkpoint, thread_sensitive=False)()
+            except DatabaseError as error:
+                logger.warning("checkpoint: database error (%s)", error)
+            await self._pause(CHECKPOINT_EVERY_SECONDS)
+
     # Bulk replays and discards.
 
     async def _bulk_loop(self) -> None:
@@ -652,6 +674,17 @@ def _not_yet_recorded(batch: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
 def _tidy() -> int:
     """One round of tidying; how many grants and keys it removed."""
     return grants_expire() + idempotency_keys_purge()
+
+
+def wal_checkpoint() -> tuple[int, int]:
+    """Copy the SQLite WAL into the database file without waiting for anyone (PASSIVE).
+
+    Returns the frames the WAL holds and how many of them are in the database file now.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        _busy, held, copied = cursor.fetchone()
+    return int(held), int(copied)
 
 
 def _audit_check(resume: bool) -> ChainReport:

@@ -8,7 +8,9 @@ import pytest
 from django.db import connection, connections, transaction
 
 from busapp.models import Topic
+from busapp.worker import wal_checkpoint
 from hmsadmin.sqlite import base
+from tests.support import publish_deduction
 
 pytestmark = [
     pytest.mark.usefixtures("transactional_db"),
@@ -93,3 +95,17 @@ def test_writers_in_two_threads_take_turns_and_both_commit() -> None:
         "turn.first",
         "turn.second",
     }
+
+
+@pytest.mark.usefixtures("demo_committed")
+def test_publishers_leave_checkpoints_to_the_bus_worker(bus) -> None:
+    wal_checkpoint()  # start from a checkpointed WAL
+    for deduction in range(150):
+        publish_deduction(deduction)
+
+    held, copied = wal_checkpoint()
+
+    # Each publish appends more than ten pages to the WAL. Had a publisher checkpointed at
+    # SQLite's default of 1,000 pages, the WAL would have started over and held fewer.
+    assert held > 1500
+    assert copied == held

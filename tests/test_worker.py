@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import signal
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -164,6 +165,21 @@ async def test_the_tap_marks_an_event_published_when_its_sender_died_before_sayi
 
     stored = await sync_to_async(Event.objects.get)(pk=event.pk)
     assert (stored.status, stored.stream_id) == (EventStatus.PUBLISHED, stream_id)
+
+
+@pytest.mark.skipif(connections["default"].vendor != "sqlite", reason="only SQLite has a WAL to checkpoint")
+async def test_the_worker_checkpoints_the_wal_so_that_publishers_need_not(bus, running_worker):
+    database_file = Path(connections["default"].settings_dict["NAME"])
+
+    def publish_then_look() -> int:
+        for deduction in range(150):  # over 1,500 WAL pages: past SQLite's default checkpoint, not ours
+            publish_deduction(deduction)
+        return database_file.stat().st_mtime_ns
+
+    written_after_publishing = await sync_to_async(publish_then_look)()
+
+    # Writers only append to the WAL; the checkpoint copies its pages into the database file.
+    await _until(lambda: database_file.stat().st_mtime_ns > written_after_publishing, what="the worker's checkpoint")
 
 
 async def test_fan_out_sends_one_group_message_per_topic_per_batch_not_one_per_event(bus, running_worker):
