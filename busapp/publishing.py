@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from busapp.audit import AuditRecord, audit_append
 from busapp.models import DeadLetter, Event, EventStatus
-from busapp.rows import datetime_for_db, driver_cursor
+from busapp.rows import DriverCursor, datetime_for_db, driver_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -125,16 +125,20 @@ def _multi_exec(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Send ``MULTI ... EXEC`` in one write, read every reply, and return what EXEC answered."""
     # hiredis packs each command in C; redis-py's own packer took as long as the round trip.
     packed = b"".join([hiredis.pack_command(command) for command in commands])
-    conn = _sending_connection()
-    was_connected = conn.is_connected
+    idle = _idle_sending_connections()
+    conn = idle.pop() if idle else _new_sending_connection()
     try:
-        return _multi_exec_on(conn, packed, len(commands))
-    except redis.ConnectionError:
-        if not was_connected:
-            raise
-        # The connection went stale while it idled (Redis restarted, or dropped idle clients):
-        # once more on a new one, as taking one from the pool would have done.
-        return _multi_exec_on(conn, packed, len(commands))
+        was_connected = conn.is_connected
+        try:
+            return _multi_exec_on(conn, packed, len(commands))
+        except redis.ConnectionError:
+            if not was_connected:
+                raise
+            # The connection went stale while it idled (Redis restarted, or dropped idle clients):
+            # once more, reconnected, as taking one from redis-py's pool would have done.
+            return _multi_exec_on(conn, packed, len(commands))
+    finally:
+        idle.append(conn)
 
 
 def _multi_exec_on(conn: redis.Connection, packed: bytes, replies: int) -> list[Any]:
@@ -159,22 +163,28 @@ def _multi_exec_on(conn: redis.Connection, packed: bytes, replies: int) -> list[
     return results
 
 
-_sending = threading.local()
+# Connections for sends, idle between them, per REDIS_URL.
+_idle_sending: dict[str, list[redis.Connection]] = {}
 
 
-def _sending_connection() -> redis.Connection:
-    """This thread's own connection for sends, made like the pool's.
+def _idle_sending_connections() -> list[redis.Connection]:
+    """The idle connections for sends to ``REDIS_URL``.
 
-    Taking a pooled connection and giving it back cost a send 30 us (a lock, and a poll of
-    the socket for stray replies), a fifth of the round trip (bench/README.md). A connection
-    that only this thread uses, always read to its last reply, needs neither.
+    Taking a connection from redis-py's pool and giving it back cost a send 30 us (a lock, and
+    a poll of the socket for stray replies), a fifth of the round trip (bench/README.md). A send
+    always reads its last reply (or disconnects), so its connection needs no poll, and a list's
+    ``pop`` and ``append`` are atomic, so it needs no lock either.
     """
+    idle = _idle_sending.get(settings.REDIS_URL)
+    if idle is None:
+        idle = _idle_sending.setdefault(settings.REDIS_URL, [])
+    return idle
+
+
+def _new_sending_connection() -> redis.Connection:
+    """A new connection (not yet connected) made like the bus client's pool makes them."""
     pool = bus_redis().connection_pool
-    conn: redis.Connection | None = getattr(_sending, "connection", None)
-    if conn is None or getattr(_sending, "pool", None) is not pool:
-        conn = pool.connection_class(**pool.connection_kwargs)
-        _sending.connection, _sending.pool = conn, pool
-    return conn
+    return pool.connection_class(**pool.connection_kwargs)
 
 
 def _retry_later(events: Sequence[Event], error: Exception) -> None:
@@ -240,7 +250,32 @@ def _mark_published(events: Sequence[Event], now: dt.datetime) -> None:
                 [EventStatus.PUBLISHED.value, published_at, [row[3] for row in rows], [row[1] for row in rows]],
             )
             return
+        if connection.vendor == "sqlite" and len(rows) > 1:
+            _mark_published_sqlite(cursor, rows)
+            return
         cursor.executemany(sql, rows)
+
+
+# SQLite's limit is 32,766 bound values a statement; two a row.
+_SQLITE_MARKS_PER_STATEMENT = 10_000
+
+
+def _mark_published_sqlite(cursor: DriverCursor, rows: Sequence[tuple[str, str, Any, int]]) -> None:
+    """Mark a batch published on SQLite with one ``UPDATE ... FROM (VALUES ...)`` per 10,000 events.
+
+    An ``executemany`` steps SQLite once per row, and each step lets go of the GIL and takes it
+    back: with 8 API clients sending batches, every one of those waited for the other threads'
+    switch interval, and 8 clients published a third fewer events than one (bench/README.md).
+    """
+    status, _, published_at, _ = rows[0]
+    for start in range(0, len(rows), _SQLITE_MARKS_PER_STATEMENT):
+        chunk = rows[start : start + _SQLITE_MARKS_PER_STATEMENT]
+        values = ", ".join(["(%s, %s)"] * len(chunk))
+        cursor.execute(
+            f"UPDATE {Event._meta.db_table} AS e SET status = %s, stream_id = m.column2, "  # noqa: S608
+            f"published_at = %s, last_error = '' FROM (VALUES {values}) AS m WHERE e.id = m.column1",
+            [status, published_at, *(value for _, stream_id, _, pk in chunk for value in (pk, stream_id))],
+        )
 
 
 def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:

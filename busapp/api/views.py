@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from django.conf import settings
@@ -135,6 +136,10 @@ class TopicEventsView(APIView):
         return Response(answer.body, status=answer.status)
 
 
+# Batch requests a process serves at once (settings.BUS_BATCH_CONCURRENCY); the others wait their turn.
+_batch_turns = threading.BoundedSemaphore(settings.BUS_BATCH_CONCURRENCY)
+
+
 class TopicEventsBatchView(APIView):
     """POST /api/topics/<name>/events/batch/: publish up to 1,000 events at once."""
 
@@ -148,21 +153,25 @@ class TopicEventsBatchView(APIView):
         responses={200: BatchResultSerializer, **refusals(400, 401, 403, 404, 409, 413, 415)},
     )
     def post(self, request: Request, name: str) -> Response:
-        """Publish the valid items, dead-letter the invalid ones; one transaction, one Redis round trip."""
-        # A batch may be as large as Django reads into memory; each payload still keeps the 64 KiB limit.
-        body = body_checked(request, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or settings.BUS_MAX_PAYLOAD_BYTES)
-        topic = topic_for(request, name, PUBLISH_TOPIC)
-        data = input_valid(BatchInSerializer, request)
-        items = data["events"]  # a payload over 64 KiB refuses the batch with 413 (PayloadTooLargeError)
-        answer = publish_once(
-            actor_name=caller_name(request),
-            key=request.headers.get("Idempotency-Key"),
-            fingerprint=request_sha256(method="POST", path=request.path, body=body),
-            publish=lambda: event_publish_batch(
-                topic=topic.name, items=items, actor=caller_actor(request), source=Source.API
-            ),
-            answer=batch_answer,
-        )
+        """Publish the valid items, dead-letter the invalid ones; one transaction, one Redis round trip.
+
+        Batches beyond ``BUS_BATCH_CONCURRENCY`` wait for their turn before their body is read.
+        """
+        with _batch_turns:
+            # A batch may be as large as Django reads into memory; each payload still keeps the 64 KiB limit.
+            body = body_checked(request, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or settings.BUS_MAX_PAYLOAD_BYTES)
+            topic = topic_for(request, name, PUBLISH_TOPIC)
+            data = input_valid(BatchInSerializer, request)
+            items = data["events"]  # a payload over 64 KiB refuses the batch with 413 (PayloadTooLargeError)
+            answer = publish_once(
+                actor_name=caller_name(request),
+                key=request.headers.get("Idempotency-Key"),
+                fingerprint=request_sha256(method="POST", path=request.path, body=body),
+                publish=lambda: event_publish_batch(
+                    topic=topic.name, items=items, actor=caller_actor(request), source=Source.API
+                ),
+                answer=batch_answer,
+            )
         return Response(answer.body, status=answer.status)
 
 
