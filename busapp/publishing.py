@@ -135,7 +135,9 @@ def _multi_exec(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
             if not was_connected:
                 raise
             # The connection went stale while it idled (Redis restarted, or dropped idle clients):
-            # once more, reconnected, as taking one from redis-py's pool would have done.
+            # once more, reconnected, as taking one from redis-py's pool would have done. Only
+            # a Redis that died after running the MULTI and before answering would see it twice,
+            # which the relay's resend of a pending event would do as well.
             return _multi_exec_on(conn, packed, len(commands))
     finally:
         idle.append(conn)
@@ -263,9 +265,9 @@ _SQLITE_MARKS_PER_STATEMENT = 10_000
 def _mark_published_sqlite(cursor: DriverCursor, rows: Sequence[tuple[str, str, Any, int]]) -> None:
     """Mark a batch published on SQLite with one ``UPDATE ... FROM (VALUES ...)`` per 10,000 events.
 
-    An ``executemany`` steps SQLite once per row, and each step lets go of the GIL and takes it
-    back: with 8 API clients sending batches, every one of those waited for the other threads'
-    switch interval, and 8 clients published a third fewer events than one (bench/README.md).
+    An ``executemany`` steps SQLite once per row, and each step lets go of the GIL and must
+    take it back, waiting behind every other busy thread of the web server; one statement
+    steps once.
     """
     status, _, published_at, _ = rows[0]
     for start in range(0, len(rows), _SQLITE_MARKS_PER_STATEMENT):

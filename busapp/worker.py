@@ -29,7 +29,6 @@ from django.db import (
     DEFAULT_DB_ALIAS,
     DatabaseError,
     IntegrityError,
-    close_old_connections,
     connection,
     connections,
     transaction,
@@ -61,11 +60,12 @@ GROUP = "hms-bus-admin"
 LEADER_KEY = "hms:tap:leader"
 LEADER_TTL_MS = 10_000
 READ_COUNT = 500
-# Seconds: at most one group_send per topic this often. A batch spans at most 50 ms, within
-# the "batch of at most 100 ms" rule, at most 20 group messages a second per topic
-# (channels-redis delivers about 950 a second), and it halves the wait an event has before
-# the live pages see it (bench/live.py).
-FANOUT_INTERVAL = 0.05
+# Seconds: at most one group_send per topic this often. A batch spans at most 25 ms, within
+# the "batch of at most 100 ms" rule: at most 40 group messages a second per topic
+# (channels-redis delivers about 950 a second). Against 50 ms it took the p99 of 50 live
+# pages at 1,000 events/s from 130-171 ms to 74-86 ms, for about 15% more of a core in the web
+# server (bench/README.md, live.py).
+FANOUT_INTERVAL = 0.025
 TOPIC_REFRESH_SECONDS = 5.0
 CLAIM_EVERY_SECONDS = 30.0
 RELAY_EVERY_SECONDS = 0.5
@@ -275,7 +275,7 @@ def _record_audit_record(event: Event) -> AuditRecord:
 
 
 class FanOut:
-    """Coalesces live items per Channels group: at most one ``group_send`` per group every FANOUT_INTERVAL (50 ms)."""
+    """Coalesces live items per Channels group: at most one ``group_send`` per group every FANOUT_INTERVAL (25 ms)."""
 
     def __init__(self) -> None:
         self.layer = get_channel_layer()
@@ -327,10 +327,25 @@ async def in_db(function: Callable[..., T], *args: Any) -> T:
     """Run a database function in Django's sync thread, dropping a broken connection first."""
 
     def call() -> T:
-        close_old_connections()
+        _broken_connections_close()
         return function(*args)
 
     return await sync_to_async(call, thread_sensitive=True)()
+
+
+def _broken_connections_close() -> None:
+    """Close this thread's connections that failed and no longer answer; the next query opens a new one.
+
+    Not ``close_old_connections``: with ``DATABASE_CONN_MAX_AGE=0`` it closes every connection
+    every time, and the worker opened a new SQLite connection for each batch it tapped, a
+    tenth of its CPU at 1,000 events/s (bench/README.md, live.py).
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and conn.errors_occurred and not conn.in_atomic_block:
+            if conn.is_usable():
+                conn.errors_occurred = False
+            else:
+                conn.close()
 
 
 def _bulk_tick(action_id: int) -> BulkAction:
