@@ -112,6 +112,18 @@ def test_when_the_audit_write_fails_the_publish_fails_and_nothing_is_sent(bus, m
     assert bus.xlen(stream_key("tax-policy")) == 0
 
 
+def test_a_publish_after_redis_restarted_goes_straight_out_on_a_new_connection(outage_redis):
+    assert _publish({"standard_deduction": 1}).status == EventStatus.PUBLISHED  # a send connection now idles
+    outage_redis.stop()
+    outage_redis.start()  # the idle connection's socket is dead
+
+    event = _publish({"standard_deduction": 2})
+
+    assert event.status == EventStatus.PUBLISHED, event.last_error
+    [(_, fields)] = redis.Redis(port=outage_redis.port).xrange(stream_key("tax-policy"))
+    assert json.loads(fields[b"event"])["id"] == event.envelope_id  # once
+
+
 def test_with_redis_down_the_event_is_accepted_as_pending_and_relayed_once_redis_returns(outage_redis):
     outage_redis.stop()
 
