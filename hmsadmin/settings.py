@@ -214,12 +214,11 @@ BUS_CLAIM_IDLE_MS = _env_int("BUS_CLAIM_IDLE_MS", 60_000)
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # How long the web's own after-commit send has before the relay may send an event too.
 BUS_RELAY_GRACE_SECONDS = _env_int("BUS_RELAY_GRACE_SECONDS", 5)
-# Batch publishes a process runs at once; more wait their turn. Python runs one thread at a
-# time, so more only fight over it, and on SQLite the writer holding the lock is slowed most
-# (bench/README.md, api.py). PostgreSQL works beside Python on its own core: two there.
-BUS_BATCH_CONCURRENCY = _env_int(
-    "BUS_BATCH_CONCURRENCY", 1 if DATABASES["default"]["ENGINE"] == "hmsadmin.sqlite" else 2
-)
+# Batch requests a process serves at once; more wait their turn. Python runs one thread at a
+# time, so 8 at once only fought over it (the writer holding SQLite's lock was slowed most);
+# one at a time left the process idle while its batch waited on the database or Redis. Two
+# published the most with 8 API clients (bench/README.md, api.py).
+BUS_BATCH_CONCURRENCY = _env_int("BUS_BATCH_CONCURRENCY", 2)
 
 # The JSON API under /api/: services send a bearer token, browsers their session (with CSRF).
 REST_FRAMEWORK = {

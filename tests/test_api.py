@@ -3,9 +3,12 @@
 import datetime as dt
 import hashlib
 import json
+import threading
+import time
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
@@ -437,3 +440,40 @@ def test_the_openapi_document_and_its_docs_page_are_served_without_a_cdn():
     assert "cdn" not in html.lower()
     script = client.get("/api/docs/?script=")
     assert script.status_code == 200
+
+
+def test_batches_beyond_the_concurrency_setting_wait_their_turn(monkeypatch, settings, bus):
+    from busapp.api import views
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    publish = views.event_publish_batch
+
+    def slow_publish(**kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.1)  # long enough for every request to have arrived
+        try:
+            return publish(**kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(views, "event_publish_batch", slow_publish)
+    token = _token()
+    body = {"events": [{"type": "tax_policy.updated", "payload": {"standard_deduction": 1}}]}
+    answers: list[int] = []
+
+    def post() -> None:
+        answers.append(_post(BATCH, body, token).status_code)
+        connections.close_all()
+
+    requests = [threading.Thread(target=post) for _ in range(6)]
+    for request in requests:
+        request.start()
+    for request in requests:
+        request.join(timeout=30)
+
+    assert answers == [200] * 6
+    assert most[0] == settings.BUS_BATCH_CONCURRENCY == 2  # two at once, not six, not one
