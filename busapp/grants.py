@@ -23,6 +23,8 @@ from busapp.validation import ActionRefusedError
 Principal = User | Group
 Grant = TopicUserGrant | TopicGroupGrant
 EXPIRY_ACTOR = "system:grant-expiry"
+# Where each right stands in TOPIC_RIGHTS: the order rights are listed in everywhere.
+_RIGHT_RANK = {right: index for index, right in enumerate(TOPIC_RIGHTS)}
 
 
 def principal_label(principal: Principal) -> str:
@@ -78,7 +80,7 @@ def grant_create(
     grants: list[Grant] = []
     renewed: list[str] = []
     for topic in sorted(topics, key=lambda t: t.name):
-        for right in sorted(set(rights), key=TOPIC_RIGHTS.index):
+        for right in sorted(set(rights), key=_RIGHT_RANK.__getitem__):
             found = (
                 model.objects.select_for_update()
                 .filter(**holder, permission=permissions[right], content_object=topic)
@@ -101,7 +103,7 @@ def grant_create(
         target=principal_label(principal),
         details={
             "topics": sorted(topic.name for topic in topics),
-            "rights": sorted(set(rights), key=TOPIC_RIGHTS.index),
+            "rights": sorted(set(rights), key=_RIGHT_RANK.__getitem__),
             "reason": reason,
             "expires_at": expires_at.isoformat() if expires_at else None,
             "renewed": renewed,
@@ -179,10 +181,13 @@ def grants_listed(*, now: dt.datetime | None = None) -> list[Grant]:
     related = ("content_object", "permission", "granted_by")
     groups = list(TopicGroupGrant.objects.filter(live).select_related("group", *related))
     people = list(TopicUserGrant.objects.filter(live).select_related("user", *related))
-    rank = {right: index for index, right in enumerate(TOPIC_RIGHTS)}
 
     def order(grant: Grant) -> tuple[str, str, int]:
-        return principal_label(grant_principal(grant)), grant.content_object.name, rank[grant.permission.codename]
+        return (
+            principal_label(grant_principal(grant)),
+            grant.content_object.name,
+            _RIGHT_RANK[grant.permission.codename],
+        )
 
     return sorted(groups, key=order) + sorted(people, key=order)
 
@@ -262,12 +267,11 @@ def access_matrix(topics: Sequence[Topic], *, now: dt.datetime | None = None) ->
 
     Five queries, however many topics, people and grants there are.
     """
-    rank = {right: index for index, right in enumerate(TOPIC_RIGHTS)}
     groups = list(Group.objects.order_by("name").prefetch_related("permissions"))
     people = list(User.objects.filter(is_active=True).order_by("username").prefetch_related("groups"))
     role_wide = {
         group.pk: sorted(
-            {p.codename for p in group.permissions.all() if p.codename in rank}, key=lambda right: rank[right]
+            {p.codename for p in group.permissions.all() if p.codename in _RIGHT_RANK}, key=_RIGHT_RANK.__getitem__
         )
         for group in groups
     }
@@ -285,7 +289,7 @@ def access_matrix(topics: Sequence[Topic], *, now: dt.datetime | None = None) ->
     for person in people:
         label = principal_label(person)
         member_of = sorted(person.groups.all(), key=lambda g: g.name)
-        wide = sorted({r for g in member_of for r in role_wide.get(g.pk, [])}, key=lambda right: rank[right])
+        wide = sorted({r for g in member_of for r in role_wide.get(g.pk, [])}, key=_RIGHT_RANK.__getitem__)
         cells: list[tuple[Topic, list[Held]]] = []
         for topic in topics:
             cell = [Held(r, "role") for r in wide]
