@@ -1,7 +1,7 @@
 """Websockets of the live pages: ``/ws/traffic/`` (events) and ``/ws/dlq/`` (dead letters).
 
 A signed-in person subscribes to topics by name and receives the live items of those they
-may view, in frames the bus worker fans out at most every 50 ms per topic. Flow control is
+may view, in frames the bus worker fans out at most every 25 ms per topic. Flow control is
 by acknowledgement: at most ``WINDOW`` frames are unacknowledged; what arrives meanwhile
 waits in a buffer of ``BUFFER_ITEMS``, and when that overflows the oldest items go and the
 next frame says how many were skipped (history has them all). Rights are read once when
@@ -232,7 +232,7 @@ class TrafficConsumer(_BusFeedConsumer):
         return topic_group(topic)
 
     async def bus_events(self, message: dict[str, Any]) -> None:
-        """A batch the bus worker fanned out (one message per topic per 50 ms at most)."""
+        """A batch the bus worker fanned out (one message per topic per 25 ms at most)."""
         await self._items_arrived(message)
 
 

@@ -8,7 +8,7 @@ Environment:
 - ``DATABASE_POOL_SIZE``: PostgreSQL connections a process keeps open (default 20; 0 turns the pool off)
   (``postgres://user@host:5432/name``).
 - ``REDIS_URL``: the bus (default ``redis://127.0.0.1:6379/0``).
-- ``CHANNEL_LAYER_URL``: the Channels layer (default: ``REDIS_URL`` with database 1).
+- ``CHANNEL_LAYER_URL``: the Redis of the Channels layer, Pub/Sub (default: ``REDIS_URL`` with database 1).
 - ``BUS_STREAM_MAXLEN``: events a new topic keeps in its Redis stream (``XADD MAXLEN ~``).
 """
 
@@ -199,11 +199,14 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYER_URL = os.environ.get("CHANNEL_LAYER_URL", _redis_url_with_db(REDIS_URL, 1))
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # redis-py 8 reads with a 5 s timeout, the same 5 s channels-redis blocks waiting for
-        # messages: an idle websocket's receive then fails and the socket drops (channels_redis
-        # #422). A longer read timeout keeps idle live pages connected.
-        "CONFIG": {"hosts": [{"address": CHANNEL_LAYER_URL, "socket_timeout": 10}], "capacity": 1000, "expiry": 30},
+        # Pub/Sub: a group message is one PUBLISH, read once per web process and handed to its
+        # sockets in memory. The list-based layer wrote a copy per socket and each process read
+        # them one BZPOPMIN at a time: 50 live pages of a topic meant 50 copies and 50 reads per
+        # batch, and the last page heard of it tens of ms after the first (bench/README.md,
+        # live.py). A message sent while Redis is away is lost either way; history has it.
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        # Upper case, which topic names never are: no layer channel can be a topic's channel.
+        "CONFIG": {"hosts": [{"address": CHANNEL_LAYER_URL, "socket_timeout": 10}], "prefix": "HMS.live."},
     }
 }
 BUS_STREAM_MAXLEN = _env_int("BUS_STREAM_MAXLEN", 100_000)
