@@ -42,17 +42,62 @@ def live_item(event: Event, *, read_from_bus: bool = False) -> dict[str, Any]:
 
     An event the tap read from the bus is published, whatever its row said a moment before.
     """
+    return _item(
+        envelope_id=event.envelope_id,
+        topic=event.topic.name,
+        event_type=event.event_type.name,
+        timestamp=event.timestamp.timestamp(),
+        source=event.source,
+        publisher=event.publisher_name,
+        status=EventStatus.PUBLISHED.value if read_from_bus else event.status,
+        payload=event.payload,
+        envelope_size=len(event.envelope),
+    )
+
+
+def live_item_read(envelope: dict[str, Any], size: int, *, topic: str, source: str, publisher: str) -> dict[str, Any]:
+    """A recorded event as a live page shows it, built from the envelope the tap read off the bus (no row loaded).
+
+    Who published it (source, publisher) comes from its record: an envelope from outside
+    the dashboard need not say.
+    """
+    return _item(
+        envelope_id=envelope["id"],
+        topic=topic,
+        event_type=envelope["type"],
+        timestamp=envelope["timestamp"],
+        source=source,
+        publisher=publisher,
+        status=EventStatus.PUBLISHED.value,
+        payload=envelope["payload"],
+        envelope_size=size,
+    )
+
+
+def _item(
+    *,
+    envelope_id: str,
+    topic: str,
+    event_type: str,
+    timestamp: float,
+    source: str,
+    publisher: str,
+    status: str,
+    payload: Any,
+    envelope_size: int,
+) -> dict[str, Any]:
+    """The live item's fields, the payload left out past PAYLOAD_BYTES_SHOWN (the envelope holds it, so bounds it)."""
     item = {
-        "id": event.envelope_id,
-        "topic": event.topic.name,
-        "type": event.event_type.name,
-        "timestamp": event.timestamp.timestamp(),
-        "source": event.source,
-        "publisher": event.publisher_name,
-        "status": EventStatus.PUBLISHED.value if read_from_bus else event.status,
+        "id": envelope_id,
+        "topic": topic,
+        "type": event_type,
+        "timestamp": timestamp,
+        "source": source,
+        "publisher": publisher,
+        "status": status,
     }
-    if len(event.envelope) <= PAYLOAD_BYTES_SHOWN:  # the envelope holds the payload, so this bounds it
-        item["payload"] = event.payload
+    if envelope_size <= PAYLOAD_BYTES_SHOWN:
+        item["payload"] = payload
     else:
-        item["payload_omitted_bytes"] = len(event.envelope)
+        item["payload_omitted_bytes"] = envelope_size
     return item

@@ -38,10 +38,10 @@ from redis.exceptions import RedisError, ResponseError
 
 from busapp.audit import AuditRecord, ChainReport, audit_append, audit_verify
 from busapp.grants import grants_expire
-from busapp.live import bulk_group, dlq_group, live_item, live_message, topic_group
+from busapp.live import bulk_group, dlq_group, live_item, live_item_read, live_message, topic_group
 from busapp.models import BulkAction, DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
 from busapp.publishing import INGEST_STREAM, STREAM_PREFIX, dead_letters_send, relay_pending, stream_key
-from busapp.rows import rows_insert
+from busapp.rows import driver_cursor, rows_insert
 from busapp.selectors import ActiveVersions
 from busapp.services import (
     bulk_action_step,
@@ -81,6 +81,8 @@ BULK_TICK_SECONDS = 0.2
 INGEST_MAXLEN = 100_000
 RAW_KEEP_BYTES = 1024 * 1024
 EXTERNAL_ACTOR = "external"
+# Envelope ids in one IN (...) list: within every database's limit of bound values.
+_IDS_PER_QUERY = 500
 
 T = TypeVar("T")
 
@@ -181,43 +183,42 @@ def tap_record(entries: list[StreamEntry]) -> TapOutcome:
 def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
     """One attempt of ``tap_record``: read what is known, then write what is new in one transaction.
 
-    Most entries are the dashboard's own events, already recorded: the tap then only reads,
-    and takes SQLite's write lock (an IMMEDIATE transaction) only when there is something to
+    Most entries are the dashboard's own events, already recorded: for those the tap reads
+    one row each without the ORM (its live item is built from the envelope it read), and
+    takes SQLite's write lock (an IMMEDIATE transaction) only when there is something to
     write, so publishers are not kept waiting by a batch that changes nothing. Another
     worker recording the same id in between makes the insert fail, and ``tap_record`` retries.
     """
     outcome = TapOutcome()
     decoded = [(entry, *_decode(entry)) for entry in entries]
-    ids = {envelope["id"] for _, envelope, _ in decoded if envelope is not None}
-    origins = {entry.origin for entry, envelope, _ in decoded if envelope is None}
-    topics = {topic.name: topic for topic in Topic.objects.filter(name__in={e.channel for e in entries})}
-    versions = ActiveVersions()
+    recorded = events_recorded({envelope["id"] for _, envelope, _ in decoded if envelope is not None})
+    unknown = [
+        (entry, envelope, errors)
+        for entry, envelope, errors in decoded
+        if not _known_on_bus(entry, envelope, recorded, outcome.groups)
+    ]
+    if not unknown and not any(found.status == EventStatus.PENDING for found in recorded.values()):
+        return outcome
     now = timezone.now()
-    known = {
-        event.envelope_id: event
-        for event in Event.objects.select_related("topic", "event_type").filter(envelope_id__in=ids)
-    }
-    seen_letters = set(DeadLetter.objects.filter(origin__in=origins).values_list("origin", flat=True))
-    new_events: list[Event] = []
-    seen_pending: list[tuple[Event, StreamEntry]] = []
-    for entry, envelope, errors in decoded:
+    topics = {topic.name: topic for topic in Topic.objects.filter(name__in={entry.channel for entry, _, _ in unknown})}
+    origins = {entry.origin for entry, envelope, _ in unknown if envelope is None}
+    seen_letters = (
+        set(DeadLetter.objects.filter(origin__in=origins).values_list("origin", flat=True)) if origins else set()
+    )
+    versions = ActiveVersions()
+    new_events: dict[str, Event] = {}
+    for entry, envelope, errors in unknown:
         topic = topics.get(entry.channel)
         if topic is None:
             logger.warning("entry %s: unknown channel %r; acknowledged, ignored", entry.origin, entry.channel)
             continue
-        if envelope is not None and envelope["id"] in known:
-            if entry.stream != INGEST_STREAM:  # Pub/Sub copies of known events add nothing
-                event = known[envelope["id"]]
-                if event.status == EventStatus.PENDING and event.pk is not None:
-                    seen_pending.append((event, entry))
-                outcome.groups[topic_group(topic.name)].append(live_item(event, read_from_bus=True))
-            continue
+        if envelope is not None and envelope["id"] in new_events:
+            continue  # read twice in one batch (its stream entry and its Pub/Sub copy)
         if envelope is not None:
             version = versions.get(topic.name, envelope["type"])
             errors = version if isinstance(version, list) else payload_errors(version, envelope["payload"])
             if not errors and isinstance(version, SchemaVersion):
-                event = known[envelope["id"]] = _external_event(entry, envelope, version, now)
-                new_events.append(event)
+                event = new_events[envelope["id"]] = _external_event(entry, envelope, version, now)
                 outcome.groups[topic_group(topic.name)].append(live_item(event, read_from_bus=True))
                 continue
         if entry.origin not in seen_letters:
@@ -227,25 +228,85 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
             outcome.groups[dlq_group(topic.name)].append(
                 {"topic": topic.name, "errors": errors, "received_at": letter.received_at.timestamp()}
             )
+    seen_pending = [
+        (found.pk, entry)
+        for entry, envelope, _ in decoded
+        if envelope is not None
+        and entry.stream != INGEST_STREAM
+        and (found := recorded.get(envelope["id"])) is not None
+        and found.status == EventStatus.PENDING
+    ]
     if new_events or outcome.dead_letters or seen_pending:
         with transaction.atomic():
-            for event, entry in seen_pending:
-                _known_event_seen(event, entry, now)
-            rows_insert(new_events)
+            for pk, entry in seen_pending:
+                _known_event_seen(pk, entry, now)
+            rows_insert(list(new_events.values()))
             DeadLetter.objects.bulk_create(outcome.dead_letters)
-            records = [_record_audit_record(event) for event in new_events]
+            records = [_record_audit_record(event) for event in new_events.values()]
             records += [dead_letter_audit_record(letter) for letter in outcome.dead_letters]
             if records:
                 audit_append(actor=EXTERNAL_ACTOR, records=records)
     return outcome
 
 
-def _known_event_seen(event: Event, entry: StreamEntry, now: dt.datetime) -> None:
-    """Mark a still-pending event published: it was sent, but its sender died before saying so."""
-    if event.status == EventStatus.PENDING:
-        Event.objects.filter(pk=event.pk).update(
-            status=EventStatus.PUBLISHED, stream_id=entry.entry_id, published_at=now
+@dataclass(frozen=True)
+class RecordedEvent:
+    """What the tap needs of an event history already holds."""
+
+    pk: int
+    status: str
+    source: str
+    publisher: str
+
+
+def events_recorded(envelope_ids: set[str]) -> dict[str, RecordedEvent]:
+    """The events history holds among these envelope ids, by id: one indexed query, without the ORM.
+
+    The tap asks this for every batch it reads, most of them the dashboard's own events;
+    building the same query through the ORM cost more than running it.
+    """
+    found: dict[str, RecordedEvent] = {}
+    ids = list(envelope_ids)
+    table = Event._meta.db_table
+    with driver_cursor() as cursor:
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start : start + _IDS_PER_QUERY]
+            cursor.execute(
+                f"SELECT envelope_id, id, status, source, publisher_name FROM {table}"  # noqa: S608 (names, not input)
+                f" WHERE envelope_id IN ({', '.join(['%s'] * len(chunk))})",
+                chunk,
+            )
+            for envelope_id, pk, status, source, publisher in cursor.fetchall():
+                found[envelope_id] = RecordedEvent(pk, status, source, publisher)
+    return found
+
+
+def _known_on_bus(
+    entry: StreamEntry,
+    envelope: dict[str, Any] | None,
+    recorded: dict[str, RecordedEvent],
+    groups: dict[str, list[dict[str, Any]]],
+) -> bool:
+    """Whether the entry is an event history holds; if read from its topic's stream, its live item goes out.
+
+    A Pub/Sub copy of a recorded event (on the ingest stream) adds nothing.
+    """
+    found = recorded.get(envelope["id"]) if envelope is not None else None
+    if envelope is None or found is None:
+        return False
+    if entry.stream != INGEST_STREAM:
+        item = live_item_read(
+            envelope, len(entry.body), topic=entry.channel, source=found.source, publisher=found.publisher
         )
+        groups[topic_group(entry.channel)].append(item)
+    return True
+
+
+def _known_event_seen(pk: int, entry: StreamEntry, now: dt.datetime) -> None:
+    """Mark a still-pending event published: it was sent, but its sender died before saying so."""
+    Event.objects.filter(pk=pk, status=EventStatus.PENDING).update(
+        status=EventStatus.PUBLISHED, stream_id=entry.entry_id, published_at=now
+    )
 
 
 def _external_dead_letter(entry: StreamEntry, topic: Topic, errors: list[FieldError]) -> DeadLetter:
@@ -679,10 +740,7 @@ def _not_yet_recorded(batch: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
     here and not copied into the ingest stream, where the tap would read each a second time.
     """
     ids = [_envelope_id(data) for _, data in batch]
-    known = {envelope_id for envelope_id in ids if envelope_id}
-    recorded = (
-        set(Event.objects.filter(envelope_id__in=known).values_list("envelope_id", flat=True)) if known else set()
-    )
+    recorded = events_recorded({envelope_id for envelope_id in ids if envelope_id})
     return [message for message, envelope_id in zip(batch, ids, strict=True) if envelope_id not in recorded]
 
 

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import datetime as dt
+import json
 
 import pytest
 import redis
@@ -15,8 +16,8 @@ from guardian.shortcuts import remove_perm
 
 from busapp.consumers import SharedRightsReads
 from busapp.grants import grant_create
-from busapp.live import live_message
-from busapp.models import Topic
+from busapp.live import live_item, live_message
+from busapp.models import Event, Topic
 from busapp.services import event_publish_batch
 from busapp.worker import BusWorker
 from hmsadmin.asgi import application
@@ -202,6 +203,10 @@ async def test_events_published_in_a_batch_reach_the_browser_in_a_few_frames():
 
     assert [item["id"] for item in received] == [event.envelope_id for event in outcome.events]
     assert received[0]["payload"] == {"standard_deduction": 0}
+    # The same shape the page's gap-fill reads from history, status and publisher included.
+    first = await sync_to_async(Event.objects.select_related("topic", "event_type").get)(pk=outcome.events[0].pk)
+    assert received[0] == json.loads(json.dumps(live_item(first)))
+    assert (received[0]["status"], received[0]["publisher"], received[0]["source"]) == ("published", "test", "api")
     assert frames <= 6, f"{frames} frames for 300 events"
 
 

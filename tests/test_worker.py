@@ -134,6 +134,28 @@ async def test_a_worker_killed_after_reading_loses_nothing(bus):
     assert bus.xpending(stream_key("tax-policy"), GROUP)["pending"] == 0
 
 
+async def test_an_event_sent_by_a_publisher_that_died_before_marking_it_is_marked_published_by_the_tap(
+    bus, suite_redis, outage_redis, settings
+):
+    """The publisher's MULTI went out, then it died: the row still says pending until the tap reads the event."""
+    outage_redis.stop()
+    event = await sync_to_async(publish_deduction)(15000)  # stays pending: its Redis is down
+    assert event.status == EventStatus.PENDING
+    settings.REDIS_URL = suite_redis.url(0)
+    stream_id = bus.xadd(stream_key("tax-policy"), {"event": event.envelope}).decode()  # what its MULTI had sent
+    worker = BusWorker(name="worker-a")
+    await worker.refresh_topics()
+
+    outcome = await worker.handle(await worker.read())
+    await worker.redis.aclose()
+
+    event = await sync_to_async(Event.objects.get)(pk=event.pk)
+    assert (event.status, event.stream_id) == (EventStatus.PUBLISHED, stream_id)
+    assert [item["id"] for item in outcome.groups["topic.tax-policy"]] == [event.envelope_id]
+    assert outcome.groups["topic.tax-policy"][0]["status"] == "published"
+    assert await sync_to_async(Event.objects.count)() == 1  # known: not recorded a second time
+
+
 async def test_a_worker_killed_after_recording_but_before_acknowledging_does_not_double(bus):
     first, entries = await _read_one_external_entry(bus)
     await first.record(entries)
