@@ -75,6 +75,9 @@ TIDY_EVERY_SECONDS = 30.0
 # The audit chain: new entries checked every minute, the whole chain every hour.
 AUDIT_CHECK_EVERY_SECONDS = 60.0
 AUDIT_FULL_CHECK_EVERY_SECONDS = 3600.0
+# Events read off the bus while their rows said pending are checked again after this, well within
+# BUS_RELAY_GRACE_SECONDS (5 s): by then their sender has marked them, unless it died.
+SEEN_PENDING_SETTLE_SECONDS = 1.0
 # SQLite: the WAL is copied into the database this often (settings.py: publishers then never do).
 CHECKPOINT_EVERY_SECONDS = 1.0
 BULK_TICK_SECONDS = 0.2
@@ -114,10 +117,12 @@ class StreamEntry:
 
 @dataclass
 class TapOutcome:
-    """What one batch recorded: live items per Channels group, dead letters to send."""
+    """What one batch recorded: live items per Channels group, dead letters to send, events seen while pending."""
 
     groups: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    # (event id, stream id) of events read off the bus while their rows still said pending.
+    seen_pending: list[tuple[int, str]] = field(default_factory=list)
 
 
 def entries_from_reply(reply: Any) -> list[StreamEntry]:
@@ -195,9 +200,9 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
     unknown = [
         (entry, envelope, errors)
         for entry, envelope, errors in decoded
-        if not _known_on_bus(entry, envelope, recorded, outcome.groups)
+        if not _known_on_bus(entry, envelope, recorded, outcome)
     ]
-    if not unknown and not any(found.status == EventStatus.PENDING for found in recorded.values()):
+    if not unknown:
         return outcome
     now = timezone.now()
     topics = {topic.name: topic for topic in Topic.objects.filter(name__in={entry.channel for entry, _, _ in unknown})}
@@ -228,18 +233,8 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
             outcome.groups[dlq_group(topic.name)].append(
                 {"topic": topic.name, "errors": errors, "received_at": letter.received_at.timestamp()}
             )
-    seen_pending = [
-        (found.pk, entry)
-        for entry, envelope, _ in decoded
-        if envelope is not None
-        and entry.stream != INGEST_STREAM
-        and (found := recorded.get(envelope["id"])) is not None
-        and found.status == EventStatus.PENDING
-    ]
-    if new_events or outcome.dead_letters or seen_pending:
+    if new_events or outcome.dead_letters:
         with transaction.atomic():
-            for pk, entry in seen_pending:
-                _known_event_seen(pk, entry, now)
             rows_insert(list(new_events.values()))
             DeadLetter.objects.bulk_create(outcome.dead_letters)
             records = [_record_audit_record(event) for event in new_events.values()]
@@ -282,10 +277,7 @@ def events_recorded(envelope_ids: set[str]) -> dict[str, RecordedEvent]:
 
 
 def _known_on_bus(
-    entry: StreamEntry,
-    envelope: dict[str, Any] | None,
-    recorded: dict[str, RecordedEvent],
-    groups: dict[str, list[dict[str, Any]]],
+    entry: StreamEntry, envelope: dict[str, Any] | None, recorded: dict[str, RecordedEvent], outcome: TapOutcome
 ) -> bool:
     """Whether the entry is an event history holds; if read from its topic's stream, its live item goes out.
 
@@ -295,18 +287,31 @@ def _known_on_bus(
     if envelope is None or found is None:
         return False
     if entry.stream != INGEST_STREAM:
-        item = live_item_read(
-            envelope, len(entry.body), topic=entry.channel, source=found.source, publisher=found.publisher
+        outcome.groups[topic_group(entry.channel)].append(
+            live_item_read(
+                envelope, len(entry.body), topic=entry.channel, source=found.source, publisher=found.publisher
+            )
         )
-        groups[topic_group(entry.channel)].append(item)
+        if found.status == EventStatus.PENDING:
+            outcome.seen_pending.append((found.pk, entry.entry_id))
     return True
 
 
-def _known_event_seen(pk: int, entry: StreamEntry, now: dt.datetime) -> None:
-    """Mark a still-pending event published: it was sent, but its sender died before saying so."""
-    Event.objects.filter(pk=pk, status=EventStatus.PENDING).update(
-        status=EventStatus.PUBLISHED, stream_id=entry.entry_id, published_at=now
-    )
+def events_seen_published(seen: dict[int, str]) -> int:
+    """Mark published those of these events (id: stream id) still pending: sent, but their sender never said so.
+
+    How many it marked. Normally none: a sender marks its events a moment after sending.
+    """
+    pending = list(Event.objects.filter(pk__in=list(seen), status=EventStatus.PENDING).values_list("pk", flat=True))
+    if not pending:
+        return 0
+    now = timezone.now()
+    with transaction.atomic():
+        for pk in pending:
+            Event.objects.filter(pk=pk, status=EventStatus.PENDING).update(
+                status=EventStatus.PUBLISHED, stream_id=seen[pk], published_at=now
+            )
+    return len(pending)
 
 
 def _external_dead_letter(entry: StreamEntry, topic: Topic, errors: list[FieldError]) -> DeadLetter:
@@ -431,6 +436,8 @@ class BusWorker:
         self.fanout = FanOut()
         self.streams: list[str] = []
         self.topics: list[str] = []
+        # Events read off the bus while their rows said pending: event id -> (stream id, loop time seen).
+        self.seen_pending: dict[int, tuple[str, float]] = {}
 
     def stop(self) -> None:
         """Ask every loop to finish what it holds and return."""
@@ -461,6 +468,8 @@ class BusWorker:
             self.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.fanout.flush()
+            with contextlib.suppress(DatabaseError):
+                await self.settle_seen_pending(older_than=0.0)
             await self.redis.aclose()
             await sync_to_async(connections.close_all, thread_sensitive=True)()
 
@@ -536,7 +545,27 @@ class BusWorker:
         outcome = await self.record(entries)
         await self.ack(entries)
         self.fanout.add(outcome.groups)
+        seen_at = asyncio.get_running_loop().time()
+        for pk, stream_id in outcome.seen_pending:
+            self.seen_pending.setdefault(pk, (stream_id, seen_at))
         return outcome
+
+    async def settle_seen_pending(self, *, older_than: float = SEEN_PENDING_SETTLE_SECONDS) -> int:
+        """Mark published the events seen on the bus this long ago whose rows still say pending; how many.
+
+        Their sender died between its send and its published mark. Left pending, the relay would
+        send them again once their grace ran out. Most events the tap reads are still pending
+        for a moment (the sender marks them just after sending), so they wait here instead of
+        each taking SQLite's write lock from the publishers at once.
+        """
+        cutoff = asyncio.get_running_loop().time() - older_than
+        due = {pk: stream_id for pk, (stream_id, seen_at) in self.seen_pending.items() if seen_at <= cutoff}
+        if not due:
+            return 0
+        marked = await in_db(events_seen_published, due)
+        for pk in due:
+            del self.seen_pending[pk]
+        return marked
 
     async def _tap_loop(self) -> None:
         """Read, record, acknowledge, fan out; refresh topics and claim orphans now and then."""
@@ -555,6 +584,8 @@ class BusWorker:
                 entries = await self.read()
                 if entries:
                     await self.handle(entries)
+                if await self.settle_seen_pending():
+                    logger.info("tap: marked published events whose sender had not (it stopped after sending)")
                 backoff = 0.5
             except (RedisError, OSError) as error:
                 logger.warning("tap: Redis unavailable (%s); retrying in %.1fs", error, backoff)
