@@ -235,7 +235,29 @@ def payload_schema_errors(version: SchemaVersion, payload: Any) -> list[FieldErr
 
 def envelope_errors(envelope: Any) -> list[FieldError]:
     """Every way a received envelope breaks the seed's shape ``{id, type, timestamp, payload}``."""
+    if _envelope_fits(envelope):
+        return []
     return _sorted_errors(_envelope_validator.iter_errors(envelope), "")
+
+
+def _envelope_fits(envelope: Any) -> bool:
+    """True for an envelope ENVELOPE_SCHEMA accepts, checked directly (the tap checks every envelope it reads).
+
+    Only a quick yes: whatever this does not accept, jsonschema checks and explains.
+    """
+    if not isinstance(envelope, dict):
+        return False
+    envelope_id, event_type, timestamp = envelope.get("id"), envelope.get("type"), envelope.get("timestamp")
+    return (
+        isinstance(envelope_id, str)
+        and 1 <= len(envelope_id) <= 128
+        and isinstance(event_type, str)
+        and event_type != ""
+        and isinstance(timestamp, int | float)
+        and not isinstance(timestamp, bool)
+        and 0 <= timestamp <= 253402300799
+        and isinstance(envelope.get("payload"), dict)
+    )
 
 
 class BusInputError(Exception):

@@ -82,6 +82,8 @@ SEEN_PENDING_SETTLE_SECONDS = 1.0
 CHECKPOINT_EVERY_SECONDS = 1.0
 BULK_TICK_SECONDS = 0.2
 INGEST_MAXLEN = 100_000
+# The Pub/Sub listener gathers what seed-style publishers send for this long before one look at history.
+LISTEN_GATHER_SECONDS = 0.02
 RAW_KEEP_BYTES = 1024 * 1024
 EXTERNAL_ACTOR = "external"
 # Envelope ids in one IN (...) list: within every database's limit of bound values.
@@ -739,16 +741,22 @@ class BusWorker:
             await pubsub.aclose()
 
     async def _drain(self, pubsub: aioredis.client.PubSub) -> list[tuple[bytes, bytes]]:
-        """Collect the messages that are waiting (up to a batch), waiting at most 100 ms for the first."""
+        """Collect messages: waiting at most 100 ms for the first, then LISTEN_GATHER_SECONDS for more (up to a batch).
+
+        Every batch costs a query of history (are these the dashboard's own?): gathered for a
+        moment, a busy bus makes a few large batches instead of one or two messages each.
+        """
+        loop = asyncio.get_running_loop()
         batch: list[tuple[bytes, bytes]] = []
-        timeout = 0.1
-        while len(batch) < READ_COUNT:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-            if message is None:
-                break
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        until = loop.time() + LISTEN_GATHER_SECONDS
+        while message is not None:
             if message["type"] == "message":
                 batch.append((message["channel"], message["data"]))
-            timeout = 0.0
+            wait = until - loop.time()
+            if len(batch) >= READ_COUNT or wait <= 0:
+                break
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
         return batch
 
 
