@@ -102,8 +102,9 @@ def _arguments() -> argparse.Namespace:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="experiment: CHANNEL_LAYER_URL with ?socket_timeout= (redis-py 8's default of 5 s equals channels_redis's "
-        "BZPOPMIN timeout, so an idle consumer's receive fails; see bench/README.md)",
+        help="experiment: CHANNEL_LAYER_URL with ?socket_timeout= (with the list-based layer used until 2026-11-28, "
+        "redis-py 8's default of 5 s equalled its BZPOPMIN timeout, so an idle consumer's receive failed; "
+        "see bench/README.md)",
     )
     parser.add_argument(
         "--no-dispatch-hop",

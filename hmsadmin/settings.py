@@ -205,7 +205,8 @@ CHANNEL_LAYERS = {
         # batch, and the last page heard of it tens of ms after the first (bench/README.md,
         # live.py). A message sent while Redis is away is lost either way; history has it.
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        # Upper case, which topic names never are: no layer channel can be a topic's channel.
+        # Upper case, which topic names never are: no layer channel can be a topic's channel. A
+        # Redis that has not answered in 10 s is taken for gone (the connection is made again).
         "CONFIG": {"hosts": [{"address": CHANNEL_LAYER_URL, "socket_timeout": 10}], "prefix": "HMS.live."},
     }
 }
