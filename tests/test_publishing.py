@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import pytest
 import redis
@@ -10,7 +11,7 @@ from django.db import DatabaseError
 from busapp import services
 from busapp.audit import audit_verify
 from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, Source
-from busapp.publishing import relay_pending, stream_key
+from busapp.publishing import envelope_uuid, relay_pending, stream_key
 from busapp.services import event_publish_batch
 from busapp.validation import ApprovalRequiredError, EventRejectedError, TopicNotFoundError
 from tests.support import publish_deduction
@@ -208,3 +209,28 @@ def test_when_redis_refuses_the_send_the_event_stays_pending_and_the_connection_
     [(_, fields)] = bus.xrange(stream_key("tax-policy"))
     assert json.loads(fields[b"event"])["id"] == accepted.envelope_id
     assert Event.objects.get(envelope_id=refused.envelope_id).status == EventStatus.PENDING
+
+
+def test_envelope_ids_are_version_7_uuids_rising_with_time_and_never_repeated():
+    ids = [envelope_uuid() for _ in range(5000)]  # more than one read of the random buffer
+
+    assert {envelope_id.version for envelope_id in ids} == {7}
+    assert len(set(ids)) == len(ids)
+    assert [envelope_id.int >> 80 for envelope_id in ids] == sorted(envelope_id.int >> 80 for envelope_id in ids)
+
+
+def test_a_forked_process_makes_envelope_ids_of_its_own():
+    """A forked worker must not draw from its parent's buffer of random bytes: both would make the same ids."""
+    envelope_uuid()  # the parent's buffer is filled
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: one id down the pipe, then out
+        os.write(writer, envelope_uuid().bytes)
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    childs = os.read(reader, 16)
+    os.close(reader)
+    parents = envelope_uuid().bytes
+
+    assert childs[6:] != parents[6:]  # the random part (the first 48 bits are the millisecond)
