@@ -267,7 +267,7 @@ def _mark_published(events: Sequence[Event], now: dt.datetime) -> None:
         with driver_cursor() as cursor:
             cursor.execute(sql, rows[0])
         return
-    with transaction.atomic(), driver_cursor() as cursor:  # one commit, not one per row
+    with transaction.atomic(), driver_cursor(binary=len(rows) > 1) as cursor:  # one commit, not one per row
         if own_transaction and connection.vendor == "postgresql":
             # The event row itself was committed durably before the send. Losing this mark
             # in a crash costs nothing (the tap marks what it reads on the stream), so it
@@ -278,7 +278,7 @@ def _mark_published(events: Sequence[Event], now: dt.datetime) -> None:
             # One statement for the whole batch: the ids and stream ids as two arrays.
             cursor.execute(
                 f"UPDATE {Event._meta.db_table} AS e SET status = %s, stream_id = m.stream_id, "  # noqa: S608
-                "published_at = %s, last_error = '' FROM UNNEST(%s::bigint[], %s::varchar[]) AS m(id, stream_id) "
+                "published_at = %s, last_error = '' FROM UNNEST(%b::bigint[], %b::varchar[]) AS m(id, stream_id) "
                 "WHERE e.id = m.id",
                 [EventStatus.PUBLISHED.value, published_at, [row[3] for row in rows], [row[1] for row in rows]],
             )

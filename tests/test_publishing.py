@@ -234,3 +234,22 @@ def test_a_forked_process_makes_envelope_ids_of_its_own():
     parents = envelope_uuid().bytes
 
     assert childs[6:] != parents[6:]  # the random part (the first 48 bits are the millisecond)
+
+
+def test_a_batchs_rows_read_back_exactly_as_they_were_built(bus):
+    """Quotes, backslashes, braces and non-ASCII text survive the batch INSERT (binary arrays on PostgreSQL)."""
+    notes = ['say "hi"', "back\\slash", "{brace,comma}", "naïve — 税", "NULL", ""]
+    items = [
+        {"type": "tax_policy.updated", "payload": {"standard_deduction": n, "note": note}}
+        for n, note in enumerate(notes)
+    ]
+
+    outcome = event_publish_batch(topic="tax-policy", items=items, actor="test", source=Source.API)
+
+    fields = ["envelope_id", "payload", "envelope", "timestamp", "source", "publisher_name", "topic_id"]
+    stored = {event.envelope_id: event for event in Event.objects.all()}
+    for built in outcome.events:
+        assert [getattr(stored[built.envelope_id], name) for name in fields] == [
+            getattr(built, name) for name in fields
+        ]
+    assert [stored[event.envelope_id].payload["note"] for event in outcome.events] == notes
