@@ -32,7 +32,9 @@ from tests.support import RedisServer  # noqa: E402
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", help="default: SQLite in a temporary folder")
+    parser.add_argument(
+        "--database-url", help="default: SQLite in a temporary folder; a PostgreSQL database is created afresh"
+    )
     parser.add_argument("--single", type=int, default=3000, help="events for the seed and single paths")
     parser.add_argument("--rounds", type=int, default=10, help="turns the seed and single paths take about")
     parser.add_argument("--batches", type=int, default=10, help="batch calls of 1,000 events")
@@ -176,6 +178,10 @@ def main() -> None:
     redis_server.start()
     workdir = tempfile.mkdtemp(prefix="hms-bench-")
     database_url = arguments.database_url or f"sqlite:///{workdir}/bench.sqlite3"
+    if database_url.startswith("postgres"):
+        from bench.history import _postgres_database
+
+        _postgres_database(database_url, create=True)  # a fresh database each run; dropped by the next
     try:
         _setup(database_url, redis_server.url(0))
         seed, single = _seed_and_single(redis_server.url(0), arguments.single, arguments.rounds)
