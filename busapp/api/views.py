@@ -215,6 +215,8 @@ class SchemaView(JSONRefusalsMixin, SpectacularAPIView):
 class DocsView(JSONRefusalsMixin, SpectacularSwaggerSplitView):
     """GET /api/docs/: Swagger UI over the OpenAPI document, served from our own static files."""
 
+    template_name = "api/docs.html"  # its page rules in a stylesheet, which the CSP allows
+
 
 def not_found(request: HttpRequest, path: str) -> JsonResponse:
     """Any other path under /api/: 404 in the one error shape."""
