@@ -1,13 +1,18 @@
-"""Django admin: topics and schemas change only through the services (so they are audited); history is read-only."""
+"""Django admin: topics and schemas change only through the services (so they are audited); history is read-only;
+the last active Bus admin stays one."""
 
 from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.forms import UserChangeForm
+from django.contrib.auth.models import User
 from django.http import HttpRequest
 from guardian.admin import GuardedModelAdmin
 
 from busapp.models import AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
+from busapp.permissions import Role
 from busapp.services import (
     event_type_create,
     record_change,
@@ -176,3 +181,47 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     list_display = ["seq", "time", "actor_name", "action", "target"]
     list_filter = ["action"]
     search_fields = ["target", "actor_name"]
+
+
+def _leaves_no_bus_admin(leaving: set[int]) -> bool:
+    """Whether, without these people, no active Bus admin would be left (while there is one now)."""
+    admins = User.objects.filter(groups__name=Role.BUS_ADMINS.value, is_active=True)
+    return admins.filter(pk__in=leaving).exists() and not admins.exclude(pk__in=leaving).exists()
+
+
+def _last_admin_message(user: User) -> str:
+    """What an admin is told when a change would leave the bus without an active Bus admin."""
+    return f"{user.get_username()} is the last active Bus admin: make someone else one first"
+
+
+class _KeepsABusAdminForm(UserChangeForm):
+    """Django's user form, refusing to take the last active Bus admin out of the role or to deactivate them."""
+
+    def clean(self) -> dict[str, Any]:
+        """Refuse a change that leaves no active Bus admin (as ``/access/`` does)."""
+        cleaned = super().clean() or self.cleaned_data
+        user = self.instance
+        groups = cleaned.get("groups") if "groups" in self.fields else None
+        stays_admin = groups is None or groups.filter(name=Role.BUS_ADMINS.value).exists()
+        if user.pk and not (stays_admin and cleaned.get("is_active", True)) and _leaves_no_bus_admin({user.pk}):
+            raise forms.ValidationError(_last_admin_message(user))
+        return cleaned
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class BusUserAdmin(UserAdmin):
+    """Django's user admin, which never leaves the bus without an active Bus admin (nor does ``/access/``)."""
+
+    form = _KeepsABusAdminForm
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, Any, Any, list[Any]]:
+        """Deleting the last active Bus admin is refused: the page lists them as protected."""
+        deletable, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        users = list(objs)
+        if _leaves_no_bus_admin({user.pk for user in users}):
+            names = ", ".join(user.get_username() for user in users if user.is_active)
+            protected = [*protected, f"{names}: the last active Bus admin; make someone else one first"]
+        return deletable, counts, perms_needed, protected

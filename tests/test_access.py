@@ -203,6 +203,41 @@ def test_the_last_bus_admin_cannot_be_removed() -> None:
     assert actions == [("role.add", "user:policy2"), ("role.remove", "user:admin")]
 
 
+def test_the_django_admin_site_cannot_remove_deactivate_or_delete_the_last_bus_admin() -> None:
+    """A superuser editing people in /admin/ meets the same rule as /access/."""
+    root = User.objects.create_superuser("root", password="x-unused-42")
+    client = Client()
+    client.force_login(root)
+    admin = _user("admin")
+    change = f"/admin/auth/user/{admin.pk}/change/"
+    form = client.get(change).context["adminform"].form
+    fields = {name: value for name, value in form.initial.items() if value is not None and name != "password"}
+    fields["groups"] = [group.pk for group in admin.groups.all()]
+    fields.update({"last_login_0": "", "last_login_1": "", "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00"})
+    admin_group = Group.objects.get(name=Role.BUS_ADMINS.value).pk
+
+    out_of_role = client.post(change, {**fields, "groups": [pk for pk in fields["groups"] if pk != admin_group]})
+    deactivated = client.post(change, {**fields, "groups": fields["groups"], "is_active": ""})
+    delete_page = client.get(f"/admin/auth/user/{admin.pk}/delete/")
+    deleted = client.post(f"/admin/auth/user/{admin.pk}/delete/", {"post": "yes"})
+
+    assert out_of_role.status_code == 200
+    assert "admin is the last active Bus admin" in str(out_of_role.context["adminform"].form.errors)
+    assert "admin is the last active Bus admin" in str(deactivated.context["adminform"].form.errors)
+    assert "the last active Bus admin" in delete_page.content.decode()
+    assert deleted.status_code == 200  # the refusal page again; nothing deleted
+    admin.refresh_from_db()
+    assert admin.is_active
+    assert admin.groups.filter(name=Role.BUS_ADMINS.value).exists()
+    # With a second Bus admin, the first may leave the role.
+    role_member_set(user=_user("policy2"), role=Role.BUS_ADMINS, member=True, reason="deputy", actor="cli:test")
+    assert (
+        client.post(change, {**fields, "groups": [pk for pk in fields["groups"] if pk != admin_group]}).status_code
+        == 302
+    )
+    assert not _user("admin").groups.filter(name=Role.BUS_ADMINS.value).exists()
+
+
 @pytest.mark.parametrize("username", ["policy", "auditor"])
 def test_only_bus_admins_reach_access_and_refused_writes_are_audited(username: str) -> None:
     """Policy staff and auditors get 403 on every /access/ page; their attempted grant is written down once."""
