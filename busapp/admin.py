@@ -11,6 +11,8 @@ from django.contrib.auth.models import User
 from django.http import HttpRequest
 from guardian.admin import GuardedModelAdmin
 
+from busapp.audit import audit_record
+from busapp.grants import last_bus_admin_message
 from busapp.models import AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
 from busapp.permissions import Role
 from busapp.services import (
@@ -189,11 +191,6 @@ def _leaves_no_bus_admin(leaving: set[int]) -> bool:
     return admins.filter(pk__in=leaving).exists() and not admins.exclude(pk__in=leaving).exists()
 
 
-def _last_admin_message(user: User) -> str:
-    """What an admin is told when a change would leave the bus without an active Bus admin."""
-    return f"{user.get_username()} is the last active Bus admin: make someone else one first"
-
-
 class _KeepsABusAdminForm(UserChangeForm):
     """Django's user form, refusing to take the last active Bus admin out of the role or to deactivate them."""
 
@@ -204,7 +201,7 @@ class _KeepsABusAdminForm(UserChangeForm):
         groups = cleaned.get("groups") if "groups" in self.fields else None
         stays_admin = groups is None or groups.filter(name=Role.BUS_ADMINS.value).exists()
         if user.pk and not (stays_admin and cleaned.get("is_active", True)) and _leaves_no_bus_admin({user.pk}):
-            raise forms.ValidationError(_last_admin_message(user))
+            raise forms.ValidationError(last_bus_admin_message(user))
         return cleaned
 
 
@@ -217,6 +214,22 @@ class BusUserAdmin(UserAdmin):
 
     form = _KeepsABusAdminForm
 
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        """Django's admin log, and the audit log: a person added here."""
+        _audit_user_change(request, "user.create", obj, message)
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        """Django's admin log, and the audit log: which fields changed, and the person's roles now."""
+        _audit_user_change(request, "user.change", obj, message)
+        return super().log_change(request, obj, message)
+
+    def log_deletions(self, request: HttpRequest, queryset: Any) -> Any:
+        """Django's admin log, and the audit log: each person about to be deleted."""
+        for user in queryset:
+            _audit_user_change(request, "user.delete", user, [])
+        return super().log_deletions(request, queryset)
+
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, Any, Any, list[Any]]:
         """Deleting the last active Bus admin is refused: the page lists them as protected."""
         deletable, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
@@ -225,3 +238,19 @@ class BusUserAdmin(UserAdmin):
             names = ", ".join(user.get_username() for user in users if user.is_active)
             protected = [*protected, f"{names}: the last active Bus admin; make someone else one first"]
         return deletable, counts, perms_needed, protected
+
+
+def _audit_user_change(request: HttpRequest, action: str, user: User, message: Any) -> None:
+    """One audit entry for a change to a person made in the admin site (in its transaction)."""
+    changed = sorted({field for change in message for field in change.get("changed", {}).get("fields", [])})
+    audit_record(
+        actor=request.user,  # type: ignore[arg-type]  # the admin site only lets signed-in staff in
+        action=action,
+        target=f"user:{user.get_username()}",
+        details={
+            "via": "admin site",
+            "changed": changed,
+            "roles": sorted(user.groups.values_list("name", flat=True)),
+            "active": user.is_active,
+        },
+    )

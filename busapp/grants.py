@@ -208,6 +208,11 @@ def grant_key(grant: Grant) -> str:
     return f"{'u' if isinstance(grant, TopicUserGrant) else 'g'}{grant.pk}"
 
 
+def last_bus_admin_message(user: User) -> str:
+    """What an admin is told when a change would leave the bus without an active Bus admin."""
+    return f"{user.get_username()} is the last active Bus admin: make someone else one first"
+
+
 @transaction.atomic
 def role_member_set(*, user: User, role: Role, member: bool, reason: str, actor: Actor) -> None:
     """Put a person in a role group or take them out; the last active Bus admin cannot be taken out."""
@@ -225,7 +230,7 @@ def role_member_set(*, user: User, role: Role, member: bool, reason: str, actor:
                 [
                     {
                         "path": "/role",
-                        "message": f"{user.get_username()} is the last active Bus admin: make someone else one first",
+                        "message": last_bus_admin_message(user),
                     }
                 ]
             )

@@ -204,7 +204,7 @@ def test_the_last_bus_admin_cannot_be_removed() -> None:
 
 
 def test_the_django_admin_site_cannot_remove_deactivate_or_delete_the_last_bus_admin() -> None:
-    """A superuser editing people in /admin/ meets the same rule as /access/."""
+    """A superuser editing people in /admin/ meets the same rule as /access/, and what they change is audited."""
     root = User.objects.create_superuser("root", password="x-unused-42")
     client = Client()
     client.force_login(root)
@@ -236,6 +236,17 @@ def test_the_django_admin_site_cannot_remove_deactivate_or_delete_the_last_bus_a
         == 302
     )
     assert not _user("admin").groups.filter(name=Role.BUS_ADMINS.value).exists()
+    # Only the change that went through is in the audit log, with the person's roles after it.
+    [entry] = AuditEntry.objects.filter(actor_name="root")
+    assert (entry.action, entry.actor_name, entry.target) == ("user.change", "root", "user:admin")
+    assert "Groups" in entry.details["changed"]
+    assert Role.BUS_ADMINS.value not in entry.details["roles"]
+    # Anyone else may be deleted there, and that is audited too.
+    auditor = _user("auditor")
+    assert client.post(f"/admin/auth/user/{auditor.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not User.objects.filter(username="auditor").exists()
+    deletion = AuditEntry.objects.get(actor_name="root", action="user.delete")
+    assert (deletion.target, deletion.details["roles"]) == ("user:auditor", [Role.AUDITORS.value])
 
 
 @pytest.mark.parametrize("username", ["policy", "auditor"])
