@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.history import _postgres_database  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 
 
@@ -179,8 +180,6 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="hms-bench-")
     database_url = arguments.database_url or f"sqlite:///{workdir}/bench.sqlite3"
     if database_url.startswith("postgres"):
-        from bench.history import _postgres_database
-
         _postgres_database(database_url, create=True)  # a fresh database each run; dropped by the next
     try:
         _setup(database_url, redis_server.url(0))

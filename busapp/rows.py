@@ -197,10 +197,11 @@ def rows_insert(objs: Sequence[Model]) -> None:
     connection = connections[DEFAULT_DB_ALIAS]
     statement = _statement(type(objs[0]), connection.vendor)
     getters, insert = statement.getters, _Insert(connection)
-    with driver_cursor(binary=statement.unnest is not None and len(objs) > 1) as cursor:
-        if statement.unnest is not None and len(objs) > 1:
+    unnest = statement.unnest if len(objs) > 1 else None
+    with driver_cursor(binary=unnest is not None) as cursor:
+        if unnest is not None:
             rows = [[getter(obj, insert) for getter in getters] for obj in objs]
-            cursor.execute(statement.unnest, [list(column) for column in zip(*rows, strict=True)])
+            cursor.execute(unnest, [list(column) for column in zip(*rows, strict=True)])
             _keys_set(objs, cursor.fetchall())
             return
         per_statement = max(1, _MAX_VALUES_PER_STATEMENT // len(getters))

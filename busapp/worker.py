@@ -561,7 +561,11 @@ class BusWorker:
         each taking SQLite's write lock from the publishers at once.
         """
         cutoff = asyncio.get_running_loop().time() - older_than
-        due = {pk: stream_id for pk, (stream_id, seen_at) in self.seen_pending.items() if seen_at <= cutoff}
+        due: dict[int, str] = {}
+        for pk, (stream_id, seen_at) in self.seen_pending.items():  # in the order seen, oldest first
+            if seen_at > cutoff:
+                break  # this loop runs after every read: it stops at the first one not yet due
+            due[pk] = stream_id
         if not due:
             return 0
         marked = await in_db(events_seen_published, due)

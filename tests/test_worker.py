@@ -142,9 +142,12 @@ async def test_the_tap_leaves_the_published_mark_to_a_sender_that_makes_it(bus):
         topic="tax-policy", items=[{"type": "tax_policy.updated", "payload": {"standard_deduction": 1}}], actor="test"
     )
     await worker.handle(await worker.read())
-    worker.seen_pending = {outcome.events[0].pk: ("1-0", 0.0)}  # as if read before the sender's mark
+    just_now = asyncio.get_running_loop().time()
+    # As if read before the sender's mark, long ago; and one more read just now (not due yet).
+    worker.seen_pending = {outcome.events[0].pk: ("1-0", 0.0), 999_999: ("2-0", just_now)}
 
-    assert await worker.settle_seen_pending(older_than=0.0) == 0
+    assert await worker.settle_seen_pending() == 0
+    assert worker.seen_pending == {999_999: ("2-0", just_now)}  # checked again later
     await worker.redis.aclose()
     event = await sync_to_async(Event.objects.get)(pk=outcome.events[0].pk)
     assert event.stream_id != "1-0"  # the sender's own mark stands
