@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -131,69 +133,104 @@ def envelope_wire(*, head: str, payload_json: str, envelope_id: uuid.UUID | None
     return text, f'{{"id":"{text}",{head},"payload":{payload_json}}}'
 
 
-def _send(messages: Sequence[tuple[str, str, int]]) -> list[str]:
-    """PUBLISH and XADD each (channel, body, maxlen) in one MULTI; return the stream ids.
+# Sends are idempotent on Redis itself: a message is added to its stream and published only if its
+# mark (``hms:sent:<envelope id>``) is new, and the mark keeps the stream id it got. A send that Redis
+# may already have run (a timeout, a stall, a reply lost with its connection) is then safe to send
+# again, and the relay always resends what is still pending: the second send publishes nothing and
+# answers the first one's stream id. Partly run (an error in the middle of a batch), it is safe too.
+# KEYS: per message its stream, then its mark. ARGV[1]: how long a mark lives; then per message its
+# channel, body and stream length. Answers per message its stream id and 1 if sent now, 0 if before.
+_IDEMPOTENT_SEND = """
+local answer = {}
+for i = 1, #KEYS / 2 do
+  local stream, mark = KEYS[2 * i - 1], KEYS[2 * i]
+  local channel, body, maxlen = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local sent = redis.call('GET', mark)
+  if sent then
+    answer[2 * i - 1], answer[2 * i] = sent, 0
+  else
+    local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', body)
+    redis.call('SET', mark, id, 'EX', ARGV[1])
+    redis.call('PUBLISH', channel, body)
+    answer[2 * i - 1], answer[2 * i] = id, 1
+  end
+end
+return answer
+"""
+_IDEMPOTENT_SEND_SHA = hashlib.sha1(_IDEMPOTENT_SEND.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
+SENT_MARK_PREFIX = "hms:sent:"
 
-    The MULTI is written straight to a pooled connection: redis-py's transaction pipeline
-    spent more time in Python than Redis took for the round trip (``bench/README.md``).
+
+@dataclass(frozen=True)
+class BusMessage:
+    """One message for the bus: its channel, its body, its stream's length, and the mark that makes it once-only."""
+
+    channel: str
+    body: str
+    maxlen: int
+    mark: str
+
+
+def _send(messages: Sequence[BusMessage]) -> list[str]:
+    """Add each message to its stream and PUBLISH it, once only, in one script call; return the stream ids.
+
+    The call is written straight to a connection of our own: redis-py's pipeline and pool spent
+    more time in Python than Redis took for the round trip (``bench/README.md``).
     """
-    commands: list[tuple[Any, ...]] = [("MULTI",)]
-    for channel, body, maxlen in messages:
-        commands.append(("PUBLISH", channel, body))
-        commands.append(("XADD", stream_key(channel), "MAXLEN", "~", maxlen, "*", "event", body))
-    commands.append(("EXEC",))
+    keys: list[str] = []
+    args: list[Any] = [settings.BUS_SENT_MARK_SECONDS]
+    for message in messages:
+        keys += [stream_key(message.channel), SENT_MARK_PREFIX + message.mark]
+        args += [message.channel, message.body, message.maxlen]
     try:
-        results = _multi_exec(commands)
+        answer = _script_call(keys, args)
+    except redis.ResponseError as error:
+        raise BusUnavailableError(f"Redis refused the send: {error}") from error
     except redis.RedisError as error:
         raise BusUnavailableError(redis_unreachable_message(error)) from error
-    failed = [result for result in results if isinstance(result, redis.ResponseError)]
-    if failed:
-        raise BusUnavailableError(f"Redis refused the send: {failed[0]}")
-    return [entry_id.decode() for entry_id in results[1::2]]
+    if not isinstance(answer, list) or len(answer) != 2 * len(messages):
+        raise BusUnavailableError(f"Redis answered the send with {answer!r}")
+    again = len(messages) - sum(answer[1::2])
+    if again:
+        logger.info("%d message(s) were on the bus already (an earlier send ran): not sent twice", again)
+    return [stream_id.decode() for stream_id in answer[0::2]]
 
 
-def _multi_exec(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """Send ``MULTI ... EXEC`` in one write, read every reply, and return what EXEC answered."""
-    # hiredis packs each command in C; redis-py's own packer took as long as the round trip.
-    packed = b"".join([hiredis.pack_command(command) for command in commands])
+def _script_call(keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """Run the idempotent send script by its digest (loading it if Redis does not know it) and return its answer."""
+    tail = (len(keys), *keys, *args)
     idle = _idle_sending_connections()
     conn = idle.pop() if idle else _new_sending_connection()
     try:
         was_connected = conn.is_connected
         try:
-            return _multi_exec_on(conn, packed, len(commands))
+            return _script_call_on(conn, tail)
         except redis.ConnectionError:
             if not was_connected:
                 raise
             # The connection went stale while it idled (Redis restarted, or dropped idle clients):
-            # once more, reconnected, as taking one from redis-py's pool would have done. Only
-            # a Redis that died after running the MULTI and before answering would see it twice,
-            # which the relay's resend of a pending event would do as well.
-            return _multi_exec_on(conn, packed, len(commands))
+            # once more, reconnected. The send is idempotent, so a Redis that ran it and lost
+            # the answer does not publish it twice.
+            return _script_call_on(conn, tail)
     finally:
         idle.append(conn)
 
 
-def _multi_exec_on(conn: redis.Connection, packed: bytes, replies: int) -> list[Any]:
-    """Write packed ``MULTI ... EXEC`` on a connection and read its ``replies`` replies; EXEC's is returned."""
+def _script_call_on(conn: redis.Connection, tail: tuple[Any, ...]) -> Any:
+    """EVALSHA on a connection; EVAL when Redis has not seen the script (it was restarted, or is new)."""
     try:
-        conn.send_packed_command([packed])
-        queued_error: redis.ResponseError | None = None
-        for _ in range(replies - 1):  # +OK for MULTI, +QUEUED for each command
-            try:
-                conn.read_response()
-            except redis.ResponseError as error:  # a command Redis would not queue; EXEC then aborts
-                queued_error = queued_error or error
+        # hiredis packs the command in C; redis-py's own packer took as long as the round trip.
+        conn.send_packed_command([hiredis.pack_command(("EVALSHA", _IDEMPOTENT_SEND_SHA, *tail))])
         try:
-            results = conn.read_response()
-        except redis.ResponseError:
-            raise queued_error or redis.ResponseError("EXEC aborted") from None
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            conn.send_packed_command([hiredis.pack_command(("EVAL", _IDEMPOTENT_SEND, *tail))])
+            return conn.read_response()
+    except (redis.ResponseError, redis.exceptions.NoScriptError):
+        raise  # a complete reply was read: the connection is in step
     except BaseException:
         conn.disconnect()  # a half-read reply must not reach the next send; the next one reconnects
         raise
-    if not isinstance(results, list):
-        raise redis.ResponseError(f"EXEC answered {results!r}")
-    return results
 
 
 # Connections for sends, idle between them, per REDIS_URL.
@@ -234,7 +271,10 @@ def events_send(events: Sequence[Event]) -> bool:
     """Put committed events on the bus in one round trip and mark them published; False if Redis is down."""
     if not events:
         return True
-    messages = [(event.topic.channel, event.envelope, event.topic.stream_retention) for event in events]
+    messages = [
+        BusMessage(event.topic.channel, event.envelope, event.topic.stream_retention, event.envelope_id)
+        for event in events
+    ]
     try:
         stream_ids = _send(messages)
     except BusUnavailableError as error:
@@ -316,7 +356,8 @@ def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:
     if not dead_letters:
         return True
     messages = [
-        (letter.topic.dlq_channel, letter.dlq_message, letter.topic.stream_retention) for letter in dead_letters
+        BusMessage(letter.topic.dlq_channel, letter.dlq_message, letter.topic.stream_retention, f"dlq:{letter.pk}")
+        for letter in dead_letters
     ]
     try:
         stream_ids = _send(messages)
@@ -352,13 +393,20 @@ def _grace() -> dt.timedelta:
 
 
 def relay_pending(*, limit: int = RELAY_BATCH) -> int:
-    """Send the oldest events and dead letters still waiting for Redis; return how many went out."""
+    """Send the oldest events and dead letters still waiting for Redis; return how many went out.
+
+    It locks only the event rows it sends (``of=("self",)``: never their topics, which every
+    publish holds a key-share lock on), skipping those another worker is sending, and writes an
+    ``event.relay`` audit entry for each in the same transaction. Should that transaction fail
+    after the send, the events stay pending and the next round sends them again: the idempotent
+    send publishes nothing twice.
+    """
     if not bus_reachable():  # do not hold the database's write lock while Redis times out
         return 0
     sent = 0
     with transaction.atomic():
         events = list(
-            Event.objects.select_for_update(skip_locked=True)
+            Event.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("topic")
             .filter(status=EventStatus.PENDING, next_attempt_at__lte=timezone.now())
             .order_by("id")[:limit]
@@ -379,7 +427,7 @@ def relay_pending(*, limit: int = RELAY_BATCH) -> int:
             )
     with transaction.atomic():
         letters = list(
-            DeadLetter.objects.select_for_update(skip_locked=True)
+            DeadLetter.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("topic")
             .filter(dlq_stream_id="", received_at__lte=timezone.now() - _grace())
             .order_by("id")[:limit]

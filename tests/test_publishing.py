@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import signal
 
 import pytest
 import redis
@@ -253,3 +254,68 @@ def test_a_batchs_rows_read_back_exactly_as_they_were_built(bus):
             getattr(built, name) for name in fields
         ]
     assert [stored[event.envelope_id].payload["note"] for event in outcome.events] == notes
+
+
+def _heard_until(subscriber, last_id: str) -> list[str]:
+    """Envelope ids heard on Pub/Sub, in order, up to and with ``last_id`` (published after the rest)."""
+    heard: list[str] = []
+    while not heard or heard[-1] != last_id:
+        message = subscriber.get_message(ignore_subscribe_messages=True, timeout=10)
+        assert message is not None, f"{last_id} never heard; heard {heard}"
+        heard.append(json.loads(message["data"])["id"])
+    return heard
+
+
+def test_a_send_repeated_after_redis_ran_it_neither_publishes_nor_streams_it_twice(bus):
+    from busapp.publishing import BusMessage, _send
+
+    subscriber = bus.pubsub()
+    subscriber.subscribe("tax-policy")
+    subscriber.get_message(timeout=1)  # the subscribe confirmation
+    event = _publish({"standard_deduction": 1})  # sent once by its publisher, reply read
+
+    again = _send([BusMessage("tax-policy", event.envelope, 1000, event.envelope_id)])  # as a relay's resend would
+    marker = _publish({"standard_deduction": 2})
+
+    assert again == [event.stream_id]  # the first send's stream id, nothing new
+    assert _heard_until(subscriber, marker.envelope_id) == [event.envelope_id, marker.envelope_id]
+    assert [json.loads(fields[b"event"])["id"] for _, fields in bus.xrange(stream_key("tax-policy"))] == [
+        event.envelope_id,
+        marker.envelope_id,
+    ]
+
+
+def test_an_event_sent_into_a_stalled_redis_is_relayed_without_a_second_copy(outage_redis, settings):
+    """Redis stalls (SIGSTOP) mid-send: the publisher times out, Redis runs the send on waking, the relay resends."""
+    settings.BUS_RELAY_GRACE_SECONDS = 0
+    client = redis.Redis(port=outage_redis.port)
+    subscriber = client.pubsub()
+    subscriber.subscribe("tax-policy")
+    subscriber.get_message(timeout=1)  # the subscribe confirmation
+    os.kill(outage_redis.process.pid, signal.SIGSTOP)
+    try:
+        event = _publish({"standard_deduction": 15000})  # waits out the socket timeout: Redis has the command
+    finally:
+        os.kill(outage_redis.process.pid, signal.SIGCONT)
+    assert event.status == EventStatus.PENDING
+
+    Event.objects.filter(pk=event.pk).update(next_attempt_at=event.created_at)  # its backoff has passed
+    assert relay_pending() == 1
+    marker = _publish({"standard_deduction": 1})
+
+    assert _heard_until(subscriber, marker.envelope_id) == [event.envelope_id, marker.envelope_id]
+    assert len(client.xrange(stream_key("tax-policy"))) == 2
+    stored = Event.objects.get(pk=event.pk)
+    [(stream_id, _), _] = client.xrange(stream_key("tax-policy"))
+    assert (stored.status, stored.stream_id) == (EventStatus.PUBLISHED, stream_id.decode())
+    assert AuditEntry.objects.filter(action="event.relay", target=f"event:{event.envelope_id}").count() == 1
+
+
+def test_a_send_reaches_a_redis_restarted_empty_that_forgot_the_script(outage_redis):
+    outage_redis.stop()
+    outage_redis.start()  # no scripts loaded: EVALSHA answers NOSCRIPT, the send loads it
+
+    event = _publish({"standard_deduction": 3})
+
+    assert event.status == EventStatus.PUBLISHED, event.last_error
+    assert len(redis.Redis(port=outage_redis.port).xrange(stream_key("tax-policy"))) == 1

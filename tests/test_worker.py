@@ -172,9 +172,9 @@ async def test_the_tap_marks_an_event_published_when_its_sender_died_before_sayi
         version = schema_version_active(topic="tax-policy", event_type="tax_policy.updated")
         event = event_build(version=version, payload={"standard_deduction": 1}, actor="test", source=Source.CLI)
         event.save()
-        from busapp.publishing import _send
+        from busapp.publishing import BusMessage, _send
 
-        return event, _send([("tax-policy", event.envelope, 1000)])[0]
+        return event, _send([BusMessage("tax-policy", event.envelope, 1000, event.envelope_id)])[0]
 
     event, stream_id = await sync_to_async(sent_but_not_marked)()
     worker = BusWorker(name="worker-a")
