@@ -360,17 +360,19 @@ def dead_letter_build(
     """An unsaved dead letter and the JSON that goes to ``<topic>.dlq``."""
     publisher, publisher_name = actor_parts(actor)
     received_at = timezone.now()
-    try:
-        arrived: Any = json.loads(raw)
-    except ValueError:
-        arrived = raw
-    message = {
-        "event": arrived,
+    message: dict[str, Any] = {
+        "event": raw,
         "errors": errors,
         "received_at": received_at.timestamp(),
         "source": source,
         "topic": topic.name,
     }
+    try:
+        # The event as JSON when it is JSON that can travel: else as the text it arrived as.
+        dlq_message = json.dumps({**message, "event": json.loads(raw)}, separators=(",", ":"), ensure_ascii=False)
+        dlq_message.encode()
+    except (ValueError, RecursionError):  # not JSON, nested past reading, or a lone surrogate (UnicodeEncodeError)
+        dlq_message = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
     return DeadLetter(
         topic=topic,
         raw=raw,
@@ -380,7 +382,7 @@ def dead_letter_build(
         publisher_name=publisher_name[:150],
         origin=origin,
         received_at=received_at,
-        dlq_message=json.dumps(message, separators=(",", ":"), ensure_ascii=False),
+        dlq_message=dlq_message,
     )
 
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
+import functools
+import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections import defaultdict
@@ -28,16 +32,25 @@ from django.conf import settings
 from django.db import (
     DEFAULT_DB_ALIAS,
     DatabaseError,
+    DataError,
     IntegrityError,
     connection,
     connections,
     transaction,
 )
 from django.utils import timezone
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import LockError, RedisError, ResponseError
 
 from busapp.audit import AuditRecord, ChainReport, audit_append, audit_verify
 from busapp.grants import grants_expire
+from busapp.heartbeats import (
+    FORGET_AFTER_SECONDS,
+    HEARTBEAT_EVERY_SECONDS,
+    WORKERS_KEY,
+    LoopState,
+    WorkerBeat,
+    beat_decode,
+)
 from busapp.live import bulk_group, dlq_group, live_item, live_item_read, live_message, topic_group
 from busapp.models import BulkAction, DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
 from busapp.publishing import INGEST_STREAM, STREAM_PREFIX, dead_letters_send, relay_pending, stream_key
@@ -57,9 +70,18 @@ from busapp.validation import FieldError, envelope_errors, payload_errors
 logger = logging.getLogger(__name__)
 
 GROUP = "hms-bus-admin"
-LEADER_KEY = "hms:tap:leader"
-LEADER_TTL_MS = 10_000
 READ_COUNT = 500
+# An entry delivered this many times (read once, then claimed from workers that stopped while
+# holding it) without being recorded is dead-lettered unread: handling it may be what stops them.
+MAX_DELIVERIES = 4
+# Every worker listens to Pub/Sub, so a killed one leaves no gap; the first to copy a message into
+# the ingest stream leaves a mark (``hms:heard:<digest>``) that tells the others it is there.
+HEARD_MARK_PREFIX = "hms:heard:"
+HEARD_MARK_SECONDS = 300
+# Periodic jobs that must not run twice at once (tidy, the audit check) hold a Redis lease while they run.
+LEASE_PREFIX = "hms:lease:"
+TIDY_LEASE_SECONDS = 60
+AUDIT_CHECK_LEASE_SECONDS = 3600
 # Seconds: at most one group_send per topic this often. A batch spans at most 25 ms, within
 # the "batch of at most 100 ms" rule: at most 40 group messages a second per topic
 # (channels-redis delivers about 950 a second). Against 50 ms it took the p99 of 50 live
@@ -86,19 +108,26 @@ INGEST_MAXLEN = 100_000
 LISTEN_GATHER_SECONDS = 0.02
 RAW_KEEP_BYTES = 1024 * 1024
 EXTERNAL_ACTOR = "external"
+# A supervised loop that fails is started again after this, doubling up to the most.
+RESTART_BACKOFF_SECONDS = 0.5
+RESTART_BACKOFF_MOST_SECONDS = 30.0
 # Envelope ids in one IN (...) list: within every database's limit of bound values.
 _IDS_PER_QUERY = 500
 
 T = TypeVar("T")
 
-# Extend the leader lock only if we still hold it.
-_RENEW_LEADER = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE_LEADER = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
+# Copy heard Pub/Sub messages into the ingest stream, each once whichever worker heard it first.
+# KEYS[1]: the ingest stream, then per message its heard mark. ARGV[1]: the marks' lifetime,
+# ARGV[2]: the stream's length; then per message its channel and data. Answers how many it added.
+_INGEST_ONCE = """
+local added = 0
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], 1, 'NX', 'EX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'channel', ARGV[2 * i - 1], 'data', ARGV[2 * i])
+    added = added + 1
+  end
+end
+return added
 """
 
 
@@ -110,6 +139,8 @@ class StreamEntry:
     entry_id: str
     channel: str
     body: bytes
+    # Times Redis handed it to a worker of the group: 1 when read, one more for each claim.
+    deliveries: int = 1
 
     @property
     def origin(self) -> str:
@@ -125,6 +156,13 @@ class TapOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # (event id, stream id) of events read off the bus while their rows still said pending.
     seen_pending: list[tuple[int, str]] = field(default_factory=list)
+
+    def merge(self, other: TapOutcome) -> None:
+        """Add what another batch recorded."""
+        for group, items in other.groups.items():
+            self.groups[group].extend(items)
+        self.dead_letters.extend(other.dead_letters)
+        self.seen_pending.extend(other.seen_pending)
 
 
 def entries_from_reply(reply: Any) -> list[StreamEntry]:
@@ -145,15 +183,31 @@ def entries_from_reply(reply: Any) -> list[StreamEntry]:
 
 
 def _decode(entry: StreamEntry) -> tuple[dict[str, Any] | None, list[FieldError]]:
-    """Parse an entry's body as the seed's envelope; return it or the errors."""
+    """Parse an entry's body as the seed's envelope; return it or the errors. Never raises."""
     if len(entry.body) > RAW_KEEP_BYTES:
         return None, [{"path": "", "message": f"is {len(entry.body):,} bytes; far over the payload limit"}]
     try:
-        envelope = json.loads(entry.body)
+        # UTF-8 only, as the seed's publishers send it: json.loads would take UTF-16 and -32 bytes too.
+        text = entry.body.decode()
+    except UnicodeDecodeError as error:
+        return None, [{"path": "", "message": f"is not UTF-8 text: {error.reason} at byte {error.start}"}]
+    try:
+        envelope = json.loads(text)
     except ValueError as error:
         return None, [{"path": "", "message": f"is not valid JSON: {error}"}]
-    errors = envelope_errors(envelope)
+    except RecursionError:
+        return None, [{"path": "", "message": "nests arrays or objects too deeply to be read"}]
+    try:
+        errors = envelope_errors(envelope)
+    except Exception as error:  # whatever arrived, it is dead-lettered, not fatal
+        return None, [_unprocessable(error)]
     return (envelope, []) if not errors else (None, errors)
+
+
+def _unprocessable(error: BaseException) -> FieldError:
+    """The dead letter's error for an entry whose handling failed: ``could not be processed: <reason>``."""
+    reason = "nests too deeply" if isinstance(error, RecursionError) else f"{type(error).__name__}: {error}"
+    return {"path": "", "message": f"could not be processed: {reason}"[:1000]}
 
 
 def _external_event(entry: StreamEntry, envelope: dict[str, Any], version: SchemaVersion, now: dt.datetime) -> Event:
@@ -175,16 +229,77 @@ def _external_event(entry: StreamEntry, envelope: dict[str, Any], version: Schem
 
 
 def tap_record(entries: list[StreamEntry]) -> TapOutcome:
-    """Record a batch of bus entries in history once each; dead-letter what fails validation."""
-    attempts = 3
-    for attempt in range(1, attempts + 1):
-        try:
-            return _tap_record_once(entries)
-        except IntegrityError:
-            # Another worker recorded one of these ids at the same moment: look again.
-            if attempt == attempts:
-                raise
-    return TapOutcome()  # not reached: the last attempt returns or raises
+    """Record a batch of bus entries in history once each; dead-letter what fails validation or cannot be handled.
+
+    The batch is written in one transaction. Should that fail for something one entry holds
+    (a value the database refuses, another worker recording the same id at the same moment,
+    any error of ours), each entry is handled on its own, so that one entry never holds up
+    the others, and what still fails is dead-lettered. A database that does not answer is
+    another matter: the error rises, nothing is acknowledged, and the loop tries again.
+    """
+    worn = [entry for entry in entries if entry.deliveries > MAX_DELIVERIES]
+    entries = [entry for entry in entries if entry.deliveries <= MAX_DELIVERIES]
+    outcome = TapOutcome()
+    for entry in worn:
+        times = f"delivered {entry.deliveries} times without being recorded (workers stopped while handling it)"
+        outcome.merge(_tap_dead_letter(entry, {"path": "", "message": f"could not be processed: {times}"}))
+    try:
+        outcome.merge(_tap_record_once(entries))
+        return outcome
+    except (IntegrityError, DataError) as error:
+        logger.info("tap: a batch of %d needs recording one by one (%s)", len(entries), error)
+    except DatabaseError:
+        raise
+    except Exception:
+        logger.exception("tap: a batch of %d failed; recording its entries one by one", len(entries))
+    for entry in entries:
+        outcome.merge(_tap_record_alone(entry))
+    return outcome
+
+
+def _tap_record_alone(entry: StreamEntry) -> TapOutcome:
+    """Record one entry on its own; dead-letter it with the reason when that fails for anything but an outage."""
+    try:
+        return _tap_record_once([entry])
+    except IntegrityError:
+        pass  # another worker recorded it meanwhile: a second look finds it in history
+    except DatabaseError as error:
+        if not isinstance(error, DataError):
+            raise
+        return _tap_dead_letter(entry, _unprocessable(error))
+    except Exception as error:
+        logger.exception("tap: entry %s could not be processed; dead-lettered", entry.origin)
+        return _tap_dead_letter(entry, _unprocessable(error))
+    try:
+        return _tap_record_once([entry])
+    except (IntegrityError, DataError) as error:
+        return _tap_dead_letter(entry, _unprocessable(error))
+
+
+def _tap_dead_letter(entry: StreamEntry, error: FieldError) -> TapOutcome:
+    """Dead-letter an entry as it arrived, with the error, in a transaction of its own (once per origin)."""
+    outcome = TapOutcome()
+    topic = Topic.objects.filter(name=entry.channel).first()
+    if topic is None:
+        logger.warning("entry %s: unknown channel %r; acknowledged, ignored", entry.origin, entry.channel)
+        return outcome
+    if DeadLetter.objects.filter(origin=entry.origin).exists():
+        return outcome
+    letter = _external_dead_letter(entry, topic, [error])
+    try:
+        with transaction.atomic():
+            letter.save()
+            audit_append(actor=EXTERNAL_ACTOR, records=[dead_letter_audit_record(letter)])
+    except DataError:
+        # Kept safe for the database already (no NUL, no lone surrogate): should it still refuse,
+        # the log keeps what arrived, and the entry is acknowledged rather than retried for ever.
+        logger.exception("entry %s could not be kept as a dead letter; it was %r", entry.origin, entry.body[:2000])
+        return outcome
+    outcome.dead_letters.append(letter)
+    outcome.groups[dlq_group(topic.name)].append(
+        {"topic": topic.name, "errors": letter.errors, "received_at": letter.received_at.timestamp()}
+    )
+    return outcome
 
 
 def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
@@ -223,7 +338,7 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
             continue  # read twice in one batch (its stream entry and its Pub/Sub copy)
         if envelope is not None:
             version = versions.get(topic.name, envelope["type"])
-            errors = version if isinstance(version, list) else payload_errors(version, envelope["payload"])
+            errors = version if isinstance(version, list) else _payload_errors_of(version, envelope["payload"])
             if not errors and isinstance(version, SchemaVersion):
                 event = new_events[envelope["id"]] = _external_event(entry, envelope, version, now)
                 outcome.groups[topic_group(topic.name)].append(live_item(event, read_from_bus=True))
@@ -244,6 +359,14 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
             if records:
                 audit_append(actor=EXTERNAL_ACTOR, records=records)
     return outcome
+
+
+def _payload_errors_of(version: SchemaVersion, payload: Any) -> list[FieldError]:
+    """The payload's errors under its schema; a schema or payload that breaks validation itself is one error."""
+    try:
+        return payload_errors(version, payload)
+    except Exception as error:  # a $ref cycle, a value that cannot be encoded, ...
+        return [_unprocessable(error)]
 
 
 @dataclass(frozen=True)
@@ -320,12 +443,20 @@ def _external_dead_letter(entry: StreamEntry, topic: Topic, errors: list[FieldEr
     """A dead letter for what arrived on the bus and failed validation, kept as it arrived."""
     return dead_letter_build(
         topic=topic,
-        raw=entry.body[:RAW_KEEP_BYTES].decode(errors="replace"),
-        errors=errors,
+        raw=_storable(entry.body[:RAW_KEEP_BYTES].decode(errors="replace")),
+        errors=[{"path": _storable(error["path"]), "message": _storable(error["message"])} for error in errors],
         source=Source.EXTERNAL,
         actor=EXTERNAL_ACTOR,
         origin=entry.origin,
     )
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    """Text every database keeps: NUL (refused by PostgreSQL) and lone surrogates (by UTF-8) shown as U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def _record_audit_record(event: Event) -> AuditRecord:
@@ -440,6 +571,10 @@ class BusWorker:
         self.topics: list[str] = []
         # Events read off the bus while their rows said pending: event id -> (stream id, loop time seen).
         self.seen_pending: dict[int, tuple[str, float]] = {}
+        # Each loop's state and errors, told to Redis by every heartbeat.
+        self.loops: dict[str, LoopState] = {}
+        self.started_at = time.time()
+        self._ingest_once = self.redis.register_script(_INGEST_ONCE)
 
     def stop(self) -> None:
         """Ask every loop to finish what it holds and return."""
@@ -451,21 +586,22 @@ class BusWorker:
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
     async def run(self) -> None:
-        """Run relay, tap and Pub/Sub listener until ``stop()``; nothing is left half-done."""
-        loops = (
-            self._tap_loop(),
-            self._relay_loop(),
-            self._listen_loop(),
-            self._schedule_loop(),
-            self._bulk_loop(),
-            self._audit_check_loop(),
-            self._checkpoint_loop(),
-            self._tidy_loop(),
-        )
-        tasks = [asyncio.create_task(loop) for loop in loops]
+        """Run every loop, each supervised, until ``stop()``; nothing is left half-done."""
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            "tap": self._tap_loop,
+            "relay": self._relay_loop,
+            "listener": self._listen_loop,
+            "scheduler": self._schedule_loop,
+            "bulk": self._bulk_loop,
+            "audit-check": self._audit_check_loop,
+            "checkpoint": self._checkpoint_loop,
+            "tidy": self._tidy_loop,
+            "heartbeat": self._heartbeat_loop,
+        }
+        self.loops = {name: LoopState() for name in loops}
+        tasks = [asyncio.create_task(self._supervise(name, loop)) for name, loop in loops.items()]
         try:
-            for finished in asyncio.as_completed(tasks):
-                await finished  # a loop that fails stops them all, and the error ends the process
+            await asyncio.gather(*tasks)
         finally:
             self.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -474,6 +610,63 @@ class BusWorker:
                 await self.settle_seen_pending(older_than=0.0)
             await self.redis.aclose()
             await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop until stopped; when it fails, log the traceback, count it, and start it again after a backoff.
+
+        Nothing a loop meets (a bug of ours, a message no one foresaw) ends the process or the other loops.
+        """
+        state = self.loops.setdefault(name, LoopState())
+        backoff = RESTART_BACKOFF_SECONDS
+        while not self.stopping.is_set():
+            state.state = "running"
+            started = time.monotonic()
+            try:
+                await loop()
+            except Exception as error:
+                state.failed(error)
+                if time.monotonic() - started > RESTART_BACKOFF_MOST_SECONDS:
+                    backoff = RESTART_BACKOFF_SECONDS  # it ran well for a while: this is a new failure
+                logger.exception("%s loop failed (%d so far); starting it again in %.1fs", name, state.errors, backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, RESTART_BACKOFF_MOST_SECONDS)
+            else:
+                break  # a loop returns only when stopping, or when it has nothing to do here
+        state.state = "stopped"
+
+    def _loop_failed(self, name: str, error: BaseException) -> None:
+        """Count a failed step of a loop that retries on its own (Redis or the database did not answer)."""
+        self.loops.setdefault(name, LoopState()).failed(error)
+
+    def _loop_ok(self, name: str) -> None:
+        """Say a loop's step went through."""
+        self.loops.setdefault(name, LoopState()).state = "running"
+
+    async def _heartbeat_loop(self) -> None:
+        """Tell Redis every few seconds that this worker lives, and how its loops are; forget long-gone workers."""
+        while not self.stopping.is_set():
+            beat = WorkerBeat(self.name, time.time(), os.getpid(), self.started_at, self.loops)
+            try:
+                await self.redis.hset(WORKERS_KEY, self.name, beat.encode())
+                for name, raw in (await self.redis.hgetall(WORKERS_KEY)).items():
+                    other = beat_decode(name.decode(errors="replace") if isinstance(name, bytes) else name, raw)
+                    if other is None or other.age() > FORGET_AFTER_SECONDS:
+                        await self.redis.hdel(WORKERS_KEY, name)
+                self._loop_ok("heartbeat")
+            except (RedisError, OSError) as error:
+                self._loop_failed("heartbeat", error)
+            await self._pause(HEARTBEAT_EVERY_SECONDS)
+
+    async def _leased(self, job: str, seconds: int, step: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a step only while holding the job's Redis lease (one worker at a time); None when another holds it."""
+        lease = self.redis.lock(f"{LEASE_PREFIX}{job}", timeout=seconds, blocking=False)
+        if not await lease.acquire():
+            return None
+        try:
+            return await step()
+        finally:
+            with contextlib.suppress(LockError, RedisError, OSError):
+                await lease.release()  # gone with a restarted Redis, or expired: nothing to let go
 
     # The tap.
 
@@ -516,7 +709,8 @@ class BusWorker:
                     gone.extend(reply[2])
                 if gone:
                     await self.redis.xack(stream, GROUP, *gone)
-                claimed.extend(entries_from_reply([(stream, [m for m in messages if m[1]])]))
+                entries = entries_from_reply([(stream, [m for m in messages if m[1]])])
+                claimed.extend(await self._with_deliveries(stream, entries))
                 if start in (b"0-0", "0-0"):
                     break
             if len(claimed) >= READ_COUNT:
@@ -524,6 +718,21 @@ class BusWorker:
         if claimed:
             logger.info("claimed %d entries left unacknowledged by a stopped worker", len(claimed))
         return claimed
+
+    async def _with_deliveries(self, stream: str, entries: list[StreamEntry]) -> list[StreamEntry]:
+        """The claimed entries with how many times Redis has delivered each (``XPENDING``, one call)."""
+        if not entries:
+            return entries
+        pending = await self.redis.xpending_range(
+            stream, GROUP, min=entries[0].entry_id, max=entries[-1].entry_id, count=len(entries), consumername=self.name
+        )
+        times = {
+            (row["message_id"].decode() if isinstance(row["message_id"], bytes) else row["message_id"]): int(
+                row["times_delivered"]
+            )
+            for row in pending
+        }
+        return [dataclasses.replace(entry, deliveries=times.get(entry.entry_id, 1)) for entry in entries]
 
     async def record(self, entries: list[StreamEntry]) -> TapOutcome:
         """Record entries in history (committed when this returns) and send their dead letters."""
@@ -593,12 +802,15 @@ class BusWorker:
                 if await self.settle_seen_pending():
                     logger.info("tap: marked published events whose sender had not (it stopped after sending)")
                 backoff = 0.5
+                self._loop_ok("tap")
             except (RedisError, OSError) as error:
+                self._loop_failed("tap", error)
                 logger.warning("tap: Redis unavailable (%s); retrying in %.1fs", error, backoff)
                 self.streams = []  # groups may be gone with a restarted Redis
                 await self._pause(backoff)
                 backoff = min(backoff * 2, 10.0)
             except DatabaseError as error:
+                self._loop_failed("tap", error)
                 logger.warning("tap: database error (%s); retrying in %.1fs", error, backoff)
                 await self._pause(backoff)
                 backoff = min(backoff * 2, 10.0)
@@ -606,24 +818,35 @@ class BusWorker:
     # The relay and the scheduler: database steps repeated while they find work.
 
     async def _relay_loop(self) -> None:
-        """Send what is still pending, oldest first, backing off while Redis is down."""
+        """Send what is still pending, oldest first, backing off while Redis is down (rows locked: several may run)."""
         await self._repeat("relay", relay_pending, RELAY_EVERY_SECONDS, "sent %d pending event(s) and dead letter(s)")
 
     async def _schedule_loop(self) -> None:
-        """Publish what was scheduled (and approved, where that is needed) once its time has come."""
+        """Publish what was scheduled (and approved, where that is needed) once its time has come (rows locked)."""
         await self._repeat("scheduler", publish_requests_due, SCHEDULE_EVERY_SECONDS, "published %d scheduled event(s)")
 
     async def _tidy_loop(self) -> None:
-        """Record and remove grants that ran out; forget idempotency keys older than their day."""
-        await self._repeat("tidy", _tidy, TIDY_EVERY_SECONDS, "removed %d expired grant(s) or old idempotency key(s)")
+        """Record and remove grants that ran out; forget idempotency keys a day old (one worker at a time)."""
 
-    async def _repeat(self, name: str, step: Callable[[], int], pause: float, did: str) -> None:
-        """Run a database step until stopped: again at once while it handles something, else after a pause."""
+        async def tidy_leased() -> int:
+            return await self._leased("tidy", TIDY_LEASE_SECONDS, lambda: in_db(_tidy)) or 0
+
+        await self._repeat(
+            "tidy", tidy_leased, TIDY_EVERY_SECONDS, "removed %d expired grant(s) or old idempotency key(s)"
+        )
+
+    async def _repeat(
+        self, name: str, step: Callable[[], int] | Callable[[], Awaitable[int]], pause: float, did: str
+    ) -> None:
+        """Run a step until stopped: again at once while it handles something, else after a pause."""
         while not self.stopping.is_set():
             try:
-                handled = await in_db(step)
-            except DatabaseError as error:
-                logger.warning("%s: database error (%s)", name, error)
+                handled = await step() if asyncio.iscoroutinefunction(step) else await in_db(step)
+                self._loop_ok(name)
+            except (DatabaseError, RedisError, OSError) as error:
+                self._loop_failed(name, error)
+                what = "database error" if isinstance(error, DatabaseError) else "Redis unavailable"
+                logger.warning("%s: %s (%s)", name, what, error)
                 handled = 0
             if handled:
                 logger.info(f"{name}: {did}", handled)
@@ -641,15 +864,19 @@ class BusWorker:
         last_full = -AUDIT_FULL_CHECK_EVERY_SECONDS
         while not self.stopping.is_set():
             full = time.monotonic() - last_full >= AUDIT_FULL_CHECK_EVERY_SECONDS
+            check = functools.partial(sync_to_async(_audit_check, thread_sensitive=False), not full)
             try:
-                report = await sync_to_async(_audit_check, thread_sensitive=False)(not full)
-            except Exception:  # a failed check is logged; it must not stop the relay and the tap
+                report = await self._leased("audit-check", AUDIT_CHECK_LEASE_SECONDS, check)
+            except Exception as error:  # a failed check is logged; it must not stop the relay and the tap
+                self._loop_failed("audit-check", error)
                 logger.exception("audit check failed")
             else:
-                if full:
-                    last_full = time.monotonic()
-                if not report.intact:
-                    logger.error("audit log broken at entry #%s: %s", report.broken_seq, report.problem)
+                if report is not None:  # else another worker is checking
+                    self._loop_ok("audit-check")
+                    if full:
+                        last_full = time.monotonic()
+                    if not report.intact:
+                        logger.error("audit log broken at entry #%s: %s", report.broken_seq, report.problem)
             await self._pause(AUDIT_CHECK_EVERY_SECONDS)
 
     async def _checkpoint_loop(self) -> None:
@@ -659,7 +886,9 @@ class BusWorker:
         while not self.stopping.is_set():
             try:
                 await sync_to_async(wal_checkpoint, thread_sensitive=False)()
+                self._loop_ok("checkpoint")
             except DatabaseError as error:
+                self._loop_failed("checkpoint", error)
                 logger.warning("checkpoint: database error (%s)", error)
             await self._pause(CHECKPOINT_EVERY_SECONDS)
 
@@ -672,7 +901,9 @@ class BusWorker:
                 for action_id in await in_db(bulk_actions_running):
                     action = await in_db(_bulk_tick, action_id)
                     await self._tell_progress(action)
+                self._loop_ok("bulk")
             except DatabaseError as error:
+                self._loop_failed("bulk", error)
                 logger.warning("bulk: database error (%s)", error)
             await self._pause(BULK_TICK_SECONDS)
 
@@ -689,88 +920,110 @@ class BusWorker:
     # The Pub/Sub listener for seed-style publishers.
 
     async def _listen_loop(self) -> None:
-        """While elected, copy what seed-style publishers PUBLISH into the ingest stream."""
+        """Copy what seed-style publishers PUBLISH into the ingest stream, once each, whichever worker hears it first.
+
+        Every worker listens: Pub/Sub keeps nothing for a subscriber that is gone, so with one
+        elected listener, the seconds until another took over were lost. Now a killed worker's
+        share is heard by the others all along, and the heard marks keep the copies to one.
+        """
         while not self.stopping.is_set():
             try:
-                if await self._elect():
-                    await self._listen_as_leader()
-                else:
-                    await self._pause(LEADER_TTL_MS / 3000)
+                await self._listen()
             except (RedisError, OSError) as error:
+                self._loop_failed("listener", error)
                 logger.warning("listener: Redis unavailable (%s)", error)
                 await self._pause(1.0)
-        with contextlib.suppress(RedisError, OSError):
-            await self.redis.eval(_RELEASE_LEADER, 1, LEADER_KEY, self.name)
 
-    async def _elect(self) -> bool:
-        """Take or keep the listener lock; True while this worker holds it."""
-        if await self.redis.set(LEADER_KEY, self.name, nx=True, px=LEADER_TTL_MS):
-            logger.info("listener: %s elected to tap Pub/Sub", self.name)
-            return True
-        return bool(await self.redis.eval(_RENEW_LEADER, 1, LEADER_KEY, self.name, LEADER_TTL_MS))
-
-    async def _listen_as_leader(self) -> None:
-        """Subscribe to every topic channel and copy messages into the ingest stream until leadership lapses."""
+    async def _listen(self) -> None:
+        """Subscribe to every topic and copy what is heard, until stopped or the connection fails (raised)."""
         loop = asyncio.get_running_loop()
         pubsub = self.redis.pubsub()
+        heard: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
+        reader: asyncio.Task[None] | None = None
         subscribed: set[str] = set()
-        renew_at = 0.0
+        next_refresh = 0.0
         try:
             while not self.stopping.is_set():
-                if loop.time() >= renew_at:
-                    if not await self._elect():
-                        return
-                    wanted = set(self.topics)
-                    if wanted - subscribed:
-                        await pubsub.subscribe(*(wanted - subscribed))
+                if loop.time() >= next_refresh:
+                    if wanted := set(self.topics) - subscribed:
+                        await pubsub.subscribe(*wanted)
                         subscribed |= wanted
-                    renew_at = loop.time() + LEADER_TTL_MS / 3000
+                    next_refresh = loop.time() + TOPIC_REFRESH_SECONDS
                 if not subscribed:
                     await self._pause(0.2)
                     continue
-                batch = await self._drain(pubsub)
+                reader = reader or asyncio.create_task(_pubsub_read(pubsub, heard))
+                batch = await _drain(heard, reader)
                 if batch:
                     batch = await in_db(_not_yet_recorded, batch)
                 if batch:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for channel, data in batch:
-                            pipe.xadd(
-                                INGEST_STREAM,
-                                {"channel": channel, "data": data},
-                                maxlen=INGEST_MAXLEN,
-                                approximate=True,
-                            )
-                        await pipe.execute()
+                    await self._ingest(batch)
+                self._loop_ok("listener")
         finally:
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
             await pubsub.aclose()
 
-    async def _drain(self, pubsub: aioredis.client.PubSub) -> list[tuple[bytes, bytes]]:
-        """Collect messages: waiting at most 100 ms for the first, then LISTEN_GATHER_SECONDS for more (up to a batch).
+    async def _ingest(self, batch: list[tuple[bytes, bytes]]) -> int:
+        """Add heard messages to the ingest stream unless another worker did already; how many were added."""
+        keys = [INGEST_STREAM] + [HEARD_MARK_PREFIX + _heard_digest(channel, data) for channel, data in batch]
+        args: list[Any] = [HEARD_MARK_SECONDS, INGEST_MAXLEN]
+        for channel, data in batch:
+            args += [channel, data]
+        return int(await self._ingest_once(keys=keys, args=args))
 
-        Every batch costs a query of history (are these the dashboard's own?): gathered for a
-        moment, a busy bus makes a few large batches instead of one or two messages each.
-        """
-        loop = asyncio.get_running_loop()
-        batch: list[tuple[bytes, bytes]] = []
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        until = loop.time() + LISTEN_GATHER_SECONDS
-        while message is not None:
-            if message["type"] == "message":
-                batch.append((message["channel"], message["data"]))
-            wait = until - loop.time()
-            if len(batch) >= READ_COUNT or wait <= 0:
-                break
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
-        return batch
+
+async def _pubsub_read(pubsub: aioredis.client.PubSub, heard: asyncio.Queue[tuple[bytes, bytes]]) -> None:
+    """Queue every message heard, waiting as long as each takes to arrive.
+
+    Never with a timeout: a read cut short in the middle of a large message (10 MB takes a
+    while) leaves the connection out of step, and redis-py drops it with what followed.
+    """
+    while True:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+        if message is not None and message["type"] == "message":
+            heard.put_nowait((message["channel"], message["data"]))
+
+
+async def _drain(heard: asyncio.Queue[tuple[bytes, bytes]], reader: asyncio.Task[None]) -> list[tuple[bytes, bytes]]:
+    """Collect heard messages: waiting at most 100 ms for the first, then LISTEN_GATHER_SECONDS for more (a batch).
+
+    Every batch costs a query of history (are these the dashboard's own?): gathered for a
+    moment, a busy bus makes a few large batches instead of one or two messages each. A
+    reader that failed raises its error here, once what it heard is handled.
+    """
+    loop = asyncio.get_running_loop()
+    batch: list[tuple[bytes, bytes]] = []
+    wait, until = 0.1, loop.time() + 0.1
+    while len(batch) < READ_COUNT and wait > 0:
+        try:
+            batch.append(await asyncio.wait_for(heard.get(), wait))
+        except TimeoutError:
+            break
+        if len(batch) == 1:
+            until = loop.time() + LISTEN_GATHER_SECONDS
+        wait = until - loop.time()
+    if not batch and reader.done():
+        reader.result()  # raises what ended it (the connection failed)
+        raise ConnectionError("the Pub/Sub reader stopped")
+    return batch
+
+
+def _heard_digest(channel: bytes, data: bytes) -> str:
+    """What names a heard message among the heard marks: a digest of its channel and its bytes."""
+    return hashlib.blake2b(channel + b"\n" + data, digest_size=16).hexdigest()
 
 
 def _envelope_id(data: bytes) -> str | None:
-    """The envelope id a Pub/Sub message carries, if it is an envelope with one."""
+    """The envelope id a Pub/Sub message carries, if it is an envelope with one (whatever arrived: never raises)."""
     if data.startswith(b'{"id":"') and data[43:44] == b'"':  # the dashboard's own: a UUID first
-        return data[7:43].decode()
+        return data[7:43].decode(errors="replace")
+    if len(data) > RAW_KEEP_BYTES:
+        return None  # the tap dead-letters it; no need to parse 10 MB here first
     try:
         envelope = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8/16/32, or nested past what Python reads
         return None
     envelope_id = envelope.get("id") if isinstance(envelope, dict) else None
     return envelope_id if isinstance(envelope_id, str) else None

@@ -1,0 +1,176 @@
+"""Nothing on the bus stops the worker: each entry handled on its own, what cannot be is dead-lettered, loops restart."""
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+from busapp import worker as worker_module
+from busapp.heartbeats import WORKERS_KEY, beats_from_hash
+from busapp.models import DeadLetter, Event, EventType, SchemaVersion, Source
+from busapp.publishing import stream_key
+from busapp.worker import GROUP, BusWorker
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("demo_committed")]
+
+
+def _envelope(payload_json: str = '{"standard_deduction": 1}', *, kind: str = "tax_policy.updated") -> str:
+    return f'{{"id":"{uuid.uuid4()}","type":"{kind}","timestamp":1712746800.0,"payload":{payload_json}}}'
+
+
+async def _until(condition, *, what, seconds=15.0):
+    """Await until a condition (run in Django's sync thread) holds."""
+    check = sync_to_async(condition, thread_sensitive=True)
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(autouse=True)
+async def _close_worker_database_connection():
+    yield
+    await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+
+@pytest.fixture
+async def running_worker(bus):
+    worker = BusWorker(name="test-worker", claim_idle_ms=0)
+    task = asyncio.create_task(worker.run())
+    yield worker
+    worker.stop()
+    await asyncio.wait_for(task, timeout=10)
+    assert not task.cancelled()
+
+
+def _self_referring_schema() -> None:
+    """A topic type whose schema is ``{"$ref": "#"}``, put straight in the database as an old release might have."""
+    from busapp.models import Topic
+
+    topic = Topic.objects.get(name="tax-policy")
+    kind = EventType.objects.create(topic=topic, name="loop.forever")
+    SchemaVersion.objects.create(event_type=kind, version=1, schema={"$ref": "#"})
+
+
+BAD_BODIES = {
+    "100,000 nested arrays": ("[" * 100_000 + "]" * 100_000).encode(),
+    "UTF-16": _envelope().encode("utf-16"),
+    "UTF-32": _envelope().encode("utf-32"),
+    "random bytes": bytes(range(256)) * 4,
+    "lone surrogate in the payload": _envelope('{"standard_deduction": 1, "note": "\\ud800"}').encode(),
+    "lone surrogate in a key": _envelope('{"standard_deduction": 1, "\\udfff": 2}').encode(),
+    "NUL in the payload": _envelope('{"standard_deduction": 1, "note": "a\\u0000b"}').encode(),
+    "NUL byte in the body": b'{"id":"\x00"}',
+    "a schema that refers to itself": _envelope("{}", kind="loop.forever").encode(),
+    "not JSON": b"<html>nope</html>",
+    "10 MB": b'{"id":"' + b"x" * 10_000_000 + b'"}',
+}
+
+
+@pytest.mark.parametrize("how", ["XADD", "PUBLISH"])
+async def test_every_malformed_message_is_dead_lettered_and_the_worker_goes_on(bus, running_worker, how):
+    await sync_to_async(_self_referring_schema)()
+    await _until(lambda: bus.pubsub_numsub("tax-policy")[0][1] >= 1, what="the worker to listen")
+    valid = []
+    for body in BAD_BODIES.values():
+        if how == "XADD":
+            bus.xadd(stream_key("tax-policy"), {"event": body})
+        else:
+            bus.publish("tax-policy", body)
+        valid.append(_envelope(f'{{"standard_deduction": {len(valid)}}}'))
+        bus.publish("tax-policy", valid[-1])  # each bad message is followed by a good one
+
+    valid_ids = {json.loads(body)["id"] for body in valid}
+    await _until(
+        lambda: valid_ids <= set(Event.objects.filter(source=Source.EXTERNAL).values_list("envelope_id", flat=True)),
+        what="every valid event",
+    )
+
+    letters = await sync_to_async(lambda: list(DeadLetter.objects.order_by("id")))()
+    # Every bad body became a dead letter, kept as text, with a reason: nothing was retried for ever.
+    assert len(letters) == len(BAD_BODIES), "\n".join(str(letter.errors)[:150] for letter in letters)
+    assert {event async for event in _recorded_ids()} == valid_ids
+    assert all(letter.errors and letter.errors[0]["message"] for letter in letters)
+    assert any("could not be processed" in letter.errors[0]["message"] for letter in letters)
+    assert all("\x00" not in letter.raw for letter in letters)
+    assert not [name for name, state in running_worker.loops.items() if state.errors]  # nothing crashed
+    pending = bus.xpending(stream_key("tax-policy"), GROUP)["pending"]
+    assert pending == 0  # everything acknowledged
+
+
+async def _recorded_ids():
+    for envelope_id in await sync_to_async(lambda: list(Event.objects.values_list("envelope_id", flat=True)))():
+        yield envelope_id
+
+
+async def test_an_entry_workers_keep_dying_on_is_dead_lettered_unread_after_four_deliveries(bus):
+    stream = stream_key("tax-policy")
+    bus.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    entry_id = bus.xadd(stream, {"event": _envelope()})
+    bus.xreadgroup(GROUP, "died-1", {stream: ">"})  # delivered once, never acknowledged
+    for consumer in ("died-2", "died-3", "died-4"):
+        bus.xclaim(stream, GROUP, consumer, 0, [entry_id])  # each claim a delivery more
+
+    worker = BusWorker(name="survivor", claim_idle_ms=0)
+    await worker.refresh_topics()
+    await worker.handle(await worker.claim())
+    await worker.redis.aclose()
+
+    [letter] = await sync_to_async(lambda: list(DeadLetter.objects.all()))()
+    assert "could not be processed: delivered 5 times" in letter.errors[0]["message"]
+    assert await sync_to_async(Event.objects.count)() == 0
+    assert bus.xpending(stream, GROUP)["pending"] == 0
+
+
+async def test_an_entry_claimed_once_after_a_worker_died_is_recorded_as_usual(bus):
+    stream = stream_key("tax-policy")
+    bus.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    bus.xadd(stream, {"event": _envelope()})
+    bus.xreadgroup(GROUP, "died", {stream: ">"})
+
+    worker = BusWorker(name="survivor", claim_idle_ms=0)
+    await worker.refresh_topics()
+    await worker.handle(await worker.claim())
+    await worker.redis.aclose()
+
+    assert await sync_to_async(Event.objects.count)() == 1
+    assert await sync_to_async(DeadLetter.objects.count)() == 0
+
+
+async def test_a_loop_that_fails_is_logged_counted_in_the_heartbeat_and_started_again(bus, monkeypatch, caplog):
+    failures = []
+    real_relay = worker_module.relay_pending
+
+    def relay_that_fails_twice() -> int:
+        if len(failures) < 2:
+            failures.append(1)
+            raise RuntimeError("a bug of ours")
+        return real_relay()
+
+    monkeypatch.setattr(worker_module, "relay_pending", relay_that_fails_twice)
+    monkeypatch.setattr(worker_module, "RESTART_BACKOFF_SECONDS", 0.05)
+    monkeypatch.setattr(worker_module, "HEARTBEAT_EVERY_SECONDS", 0.1)
+    worker = BusWorker(name="test-worker")
+    task = asyncio.create_task(worker.run())
+    try:
+
+        def beat():
+            beats = beats_from_hash(bus.hgetall(WORKERS_KEY))
+            return beats and beats[0].loops["relay"].errors == 2 and beats[0].loops["relay"].state == "running"
+
+        await _until(beat, what="the heartbeat to show the relay's two failures, and the relay running again")
+        assert not task.done()  # the process goes on
+        assert worker.loops["tap"].errors == 0
+        [heard] = beats_from_hash(bus.hgetall(WORKERS_KEY))
+        assert heard.name == "test-worker"
+        assert "RuntimeError: a bug of ours" in heard.loops["relay"].last_error
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=10)
+    assert "relay loop failed" in caplog.text
+    assert "Traceback" in caplog.text or any(record.exc_info for record in caplog.records)
