@@ -1,4 +1,4 @@
-"""Nothing on the bus stops the worker: each entry handled on its own, what cannot be is dead-lettered, loops restart."""
+"""Nothing on the bus stops the worker: entries handled one by one, what cannot be is dead-lettered, loops restart."""
 
 import asyncio
 import json
