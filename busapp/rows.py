@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections, models
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 from django.utils import timezone
@@ -218,3 +218,30 @@ def _keys_set(objs: Sequence[Model], returned: Sequence[tuple[Any, ...]]) -> Non
         obj.pk = pk
         obj._state.adding = False
         obj._state.db = DEFAULT_DB_ALIAS
+
+
+def database_write_check(model: type[Model], *, wait_seconds: float = 1.0) -> None:
+    """Raise ``DatabaseError`` unless the database would take a write to the model's table now; writes nothing.
+
+    SQLite: its write lock is taken (BEGIN IMMEDIATE, after this process's own writers) and
+    given back. PostgreSQL: the lock every INSERT takes on the events table is taken, waiting at
+    most ``wait_seconds`` (a ``LOCK TABLE`` someone holds, a stuck writer), on a server that is
+    not a read-only replica, and rolled back.
+    """
+    connection = connections[DEFAULT_DB_ALIAS]
+    if connection.vendor == "sqlite":
+        connection.ensure_connection()
+        # This connection only (the check's thread closes it after): wait for the lock this long, not 30 s.
+        connection.connection.execute(f"PRAGMA busy_timeout = {round(wait_seconds * 1000)}")
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            wait = f"{round(wait_seconds * 1000)}ms"
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)", [wait, wait]
+            )
+            cursor.execute("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
+            in_recovery, read_only = cursor.fetchone()
+            if in_recovery or read_only == "on":
+                raise DatabaseError("the database is read-only (a replica, or default_transaction_read_only)")
+            cursor.execute(f"LOCK TABLE {model._meta.db_table} IN ROW EXCLUSIVE MODE")
+        transaction.set_rollback(True)

@@ -149,6 +149,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and _env_
         "max_size": _env_int("DATABASE_POOL_SIZE", 20),
         "timeout": 10,
     }
+    # Django then has the pool check a connection (a round trip) before a request gets it: one whose
+    # session was terminated (a PostgreSQL restart or failover, pg_terminate_backend) is replaced,
+    # not handed over to fail that request with a 500.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LOGIN_URL = "login"

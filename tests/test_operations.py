@@ -4,12 +4,17 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import urllib.error
 
 import pytest
 import redis
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.db import connection
 
+from busapp.heartbeats import WORKERS_KEY, WorkerBeat
 from busapp.models import AuditEntry, Event
 from tests.support import ROOT, free_port, publish_deduction
 
@@ -44,15 +49,62 @@ def _manage_ensure_redis(url, var_dir, path, *extra):
     )
 
 
-@pytest.mark.django_db
-def test_health_says_what_is_reachable(client, bus, settings):
-    assert client.get("/healthz").json() == {"database": True, "redis": True, "pending_events": 0}
+def _beat(bus, *, age: float, name: str = "worker-a") -> None:
+    """A worker's heartbeat, as ``manage.py bus_worker`` writes it, ``age`` seconds old."""
+    bus.hset(WORKERS_KEY, name, WorkerBeat(name, time.time() - age, 1, time.time() - 60).encode())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_health_says_what_is_reachable_and_whether_a_worker_beats(client, bus, settings):
+    _beat(bus, age=1)
+    assert client.get("/healthz").json() == {
+        "database": True,
+        "redis": True,
+        "workers": 1,
+        "pending_events": 0,
+        "problems": [],
+    }
+
+    _beat(bus, age=20)  # its last beat 20 s ago: the worker is taken for dead
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["workers"] == 0
+    assert "no bus worker has beaten in the last 15 s" in response.json()["problems"][0]
 
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
     response = client.get("/healthz")
-
     assert response.status_code == 503
     assert response.json()["redis"] is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_health_says_503_in_time_while_the_database_takes_no_write(client, bus):
+    """Someone holds the write lock (SQLite) or an exclusive lock on the history (PostgreSQL): 503, not a hang."""
+    _beat(bus, age=1)
+    holder = connection.copy()  # a second connection, as another process would hold it
+    try:
+        with holder.cursor() as cursor:
+            if holder.vendor == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")
+            else:
+                cursor.execute("BEGIN")
+                cursor.execute(f"LOCK TABLE {Event._meta.db_table} IN EXCLUSIVE MODE")
+            response = client.get("/healthz")
+            cursor.execute("ROLLBACK")
+    finally:
+        holder.close()
+
+    assert response.status_code == 503
+    assert response.json()["database"] is False
+    assert response.json()["redis"] is True
+    assert response.json()["problems"][0].startswith("database:")
+    _until_healthy(client)  # the lock is gone: healthy again
+
+
+def _until_healthy(client) -> None:
+    from tests.support import wait_for
+
+    wait_for(lambda: client.get("/healthz").status_code == 200, timeout=10, what="/healthz to say 200 again")
 
 
 @pytest.mark.usefixtures("demo_committed")
@@ -136,8 +188,8 @@ def test_the_procfile_runs_web_and_worker_together_and_ctrl_c_stops_both(suite_r
     try:
         output.wait_for_line("bus worker", timeout=30)
         output.wait_for_line(f"Uvicorn running on http://127.0.0.1:{port}", timeout=30)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
-            assert json.loads(response.read()) == {"database": True, "redis": True, "pending_events": 0}
+        wait_for(lambda: _healthz(port)["workers"] == 1, timeout=10, what="the worker's first heartbeat")
+        assert _healthz(port) == {"database": True, "redis": True, "workers": 1, "pending_events": 0, "problems": []}
 
         os.killpg(honcho.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
 
@@ -147,6 +199,17 @@ def test_the_procfile_runs_web_and_worker_together_and_ctrl_c_stops_both(suite_r
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:
         output.stop()
+
+
+def _healthz(port: int) -> dict:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:  # a 503 still says what it found
+        return json.loads(error.read())
 
 
 def test_collectstatic_builds_the_hashed_compressed_files_production_serves(tmp_path, settings):
@@ -161,3 +224,61 @@ def test_collectstatic_builds_the_hashed_compressed_files_production_serves(tmp_
     for name in ("css/app.css", "js/live.js", "vendor/chart.js-4.5.1/chart.umd.min.js"):
         assert (tmp_path / manifest[name]).exists(), name
         assert (tmp_path / f"{manifest[name]}.gz").exists(), name
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's sessions and its connection pool")
+@pytest.mark.usefixtures("demo_committed")
+def test_terminated_postgresql_sessions_cost_no_request_a_500(suite_redis):
+    """A web server's pooled connections are killed (a failover, pg_terminate_backend): the next requests are fine."""
+    import urllib.request
+
+    import psycopg
+
+    from tests.support import OutputWatcher, manage_env, session_cookie
+
+    cookie = session_cookie("auditor").decode()
+    port = free_port()
+    server = OutputWatcher(
+        subprocess.Popen(
+            [str(ROOT / ".venv/bin/uvicorn"), "hmsadmin.asgi:application", "--port", str(port)],
+            cwd=ROOT,
+            env=manage_env(suite_redis.url()),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    )
+
+    def history_status() -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/events/", headers={"Cookie": cookie})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (our own server)
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+
+    try:
+        server.wait_for_line("Uvicorn running", timeout=30)
+        assert [history_status() for _ in range(3)] == [200] * 3  # the pool now holds open connections
+        with connection.cursor() as cursor:  # this test's own session is left alone
+            cursor.execute("SELECT pg_backend_pid()")
+            [own_pid] = cursor.fetchone()
+        settings_dict = connection.settings_dict
+        with psycopg.connect(
+            host=settings_dict["HOST"],
+            port=settings_dict["PORT"],
+            user=settings_dict["USER"],
+            dbname=settings_dict["NAME"],
+            autocommit=True,
+        ) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid NOT IN (pg_backend_pid(), %s)",
+                [own_pid],
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1
+
+        assert [history_status() for _ in range(5)] == [200] * 5  # dead connections replaced, not handed out
+    finally:
+        server.stop()
+    assert not [line for line in server.lines if "Internal Server Error" in line]
