@@ -6,8 +6,6 @@ import subprocess
 import sys
 import time
 
-import urllib.error
-
 import pytest
 import redis
 from django.contrib.auth import get_user_model
@@ -169,7 +167,6 @@ def test_deprecating_a_version_in_the_admin_is_audited_and_publishing_falls_back
 @pytest.mark.usefixtures("demo_committed")
 def test_the_procfile_runs_web_and_worker_together_and_ctrl_c_stops_both(suite_redis, bus):
     import signal
-    import urllib.error
     import urllib.request
 
     from tests.support import OutputWatcher, manage_env, wait_for
@@ -202,7 +199,6 @@ def test_the_procfile_runs_web_and_worker_together_and_ctrl_c_stops_both(suite_r
 
 
 def _healthz(port: int) -> dict:
-    import urllib.error
     import urllib.request
 
     try:
@@ -276,7 +272,8 @@ def test_terminated_postgresql_sessions_cost_no_request_a_500(suite_redis):
                 "WHERE datname = current_database() AND pid NOT IN (pg_backend_pid(), %s)",
                 [own_pid],
             ).fetchone()
-        assert killed is not None and killed[0] >= 1
+        assert killed is not None
+        assert killed[0] >= 1
 
         assert [history_status() for _ in range(5)] == [200] * 5  # dead connections replaced, not handed out
     finally:

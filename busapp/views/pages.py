@@ -86,6 +86,6 @@ def topic_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 @require_GET
 async def health(request: HttpRequest) -> JsonResponse:
-    """For load balancers and operators, within 3 s: 503 unless the database writes, Redis answers and a worker beats."""
+    """For load balancers and operators, in 3 s: 503 unless the database writes, Redis answers and a worker beats."""
     report = await health_check()
     return JsonResponse(report.as_json(), status=200 if report.ok else 503)
