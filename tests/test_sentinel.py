@@ -363,3 +363,37 @@ def test_sentinels_written_with_ipv6_addresses_and_spaces_are_understood():
         check=True,
     )
     assert done.stdout.strip() == "[('::1', 26379), ('10.0.0.5', 26380)] hms"
+
+
+def _ensure_redis(tmp_path: Path, sentinels: list[int]) -> subprocess.CompletedProcess[str]:
+    """``manage.py ensure_redis`` (what ``make run`` does first) with the bus behind these Sentinels."""
+    env = {
+        **os.environ,
+        "VAR_DIR": str(tmp_path),
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "REDIS_SENTINELS": ",".join(f"127.0.0.1:{port}" for port in sentinels),
+        "REDIS_SENTINEL_MASTER": MASTER_NAME,
+    }
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "ensure_redis"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_make_run_with_sentinels_checks_their_master_and_starts_no_redis_of_its_own(tmp_path, cluster):
+    answered = _ensure_redis(tmp_path, cluster.sentinel_ports)
+
+    assert answered.returncode == 0, answered.stderr
+    assert f"Redis answers at the Sentinel master {MASTER_NAME!r}" in answered.stdout
+    assert not (tmp_path / "redis").exists()
+
+    unreachable = _ensure_redis(tmp_path, [free_port()])
+
+    assert unreachable.returncode != 0
+    assert "is not reachable" in unreachable.stderr
+    assert "check REDIS_SENTINELS and REDIS_SENTINEL_MASTER" in unreachable.stderr
+    assert not (tmp_path / "redis").exists()
