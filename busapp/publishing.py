@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from busapp.audit import AuditRecord, audit_append
 from busapp.models import DeadLetter, Event, EventStatus
+from busapp.redis_connections import bus_address, bus_client_new, pool_connection_new
 from busapp.rows import DriverCursor, datetime_for_db, driver_cursor
 
 logger = logging.getLogger(__name__)
@@ -43,20 +44,20 @@ class BusUnavailableError(Exception):
 
 def bus_redis() -> redis.Redis:
     """The process's Redis client for ``REDIS_URL``, with short timeouts so a dead Redis fails fast."""
-    url = settings.REDIS_URL
+    url = bus_address()
     client = _clients.get(url)
     if client is None:
         with _clients_lock:
             client = _clients.get(url)
             if client is None:
-                client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=5)
+                client = bus_client_new(socket_connect_timeout=1, socket_timeout=5)
                 _clients[url] = client
     return client
 
 
 def redis_unreachable_message(error: Exception) -> str:
     """Say which Redis did not answer and what to do about it."""
-    return f"Redis at {settings.REDIS_URL} is not reachable ({error}): start Redis or set REDIS_URL"
+    return f"Redis at {bus_address()} is not reachable ({error}): start Redis or set REDIS_URL"
 
 
 def stream_key(channel: str) -> str:
@@ -245,16 +246,16 @@ def _idle_sending_connections() -> list[redis.Connection]:
     always reads its last reply (or disconnects), so its connection needs no poll, and a list's
     ``pop`` and ``append`` are atomic, so it needs no lock either.
     """
-    idle = _idle_sending.get(settings.REDIS_URL)
+    idle = _idle_sending.get(bus_address())
     if idle is None:
-        idle = _idle_sending.setdefault(settings.REDIS_URL, [])
+        idle = _idle_sending.setdefault(bus_address(), [])
     return idle
 
 
 def _new_sending_connection() -> redis.Connection:
     """A new connection (not yet connected) made like the bus client's pool makes them."""
     pool = bus_redis().connection_pool
-    return pool.connection_class(**pool.connection_kwargs)
+    return pool_connection_new(pool)
 
 
 def _retry_later(events: Sequence[Event], error: Exception) -> None:

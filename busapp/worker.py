@@ -54,6 +54,7 @@ from busapp.heartbeats import (
 from busapp.live import bulk_group, dlq_group, live_item, live_item_read, live_message, topic_group
 from busapp.models import BulkAction, DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
 from busapp.publishing import INGEST_STREAM, STREAM_PREFIX, dead_letters_send, relay_pending, stream_key
+from busapp.redis_connections import bus_async_client_new
 from busapp.rows import driver_cursor, rows_insert
 from busapp.selectors import ActiveVersions
 from busapp.services import (
@@ -564,7 +565,7 @@ class BusWorker:
     def __init__(self, *, name: str | None = None, claim_idle_ms: int | None = None) -> None:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.claim_idle_ms = settings.BUS_CLAIM_IDLE_MS if claim_idle_ms is None else claim_idle_ms
-        self.redis = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1)
+        self.redis = bus_async_client_new(socket_connect_timeout=1)
         self.stopping = asyncio.Event()
         self.fanout = FanOut()
         self.streams: list[str] = []

@@ -9,6 +9,12 @@ Environment:
   (``postgres://user@host:5432/name``).
 - ``REDIS_URL``: the bus (default ``redis://127.0.0.1:6379/0``).
 - ``CHANNEL_LAYER_URL``: the Redis of the Channels layer, Pub/Sub (default: ``REDIS_URL`` with database 1).
+- ``REDIS_SENTINELS``: comma-separated ``host:port`` of Redis Sentinels (default none). When set, the bus
+  and the Channels layer ask them for the master of ``REDIS_SENTINEL_MASTER`` and follow it through a
+  failover; the host and port of ``REDIS_URL`` and ``CHANNEL_LAYER_URL`` are then not used, their
+  database number, user name and password are.
+- ``REDIS_SENTINEL_MASTER``: the service name the Sentinels monitor (``sentinel monitor <name> ...``);
+  required with ``REDIS_SENTINELS``.
 - ``BUS_STREAM_MAXLEN``: events a new topic keeps in its Redis stream (``XADD MAXLEN ~``).
 """
 
@@ -18,6 +24,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.connection import parse_url as parse_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
@@ -41,6 +50,23 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={value!r} is not a whole number") from None
+
+
+def _redis_sentinels(value: str) -> list[tuple[str, int]]:
+    """Parse ``REDIS_SENTINELS`` (``host:port,host:port``, IPv6 as ``[::1]:26379``) into (host, port) pairs."""
+    sentinels = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        try:
+            parts = urlsplit(f"//{item}")
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            host, port = None, None
+        if not host or port is None:
+            raise ImproperlyConfigured(f"REDIS_SENTINELS: {item!r} is not host:port (e.g. 10.0.0.5:26379)")
+        sentinels.append((host, port))
+    return sentinels
 
 
 def _redis_url_with_db(url: str, db: int) -> str:
@@ -201,6 +227,10 @@ CSRF_COOKIE_SECURE = not DEBUG
 # The bus.
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYER_URL = os.environ.get("CHANNEL_LAYER_URL", _redis_url_with_db(REDIS_URL, 1))
+REDIS_SENTINELS = _redis_sentinels(os.environ.get("REDIS_SENTINELS", ""))
+REDIS_SENTINEL_MASTER = os.environ.get("REDIS_SENTINEL_MASTER", "")
+if REDIS_SENTINELS and not REDIS_SENTINEL_MASTER:
+    raise ImproperlyConfigured("REDIS_SENTINELS is set but REDIS_SENTINEL_MASTER is not: set the service name")
 CHANNEL_LAYERS = {
     "default": {
         # Pub/Sub: a group message is one PUBLISH, read once per web process and handed to its
@@ -214,6 +244,22 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": [{"address": CHANNEL_LAYER_URL, "socket_timeout": 10}], "prefix": "HMS.live."},
     }
 }
+if REDIS_SENTINELS:
+    # channels-redis builds a Sentinel connection pool from "sentinels" and "master_name"; the
+    # rest of the host's keys (database, credentials, timeouts) go to each connection it makes.
+    _layer_url = parse_redis_url(CHANNEL_LAYER_URL)
+    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [  # type: ignore[index]
+        {
+            "sentinels": REDIS_SENTINELS,
+            "master_name": REDIS_SENTINEL_MASTER,
+            "db": _layer_url.get("db", 0),
+            "username": _layer_url.get("username"),
+            "password": _layer_url.get("password"),
+            "socket_timeout": 10,
+            # Each Sentinel asked once (redis-py's default retries one that is down for 4 s).
+            "sentinel_kwargs": {"socket_connect_timeout": 1, "socket_timeout": 1, "retry": AsyncRetry(NoBackoff(), 0)},
+        }
+    ]
 BUS_STREAM_MAXLEN = _env_int("BUS_STREAM_MAXLEN", 100_000)
 BUS_MAX_PAYLOAD_BYTES = 64 * 1024
 # A worker's stream entries left unacknowledged this long are taken over by another.
