@@ -16,11 +16,11 @@ from typing import Any
 
 import redis
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.db import DatabaseError, connections
 
 from busapp.heartbeats import WORKERS_KEY, WorkerBeat, beats_from_hash
 from busapp.models import Event
+from busapp.redis_connections import bus_address, bus_client_new
 from busapp.rows import database_write_check
 from busapp.selectors import pending_event_count
 
@@ -32,10 +32,10 @@ _clients: dict[str, redis.Redis] = {}
 
 def _health_redis() -> redis.Redis:
     """A client for health checks alone, with one-second timeouts: the bus's own waits up to five."""
-    url = settings.REDIS_URL
-    if url not in _clients:
-        _clients[url] = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-    return _clients[url]
+    address = bus_address()
+    if address not in _clients:
+        _clients[address] = bus_client_new(socket_connect_timeout=1, socket_timeout=1)
+    return _clients[address]
 
 
 @dataclass
