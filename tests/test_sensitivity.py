@@ -157,6 +157,7 @@ def test_two_bus_admins_change_it_through_the_pages(admin2: User) -> None:
     asked = admin_client.post(f"/topics/{WITHHOLDING}/sensitivity/", {"sensitive": "no", "reason": "pilot ended"})
     own_page = admin_client.get(f"/topics/{WITHHOLDING}/sensitivity/").content.decode()
     their_page = second.get(f"/topics/{WITHHOLDING}/sensitivity/").content.decode()
+    their_topic_page = second.get(f"/topics/{WITHHOLDING}/").content.decode()
     still = _sensitive()
     change = TopicSensitivityChange.objects.get()
     approved = second.post(
@@ -169,6 +170,7 @@ def test_two_bus_admins_change_it_through_the_pages(admin2: User) -> None:
     assert 'id="approve"' not in own_page
     assert 'id="approve"' in their_page
     assert "pilot ended" in their_page
+    assert "admin asks to make it not sensitive: waiting for a second bus admin" in their_topic_page
     assert approved.status_code == 302
     assert not _sensitive()
     assert "is not sensitive" in second.get(f"/topics/{WITHHOLDING}/sensitivity/").content.decode()
