@@ -1,15 +1,23 @@
 """Django admin: topics and schemas change only through the services (so they are audited); history is read-only;
-the last active Bus admin stays one."""
+the last active Bus admin stays one; rights and a topic's ``sensitive`` flag are not changed here at all.
+
+Per-topic rights are granted and revoked only at ``/access/`` (``busapp.grants``: a reason, an
+optional expiry, an audit entry). So Topic is a plain ModelAdmin, not django-guardian's
+GuardedModelAdmin, whose "Object permissions" screens granted rights with none of these; its
+URLs answer 404. Guardian's backend still answers every permission check. A person's own
+permissions and a group's are shown read-only: the roles' rights are set in code
+(``busapp.permissions.ROLE_PERMISSIONS``), and a global right is a right on every topic.
+"""
 
 from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.forms import UserChangeForm
-from django.contrib.auth.models import User
-from django.http import HttpRequest
-from guardian.admin import GuardedModelAdmin
+from django.contrib.auth.models import Group, User
+from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import URLPattern, re_path
 
 from busapp.audit import audit_record
 from busapp.grants import last_bus_admin_message
@@ -42,15 +50,25 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Topic)
-class TopicAdmin(GuardedModelAdmin):
-    """Topics, with django-guardian's per-object permission screens."""
+class TopicAdmin(admin.ModelAdmin):
+    """Topics: created and described here; rights at /access/, the sensitive flag on the topic's four-eyes page."""
 
     list_display = ["name", "sensitive", "stream_retention", "created_at"]
     search_fields = ["name", "description"]
 
+    def get_urls(self) -> list[URLPattern]:
+        """Django's topic pages, and a 404 where guardian's object-permission screens were (bookmarks of them)."""
+        # Unanchored: every screen under it (user-manage/<id>/, group-manage/<id>/) too.
+        gone = re_path(r"^(?P<object_id>[^/]+)/permissions/", self.admin_site.admin_view(self.object_permissions_gone))
+        return [gone, *super().get_urls()]
+
+    def object_permissions_gone(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """No screen here grants or revokes a per-topic right: that is /access/, with a reason and an audit entry."""
+        raise Http404("per-topic rights are granted and revoked at /access/ (with a reason, audited), not here")
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        """A topic's name is its channel: it cannot be renamed once subscribers listen to it."""
-        return ["name", "created_by", "created_at"] if obj else ["created_by", "created_at"]
+        """A topic's name is its channel (fixed once subscribers listen); ``sensitive`` changes only by four eyes."""
+        return ["name", "sensitive", "created_by", "created_at"] if obj else ["created_by", "created_at"]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """Topics keep their history: never deleted."""
@@ -210,9 +228,14 @@ admin.site.unregister(User)
 
 @admin.register(User)
 class BusUserAdmin(UserAdmin):
-    """Django's user admin, which never leaves the bus without an active Bus admin (nor does ``/access/``)."""
+    """Django's user admin, which never leaves the bus without an active Bus admin (nor does ``/access/``).
+
+    A person's own permissions are read-only: a global right is that right on every topic,
+    given at /access/ (a role) or never.
+    """
 
     form = _KeepsABusAdminForm
+    readonly_fields = ["user_permissions"]
 
     def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
         """Django's admin log, and the audit log: a person added here."""
@@ -254,3 +277,13 @@ def _audit_user_change(request: HttpRequest, action: str, user: User, message: A
             "active": user.is_active,
         },
     )
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class RoleGroupAdmin(GroupAdmin):
+    """Groups, with their permissions read-only: the roles' rights are set in code, per-topic ones at /access/."""
+
+    readonly_fields = ["permissions"]

@@ -21,5 +21,11 @@ class BusappConfig(AppConfig):
     verbose_name = "HMS Synchronization Event Bus"
 
     def ready(self) -> None:
-        """Connect the role set-up; it runs after Django has created this app's permissions."""
+        """Connect the role set-up (it runs after Django has created this app's permissions) and the lock-out audit."""
         post_migrate.connect(_roles_after_migrate, sender=self)
+        from axes.signals import user_locked_out
+
+        from busapp.signin import signin_locked_out
+
+        # A lock-out of sign-in (django-axes) goes into the audit log.
+        user_locked_out.connect(signin_locked_out, dispatch_uid="busapp.signin_locked_out")

@@ -84,6 +84,22 @@ class Topic(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save; an existing topic's ``sensitive`` flag is refused here: it changes only with a second bus admin.
+
+        ``busapp.sensitivity`` changes it once approved; every other path (an admin form, a
+        script, a command) meets this refusal instead of turning the four-eyes rule off alone.
+        """
+        fields = kwargs.get("update_fields")
+        if not self._state.adding and (fields is None or "sensitive" in fields):
+            stored = Topic.objects.filter(pk=self.pk).values_list("sensitive", flat=True).first()
+            if stored is not None and stored != self.sensitive:
+                raise ImmutableRecordError(
+                    f"topic {self.name!r}: 'sensitive' changes only through a request a second bus admin "
+                    f"approves, at /topics/{self.name}/sensitivity/"
+                )
+        super().save(*args, **kwargs)
+
     @property
     def channel(self) -> str:
         """The Redis Pub/Sub channel: the topic's name, as in the seed."""
@@ -212,6 +228,56 @@ class Event(models.Model):
     def get_absolute_url(self) -> str:
         """The event's full record."""
         return reverse("event-detail", args=[self.envelope_id])
+
+
+class SensitivityChangeStatus(models.TextChoices):
+    """Where a request to change a topic's ``sensitive`` flag is."""
+
+    AWAITING_APPROVAL = "awaiting_approval", "awaiting a second bus admin"
+    APPROVED = "approved", "approved"
+    REJECTED = "rejected", "rejected"
+    CANCELLED = "cancelled", "cancelled"
+
+
+class TopicSensitivityChange(models.Model):
+    """A bus admin's request to make a topic sensitive or not; the flag changes only when a second one approves."""
+
+    topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="sensitivity_changes")
+    sensitive = models.BooleanField(help_text="The value asked for.")
+    reason = models.TextField(help_text="Why, in the requester's words (kept in the audit log).")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    requested_at = models.DateTimeField(default=timezone.now)
+    status = models.CharField(
+        max_length=24, choices=SensitivityChangeStatus.choices, default=SensitivityChangeStatus.AWAITING_APPROVAL
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["topic"],
+                condition=Q(status="awaiting_approval"),
+                name="one_open_sensitivity_change_per_topic",
+            )
+        ]
+
+    def __str__(self) -> str:
+        state = "sensitive" if self.sensitive else "not sensitive"
+        return f"sensitivity change #{self.pk}: {self.topic.name} {state}"
+
+    def get_absolute_url(self) -> str:
+        """The topic's sensitivity page, where the change is decided."""
+        return reverse("topic-sensitivity", args=[self.topic.name])
+
+    @property
+    def is_open(self) -> bool:
+        """True while a second bus admin can still decide it."""
+        return self.status == SensitivityChangeStatus.AWAITING_APPROVAL
 
 
 class PublishRequestStatus(models.TextChoices):

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from busapp.views import audit, dlq, history, live, metrics, pages, publish, requests, rights
+from busapp.views import audit, dlq, history, live, metrics, pages, publish, requests, rights, sensitivity
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
@@ -15,6 +15,17 @@ urlpatterns = [
     path("topics/<str:name>/requests/<int:pk>/", requests.request_page, name="publish-request"),
     path("topics/<str:name>/requests/<int:pk>/decide/", requests.request_decide, name="publish-request-decide"),
     path("topics/<str:name>/requests/<int:pk>/cancel/", requests.request_cancel, name="publish-request-cancel"),
+    path("topics/<str:name>/sensitivity/", sensitivity.topic_sensitivity, name="topic-sensitivity"),
+    path(
+        "topics/<str:name>/sensitivity/<int:pk>/decide/",
+        sensitivity.topic_sensitivity_decision,
+        name="topic-sensitivity-decide",
+    ),
+    path(
+        "topics/<str:name>/sensitivity/<int:pk>/cancel/",
+        sensitivity.topic_sensitivity_withdraw,
+        name="topic-sensitivity-cancel",
+    ),
     path("live/", live.live_traffic, name="live"),
     path("live/events/", live.live_events_after, name="live-events"),
     path("dlq/", dlq.dead_letter_list, name="dead-letters"),

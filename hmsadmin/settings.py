@@ -16,8 +16,14 @@ Environment:
 - ``REDIS_SENTINEL_MASTER``: the service name the Sentinels monitor (``sentinel monitor <name> ...``);
   required with ``REDIS_SENTINELS``.
 - ``BUS_STREAM_MAXLEN``: events a new topic keeps in its Redis stream (``XADD MAXLEN ~``).
+- ``AXES_ENABLED``: sign-in throttling on ``/accounts/login/`` and ``/admin/login/`` (django-axes), on by default;
+  ``0`` turns it off (only for a test setup that signs in with wrong passwords on purpose).
+- ``AXES_FAILURE_LIMIT``: failed sign-ins for one account, or from one address, before sign-in is refused there
+  (default 10).
+- ``AXES_COOLOFF_MINUTES``: how long a lock-out lasts after the last failed attempt (default 15).
 """
 
+import datetime as dt
 import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -101,6 +107,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "channels",
     "guardian",
+    "axes",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -119,6 +126,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "busapp.middleware.ContentSecurityPolicyMiddleware",
     "busapp.middleware.RefusedWriteAuditMiddleware",
+    # Last, as django-axes asks: it turns a sign-in it refused into the lock-out page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "hmsadmin.urls"
@@ -191,9 +200,29 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 AUTHENTICATION_BACKENDS = [
+    # First: it refuses a locked-out account or address before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
+# Sign-in throttling (django-axes): AXES_FAILURE_LIMIT failed sign-ins for one account, or from one
+# address (either alone), and sign-in is refused there, with a page saying when to try again, until
+# AXES_COOLOFF_MINUTES pass without another failure. Each lock-out is written to the audit log
+# (busapp.signin). The address is REMOTE_ADDR: behind a proxy, uvicorn's --proxy-headers sets it from
+# X-Forwarded-For for the proxies --forwarded-allow-ips trusts.
+AXES_ENABLED = _env_bool("AXES_ENABLED", True)
+AXES_FAILURE_LIMIT = _env_int("AXES_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=_env_int("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_LOCKOUT_CALLABLE = "busapp.views.signin.locked_out"
+# A success does not clear the failures counted: otherwise signing in to one's own account between
+# guesses would reset an address's count of failures on other accounts.
+AXES_RESET_ON_SUCCESS = False
+# The audit log is the product's trail; axes keeps only the failures it counts, not every sign-in.
+AXES_DISABLE_ACCESS_LOG = True
+# Deleting a counted attempt there would lift a lock-out with no audit entry; it ends by itself.
+AXES_ENABLE_ADMIN = False
+
 # Per-topic rights belong to signed-in people and service tokens, never to anonymous.
 ANONYMOUS_USER_NAME = None
 GUARDIAN_RAISE_403 = True

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing.websocket import WebsocketCommunicator
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.http import HttpResponse
 from django.http.response import HttpResponseBase
 from django.test import Client
@@ -33,9 +33,12 @@ from busapp.models import (
     SavedFilterPage,
     Source,
     Topic,
+    TopicSensitivityChange,
     TopicUserGrant,
 )
+from busapp.permissions import Role
 from busapp.routing import websocket_urlpatterns
+from busapp.sensitivity import topic_sensitivity_cancel, topic_sensitivity_request
 from busapp.services import bulk_action_start, dead_letter_create, event_publish
 from busapp.tokens import service_token_create
 from hmsadmin.asgi import application
@@ -78,6 +81,16 @@ class World:
     def new_request(self) -> PublishRequest:
         """A fresh publish on irs.withholding by policy, waiting for approval."""
         return withholding_request(User.objects.get(username="policy"))
+
+    def new_sensitivity_change(self, requester: str) -> TopicSensitivityChange:
+        """A fresh request, by ``requester`` (a bus admin), to make tax-policy sensitive; an open one is cancelled."""
+        tax = Topic.objects.get(name="tax-policy")
+        for waiting in TopicSensitivityChange.objects.filter(topic=tax, status="awaiting_approval"):
+            topic_sensitivity_cancel(change_id=waiting.pk, actor=waiting.requested_by)
+        person, _ = User.objects.get_or_create(username=requester)
+        person.groups.add(Group.objects.get(name=Role.BUS_ADMINS.value))
+        person = User.objects.get(pk=person.pk)  # permissions are cached per instance
+        return topic_sensitivity_request(topic=tax, sensitive=True, reason="matrix", actor=person)
 
     def filter_of(self, role: str) -> SavedFilter:
         """A fresh saved filter of the role's person (policy's for callers without one)."""
@@ -211,6 +224,21 @@ RULES: dict[str, tuple[Case, ...]] = {
             PUBLISHERS,
             {"reason": "matrix"},
         ),
+    ),
+    # A topic's sensitive flag: bus admins ask; a second bus admin decides (admin2 asked for these).
+    "topic-sensitivity": (
+        get("/topics/tax-policy/sensitivity/", ADMINS),
+        post("/topics/tax-policy/sensitivity/", ADMINS, {"sensitive": "yes", "reason": "matrix"}),
+    ),
+    "topic-sensitivity-decide": (
+        post(
+            lambda w, _: f"/topics/tax-policy/sensitivity/{w.new_sensitivity_change('admin2').pk}/decide/",
+            ADMINS,
+            {"decision": "reject", "reason": "matrix"},
+        ),
+    ),
+    "topic-sensitivity-cancel": (
+        post(lambda w, _: f"/topics/tax-policy/sensitivity/{w.new_sensitivity_change('admin').pk}/cancel/", ADMINS),
     ),
     # Dead letters and bulk actions change things: manage_topic.
     "dead-letter-replay": (
