@@ -786,24 +786,36 @@ def bulk_action_cancel(*, action_id: int, actor: User) -> BulkAction:
 
 
 def bulk_action_step(*, action_id: int, budget: int) -> BulkAction:
-    """Handle up to ``budget`` more letters of a running action, each in its own transaction; finish it at the end.
+    """Handle up to ``budget`` more letters of a running action, its row locked for the step; finish it at the end.
 
-    The counts and the report are saved once per step, not once per letter: the report grows
-    with every letter, and rewriting it each time made a large action quadratic. A cancel
-    takes effect at the next step (the worker steps every 200 ms).
+    Each letter is handled in a savepoint of its own. The counts and the report are saved once
+    per step, not once per letter: the report grows with every letter, and rewriting it each
+    time made a large action quadratic. A cancel takes effect at the next step (the worker
+    steps every 200 ms).
     """
-    action = BulkAction.objects.select_related("requested_by", "topic").get(pk=action_id)
-    if action.status != BulkActionStatus.RUNNING:
-        return action
-    for letter_id in action.letter_ids[action.handled : action.handled + budget]:
-        outcome, detail = _bulk_handle(action, letter_id)
-        action.handled += 1
-        if outcome == "skipped":
-            action.skipped += 1
-        else:
-            action.succeeded += 1
-        action.report.append({"letter": letter_id, "outcome": outcome, "detail": detail})
-    action.save(update_fields=["handled", "succeeded", "skipped", "report"])  # never the status: a cancel stands
+    with transaction.atomic():
+        # The action's row is locked for the step: a second worker skips it (PostgreSQL) or waits
+        # its turn and reads the counts the first one saved (SQLite's one writer), so no letter
+        # is handled twice and the report counts each once. Each letter's replay sends on commit.
+        action = (
+            BulkAction.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("requested_by", "topic")
+            .filter(pk=action_id)
+            .first()
+        )
+        if action is None:  # another worker is stepping it
+            return BulkAction.objects.get(pk=action_id)
+        if action.status != BulkActionStatus.RUNNING:
+            return action
+        for letter_id in action.letter_ids[action.handled : action.handled + budget]:
+            outcome, detail = _bulk_handle(action, letter_id)
+            action.handled += 1
+            if outcome == "skipped":
+                action.skipped += 1
+            else:
+                action.succeeded += 1
+            action.report.append({"letter": letter_id, "outcome": outcome, "detail": detail})
+        action.save(update_fields=["handled", "succeeded", "skipped", "report"])  # never the status: a cancel stands
     if action.handled >= action.total:
         with transaction.atomic():
             finished = BulkAction.objects.filter(pk=action.pk, status=BulkActionStatus.RUNNING).update(
