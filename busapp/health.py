@@ -30,7 +30,7 @@ CHECK_SECONDS = 1.5
 _clients: dict[str, redis.Redis] = {}
 
 
-def _health_redis() -> redis.Redis:
+def health_redis() -> redis.Redis:
     """A client for health checks alone, with one-second timeouts: the bus's own waits up to five."""
     address = bus_address()
     if address not in _clients:
@@ -91,9 +91,17 @@ def _database_check() -> int:
 
 def _redis_check() -> list[WorkerBeat]:
     """PING, then read the workers' heartbeats."""
-    client = _health_redis()
+    client = health_redis()
     client.ping()
     return beats_from_hash(client.hgetall(WORKERS_KEY))
+
+
+def workers_read() -> list[WorkerBeat] | None:
+    """Every worker's last heartbeat, newest first; None when Redis does not answer within a second."""
+    try:
+        return beats_from_hash(health_redis().hgetall(WORKERS_KEY))
+    except (redis.RedisError, OSError):
+        return None
 
 
 _running = {"database": threading.Lock(), "redis": threading.Lock()}

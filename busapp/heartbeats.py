@@ -8,6 +8,7 @@ worker would take SQLite's write lock for nothing, and when Redis is down the bu
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,22 @@ class WorkerBeat:
     def errors(self) -> int:
         """Every loop's errors since the worker started."""
         return sum(loop.errors for loop in self.loops.values())
+
+    @property
+    def started(self) -> dt.datetime:
+        """When the worker started, as an aware UTC datetime."""
+        return dt.datetime.fromtimestamp(self.started_at, tz=dt.UTC)
+
+    @property
+    def last_error(self) -> tuple[str, str] | None:
+        """The loop that failed last, and what it said; None when none has."""
+        failed = [
+            (loop.last_error_at, name, loop.last_error) for name, loop in self.loops.items() if loop.last_error_at
+        ]
+        if not failed:
+            return None
+        _, name, message = max(failed)
+        return name, message
 
     def encode(self) -> str:
         """The JSON kept in Redis."""

@@ -279,3 +279,25 @@ def test_terminated_postgresql_sessions_cost_no_request_a_500(suite_redis):
     finally:
         server.stop()
     assert not [line for line in server.lines if "Internal Server Error" in line]
+
+
+@pytest.mark.usefixtures("demo")
+def test_bus_admins_see_each_workers_heartbeat_loops_and_last_error_on_the_dashboard(bus):
+    from busapp.heartbeats import LoopState
+    from tests.support import signed_in
+
+    failed = LoopState(state="retrying", errors=3, last_error="RuntimeError: <b>bad</b>", last_error_at=time.time())
+    alive = WorkerBeat(
+        "worker-a", time.time() - 2, 101, time.time() - 600, {"tap": LoopState("running"), "relay": failed}
+    )
+    gone = WorkerBeat("worker-b", time.time() - 40, 102, time.time() - 900, {"tap": LoopState("running")})
+    bus.hset(WORKERS_KEY, mapping={"worker-a": alive.encode(), "worker-b": gone.encode()})
+
+    page = signed_in("admin").get("/").content.decode()
+
+    assert "<h2>Bus workers</h2>" in page
+    assert "worker-a" in page
+    assert "relay: retrying" in page
+    assert "RuntimeError: &lt;b&gt;bad&lt;/b&gt;" in page  # what a loop said is shown as text
+    assert "taken for dead" in page  # worker-b, 40 s without a beat
+    assert "Bus workers" not in signed_in("policy").get("/").content.decode()

@@ -7,8 +7,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from busapp.health import health_check
-from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
+from busapp.health import health_check, workers_read
+from busapp.permissions import MANAGE_ACCESS, PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.schema_forms import form_layout
 from busapp.selectors import (
     dead_letters_open_by_topic,
@@ -38,7 +38,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "open_dead_letters": sum(summary.open_dead_letters for summary in summaries),
         "to_approve": publish_requests_for_approver(user),
         "waiting": publish_requests_open(topics),
+        # Bus admins see every worker's heartbeat and the state of its loops.
+        "show_workers": user.has_perm(f"busapp.{MANAGE_ACCESS}"),
     }
+    if context["show_workers"]:
+        context["workers"] = workers_read()
     return render(request, "dashboard.html", context)
 
 
