@@ -1,5 +1,7 @@
 """Who may scrape /metrics: with METRICS_TOKEN set only its bearer, loopback too; tokenless loopback when said."""
 
+from typing import Any
+
 import pytest
 from django.test import Client
 
@@ -10,7 +12,7 @@ LOOPBACK_V6 = {"REMOTE_ADDR": "::1"}
 ELSEWHERE = {"REMOTE_ADDR": "203.0.113.9"}
 
 
-def _status(**extra: str) -> int:
+def _status(**extra: Any) -> int:
     return Client().get("/metrics", **extra).status_code
 
 

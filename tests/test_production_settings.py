@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,7 @@ def _environment(tmp_path: Path, **variables: str) -> dict[str, str]:
     }
 
 
-def _probe(tmp_path: Path, requests: list[tuple[str, dict[str, object]]], **variables: str) -> dict:
+def _probe(tmp_path: Path, requests: list[tuple[str, dict[str, Any]]], **variables: str) -> dict:
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(requests)],
         env=_environment(tmp_path, **variables),
