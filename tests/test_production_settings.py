@@ -46,6 +46,8 @@ def _environment(tmp_path: Path, **variables: str) -> dict[str, str]:
         "DEBUG": "0",
         "SECRET_KEY": "a-production-secret-key-for-the-settings-test-that-is-long-and-random-9f8e7d6c5b4a",
         "VAR_DIR": str(tmp_path),
+        # An empty database of its own: only the door is looked at, never the figures behind it.
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
         **variables,
     }
 
