@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import BrowserLog, sign_in
 from tests.e2e.test_live import asgi_url  # noqa: F401 (the fixture: uvicorn and a bus worker)
-from tests.support import WITHHOLDING_TABLE
+from tests.support import WITHHOLDING_TABLE, wait_for
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
 
@@ -34,6 +34,10 @@ def test_the_live_row_of_an_unapproved_event_says_so_and_a_plain_one_does_not(
     sign_in(page, "auditor", base=asgi_url)
     page.goto(f"{asgi_url}/live/")
     expect(page.locator("#connection")).to_have_text("live")
+    # "live" shows when the socket opens, before its subscription reaches the Channels layer;
+    # an event faster than that would not be sent to the page (its gap-fill runs on reconnect).
+    groups = [f"HMS.live.__group__topic.{topic}" for topic in ("irs.withholding", "tax-policy")]
+    wait_for(lambda: all(count > 0 for _, count in bus.pubsub_numsub(*groups)), timeout=10, what="the page subscribed")
 
     unapproved = _put_on_the_bus(bus, "irs.withholding", "withholding_table.published", WITHHOLDING_TABLE)
     plain = _put_on_the_bus(bus, "tax-policy", "tax_policy.updated", {"standard_deduction": 1})
