@@ -5,7 +5,9 @@ may view, in frames the bus worker fans out at most every 25 ms per topic. Flow 
 by acknowledgement: at most ``WINDOW`` frames are unacknowledged; what arrives meanwhile
 waits in a buffer of ``BUFFER_ITEMS``, and when that overflows the oldest items go and the
 next frame says how many were skipped (history has them all). Rights are read once when
-the socket opens and again every ``RECHECK_SECONDS``: a revoked topic stops within that.
+the socket opens and again every ``RECHECK_SECONDS``: a revoked topic stops within that, and
+the socket closes when its session has ended (signed out, deleted, expired) or the person's
+password has changed since it signed in, as Django would refuse the session's next page.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import asyncio
 import contextlib
 import json
 from collections import deque
+from importlib import import_module
 from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
 from django.contrib.auth.models import User
+from django.utils.crypto import constant_time_compare
 
 from busapp.live import bulk_group, dlq_group, topic_group
 from busapp.metrics import websocket_clients
@@ -32,38 +38,63 @@ CLOSE_NOT_SIGNED_IN = 4401
 CLOSE_NOT_ALLOWED = 4403
 
 
+def session_user(user_id: int, session_key: str | None) -> User | None:
+    """The person if the session still signs them in now, else None: Django's ``get_user`` rule, read-only.
+
+    The session must still be in the session store (not signed out, deleted or expired), name
+    this person and a backend still configured, and carry the password hash the person has
+    now (or one made with a SECRET_KEY_FALLBACKS key); the backend refuses a deactivated
+    person. Unlike ``django.contrib.auth.get_user`` nothing is flushed or rotated: the page's
+    own next request does that.
+    """
+    if not session_key:
+        return None
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    backend_path = session.get(BACKEND_SESSION_KEY)
+    if str(session.get(SESSION_KEY)) != str(user_id) or backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    user = load_backend(backend_path).get_user(user_id)
+    if not isinstance(user, User):
+        return None
+    held = session.get(HASH_SESSION_KEY) or ""
+    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    return user if held and any(constant_time_compare(held, current) for current in hashes) else None
+
+
 @database_sync_to_async
-def _rights(user_id: int) -> tuple[bool, set[str]]:
-    """Whether the person may still sign in, and the topics they may view now (read fresh, never cached)."""
-    user = User.objects.filter(pk=user_id, is_active=True).first()
+def _rights(user_id: int, session_key: str | None) -> tuple[bool, set[str]]:
+    """Whether the session still signs the person in, and the topics they may view now (read fresh, never cached)."""
+    user = session_user(user_id, session_key)
     if user is None:
         return False, set()
     return True, set(topics_visible_to(user).values_list("name", flat=True))
 
 
 class SharedRightsReads:
-    """A person's rights read at most once a second per process, however many of their sockets ask.
+    """A session's rights read at most once a second per process, however many of its sockets ask.
 
     Each open socket re-reads its person's rights every RECHECK_SECONDS; fifty tabs of one person
-    made fifty reads. A read younger than FRESH_SECONDS is shared, so a revoked right still
+    made fifty reads. The tabs of one browser share its session, so a read younger than
+    FRESH_SECONDS is shared per session, and a revoked right (or an ended session) still
     stops within RECHECK_SECONDS + FRESH_SECONDS (3 s), inside the promised 5 s.
     """
 
     FRESH_SECONDS = 1.0
 
     def __init__(self) -> None:
-        self.reads: dict[int, tuple[float, asyncio.Future[tuple[bool, set[str]]]]] = {}
+        self.reads: dict[tuple[int, str | None], tuple[float, asyncio.Future[tuple[bool, set[str]]]]] = {}
 
-    async def get(self, user_id: int) -> tuple[bool, set[str]]:
-        """The person's rights as of at most FRESH_SECONDS ago."""
+    async def get(self, user_id: int, session_key: str | None) -> tuple[bool, set[str]]:
+        """Whether the session still signs the person in, and their rights, as of at most FRESH_SECONDS ago."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        found = self.reads.get(user_id)
+        key = (user_id, session_key)
+        found = self.reads.get(key)
         if found is None or now - found[0] > self.FRESH_SECONDS or found[1].get_loop() is not loop:
-            for stale in [key for key, (at, _) in self.reads.items() if now - at > 10 * self.FRESH_SECONDS]:
+            for stale in [old for old, (at, _) in self.reads.items() if now - at > 10 * self.FRESH_SECONDS]:
                 del self.reads[stale]
-            found = (now, asyncio.ensure_future(_rights(user_id)))
-            self.reads[user_id] = found
+            found = (now, asyncio.ensure_future(_rights(user_id, session_key)))
+            self.reads[key] = found
         active, topics = await asyncio.shield(found[1])
         return active, set(topics)  # each socket keeps its own copy
 
@@ -110,7 +141,8 @@ class _BusFeedConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NOT_SIGNED_IN)
             return
         self.user_id: int = user.pk
-        _, self.allowed = await _rights(self.user_id)
+        self.session_key: str | None = self.scope["session"].session_key
+        _, self.allowed = await _rights(self.user_id, self.session_key)
         self.subscribed: set[str] = set()
         self.buffer: deque[tuple[str, str]] = deque()  # (topic, the item's JSON text)
         self.skipped = 0
@@ -180,10 +212,10 @@ class _BusFeedConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "subscribed", "topics": sorted(self.subscribed)})
 
     async def _recheck_rights(self) -> None:
-        """Read the rights again now and then; stop a revoked topic, close for a deactivated person."""
+        """Read the rights again now and then; stop a revoked topic, close for an ended session or inactive person."""
         while True:
             await asyncio.sleep(self.RECHECK_SECONDS)
-            active, self.allowed = await _shared_rights.get(self.user_id)
+            active, self.allowed = await _shared_rights.get(self.user_id, self.session_key)
             if not active:
                 await self.close(code=CLOSE_NOT_SIGNED_IN)
                 return
@@ -251,9 +283,9 @@ class DeadLetterConsumer(_BusFeedConsumer):
 
 
 @database_sync_to_async
-def _bulk_progress_for(user_id: int, action_id: int) -> dict[str, Any] | None:
-    """A bulk action's progress, if it exists and the person may view its topic; None otherwise."""
-    user = User.objects.filter(pk=user_id, is_active=True).first()
+def _bulk_progress_for(user_id: int, session_key: str | None, action_id: int) -> dict[str, Any] | None:
+    """A bulk action's progress, if it exists, the session still signs the person in and they may view its topic."""
+    user = session_user(user_id, session_key)
     action = BulkAction.objects.select_related("topic").filter(pk=action_id).first()
     if user is None or action is None or not topic_right_held(user, VIEW_TOPIC, action.topic):
         return None
@@ -261,25 +293,49 @@ def _bulk_progress_for(user_id: int, action_id: int) -> dict[str, Any] | None:
 
 
 class BulkProgressConsumer(AsyncJsonWebsocketConsumer):
-    """``/ws/dlq/bulk/<id>/``: the progress of one bulk replay or discard, for those who may view its topic."""
+    """``/ws/dlq/bulk/<id>/``: the progress of one bulk replay or discard, for those who may view its topic.
+
+    Like the feeds, it reads the person's session and right again every RECHECK_SECONDS and
+    closes when either has gone.
+    """
+
+    RECHECK_SECONDS = _BusFeedConsumer.RECHECK_SECONDS
 
     async def connect(self) -> None:
         """Accept a viewer of the action's topic and send where it is now."""
         user = self.scope.get("user")
-        action_id = int(self.scope["url_route"]["kwargs"]["action_id"])
-        progress = await _bulk_progress_for(user.pk, action_id) if user and user.is_authenticated else None
+        self.action_id = int(self.scope["url_route"]["kwargs"]["action_id"])
+        signed_in = bool(user and user.is_authenticated)
+        self.session_key: str | None = self.scope["session"].session_key if signed_in else None
+        progress = await _bulk_progress_for(user.pk, self.session_key, self.action_id) if signed_in else None
         if progress is None:
-            await self.close(code=CLOSE_NOT_SIGNED_IN if not (user and user.is_authenticated) else CLOSE_NOT_ALLOWED)
+            await self.close(code=CLOSE_NOT_ALLOWED if signed_in else CLOSE_NOT_SIGNED_IN)
             return
-        self.group = bulk_group(action_id)
+        self.user_id: int = user.pk
+        self.group = bulk_group(self.action_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         await self.send_json({"type": "progress", **progress})
+        self.rechecking = asyncio.ensure_future(self._recheck_rights())
 
     async def disconnect(self, code: int) -> None:
-        """Leave the action's group."""
+        """Leave the action's group and stop reading rights."""
+        rechecking = getattr(self, "rechecking", None)
+        if rechecking is not None:
+            rechecking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rechecking
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def _recheck_rights(self) -> None:
+        """Close once the session has ended, the password changed or the view right on the topic went."""
+        while True:
+            await asyncio.sleep(self.RECHECK_SECONDS)
+            if await _bulk_progress_for(self.user_id, self.session_key, self.action_id) is None:
+                signed_in, _ = await _shared_rights.get(self.user_id, self.session_key)
+                await self.close(code=CLOSE_NOT_ALLOWED if signed_in else CLOSE_NOT_SIGNED_IN)
+                return
 
     async def bulk_progress(self, message: dict[str, Any]) -> None:
         """The worker's word on the action after a tick."""

@@ -1,12 +1,16 @@
 """What the live pages receive: one shape for an event, whether it comes over the websocket or, after a reconnect,
-from history over HTTP; and the Channels groups each topic's live items go to."""
+from history over HTTP; and the Channels groups each topic's live items go to.
+
+Events an outsider put on the bus while their topic was sensitive carry ``"not_approved": true``
+(nobody approved them); other items leave the key out.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from busapp.models import Event, EventStatus
+from busapp.models import Event, EventStatus, Source
 
 # A payload bigger than this is summarised in live items; the event's record has it whole.
 PAYLOAD_BYTES_SHOWN = 4096
@@ -52,6 +56,7 @@ def live_item(event: Event, *, read_from_bus: bool = False) -> dict[str, Any]:
         status=EventStatus.PUBLISHED.value if read_from_bus else event.status,
         payload=event.payload,
         envelope_size=len(event.envelope),
+        not_approved=event.not_approved,
     )
 
 
@@ -59,8 +64,12 @@ def live_item_read(envelope: dict[str, Any], size: int, *, topic: str, source: s
     """A recorded event as a live page shows it, built from the envelope the tap read off the bus (no row loaded).
 
     Who published it (source, publisher) comes from its record: an envelope from outside
-    the dashboard need not say.
+    the dashboard need not say. Only such an outsider's event can be unapproved, so only for
+    those is the record asked (the second copy of an event read both off Pub/Sub and its stream).
     """
+    not_approved = (
+        source == Source.EXTERNAL and Event.objects.filter(envelope_id=envelope["id"], not_approved=True).exists()
+    )
     return _item(
         envelope_id=envelope["id"],
         topic=topic,
@@ -71,6 +80,7 @@ def live_item_read(envelope: dict[str, Any], size: int, *, topic: str, source: s
         status=EventStatus.PUBLISHED.value,
         payload=envelope["payload"],
         envelope_size=size,
+        not_approved=not_approved,
     )
 
 
@@ -85,6 +95,7 @@ def _item(
     status: str,
     payload: Any,
     envelope_size: int,
+    not_approved: bool,
 ) -> dict[str, Any]:
     """The live item's fields, the payload left out past PAYLOAD_BYTES_SHOWN (the envelope holds it, so bounds it)."""
     item = {
@@ -96,6 +107,8 @@ def _item(
         "publisher": publisher,
         "status": status,
     }
+    if not_approved:
+        item["not_approved"] = True
     if envelope_size <= PAYLOAD_BYTES_SHOWN:
         item["payload"] = payload
     else:

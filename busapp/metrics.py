@@ -4,7 +4,8 @@ Counting events would scan the history on every scrape, so totals come from the 
 row's id (ids only grow) and the small counts (pending, open dead letters) from their
 partial indexes. The tap's lag is what Redis says its consumer group has yet to read.
 Websocket clients are counted by the web process that holds them; bulk replays by what they
-have left to do.
+have left to do; events nobody approved (an outsider's, on a sensitive topic) from their own
+partial index.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import redis
+from django.db.models import Count
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from busapp.models import BulkAction, BulkActionStatus, DeadLetter, DeadLetterStatus, Event, EventStatus, Topic
@@ -54,6 +56,7 @@ class BusCollector(Collector):
             "Dead letters neither replayed nor discarded",
             value=DeadLetter.objects.filter(status=DeadLetterStatus.OPEN).count(),
         )
+        yield _events_not_approved()
         running = list(BulkAction.objects.filter(status=BulkActionStatus.RUNNING).values_list("letter_ids", "handled"))
         yield GaugeMetricFamily("hms_bus_bulk_actions_running", "Bulk replays and discards running", value=len(running))
         yield GaugeMetricFamily(
@@ -73,6 +76,21 @@ class BusCollector(Collector):
             up.add_metric([], 0)
         yield lag
         yield up
+
+
+def _events_not_approved() -> CounterMetricFamily:
+    """Per topic, events an outsider published while the topic was sensitive (nobody approved them)."""
+    counts = dict(
+        Event.objects.filter(not_approved=True).order_by().values_list("topic_id").annotate(n=Count("id"))
+    )  # from the partial index of such rows, not the history
+    family = CounterMetricFamily(
+        "hms_bus_events_not_approved",
+        "Events published outside the dashboard on a topic that was sensitive, so approved by nobody",
+        labels=["topic"],
+    )
+    for topic_id, name in Topic.objects.order_by("name").values_list("id", "name"):
+        family.add_metric([name], counts.get(topic_id, 0))
+    return family
 
 
 def _tap_lag(topic: str) -> float:

@@ -213,6 +213,13 @@ class Event(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    # Kept, not derived from the topic: the flag may change later, and the mark says what was
+    # true when the event went out. The dashboard's own publishes on a sensitive topic pass
+    # four-eyes first; only the tap records events nobody approved.
+    not_approved = models.BooleanField(
+        default=False,
+        help_text="Put on the bus from outside the dashboard while its topic was sensitive: nobody approved it.",
+    )
 
     class Meta:
         ordering = ["-timestamp", "-id"]
@@ -220,6 +227,8 @@ class Event(models.Model):
             models.Index(fields=["topic", "timestamp", "id"], name="event_topic_time"),
             models.Index(fields=["timestamp", "id"], name="event_time"),
             models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="event_pending_outbox"),
+            # Few rows: /metrics counts them per topic on every scrape without reading the history.
+            models.Index(fields=["topic"], condition=Q(not_approved=True), name="event_not_approved"),
         ]
 
     def __str__(self) -> str:

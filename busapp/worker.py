@@ -226,6 +226,8 @@ def _external_event(entry: StreamEntry, envelope: dict[str, Any], version: Schem
         status=EventStatus.PUBLISHED,
         stream_id=entry.entry_id if entry.stream != INGEST_STREAM else "",
         published_at=now,
+        # Nobody approved it: on a topic sensitive now (read with the version, this batch) it is marked so.
+        not_approved=version.event_type.topic.sensitive,
     )
 
 

@@ -10,9 +10,9 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from busapp.routing import websocket_urlpatterns  # noqa: E402
+from busapp.websocket_origin import SameOriginValidator  # noqa: E402
 
 # What start-up loaded (Django, the apps, the URLconf) lives as long as the process: kept out
 # of the garbage collector's full passes, which otherwise stall every live socket (bench/live.py).
@@ -21,6 +21,7 @@ gc.freeze()
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # The origin by scheme, host and port, as Django's CSRF check reads a POST's (busapp/websocket_origin.py).
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

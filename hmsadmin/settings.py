@@ -21,10 +21,25 @@ Environment:
 - ``AXES_FAILURE_LIMIT``: failed sign-ins for one account, or from one address, before sign-in is refused there
   (default 10).
 - ``AXES_COOLOFF_MINUTES``: how long a lock-out lasts after the last failed attempt (default 15).
+- ``CSRF_TRUSTED_ORIGINS``: comma-separated origins (``https://bus.example.gov``, scheme, host and port) other
+  than the page's own from which forms may be posted and websockets opened.
+- ``METRICS_TOKEN``: every ``/metrics`` scraper presents it (``Authorization: Bearer ...``), on this machine too.
+- ``METRICS_ALLOW_LOOPBACK``: ``1`` serves ``/metrics`` to 127.0.0.1/::1 without a token (default: on only
+  with ``DEBUG=1`` and no ``METRICS_TOKEN``; refused together with a token). Behind a proxy on the same
+  machine every request is loopback: use a token.
+- ``SECURE_HSTS_SECONDS``: Strict-Transport-Security max-age on HTTPS responses (default 31536000 with
+  ``DEBUG=0``, 0 with ``DEBUG=1``).
+- ``SECURE_HSTS_INCLUDE_SUBDOMAINS``, ``SECURE_HSTS_PRELOAD``: the header's ``includeSubDomains`` and
+  ``preload`` (default on with ``DEBUG=0``; set ``0`` if a subdomain still serves plain HTTP).
+- ``SECURE_SSL_REDIRECT``: ``1`` redirects plain HTTP to HTTPS (default off: the proxy usually does).
+- ``SECURE_PROXY_SSL_HEADER``: the header a TLS-ending proxy sets to ``https``, as Django's META names it
+  (``HTTP_X_FORWARDED_PROTO``); set it only if the proxy always sets or strips that header.
+- ``USE_X_FORWARDED_HOST``: ``1`` takes the host from the proxy's ``X-Forwarded-Host`` (default off).
 """
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -253,6 +268,23 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 
+# HTTPS in production (DEBUG=0). Django sends HSTS on HTTPS responses only; behind a proxy that
+# ends TLS, SECURE_PROXY_SSL_HEADER is how it knows a request came in over HTTPS.
+SECURE_HSTS_SECONDS = _env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = _env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+# Off unless asked: the proxy in front usually redirects, and Django redirecting without knowing
+# the proxy's scheme (SECURE_PROXY_SSL_HEADER) would send every request round in a loop.
+SECURE_SSL_REDIRECT = _env_bool("SECURE_SSL_REDIRECT", False)
+_proxy_ssl_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+if _proxy_ssl_header and not re.fullmatch(r"HTTP_[A-Z0-9_]+", _proxy_ssl_header):
+    raise ImproperlyConfigured(
+        f"SECURE_PROXY_SSL_HEADER={_proxy_ssl_header!r}: name the header as Django's request.META does,"
+        " e.g. HTTP_X_FORWARDED_PROTO for X-Forwarded-Proto"
+    )
+SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header, "https") if _proxy_ssl_header else None
+USE_X_FORWARDED_HOST = _env_bool("USE_X_FORWARDED_HOST", False)
+
 # The bus.
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYER_URL = os.environ.get("CHANNEL_LAYER_URL", _redis_url_with_db(REDIS_URL, 1))
@@ -293,8 +325,15 @@ BUS_STREAM_MAXLEN = _env_int("BUS_STREAM_MAXLEN", 100_000)
 BUS_MAX_PAYLOAD_BYTES = 64 * 1024
 # A worker's stream entries left unacknowledged this long are taken over by another.
 BUS_CLAIM_IDLE_MS = _env_int("BUS_CLAIM_IDLE_MS", 60_000)
-# Prometheus scrapers not on this machine present this token (Authorization: Bearer ...).
+# /metrics: with a token, every scraper presents it (Authorization: Bearer ...), loopback too;
+# a peer's address proves nothing behind a proxy on the same machine.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+METRICS_ALLOW_LOOPBACK = _env_bool("METRICS_ALLOW_LOOPBACK", DEBUG and not METRICS_TOKEN)
+if METRICS_TOKEN and METRICS_ALLOW_LOOPBACK:
+    raise ImproperlyConfigured(
+        "METRICS_ALLOW_LOOPBACK=1 and METRICS_TOKEN are both set: with a token every scraper presents it;"
+        " unset one of them"
+    )
 # How long the web's own after-commit send has before the relay may send an event too.
 BUS_RELAY_GRACE_SECONDS = _env_int("BUS_RELAY_GRACE_SECONDS", 5)
 # How long Redis remembers that an event was sent (its mark, ``hms:sent:<id>``, about 100 bytes): a

@@ -498,7 +498,7 @@ def test_each_role_is_allowed_or_refused_as_the_rules_say(route: str, world: Wor
 
 async def socket_connected(path: str, world: World, role: str) -> tuple[bool, int | None]:
     """Open the websocket as the role (origin allowed; a session cookie, a bearer token, or nothing) and close it."""
-    headers = [(b"origin", b"http://testserver")]
+    headers = [(b"host", b"testserver"), (b"origin", b"http://testserver")]
     if role == TOKEN:
         headers.append((b"authorization", f"Bearer {world.token_text}".encode()))
     elif role != ANONYMOUS:

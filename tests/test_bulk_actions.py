@@ -136,7 +136,7 @@ async def _progress_socket(action_id: int, username: str):
         client.force_login(User.objects.get(username=username))
         return f"sessionid={client.cookies['sessionid'].value}".encode()
 
-    headers = [(b"origin", b"http://testserver"), (b"cookie", await sync_to_async(cookie)())]
+    headers = [(b"host", b"testserver"), (b"origin", b"http://testserver"), (b"cookie", await sync_to_async(cookie)())]
     communicator = WebsocketCommunicator(application, f"/ws/dlq/bulk/{action_id}/", headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     return communicator, connected

@@ -183,6 +183,7 @@ class EventRecordSerializer(serializers.ModelSerializer[Event]):
             "status",
             "source",
             "publisher",
+            "not_approved",
             "stream_id",
             "accepted_at",
             "published_at",

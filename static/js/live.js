@@ -56,6 +56,15 @@ function draw(item) {
   textCell(row, item.source);
   const status = textCell(row, item.status);
   status.className = `status-cell ${item.status}`;
+  if (item.not_approved) {
+    // Put on the bus by an outsider while its topic was sensitive: nobody approved it.
+    const mark = document.createElement("span");
+    mark.className = "status not-approved";
+    mark.title = "Published outside the dashboard on a sensitive topic: no second person approved it";
+    mark.textContent = "not approved";
+    status.append(" ", mark);
+    row.classList.add("not-approved");
+  }
   textCell(row, payloadSummary(item)).className = "mono payload";
   row.hidden = !matches(row);
   body.prepend(row);
