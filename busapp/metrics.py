@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from busapp.health import workers_read
 from busapp.models import BulkAction, BulkActionStatus, DeadLetter, DeadLetterStatus, Event, EventStatus, Topic
 from busapp.publishing import bus_redis, stream_key
 from busapp.worker import GROUP as TAP_GROUP
@@ -76,6 +77,31 @@ class BusCollector(Collector):
             up.add_metric([], 0)
         yield lag
         yield up
+        yield from _worker_families()
+
+
+def _worker_families() -> Iterator[Metric]:
+    """The bus workers' heartbeats: how many live, each one's last beat, each loop's errors since it started."""
+    beats = workers_read() or []
+    yield GaugeMetricFamily(
+        "hms_bus_workers_alive",
+        "Bus workers that beat in the last 15 s",
+        value=sum(beat.alive() for beat in beats),
+    )
+    age = GaugeMetricFamily(
+        "hms_bus_worker_heartbeat_age_seconds", "Seconds since each bus worker's last heartbeat", labels=["worker"]
+    )
+    errors = CounterMetricFamily(
+        "hms_bus_worker_loop_errors",
+        "Failures of each loop of each bus worker since it started (logged with their tracebacks)",
+        labels=["worker", "loop"],
+    )
+    for beat in beats:
+        age.add_metric([beat.name], beat.age())
+        for loop, state in beat.loops.items():
+            errors.add_metric([beat.name, loop], state.errors)
+    yield age
+    yield errors
 
 
 def _events_not_approved() -> CounterMetricFamily:

@@ -59,3 +59,19 @@ def test_a_scraper_elsewhere_needs_the_token(settings):
     assert refused.status_code == wrong.status_code == 403
     assert b"METRICS_TOKEN" in refused.content
     assert allowed.status_code == 200
+
+
+def test_the_workers_heartbeats_and_loop_errors_are_figures(bus):
+    import time
+
+    from busapp.heartbeats import WORKERS_KEY, LoopState, WorkerBeat
+
+    loops = {"tap": LoopState("running"), "relay": LoopState("retrying", errors=4, last_error="x", last_error_at=1.0)}
+    bus.hset(WORKERS_KEY, "worker-a", WorkerBeat("worker-a", time.time() - 3, 1, time.time() - 60, loops).encode())
+    bus.hset(WORKERS_KEY, "worker-b", WorkerBeat("worker-b", time.time() - 60, 2, time.time() - 90, {}).encode())
+
+    text = Client().get("/metrics").content.decode()
+
+    assert _figure(text, "hms_bus_workers_alive") == 1
+    assert _figure(text, 'hms_bus_worker_loop_errors_total{loop="relay",worker="worker-a"}') == 4
+    assert _figure(text, 'hms_bus_worker_heartbeat_age_seconds{worker="worker-b"}') >= 60
