@@ -58,6 +58,7 @@ class BusCollector(Collector):
             value=DeadLetter.objects.filter(status=DeadLetterStatus.OPEN).count(),
         )
         yield _events_not_approved()
+        yield _events_maybe_sent_twice()
         running = list(BulkAction.objects.filter(status=BulkActionStatus.RUNNING).values_list("letter_ids", "handled"))
         yield GaugeMetricFamily("hms_bus_bulk_actions_running", "Bulk replays and discards running", value=len(running))
         yield GaugeMetricFamily(
@@ -104,19 +105,31 @@ def _worker_families() -> Iterator[Metric]:
     yield errors
 
 
+def _events_flagged(flag: str, name: str, documentation: str) -> CounterMetricFamily:
+    """Per topic, the events with a flag set, counted from the flag's partial index, not the history."""
+    counts = dict(Event.objects.filter(**{flag: True}).order_by().values_list("topic_id").annotate(n=Count("id")))
+    family = CounterMetricFamily(name, documentation, labels=["topic"])
+    for topic_id, topic in Topic.objects.order_by("name").values_list("id", "name"):
+        family.add_metric([topic], counts.get(topic_id, 0))
+    return family
+
+
 def _events_not_approved() -> CounterMetricFamily:
     """Per topic, events an outsider published while the topic was sensitive (nobody approved them)."""
-    counts = dict(
-        Event.objects.filter(not_approved=True).order_by().values_list("topic_id").annotate(n=Count("id"))
-    )  # from the partial index of such rows, not the history
-    family = CounterMetricFamily(
+    return _events_flagged(
+        "not_approved",
         "hms_bus_events_not_approved",
         "Events published outside the dashboard on a topic that was sensitive, so approved by nobody",
-        labels=["topic"],
     )
-    for topic_id, name in Topic.objects.order_by("name").values_list("id", "name"):
-        family.add_metric([name], counts.get(topic_id, 0))
-    return family
+
+
+def _events_maybe_sent_twice() -> CounterMetricFamily:
+    """Per topic, events resent after Redis lost what became of their first send: maybe heard twice."""
+    return _events_flagged(
+        "maybe_sent_twice",
+        "hms_bus_events_maybe_sent_twice",
+        "Events resent after Redis lost the outcome of their first send with its data (it may have run)",
+    )
 
 
 def _tap_lag(topic: str) -> float:

@@ -216,6 +216,13 @@ class Event(models.Model):
     # Kept, not derived from the topic: the flag may change later, and the mark says what was
     # true when the event went out. The dashboard's own publishes on a sensitive topic pass
     # four-eyes first; only the tap records events nobody approved.
+    maybe_sent_twice = models.BooleanField(
+        default=False,
+        help_text=(
+            "Resent after Redis lost what became of its first send (it may have run just before Redis lost its "
+            "data): subscribers may have heard it twice."
+        ),
+    )
     not_approved = models.BooleanField(
         default=False,
         help_text="Put on the bus from outside the dashboard while its topic was sensitive: nobody approved it.",
@@ -229,6 +236,7 @@ class Event(models.Model):
             models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="event_pending_outbox"),
             # Few rows: /metrics counts them per topic on every scrape without reading the history.
             models.Index(fields=["topic"], condition=Q(not_approved=True), name="event_not_approved"),
+            models.Index(fields=["topic"], condition=Q(maybe_sent_twice=True), name="event_maybe_sent_twice"),
         ]
 
     def __str__(self) -> str:

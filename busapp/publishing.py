@@ -42,6 +42,14 @@ class BusUnavailableError(Exception):
     """Redis did not answer; what was accepted stays pending and the relay sends it later."""
 
 
+class SendOutcomeUnknownError(redis.ConnectionError):
+    """A send was written to Redis and its answer lost (a timeout, a dropped connection): it may have run."""
+
+
+# How the last error of a send whose outcome is unknown begins (kept in the event's last_error).
+OUTCOME_UNKNOWN = "outcome unknown"
+
+
 def bus_redis() -> redis.Redis:
     """The process's Redis client for ``REDIS_URL``, with short timeouts so a dead Redis fails fast."""
     url = bus_address()
@@ -172,8 +180,10 @@ class BusMessage:
     mark: str
 
 
-def _send(messages: Sequence[BusMessage]) -> list[str]:
-    """Add each message to its stream and PUBLISH it, once only, in one script call; return the stream ids.
+def _send(messages: Sequence[BusMessage]) -> list[tuple[str, bool]]:
+    """Add each message to its stream and PUBLISH it, once only, in one script call.
+
+    Returns each message's stream id, and whether this call sent it (False: an earlier send had).
 
     The call is written straight to a connection of our own: redis-py's pipeline and pool spent
     more time in Python than Redis took for the round trip (``bench/README.md``).
@@ -185,6 +195,8 @@ def _send(messages: Sequence[BusMessage]) -> list[str]:
         args += [message.channel, message.body, message.maxlen]
     try:
         answer = _script_call(keys, args)
+    except SendOutcomeUnknownError as error:
+        raise BusUnavailableError(f"{OUTCOME_UNKNOWN}: {redis_unreachable_message(error)}") from error
     except redis.ResponseError as error:
         raise BusUnavailableError(f"Redis refused the send: {error}") from error
     except redis.RedisError as error:
@@ -194,7 +206,7 @@ def _send(messages: Sequence[BusMessage]) -> list[str]:
     again = len(messages) - sum(answer[1::2])
     if again:
         logger.info("%d message(s) were on the bus already (an earlier send ran): not sent twice", again)
-    return [stream_id.decode() for stream_id in answer[0::2]]
+    return [(stream_id.decode(), bool(sent)) for stream_id, sent in zip(answer[0::2], answer[1::2], strict=True)]
 
 
 def _script_call(keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -206,9 +218,9 @@ def _script_call(keys: Sequence[str], args: Sequence[Any]) -> Any:
         was_connected = conn.is_connected
         try:
             return _script_call_on(conn, tail)
-        except redis.ConnectionError:
-            if not was_connected:
-                raise
+        except redis.ConnectionError as error:
+            if not was_connected or isinstance(error.__cause__, redis.TimeoutError):
+                raise  # a stalled Redis is not asked again at once: the relay resends
             # The connection went stale while it idled (Redis restarted, or dropped idle clients):
             # once more, reconnected. The send is idempotent, so a Redis that ran it and lost
             # the answer does not publish it twice.
@@ -219,18 +231,24 @@ def _script_call(keys: Sequence[str], args: Sequence[Any]) -> Any:
 
 def _script_call_on(conn: redis.Connection, tail: tuple[Any, ...]) -> Any:
     """EVALSHA on a connection; EVAL when Redis has not seen the script (it was restarted, or is new)."""
+    written = False
     try:
         # hiredis packs the command in C; redis-py's own packer took as long as the round trip.
         conn.send_packed_command([hiredis.pack_command(("EVALSHA", _IDEMPOTENT_SEND_SHA, *tail))])
+        written = True
         try:
             return conn.read_response()
         except redis.exceptions.NoScriptError:
+            written = False
             conn.send_packed_command([hiredis.pack_command(("EVAL", _IDEMPOTENT_SEND, *tail))])
+            written = True
             return conn.read_response()
-    except (redis.ResponseError, redis.exceptions.NoScriptError):
+    except redis.ResponseError:
         raise  # a complete reply was read: the connection is in step
-    except BaseException:
+    except BaseException as error:
         conn.disconnect()  # a half-read reply must not reach the next send; the next one reconnects
+        if written and isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError)):
+            raise SendOutcomeUnknownError(f"the send went out, its answer did not come back: {error}") from error
         raise
 
 
@@ -270,23 +288,28 @@ def _retry_later(events: Sequence[Event], error: Exception) -> None:
 
 def events_send(events: Sequence[Event]) -> bool:
     """Put committed events on the bus in one round trip and mark them published; False if Redis is down."""
+    return _events_send(events) is not None
+
+
+def _events_send(events: Sequence[Event]) -> list[bool] | None:
+    """``events_send``, saying for each event whether this call put it on the bus (False: an earlier send had)."""
     if not events:
-        return True
+        return []
     messages = [
         BusMessage(event.topic.channel, event.envelope, event.topic.stream_retention, event.envelope_id)
         for event in events
     ]
     try:
-        stream_ids = _send(messages)
+        sent = _send(messages)
     except BusUnavailableError as error:
         logger.warning("%d event(s) queued: %s", len(events), error)
         _retry_later(events, error)
-        return False
+        return None
     now = timezone.now()
-    for event, stream_id in zip(events, stream_ids, strict=True):
+    for event, (stream_id, _) in zip(events, sent, strict=True):
         event.status, event.stream_id, event.published_at, event.last_error = EventStatus.PUBLISHED, stream_id, now, ""
     _mark_published(events, now)
-    return True
+    return [sent_now for _, sent_now in sent]
 
 
 def _mark_published(events: Sequence[Event], now: dt.datetime) -> None:
@@ -365,7 +388,7 @@ def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:
     except BusUnavailableError as error:
         logger.warning("%d dead letter(s) not yet sent to their .dlq: %s", len(dead_letters), error)
         return False
-    for letter, stream_id in zip(dead_letters, stream_ids, strict=True):
+    for letter, (stream_id, _) in zip(dead_letters, stream_ids, strict=True):
         letter.dlq_stream_id = stream_id
     DeadLetter.objects.bulk_update(dead_letters, ["dlq_stream_id"], batch_size=500)
     return True
@@ -393,6 +416,19 @@ def _grace() -> dt.timedelta:
     return dt.timedelta(seconds=settings.BUS_RELAY_GRACE_SECONDS)
 
 
+def _relay_record(event: Event, maybe_sent_twice: bool) -> AuditRecord:
+    """The audit entry of one relayed event: its stream id, how long it waited, how many tries it took."""
+    delay = (event.published_at - event.created_at).total_seconds()  # type: ignore[operator]
+    details: dict[str, Any] = {
+        "stream_id": event.stream_id,
+        "delay_seconds": round(delay, 3),
+        "attempts": event.attempts,
+    }
+    if maybe_sent_twice:
+        details["maybe_sent_twice"] = True
+    return AuditRecord("event.relay", f"event:{event.envelope_id}", details)
+
+
 def relay_pending(*, limit: int = RELAY_BATCH) -> int:
     """Send the oldest events and dead letters still waiting for Redis; return how many went out.
 
@@ -412,20 +448,18 @@ def relay_pending(*, limit: int = RELAY_BATCH) -> int:
             .filter(status=EventStatus.PENDING, next_attempt_at__lte=timezone.now())
             .order_by("id")[:limit]
         )
-        if events and events_send(events):
+        unsure = [event.last_error.startswith(OUTCOME_UNKNOWN) for event in events]
+        sent_now = _events_send(events) if events else None
+        if sent_now is not None:
             sent += len(events)
-            delays = [(event.published_at - event.created_at).total_seconds() for event in events]  # type: ignore[operator]
-            audit_append(
-                actor="system:bus-worker",
-                records=[
-                    AuditRecord(
-                        "event.relay",
-                        f"event:{event.envelope_id}",
-                        {"stream_id": event.stream_id, "delay_seconds": round(delay, 3), "attempts": event.attempts},
-                    )
-                    for event, delay in zip(events, delays, strict=True)
-                ],
-            )
+            # Sent now, after an earlier send whose answer was lost: that one never ran, or Redis ran it
+            # and then lost its data (a restart without persistence, a failover before replication).
+            # Subscribers may have heard it twice; it is marked, counted in /metrics, never hidden.
+            twice = [event for event, was, now in zip(events, unsure, sent_now, strict=True) if was and now]
+            if twice:
+                Event.objects.filter(pk__in=[event.pk for event in twice]).update(maybe_sent_twice=True)
+                logger.warning("%d event(s) resent after Redis lost their first send's outcome", len(twice))
+            audit_append(actor="system:bus-worker", records=[_relay_record(event, event in twice) for event in events])
     with transaction.atomic():
         letters = list(
             DeadLetter.objects.select_for_update(skip_locked=True, of=("self",))

@@ -8,6 +8,7 @@ import signal
 import pytest
 import redis
 from django.db import DatabaseError
+from django.test import Client
 
 from busapp import services
 from busapp.audit import audit_verify
@@ -277,7 +278,7 @@ def test_a_send_repeated_after_redis_ran_it_neither_publishes_nor_streams_it_twi
     again = _send([BusMessage("tax-policy", event.envelope, 1000, event.envelope_id)])  # as a relay's resend would
     marker = _publish({"standard_deduction": 2})
 
-    assert again == [event.stream_id]  # the first send's stream id, nothing new
+    assert again == [(event.stream_id, False)]  # the first send's stream id; not sent this time
     assert _heard_until(subscriber, marker.envelope_id) == [event.envelope_id, marker.envelope_id]
     assert [json.loads(fields[b"event"])["id"] for _, fields in bus.xrange(stream_key("tax-policy"))] == [
         event.envelope_id,
@@ -292,23 +293,50 @@ def test_an_event_sent_into_a_stalled_redis_is_relayed_without_a_second_copy(out
     subscriber = client.pubsub()
     subscriber.subscribe("tax-policy")
     subscriber.get_message(timeout=1)  # the subscribe confirmation
+    warm = _publish({"standard_deduction": 0})  # the send connection is open before the stall
     os.kill(outage_redis.process.pid, signal.SIGSTOP)
     try:
         event = _publish({"standard_deduction": 15000})  # waits out the socket timeout: Redis has the command
     finally:
         os.kill(outage_redis.process.pid, signal.SIGCONT)
     assert event.status == EventStatus.PENDING
+    assert event.last_error.startswith("outcome unknown")
 
     Event.objects.filter(pk=event.pk).update(next_attempt_at=event.created_at)  # its backoff has passed
     assert relay_pending() == 1
     marker = _publish({"standard_deduction": 1})
 
-    assert _heard_until(subscriber, marker.envelope_id) == [event.envelope_id, marker.envelope_id]
-    assert len(client.xrange(stream_key("tax-policy"))) == 2
+    heard = [warm.envelope_id, event.envelope_id, marker.envelope_id]
+    assert _heard_until(subscriber, marker.envelope_id) == heard
+    assert len(client.xrange(stream_key("tax-policy"))) == 3
     stored = Event.objects.get(pk=event.pk)
-    [(stream_id, _), _] = client.xrange(stream_key("tax-policy"))
+    [_, (stream_id, _), _] = client.xrange(stream_key("tax-policy"))
     assert (stored.status, stored.stream_id) == (EventStatus.PUBLISHED, stream_id.decode())
     assert AuditEntry.objects.filter(action="event.relay", target=f"event:{event.envelope_id}").count() == 1
+    assert not stored.maybe_sent_twice  # Redis kept the first send's mark: the relay knew it was there
+
+
+def test_a_send_whose_outcome_redis_lost_with_its_data_is_resent_and_marked_maybe_sent_twice(outage_redis, settings):
+    """Redis stalls with the send unanswered, then dies and comes back empty: nobody can tell if it ran."""
+    settings.BUS_RELAY_GRACE_SECONDS = 0
+    _publish({"standard_deduction": 0})  # the send connection is open before the stall
+    os.kill(outage_redis.process.pid, signal.SIGSTOP)
+    event = _publish({"standard_deduction": 15000})  # waits out the socket timeout: outcome unknown
+    os.kill(outage_redis.process.pid, signal.SIGKILL)
+    outage_redis.process.wait()
+    outage_redis.process = None
+    outage_redis.start()  # empty: no stream, no marks
+    assert event.last_error.startswith("outcome unknown")
+
+    Event.objects.filter(pk=event.pk).update(next_attempt_at=event.created_at)
+    assert relay_pending() == 1
+
+    stored = Event.objects.get(pk=event.pk)
+    assert (stored.status, stored.maybe_sent_twice) == (EventStatus.PUBLISHED, True)
+    relay = AuditEntry.objects.get(action="event.relay", target=f"event:{event.envelope_id}")
+    assert relay.details["maybe_sent_twice"] is True
+    metrics = Client().get("/metrics").content.decode()
+    assert 'hms_bus_events_maybe_sent_twice_total{topic="tax-policy"} 1.0' in metrics
 
 
 def test_a_send_reaches_a_redis_restarted_empty_that_forgot_the_script(outage_redis):

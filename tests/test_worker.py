@@ -174,7 +174,8 @@ async def test_the_tap_marks_an_event_published_when_its_sender_died_before_sayi
         event.save()
         from busapp.publishing import BusMessage, _send
 
-        return event, _send([BusMessage("tax-policy", event.envelope, 1000, event.envelope_id)])[0]
+        [(stream_id, _)] = _send([BusMessage("tax-policy", event.envelope, 1000, event.envelope_id)])
+        return event, stream_id
 
     event, stream_id = await sync_to_async(sent_but_not_marked)()
     worker = BusWorker(name="worker-a")
