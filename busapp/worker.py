@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -844,7 +845,7 @@ class BusWorker:
         """Run a step until stopped: again at once while it handles something, else after a pause."""
         while not self.stopping.is_set():
             try:
-                handled = await step() if asyncio.iscoroutinefunction(step) else await in_db(step)
+                handled = await step() if inspect.iscoroutinefunction(step) else await in_db(step)
                 self._loop_ok(name)
             except (DatabaseError, RedisError, OSError) as error:
                 self._loop_failed(name, error)
