@@ -49,6 +49,7 @@ from busapp.validation import (
     SchemaInvalidError,
     backward_incompatibilities,
     effective_at_error,
+    json_value_errors,
     payload_errors,
     payload_json,
     payload_schema_errors,
@@ -331,6 +332,9 @@ def event_publish(
     """
     version = schema_version_active(topic=topic, event_type=event_type)
     _approval_check(version.event_type.topic, actor, approved_by)
+    unstorable = json_value_errors(payload)  # before anything encodes it
+    if unstorable:
+        raise EventRejectedError(unstorable)
     encoded = payload_json(payload)
     errors = payload_errors(version, payload, encoded=encoded)
     if errors:
@@ -418,7 +422,8 @@ def event_publish_batch(
     """Publish many ``{"type", "payload"}`` items: one transaction, one Redis round trip.
 
     Valid items become events; invalid ones become dead letters (and go to ``<topic>.dlq``).
-    A payload over the size limit refuses the whole batch (PayloadTooLargeError), nothing written.
+    A payload over the size limit refuses the whole batch (PayloadTooLargeError), and so does one that
+    nothing could store (nested over 64 levels, NUL, lone surrogates: EventRejectedError); nothing is written.
     """
     topic_row = topic_get(name=topic)
     _approval_check(topic_row, actor, approved_by=None)
@@ -426,11 +431,15 @@ def event_publish_batch(
     outcome = BatchOutcome()
     events = _BatchEvents(actor=actor, source=source)
     too_big: list[FieldError] = []
+    unstorable: list[FieldError] = []
     for index, item in enumerate(items):
         try:
             checked = _batch_item_check(item, topic, active)
         except PayloadTooLargeError as refused:
             too_big += [{"path": f"/events/{index}{e['path']}", "message": e["message"]} for e in refused.errors]
+            continue
+        except EventRejectedError as refused:
+            unstorable += [{"path": f"/events/{index}{e['path']}", "message": e["message"]} for e in refused.errors]
             continue
         if isinstance(checked, tuple):
             version, encoded = checked
@@ -442,6 +451,8 @@ def event_publish_batch(
             letter = dead_letter_build(topic=topic_row, raw=raw, errors=checked, source=source, actor=actor)
             outcome.dead_letters.append(letter)
             outcome.items.append(letter)
+    if unstorable:  # what no database could store goes nowhere, not even into the dead-letter queue
+        raise EventRejectedError(unstorable)
     if too_big:  # documents do not go on the bus, not even into its dead-letter queue
         raise PayloadTooLargeError(too_big)
     with transaction.atomic():
@@ -467,6 +478,9 @@ def _batch_item_check(
         return version
     if not isinstance(payload, dict):
         return [{"path": "/payload", "message": "is required and must be an object"}]
+    unstorable = json_value_errors(payload)
+    if unstorable:
+        raise EventRejectedError(unstorable)
     encoded = payload_json(payload)
     too_big = payload_size_error(encoded)
     if too_big:
