@@ -49,7 +49,7 @@ from busapp.validation import (
     SchemaInvalidError,
     backward_incompatibilities,
     effective_at_error,
-    json_value_errors,
+    payload_encoded,
     payload_errors,
     payload_json,
     payload_schema_errors,
@@ -332,10 +332,9 @@ def event_publish(
     """
     version = schema_version_active(topic=topic, event_type=event_type)
     _approval_check(version.event_type.topic, actor, approved_by)
-    unstorable = json_value_errors(payload)  # before anything encodes it
-    if unstorable:
+    encoded, unstorable = payload_encoded(payload)
+    if unstorable:  # nested over 64 levels, NUL, lone surrogates
         raise EventRejectedError(unstorable)
-    encoded = payload_json(payload)
     errors = payload_errors(version, payload, encoded=encoded)
     if errors:
         raise EventRejectedError(errors)
@@ -478,10 +477,9 @@ def _batch_item_check(
         return version
     if not isinstance(payload, dict):
         return [{"path": "/payload", "message": "is required and must be an object"}]
-    unstorable = json_value_errors(payload)
+    encoded, unstorable = payload_encoded(payload)
     if unstorable:
         raise EventRejectedError(unstorable)
-    encoded = payload_json(payload)
     too_big = payload_size_error(encoded)
     if too_big:
         raise PayloadTooLargeError([too_big])
