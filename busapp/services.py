@@ -49,6 +49,7 @@ from busapp.validation import (
     SchemaInvalidError,
     backward_incompatibilities,
     effective_at_error,
+    json_parse,
     payload_encoded,
     payload_errors,
     payload_json,
@@ -363,9 +364,8 @@ def dead_letter_build(
     """An unsaved dead letter and the JSON that goes to ``<topic>.dlq``."""
     publisher, publisher_name = actor_parts(actor)
     received_at = timezone.now()
-    try:
-        arrived: Any = json.loads(raw)
-    except ValueError:
+    arrived, unreadable = json_parse(raw, around=1)  # an envelope: its payload may nest 64 levels
+    if unreadable:  # not JSON, too deep to carry, NUL, surrogates: the DLQ message carries the text
         arrived = raw
     message = {
         "event": arrived,
@@ -718,11 +718,8 @@ BULK_RATE_LIMIT = 500  # dead letters a second, at most, whatever is asked
 
 def dead_letter_contents(letter: DeadLetter) -> tuple[str | None, dict[str, Any] | None]:
     """The event type and payload a dead letter carried, where its body says (None where it was not JSON)."""
-    try:
-        body = json.loads(letter.raw)
-    except ValueError:
-        return None, None
-    if not isinstance(body, dict):
+    body, unreadable = json_parse(letter.raw, around=1)
+    if unreadable or not isinstance(body, dict):
         return None, None
     kind = body.get("type") if isinstance(body.get("type"), str) else None
     payload = body.get("payload") if isinstance(body.get("payload"), dict) else None

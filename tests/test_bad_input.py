@@ -223,3 +223,18 @@ def test_a_schema_pattern_that_backtracks_in_python_answers_a_long_payload_at_on
     assert errors == [{"path": "/payload/code", "message": f"'{'a' * 40}!' does not match '^(a+)+$'"}]
     assert accepted.status_code in (201, 202), accepted.content
     assert json.loads(accepted.content)["event"]["payload"]["code"] == "a" * 40
+
+
+def test_a_dead_letter_of_text_too_deep_to_parse_keeps_it_as_text_and_is_not_replayable():
+    from busapp.models import Topic
+    from busapp.services import dead_letter_build, dead_letter_contents
+
+    raw = '{"type": "tax_policy.updated", "payload": {"a": ' + "[" * 50_000 + "]" * 50_000 + "}}"
+    errors = [{"path": "/payload/a", "message": "is nested deeper than 64 levels of arrays and objects: flatten it"}]
+
+    letter = dead_letter_build(
+        topic=Topic.objects.get(name="tax-policy"), raw=raw, errors=errors, source="external", actor="tap"
+    )
+
+    assert json.loads(letter.dlq_message)["event"] == raw
+    assert dead_letter_contents(letter) == (None, None)

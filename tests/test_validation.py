@@ -596,3 +596,26 @@ def test_json_parse_quick_text_checks_agree_with_the_walk_of_the_value():
         verdicts.add(errors[0]["message"][:12] if errors else "")
 
     assert verdicts == {"", "is nested de", "holds a NUL ", "holds a lone"}
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        pytest.param("[" * 50_000 + "]" * 50_000, "/0/0/0", id="too-deep-for-json-loads"),
+        pytest.param('{"title": "\\ud800"}', "/title holds a lone surrogate (\\ud800)", id="surrogate"),
+        pytest.param('{"type": "object", "title": "a\\u0000"}', "/title holds a NUL character", id="nul"),
+    ],
+)
+def test_the_admin_shows_json_it_cannot_carry_as_an_error_not_a_500(demo, text, shown):
+    client = Client(raise_request_exception=False)
+    client.force_login(User.objects.get(username="admin"))
+    before = (SchemaVersion.objects.count(), AuditEntry.objects.count())
+
+    response = client.post(
+        "/admin/busapp/schemaversion/add/",
+        {"event_type": _tax_schema().event_type.pk, "schema": text, "compatibility": "none"},
+    )
+
+    assert response.status_code == 200
+    assert shown in response.content.decode()
+    assert (SchemaVersion.objects.count(), AuditEntry.objects.count()) == before
