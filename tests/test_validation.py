@@ -21,6 +21,7 @@ from busapp.validation import (
     json_value_errors,
     payload_errors,
     payload_size_error,
+    regex_compiled,
     schema_check,
     validator_for,
 )
@@ -388,21 +389,31 @@ def test_unique_items_on_thousands_of_objects_is_answered_correctly(demo):
     assert PayloadValidator.VALIDATORS["uniqueItems"] is not Draft202012Validator.VALIDATORS["uniqueItems"]
 
 
-def test_regex_and_iri_formats_are_checked_without_pythons_re_or_a_general_parser(demo):
+def test_regex_iri_and_uri_template_formats_are_checked_in_linear_time(demo):
     version = _saved(
         {
             "type": "object",
-            "properties": {"rule": {"format": "regex"}, "link": {"format": "iri"}, "ref": {"format": "iri-reference"}},
+            "properties": {
+                "rule": {"format": "regex"},
+                "link": {"format": "iri"},
+                "ref": {"format": "iri-reference"},
+                "tpl": {"format": "uri-template"},
+            },
         }
     )
+    cached = regex_compiled.cache_info().currsize
 
-    errors = payload_errors(version, {"rule": "(" * 20_000, "link": "http://x.org/" + "a" * 40_000, "ref": "ü/ä"})
-    lookahead = payload_errors(version, {"rule": "(?=a)", "link": "not an iri"})
+    errors = payload_errors(
+        version, {"rule": "(" * 15_000, "link": "http://x.org/" + "a" * 30_000, "ref": "ü/ä", "tpl": "{" * 15_000}
+    )
+    wrong = payload_errors(version, {"rule": "(?=a)", "link": "not an iri", "tpl": "/{a b}"})
 
-    assert [error["path"] for error in errors] == ["/payload/rule"]
+    assert [error["path"] for error in errors] == ["/payload/rule", "/payload/tpl"]
     assert errors[0]["message"].endswith("is not a 'regex'")
-    assert [error["path"] for error in lookahead] == ["/payload/link", "/payload/rule"]
-    assert payload_errors(version, {"rule": "^a\\z", "link": "https://bücher.example/straße?q=1"}) == []
+    assert [error["path"] for error in wrong] == ["/payload/link", "/payload/rule", "/payload/tpl"]
+    right = {"rule": "^a\\z", "link": "https://bücher.example/straße?q=1", "tpl": "/users{/id}{?q,page}"}
+    assert payload_errors(version, right) == []
+    assert regex_compiled.cache_info().currsize == cached  # a sender's patterns are not kept
 
 
 # JSON values the bus can carry
@@ -619,3 +630,16 @@ def test_the_admin_shows_json_it_cannot_carry_as_an_error_not_a_500(demo, text, 
     assert response.status_code == 200
     assert shown in response.content.decode()
     assert (SchemaVersion.objects.count(), AuditEntry.objects.count()) == before
+
+
+def test_a_ref_cycle_stored_before_the_rule_refuses_payloads_instead_of_crashing(demo):
+    event_type = _tax_schema().event_type
+    cyclic = {"allOf": [{"$ref": "#"}]}
+    version = SchemaVersion.objects.create(  # as a version saved before cycles were refused
+        event_type=event_type, version=2, schema=cyclic, source=json.dumps(cyclic), fingerprint="old"
+    )
+
+    errors = payload_errors(version, {"standard_deduction": 1})
+
+    assert [error["path"] for error in errors] == ["/payload"]
+    assert "refers to itself with no keyword between" in errors[0]["message"]
