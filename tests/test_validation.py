@@ -197,29 +197,54 @@ def test_cent_amounts_are_multiples_of_a_cent_as_people_expect():
 
 
 @pytest.mark.parametrize(
-    ("schema", "where"),
+    ("schema", "where", "payload"),
     [
-        pytest.param({"$ref": "#"}, "the schema's root", id="self"),
+        pytest.param({"$ref": "#"}, "the schema's root", {}, id="self"),
         pytest.param(
-            {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}}, "/$defs/", id="two-defs-unreachable"
+            {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}},
+            "/$defs/",
+            None,  # unused here, yet another schema may refer to it
+            id="two-defs",
         ),
-        pytest.param({"type": "object", "allOf": [{"$ref": "#"}]}, "the schema's root", id="through-allOf"),
-        pytest.param({"$defs": {"a": {"not": {"anyOf": [{"$ref": "#/$defs/a"}]}}}}, "/$defs/a", id="through-not-anyOf"),
+        pytest.param({"type": "object", "allOf": [{"$ref": "#"}]}, "the schema's root", {}, id="through-allOf"),
         pytest.param(
-            {"$defs": {"a": {"if": {"type": "string"}, "then": {"$ref": "#/$defs/a"}}}}, "/$defs/a", id="through-then"
+            {"$ref": "#/$defs/a", "$defs": {"a": {"not": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/a"}]}}}},
+            "/$defs/a",
+            1,
+            id="through-not-anyOf",
         ),
         pytest.param(
-            {"$dynamicAnchor": "node", "oneOf": [{"$dynamicRef": "#node"}]}, "the schema's root", id="dynamic"
+            {"$ref": "#/$defs/a", "$defs": {"a": {"if": {"type": "string"}, "then": {"$ref": "#/$defs/a"}}}},
+            "/$defs/a",
+            "x",
+            id="through-then",
         ),
-        pytest.param({"properties": {"a": {"$ref": "#/properties/a"}}}, "/properties/a", id="under-a-property"),
+        pytest.param(
+            {"$dynamicAnchor": "node", "oneOf": [{"$dynamicRef": "#node"}]}, "the schema's root", {}, id="dynamic"
+        ),
+        pytest.param({"properties": {"a": {"$ref": "#/properties/a"}}}, "/properties/a", {"a": 1}, id="a-property"),
     ],
 )
-def test_a_ref_cycle_with_no_keyword_between_is_refused_when_saved(schema, where):
+def test_a_ref_cycle_with_no_keyword_between_is_refused_when_saved(schema, where, payload):
     with pytest.raises(SchemaInvalidError, match="cycle with no keyword between") as refused:
         schema_check(schema, uri="urn:test")
 
     assert str(refused.value).startswith(where)
     assert "would recurse for ever" in str(refused.value)
+    if payload is not None:  # what jsonschema itself does with it
+        assert _recurses_for_ever(schema, payload)
+
+
+def _recurses_for_ever(schema: dict, payload: object) -> bool:
+    """Whether plain jsonschema hits the recursion limit checking the payload.
+
+    Hit inside referencing's Rust maps, the limit comes back as pyo3's PanicException (a BaseException).
+    """
+    try:
+        Draft202012Validator(schema).is_valid(payload)
+    except BaseException as error:
+        return isinstance(error, RecursionError) or type(error).__name__ == "PanicException"
+    return False
 
 
 def test_a_schema_that_refers_back_to_itself_under_properties_is_saved_and_checks_nested_payloads(demo):
