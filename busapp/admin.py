@@ -20,6 +20,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import URLPattern, re_path
 
 from busapp.audit import audit_record
+from busapp.forms import CarriedJSONField
 from busapp.grants import last_bus_admin_message
 from busapp.models import AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
 from busapp.permissions import Role
@@ -124,6 +125,7 @@ class SchemaVersionForm(forms.ModelForm):
     class Meta:
         model = SchemaVersion
         fields = ["event_type", "schema", "compatibility"]
+        field_classes = {"schema": CarriedJSONField}  # deep, NUL or surrogate text: an error, not a 500
 
     def clean(self) -> dict[str, Any]:
         """Check the schema now, so a refusal is shown next to the schema field instead of failing the save."""

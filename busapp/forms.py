@@ -6,11 +6,13 @@ import datetime as dt
 from typing import Any, cast
 
 from django import forms
+from django.forms.fields import InvalidJSONInput
 from django.utils import timezone
 
 from busapp.history import HistoryFilter, HistoryQueryError, PayloadCondition, conditions_parse
 from busapp.models import EventStatus, Source
 from busapp.permissions import TOPIC_RIGHTS, Role
+from busapp.validation import json_parse, printable
 
 _ANY = [("", "any")]
 _TIME_HELP = "UTC, like 2026-11-27 07:00"
@@ -200,3 +202,26 @@ class ServiceTokenForm(_ExpiryForm):
         kwargs.setdefault("auto_id", "token_%s")  # unique ids: the forms share a page
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["topics"]).choices = [(name, name) for name in topic_names]
+
+
+class CarriedJSONField(forms.JSONField):
+    """A JSON text box that refuses, with the path, what the bus cannot carry (nested over 64 levels, NUL,
+    lone surrogates): Django's own field recursed out on deep text and failed to show surrogates (500s).
+    """
+
+    def to_python(self, value: Any) -> Any:
+        """The parsed value, or a ValidationError naming the path and the rule."""
+        if self.disabled or value in self.empty_values or not isinstance(value, str):
+            return super().to_python(value)
+        errors = json_parse(value)[1]
+        if errors:
+            raise forms.ValidationError(
+                [f"{error['path'] or 'the text'} {error['message']}" for error in errors], code="invalid"
+            )
+        return super().to_python(value)  # now safe: the text is plain JSON
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        """What was typed, shown back as typed when it cannot be carried."""
+        if not self.disabled and isinstance(data, str) and json_parse(data)[1]:
+            return InvalidJSONInput(printable(data))
+        return super().bound_data(data, initial)

@@ -24,7 +24,7 @@ from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 
 from busapp.models import AuditEntry, Event, EventType, SchemaVersion, Topic
-from busapp.validation import FieldError
+from busapp.validation import MAX_DEPTH, FieldError, json_value_errors
 
 PAGE_SIZE = 50
 # Events a page with payload conditions reads at most (bench/history.py: about 50 ms of JSON on SQLite).
@@ -120,11 +120,16 @@ def _condition_value(text: str, raw: str) -> Any:
         if raw[0] in "\"'[{":
             raise _condition_error(text, f"{raw} is not a JSON value: write text in double quotes") from None
         value = raw
+    except RecursionError:
+        raise _condition_error(text, f"the value is nested deeper than {MAX_DEPTH} levels: flatten it") from None
     # What both databases can compare: finite numbers within 64 bits, text without NUL.
     if (isinstance(value, float) and not math.isfinite(value)) or (isinstance(value, int) and abs(value) >= 2**63):
         raise _condition_error(text, f"{raw} is out of range: numbers in conditions have at most 18 digits")
     if isinstance(value, str) and "\x00" in value:
         raise _condition_error(text, "text in conditions cannot hold the NUL character")
+    unstorable = json_value_errors(value, path="")
+    if unstorable:  # nested over 64 levels, a lone surrogate
+        raise _condition_error(text, f"the value{unstorable[0]['path']} {unstorable[0]['message']}")
     return value
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from django.http import QueryDict
 
 from busapp.models import SchemaVersion
-from busapp.validation import FieldError, json_pointer
+from busapp.validation import FieldError, json_parse, json_pointer
 
 ROOT = "/payload"
 INDEX_PLACEHOLDER = "__index__"
@@ -243,10 +243,9 @@ def submitted_payload(layout: FormLayout, data: QueryDict, *, raw_mode: bool) ->
     text = data.get("payload_json", "")
     if len(text) > RAW_JSON_MAX_CHARS:
         return FormReading({}, [{"path": ROOT, "message": f"is {len(text):,} characters; far over the 64 KiB limit"}])
-    try:
-        payload = json.loads(text)
-    except ValueError as error:
-        return FormReading({}, [{"path": ROOT, "message": f"is not valid JSON: {error}"}])
+    payload, errors = json_parse(text, path=ROOT)
+    if errors:  # not JSON, nested over 64 levels, NUL, lone surrogates
+        return FormReading({}, errors)
     if not isinstance(payload, dict):
         return FormReading({}, [{"path": ROOT, "message": "must be a JSON object: {...}"}])
     return FormReading(payload, [])

@@ -49,6 +49,8 @@ from busapp.validation import (
     SchemaInvalidError,
     backward_incompatibilities,
     effective_at_error,
+    json_parse,
+    payload_encoded,
     payload_errors,
     payload_json,
     payload_schema_errors,
@@ -331,7 +333,9 @@ def event_publish(
     """
     version = schema_version_active(topic=topic, event_type=event_type)
     _approval_check(version.event_type.topic, actor, approved_by)
-    encoded = payload_json(payload)
+    encoded, unstorable = payload_encoded(payload)
+    if unstorable:  # nested over 64 levels, NUL, lone surrogates
+        raise EventRejectedError(unstorable)
     errors = payload_errors(version, payload, encoded=encoded)
     if errors:
         raise EventRejectedError(errors)
@@ -360,19 +364,16 @@ def dead_letter_build(
     """An unsaved dead letter and the JSON that goes to ``<topic>.dlq``."""
     publisher, publisher_name = actor_parts(actor)
     received_at = timezone.now()
-    message: dict[str, Any] = {
-        "event": raw,
+    arrived, unreadable = json_parse(raw, around=1)  # an envelope: its payload may nest 64 levels
+    if unreadable:  # not JSON, too deep to carry, NUL, surrogates: the DLQ message carries the text
+        arrived = raw
+    message = {
+        "event": arrived,
         "errors": errors,
         "received_at": received_at.timestamp(),
         "source": source,
         "topic": topic.name,
     }
-    try:
-        # The event as JSON when it is JSON that can travel: else as the text it arrived as.
-        dlq_message = json.dumps({**message, "event": json.loads(raw)}, separators=(",", ":"), ensure_ascii=False)
-        dlq_message.encode()
-    except (ValueError, RecursionError):  # not JSON, nested past reading, or a lone surrogate (UnicodeEncodeError)
-        dlq_message = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
     return DeadLetter(
         topic=topic,
         raw=raw,
@@ -382,7 +383,7 @@ def dead_letter_build(
         publisher_name=publisher_name[:150],
         origin=origin,
         received_at=received_at,
-        dlq_message=dlq_message,
+        dlq_message=json.dumps(message, separators=(",", ":"), ensure_ascii=False),
     )
 
 
@@ -420,7 +421,8 @@ def event_publish_batch(
     """Publish many ``{"type", "payload"}`` items: one transaction, one Redis round trip.
 
     Valid items become events; invalid ones become dead letters (and go to ``<topic>.dlq``).
-    A payload over the size limit refuses the whole batch (PayloadTooLargeError), nothing written.
+    A payload over the size limit refuses the whole batch (PayloadTooLargeError), and so does one that
+    nothing could store (nested over 64 levels, NUL, lone surrogates: EventRejectedError); nothing is written.
     """
     topic_row = topic_get(name=topic)
     _approval_check(topic_row, actor, approved_by=None)
@@ -428,11 +430,15 @@ def event_publish_batch(
     outcome = BatchOutcome()
     events = _BatchEvents(actor=actor, source=source)
     too_big: list[FieldError] = []
+    unstorable: list[FieldError] = []
     for index, item in enumerate(items):
         try:
             checked = _batch_item_check(item, topic, active)
         except PayloadTooLargeError as refused:
             too_big += [{"path": f"/events/{index}{e['path']}", "message": e["message"]} for e in refused.errors]
+            continue
+        except EventRejectedError as refused:
+            unstorable += [{"path": f"/events/{index}{e['path']}", "message": e["message"]} for e in refused.errors]
             continue
         if isinstance(checked, tuple):
             version, encoded = checked
@@ -444,6 +450,8 @@ def event_publish_batch(
             letter = dead_letter_build(topic=topic_row, raw=raw, errors=checked, source=source, actor=actor)
             outcome.dead_letters.append(letter)
             outcome.items.append(letter)
+    if unstorable:  # what no database could store goes nowhere, not even into the dead-letter queue
+        raise EventRejectedError(unstorable)
     if too_big:  # documents do not go on the bus, not even into its dead-letter queue
         raise PayloadTooLargeError(too_big)
     with transaction.atomic():
@@ -469,7 +477,9 @@ def _batch_item_check(
         return version
     if not isinstance(payload, dict):
         return [{"path": "/payload", "message": "is required and must be an object"}]
-    encoded = payload_json(payload)
+    encoded, unstorable = payload_encoded(payload)
+    if unstorable:
+        raise EventRejectedError(unstorable)
     too_big = payload_size_error(encoded)
     if too_big:
         raise PayloadTooLargeError([too_big])
@@ -708,11 +718,8 @@ BULK_RATE_LIMIT = 500  # dead letters a second, at most, whatever is asked
 
 def dead_letter_contents(letter: DeadLetter) -> tuple[str | None, dict[str, Any] | None]:
     """The event type and payload a dead letter carried, where its body says (None where it was not JSON)."""
-    try:
-        body = json.loads(letter.raw)
-    except ValueError:
-        return None, None
-    if not isinstance(body, dict):
+    body, unreadable = json_parse(letter.raw, around=1)
+    if unreadable or not isinstance(body, dict):
         return None, None
     kind = body.get("type") if isinstance(body.get("type"), str) else None
     payload = body.get("payload") if isinstance(body.get("payload"), dict) else None

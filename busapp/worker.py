@@ -67,7 +67,7 @@ from busapp.services import (
     idempotency_keys_purge,
     publish_requests_due,
 )
-from busapp.validation import FieldError, envelope_errors, payload_errors
+from busapp.validation import FieldError, envelope_errors, json_parse, payload_errors
 
 logger = logging.getLogger(__name__)
 
@@ -188,22 +188,22 @@ def _decode(entry: StreamEntry) -> tuple[dict[str, Any] | None, list[FieldError]
     """Parse an entry's body as the seed's envelope; return it or the errors. Never raises."""
     if len(entry.body) > RAW_KEEP_BYTES:
         return None, [{"path": "", "message": f"is {len(entry.body):,} bytes; far over the payload limit"}]
-    try:
-        # UTF-8 only, as the seed's publishers send it: json.loads would take UTF-16 and -32 bytes too.
-        text = entry.body.decode()
-    except UnicodeDecodeError as error:
-        return None, [{"path": "", "message": f"is not UTF-8 text: {error.reason} at byte {error.start}"}]
-    try:
-        envelope = json.loads(text)
-    except ValueError as error:
-        return None, [{"path": "", "message": f"is not valid JSON: {error}"}]
-    except RecursionError:
-        return None, [{"path": "", "message": "nests arrays or objects too deeply to be read"}]
+    # UTF-8 only (json.loads would take UTF-16 and -32 too), nesting, NUL, surrogates: never raises.
+    envelope, errors = json_parse(entry.body, around=1)
+    if errors:
+        return None, errors
     try:
         errors = envelope_errors(envelope)
-    except Exception as error:  # whatever arrived, it is dead-lettered, not fatal
+    except BaseException as error:  # whatever arrived, it is dead-lettered, not fatal
+        if not _survivable(error):
+            raise
         return None, [_unprocessable(error)]
     return (envelope, []) if not errors else (None, errors)
+
+
+def _survivable(error: BaseException) -> bool:
+    """Whether an entry's or a loop's error is survived: any exception, or a panic under jsonschema (not a cancel)."""
+    return not isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit | GeneratorExit)
 
 
 def _unprocessable(error: BaseException) -> FieldError:
@@ -254,7 +254,9 @@ def tap_record(entries: list[StreamEntry]) -> TapOutcome:
         logger.info("tap: a batch of %d needs recording one by one (%s)", len(entries), error)
     except DatabaseError:
         raise
-    except Exception:
+    except BaseException as error:
+        if not _survivable(error):
+            raise
         logger.exception("tap: a batch of %d failed; recording its entries one by one", len(entries))
     for entry in entries:
         outcome.merge(_tap_record_alone(entry))
@@ -271,7 +273,9 @@ def _tap_record_alone(entry: StreamEntry) -> TapOutcome:
         if not isinstance(error, DataError):
             raise
         return _tap_dead_letter(entry, _unprocessable(error))
-    except Exception as error:
+    except BaseException as error:
+        if not _survivable(error):
+            raise
         logger.exception("tap: entry %s could not be processed; dead-lettered", entry.origin)
         return _tap_dead_letter(entry, _unprocessable(error))
     try:
@@ -369,7 +373,9 @@ def _payload_errors_of(version: SchemaVersion, payload: Any) -> list[FieldError]
     """The payload's errors under its schema; a schema or payload that breaks validation itself is one error."""
     try:
         return payload_errors(version, payload)
-    except Exception as error:  # a $ref cycle, a value that cannot be encoded, ...
+    except BaseException as error:  # a $ref cycle, a value that cannot be encoded, ...
+        if not _survivable(error):
+            raise
         return [_unprocessable(error)]
 
 
@@ -627,7 +633,9 @@ class BusWorker:
             started = time.monotonic()
             try:
                 await loop()
-            except Exception as error:
+            except BaseException as error:
+                if not _survivable(error):
+                    raise
                 state.failed(error)
                 if time.monotonic() - started > RESTART_BACKOFF_MOST_SECONDS:
                     backoff = RESTART_BACKOFF_SECONDS  # it ran well for a while: this is a new failure

@@ -144,6 +144,7 @@ class TopicEventsBatchView(APIView):
     """POST /api/topics/<name>/events/batch/: publish up to 1,000 events at once."""
 
     parser_classes = [StrictJSONParser]
+    json_levels_around = 3  # the body, its events and each item wrap a payload: 64 levels count from there
     refusal_action, refusal_target = "publish.refused", "topic:{name}"
 
     @extend_schema(

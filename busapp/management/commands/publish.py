@@ -12,7 +12,7 @@ from busapp.models import EventStatus, Source, Topic
 from busapp.permissions import PUBLISH_TOPIC, topic_right_held
 from busapp.selectors import topic_get
 from busapp.services import dead_letter_create, event_publish
-from busapp.validation import BusInputError, EventRejectedError, FieldError
+from busapp.validation import NOT_JSON, BusInputError, EventRejectedError, FieldError, json_parse, printable
 
 
 class Command(BaseCommand):
@@ -35,11 +35,13 @@ class Command(BaseCommand):
             raise CommandError(str(error.errors[0]["message"])) from None
         actor = self._actor(options["user"], topic)
         type_name, raw = options["type"], options["payload"]
-        try:
-            payload = json.loads(raw)
-        except ValueError as error:
-            errors: list[FieldError] = [{"path": "/payload", "message": f"is not valid JSON: {error}"}]
+        payload, errors = json_parse(raw, path="/payload")
+        if errors and errors[0]["message"].startswith(NOT_JSON) and printable(raw) == raw:
             self._refuse(topic, {"type": type_name, "payload": raw}, actor, errors)
+        if errors:  # nested over 64 levels, NUL, lone surrogates (bytes not UTF-8): nothing can keep it
+            for problem in errors:
+                self.stderr.write(f"{problem['path']}: {problem['message']}")
+            raise CommandError(f"event refused ({len(errors)} error(s)); nothing was kept")
         if not isinstance(payload, dict):
             errors = [{"path": "/payload", "message": "must be a JSON object"}]
             self._refuse(topic, {"type": type_name, "payload": payload}, actor, errors)

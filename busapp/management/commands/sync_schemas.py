@@ -1,6 +1,5 @@
 """``manage.py sync_schemas <folder>``: schema-as-code; JSON files in git become schema versions."""
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ from django.db import transaction
 
 from busapp.models import EventType, SchemaVersion, Topic
 from busapp.services import event_type_create, schema_version_create, topic_create
-from busapp.validation import SchemaInvalidError, schema_fingerprint
+from busapp.validation import SchemaInvalidError, json_parse, schema_fingerprint
 
 TOPIC_KEY = "x-hms-topic"
 TYPE_KEY = "x-hms-event-type"
@@ -47,10 +46,10 @@ class Command(BaseCommand):
 
     def _read(self, path: Path) -> dict[str, Any]:
         """Parse one file and check it names its topic and event type."""
-        try:
-            schema = json.loads(path.read_text())
-        except ValueError as error:
-            raise CommandError(f"{path.name}: not valid JSON: {error}") from None
+        schema, errors = json_parse(path.read_bytes())
+        if errors:  # not UTF-8 or not JSON, nested over 64 levels, NUL, lone surrogates
+            where = errors[0]["path"] or "the file"
+            raise CommandError(f"{path.name}: {where} {errors[0]['message']} (nothing was saved)")
         if not isinstance(schema, dict):
             raise CommandError(f"{path.name}: a schema file must hold a JSON object")
         for key in (TOPIC_KEY, TYPE_KEY):
