@@ -231,7 +231,9 @@ def database_write_check(model: type[Model], *, wait_seconds: float = 1.0) -> No
     connection = connections[DEFAULT_DB_ALIAS]
     if connection.vendor == "sqlite":
         connection.ensure_connection()
-        # This connection only (the check's thread closes it after): wait for the lock this long, not 30 s.
+        # This connection only (the check's thread closes it after): wait for the lock this long, not
+        # 30 s, both for this process's turn (hmsadmin.sqlite) and for SQLite's own lock.
+        connection.writer_wait_seconds = wait_seconds  # type: ignore[attr-defined]
         connection.connection.execute(f"PRAGMA busy_timeout = {round(wait_seconds * 1000)}")
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":

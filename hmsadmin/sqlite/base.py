@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from django.db import OperationalError
 from django.db.backends.sqlite3 import base
 
 _writer = threading.Lock()
@@ -21,10 +22,16 @@ class DatabaseWrapper(base.DatabaseWrapper):
     """SQLite, taking the process's write lock at BEGIN and giving it back at COMMIT, ROLLBACK or close."""
 
     holds_writer = False
+    # Seconds to wait for this process's write turn; below zero, as long as it takes. A health
+    # check sets it on its own connection, so that a stuck writer makes it fail, not hang.
+    writer_wait_seconds: float = -1
 
     def _start_transaction_under_autocommit(self) -> None:
         """BEGIN IMMEDIATE, once this thread's turn has come."""
-        _writer.acquire()
+        if not _writer.acquire(timeout=self.writer_wait_seconds):
+            raise OperationalError(
+                f"database is locked: this process's writer held it over {self.writer_wait_seconds} s"
+            )
         self.holds_writer = True
         try:
             if self.queries_logged:
