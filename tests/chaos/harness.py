@@ -190,6 +190,11 @@ class WorkerProcess:
         self.output.process.wait(timeout=10)
         self.killed = True
 
+    @property
+    def running(self) -> bool:
+        """True while its process runs."""
+        return self.output is not None and self.output.process.poll() is None
+
     def died(self) -> str | None:
         """Why it is not running (when it was not killed on purpose), else None."""
         process = self.output.process if self.output else None
@@ -609,12 +614,19 @@ class ExternalPublisher:
 # Waiting and reporting
 
 
-def wait_until(condition: Callable[[], bool], *, timeout: float = RECOVERY_TIMEOUT) -> float | None:
-    """Poll until ``condition`` holds; the monotonic time it first held, or None if it never did within ``timeout``."""
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float = RECOVERY_TIMEOUT, cluster: Cluster | None = None
+) -> float | None:
+    """Poll until ``condition`` holds; the monotonic time it first held, or None if it never did within ``timeout``.
+
+    With a cluster, waiting ends as soon as none of its workers runs: nothing would recover then.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return time.monotonic()
+        if cluster is not None and cluster.workers and not any(worker.running for worker in cluster.workers):
+            return None
         time.sleep(0.2)
     return None
 
@@ -688,7 +700,7 @@ class Row:
 
     def as_json(self) -> str:
         """The row for bench/chaos.py."""
-        return json.dumps({**self.__dict__, "cells": self.cells()})
+        return json.dumps({**self.__dict__, "columns": COLUMNS, "cells": self.cells()})
 
 
 class Report:
@@ -738,6 +750,7 @@ def api_row(
     scenario: str,
     *,
     load: ApiLoad,
+    cluster: Cluster,
     bus: redis.Redis,
     heard: PubSubCounter,
     fault_end: float,
@@ -762,7 +775,7 @@ def api_row(
     def recovered() -> bool:
         return pending_rows() == 0 and not (accepted - published_ids(accepted)) and not (accepted - on_bus())
 
-    recovered_at = wait_until(recovered)
+    recovered_at = wait_until(recovered, cluster=cluster)
     row.recovery = None if recovered_at is None else max(0.0, recovered_at - fault_end)
     wait_quiet(lambda: (bus.xlen(stream_key(TOPIC)), heard.total, Event.objects.count(), pending_rows()))
     stream = stream_counts(bus) + before
@@ -794,10 +807,13 @@ def api_row(
             f"{len(still):,} accepted not published, {len(accepted - reached):,} accepted never on the bus"
         )
     if row.duplicated_stream or row.duplicated_pubsub:
-        twice = sorted(i for i in accepted if (stream[i] > 1 or heard.counts[i] > 1) and i not in exempt)
+        doubled = {i for i in set(stream) | set(heard.counts) if max(stream[i], heard.counts[i]) > 1} - exempt
+        twice = sorted(doubled)
+        answers = Counter(load.accepted.get(i, "never answered") for i in twice)
         row.problems.append(
             f"duplicates: {row.duplicated_stream:,} extra copies on stream:{TOPIC}, "
-            f"{row.duplicated_pubsub:,} heard again on Pub/Sub ({len(twice):,} events, e.g. {twice[:3]})"
+            f"{row.duplicated_pubsub:,} heard again on Pub/Sub ({len(twice):,} events, the API had answered "
+            f"them {dict(answers)}; e.g. {twice[:3]})"
         )
     if lost:
         row.problems.append(

@@ -69,7 +69,12 @@ def test_a_write_lock_held_ten_seconds_under_api_load_loses_doubles_and_breaks_n
         load.stop()
     try:
         row = api_row(
-            f"f. database write lock {LOCK_SECONDS:.0f} s", load=load, bus=bus, heard=heard, fault_end=fault_end
+            f"f. database write lock {LOCK_SECONDS:.0f} s",
+            load=load,
+            cluster=cluster,
+            bus=bus,
+            heard=heard,
+            fault_end=fault_end,
         )
     finally:
         heard.stop()
@@ -110,7 +115,9 @@ def test_postgresql_sessions_terminated_under_api_load_cost_no_request_and_no_ev
     finally:
         load.stop()
     try:
-        row = api_row("g. PostgreSQL sessions terminated", load=load, bus=bus, heard=heard, fault_end=fault_end)
+        row = api_row(
+            "g. PostgreSQL sessions terminated", load=load, cluster=cluster, bus=bus, heard=heard, fault_end=fault_end
+        )
     finally:
         heard.stop()
     row.notes.append(f"terminated {terminated} sessions in {TERMINATIONS} rounds")

@@ -122,7 +122,7 @@ def _scenario(server: RedisServer, report: Report, started: float) -> None:
             and all(worker.died() is None for worker in cluster.workers)
         )
 
-    recovered_at = wait_until(settled)
+    recovered_at = wait_until(settled, cluster=cluster)
     wait_quiet(lambda: (Event.objects.count(), DeadLetter.objects.count(), sum(group_pending(bus).values())))
     heard.stop()
 

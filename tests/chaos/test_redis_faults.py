@@ -51,6 +51,7 @@ def test_redis_killed_and_restarted_empty_under_api_load_loses_and_doubles_nothi
         row = api_row(
             "a. Redis SIGKILL, restart empty",
             load=load,
+            cluster=cluster,
             bus=bus,
             heard=heard,
             fault_end=fault_end,
@@ -84,7 +85,7 @@ def test_redis_stalled_seven_seconds_under_api_load_loses_and_doubles_nothing(
         chaos_redis.resume()
         load.stop()
     try:
-        row = api_row("b. Redis SIGSTOP 7 s", load=load, bus=bus, heard=heard, fault_end=fault_end)
+        row = api_row("b. Redis SIGSTOP 7 s", load=load, cluster=cluster, bus=bus, heard=heard, fault_end=fault_end)
     finally:
         heard.stop()
     finish(row, report=report, cluster=cluster, redis_url=chaos_redis.url(0), started=started)

@@ -54,6 +54,7 @@ def test_web_processes_killed_in_the_middle_of_batches_lose_and_double_nothing(
         row = api_row(
             f"e. web SIGKILL mid-batch x{KILLS}",
             load=load,
+            cluster=cluster,
             bus=bus,
             heard=heard,
             fault_end=fault_end,

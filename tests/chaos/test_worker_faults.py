@@ -62,7 +62,10 @@ def test_a_worker_killed_during_a_burst_leaves_nothing_unclaimed_or_unrecorded(
     killed_at = time.monotonic()
     expected = set(sent)
     recovered_at = wait_until(
-        lambda: Event.objects.count() >= burst and not group_pending(bus) and recorded_ids(expected) == expected
+        cluster=cluster,
+        condition=lambda: (
+            Event.objects.count() >= burst and not group_pending(bus) and recorded_ids(expected) == expected
+        ),
     )
     wait_quiet(lambda: (Event.objects.count(), sum(group_pending(bus).values())))
 
@@ -142,7 +145,7 @@ def test_the_listening_worker_killed_under_external_publish_load_misses_no_event
     finally:
         publisher.stop()
     expected = set(publisher.sent)
-    recovered_at = wait_until(lambda: recorded_ids(expected) == expected)
+    recovered_at = wait_until(lambda: recorded_ids(expected) == expected, cluster=cluster)
     wait_quiet(lambda: (Event.objects.count(), heard.total))
     heard.stop()
 
