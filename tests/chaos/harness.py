@@ -46,6 +46,9 @@ QUIET_SECONDS = 2.0
 # A request that cannot be answered this long after the load stopped is given up (and counted).
 GIVE_UP_SECONDS = 60.0
 SECRET_KEY = "chaos-suite-only-secret-key"  # the processes run with DEBUG=0, as in production
+# The PostgreSQL sessions of a scenario's processes say so (libpq's PGAPPNAME): a fault aimed at
+# them must spare this process's own.
+APP_SESSION_NAME = "hms-chaos-app"
 RELAY_ACTION = "event.relay"
 PUBLISH_ACTIONS = ("event.publish", "event.publish_batch")
 _IDS_PER_QUERY = 500
@@ -71,6 +74,7 @@ def process_env(redis_url: str, **extra: str) -> dict[str, str]:
         "DEBUG": "0",
         "SECRET_KEY": SECRET_KEY,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "PGAPPNAME": APP_SESSION_NAME,
         **extra,
     }
 

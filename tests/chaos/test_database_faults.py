@@ -12,7 +12,7 @@ import redis
 from django.db import connection
 
 from busapp.models import Event
-from tests.chaos.harness import ApiLoad, Cluster, PubSubCounter, Report, api_row, finish
+from tests.chaos.harness import APP_SESSION_NAME, ApiLoad, Cluster, PubSubCounter, Report, api_row, finish
 from tests.support import RedisServer, database_url
 
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("demo_committed")]
@@ -82,11 +82,12 @@ def test_a_write_lock_held_ten_seconds_under_api_load_loses_doubles_and_breaks_n
 
 
 def _terminate_other_sessions() -> int:
-    """``pg_terminate_backend`` each other session on the tests' database (web servers', workers'); how many."""
+    """``pg_terminate_backend`` every session of the web servers and the workers; how many."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "WHERE datname = current_database() AND application_name = %s",
+            [APP_SESSION_NAME],
         )
         (count,) = cursor.fetchone()
     return int(count)
