@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/chaos.py`` (SQLite) or
 ``.venv/bin/python bench/chaos.py --database-url postgres://postgres@127.0.0.1:5432/hms_chaos``
 (pytest-django creates ``test_hms_chaos`` beside it and drops it after). ``--scale`` multiplies
 the issue's sizes (1: a 20,000-entry burst, 10,000 malformed messages, 100 external publishes a
-second for 20 s after the kill, 4 API clients at 100 requests/s each through the faults);
+second for 20 s after the kill, 4 API clients at up to 200 requests/s each);
 ``-k`` selects scenarios as pytest does.
 
 It runs ``pytest tests/chaos -m chaos`` with ``CHAOS_SCALE`` and ``CHAOS_REPORT`` set: every

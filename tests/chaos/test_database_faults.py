@@ -12,13 +12,12 @@ import redis
 from django.db import connection
 
 from busapp.models import Event
-from tests.chaos.harness import APP_SESSION_NAME, ApiLoad, Cluster, PubSubCounter, Report, api_row, finish
+from tests.chaos.harness import APP_SESSION_NAME, CLIENT_RATE, ApiLoad, Cluster, PubSubCounter, Report, api_row, finish
 from tests.support import RedisServer, database_url
 
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("demo_committed")]
 
 LOCK_SECONDS = 10.0
-CLIENT_RATE = 50.0
 TERMINATIONS = 3
 
 

@@ -7,14 +7,13 @@ import time
 import pytest
 import redis
 
-from tests.chaos.harness import ApiLoad, Cluster, PubSubCounter, Report, api_row, finish, stream_counts
+from tests.chaos.harness import CLIENT_RATE, ApiLoad, Cluster, PubSubCounter, Report, api_row, finish, stream_counts
 from tests.support import RedisServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("demo_committed")]
 
 OUTAGE_SECONDS = 10.0
 STALL_SECONDS = 7.0
-CLIENT_RATE = 50.0  # requests per second per client: enough to have many in flight when the fault comes
 
 
 def test_redis_killed_and_restarted_empty_under_api_load_loses_and_doubles_nothing(

@@ -56,10 +56,21 @@ def test_a_worker_killed_during_a_burst_leaves_nothing_unclaimed_or_unrecorded(
     pipe.execute()
 
     # Kill a worker while it holds entries it read and has not acknowledged.
-    victim = wait_until(lambda: bool(_holder(bus)) and Event.objects.count() >= burst // 10, timeout=60)
-    name, held = _holder(bus) or ("chaos-w1", 0)
+    seen: list[tuple[str, int]] = []
+
+    def holding() -> bool:
+        found = _holder(bus)
+        if found and Event.objects.count() >= burst // 20:
+            seen.append(found)
+            return True
+        return False
+
+    # Looked at often: a fast tap holds a batch for a moment only.
+    victim = wait_until(holding, timeout=60, every=0.01)
+    name = seen[-1][0] if seen else cluster.workers[0].name
     cluster.worker(name).kill()
     killed_at = time.monotonic()
+    held = _held_by(bus, name)
     expected = set(sent)
     recovered_at = wait_until(
         cluster=cluster,
@@ -85,8 +96,10 @@ def test_a_worker_killed_during_a_burst_leaves_nothing_unclaimed_or_unrecorded(
     row.notes.append(
         f"{burst:,} XADD; killed {name} holding {held:,} unacknowledged entries; claim idle {CLAIM_IDLE_MS} ms"
     )
-    if victim is None:
-        row.problems.append("no worker was seen holding unacknowledged entries with a tenth of the burst recorded")
+    if victim is None or not held:
+        row.problems.append(
+            f"the killed worker {name} held no unacknowledged entries: nothing was left for the survivor to claim"
+        )
     if row.lost:
         row.problems.append(f"lost: {row.lost:,} of {burst:,} published entries never reached history")
     if row.recorded != burst:
@@ -104,6 +117,14 @@ def _consumers(bus: redis.Redis) -> int:
         return len(bus.xinfo_consumers(stream_key(TOPIC), GROUP))
     except redis.ResponseError:
         return -1
+
+
+def _held_by(bus: redis.Redis, consumer: str) -> int:
+    """How many entries of the topic stream the consumer read and has not acknowledged."""
+    for found in bus.xpending(stream_key(TOPIC), GROUP)["consumers"]:
+        if (found["name"].decode() if isinstance(found["name"], bytes) else str(found["name"])) == consumer:
+            return int(found["pending"])
+    return 0
 
 
 def _holder(bus: redis.Redis) -> tuple[str, int] | None:
@@ -136,8 +157,8 @@ def test_the_listening_worker_killed_under_external_publish_load_misses_no_event
         publisher.start()
         wait_for(lambda: len(publisher.sent) >= 200, timeout=30, what="200 external publishes")
         leader = bus.get(LEADER_KEY)
-        assert leader is not None, f"no worker holds {LEADER_KEY} while three run"
-        leader_name = leader.decode() if isinstance(leader, bytes) else str(leader)
+        # Without a leader key every worker listens (issue 14 part 4 allows it): then any one is "the listener".
+        leader_name = cluster.workers[0].name if leader is None else leader.decode()  # type: ignore[union-attr]
         cluster.worker(leader_name).kill()
         killed_at = time.monotonic()
         # Keep publishing through the time the lost leader's lease takes to run out, and beyond.
@@ -162,7 +183,8 @@ def test_the_listening_worker_killed_under_external_publish_load_misses_no_event
         recovery=None if recovered_at is None else recovered_at - killed_at,
     )
     row.notes.append(
-        f"{PUBLISH_RATE:.0f} PUBLISH/s for {len(expected) / PUBLISH_RATE:.0f} s; killed {leader_name} (the listener); "
+        f"{PUBLISH_RATE:.0f} PUBLISH/s for {len(expected) / PUBLISH_RATE:.0f} s; killed {leader_name} "
+        f"({'holder of ' + LEADER_KEY if leader else 'no leader key: every worker listens'}); "
         f"{publisher.failed} publishes failed"
     )
     if missing:
