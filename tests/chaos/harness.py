@@ -215,6 +215,9 @@ class WorkerProcess:
             self.output.stop()
 
 
+_ALARMS = ("error", "warning", "deadlock", "traceback")
+
+
 class Cluster:
     """The processes of one scenario: web servers and bus workers on the tests' database and the scenario's Redis."""
 
@@ -247,6 +250,18 @@ class Cluster:
         """Every process that ended without being killed on purpose."""
         processes: list[WebProcess | WorkerProcess] = [*self.webs, *self.workers]
         return [why for process in processes if (why := process.died())]
+
+    def complaints(self, *, most: int = 4) -> list[str]:
+        """The first lines each process logged about an error or a warning (what an operator would look at first)."""
+        found = []
+        processes: list[WebProcess | WorkerProcess] = [*self.webs, *self.workers]
+        for process in processes:
+            if process.output is None:
+                continue
+            lines = [line for line in process.output.lines if any(word in line.lower() for word in _ALARMS)]
+            label = process.name if isinstance(process, WorkerProcess) else f"web :{process.port}"
+            found += [f"{label} logged: {line.strip()[:300]}" for line in lines[:most]]
+        return found
 
     def stop(self) -> None:
         """Stop every process it started."""
@@ -741,6 +756,8 @@ def finish(row: Row, *, report: Report, cluster: Cluster, redis_url: str, starte
     """The checks every scenario ends with; then the row is reported and the test fails naming every problem."""
     row.database = database_label()
     row.problems += [f"a process died: {why}" for why in cluster.deaths()]
+    if row.problems:
+        row.notes += cluster.complaints()
     cluster.stop()
     verified = manage("verify_audit_log", redis_url=redis_url, timeout=120)
     if verified.returncode != 0:
@@ -752,7 +769,7 @@ def finish(row: Row, *, report: Report, cluster: Cluster, redis_url: str, starte
         + "\n  ".join(row.problems)
         + "\n  "
         + " | ".join(f"{column}: {cell}" for column, cell in zip(COLUMNS, row.cells(), strict=True))
-        + ("\n  notes: " + "; ".join(row.notes) if row.notes else "")
+        + ("\n  notes:\n    " + "\n    ".join(row.notes) if row.notes else "")
     )
 
 
