@@ -560,6 +560,7 @@ class ApiLoad:
                     self.server_errors.append(f"{status} from :{port}: {text[:300]!r}")
                 if self._gave_up():
                     return
+                time.sleep(0.05)
                 continue
             self._note(status, text, first=attempt == 1)
             return
