@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -215,7 +216,10 @@ class WorkerProcess:
             self.output.stop()
 
 
-_ALARMS = ("error", "warning", "deadlock", "traceback")
+# Words of log lines worth quoting, gravest first.
+_ALARMS = ("deadlock", "error:", "exception", "error", "warning")
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
+_DIGITS = re.compile(r"\d+")
 
 
 class Cluster:
@@ -251,16 +255,23 @@ class Cluster:
         processes: list[WebProcess | WorkerProcess] = [*self.webs, *self.workers]
         return [why for process in processes if (why := process.died())]
 
-    def complaints(self, *, most: int = 4) -> list[str]:
-        """The first lines each process logged about an error or a warning (what an operator would look at first)."""
+    def complaints(self, *, most: int = 5) -> list[str]:
+        """What each process logged about errors, each kind once, the gravest first (what an operator reads first)."""
         found = []
         processes: list[WebProcess | WorkerProcess] = [*self.webs, *self.workers]
         for process in processes:
             if process.output is None:
                 continue
-            lines = [line for line in process.output.lines if any(word in line.lower() for word in _ALARMS)]
+            kinds: dict[str, tuple[int, str]] = {}
+            for line in process.output.lines:
+                rank = next((rank for rank, word in enumerate(_ALARMS) if word in line.lower()), None)
+                if rank is None:
+                    continue
+                text = _LOG_PREFIX.sub("", line.strip())
+                kinds.setdefault(_DIGITS.sub("N", text)[:80], (rank, text[:300]))
             label = process.name if isinstance(process, WorkerProcess) else f"web :{process.port}"
-            found += [f"{label} logged: {line.strip()[:300]}" for line in lines[:most]]
+            gravest = sorted(kinds.values(), key=lambda kind: kind[0])[:most]
+            found += [f"{label} logged: {text}" for _, text in gravest]
         return found
 
     def stop(self) -> None:
