@@ -33,8 +33,12 @@ def token(demo_committed: None) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _processes_stopped() -> Iterator[None]:
-    """Every process a scenario started is stopped after it, even when the scenario failed half-way."""
+def _processes_stopped(transactional_db: None) -> Iterator[None]:
+    """Every process a scenario started is stopped after it, even when it failed half-way.
+
+    It depends on the database fixture so that it is torn down first: no process of the
+    scenario still writes while the tables are emptied for the next test.
+    """
     yield
     for cluster in list(Cluster.started):
         cluster.stop()
