@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -58,10 +59,11 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A real redis-server on a free port that a test can stop and start again."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
         self.port = free_port()
         self.workdir = tempfile.mkdtemp(prefix="hms-test-redis-")
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_args = list(extra_args)
 
     def url(self, db: int = 0) -> str:
         """The URL of one of its databases."""
@@ -70,7 +72,7 @@ class RedisServer:
     def start(self) -> None:
         """Start it and wait until it answers."""
         command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", self.workdir]
+        command += ["--save", "", "--appendonly", "no", "--dir", self.workdir, *self.extra_args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_for(lambda: self.answers(), timeout=10, what=f"redis-server on port {self.port}")
 
@@ -81,10 +83,32 @@ class RedisServer:
             self.process.wait(timeout=10)
             self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL it, as a crash would: no shutdown, its dataset (kept only in memory) gone."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart(self) -> None:
+        """Start it again on the same port, empty (it persists nothing), and wait until it answers."""
+        assert self.process is None, "restart() follows kill() or stop()"
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP it: connections stay open and nothing answers, as a stalled server does."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT it: it runs again whatever it had read while stopped."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def answers(self) -> bool:
-        """True when it answers PING."""
+        """True when it answers PING (within half a second: a stopped server accepts but never answers)."""
         try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2).ping())
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5).ping())
         except redis.RedisError:
             return False
 
