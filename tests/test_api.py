@@ -477,3 +477,23 @@ def test_batches_beyond_the_concurrency_setting_wait_their_turn(monkeypatch, set
 
     assert answers == [200] * 6
     assert most[0] == settings.BUS_BATCH_CONCURRENCY == 2  # two at once, not six, not one
+
+
+def test_a_database_connection_lost_mid_request_is_a_503_asking_for_a_resend_never_a_500(monkeypatch):
+    """A terminated session or a failover mid-request: the answer says to send it again, with Retry-After."""
+    from django.db import OperationalError
+
+    from busapp.api import views
+
+    def session_terminated(*args, **kwargs):
+        raise OperationalError("terminating connection due to administrator command")
+
+    token = _token()
+    monkeypatch.setattr(views, "publish_once", session_terminated)
+
+    response = _post(EVENTS, EVENT, token, HTTP_IDEMPOTENCY_KEY="resend-me")
+
+    [error] = _errors(response, 503)
+    assert response["Retry-After"] == "1"
+    assert "send the request again (with the same Idempotency-Key)" in error["message"]
+    assert not Event.objects.exists()

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import Http404, HttpRequest
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, status
@@ -99,6 +99,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         auth_header = getattr(exc, "auth_header", None)
         if auth_header:
             headers["WWW-Authenticate"] = auth_header
+    elif isinstance(exc, OperationalError | InterfaceError):
+        # The database went away mid-request (its session terminated, a failover): the transaction
+        # did not commit, or its answer was lost. Retryable: the same Idempotency-Key accepts it once.
+        logger.warning("API request lost its database connection: %s", exc)
+        message = "the database connection was lost; send the request again (with the same Idempotency-Key)"
+        errors, status_code = [{"path": "", "message": message}], status.HTTP_503_SERVICE_UNAVAILABLE
+        headers["Retry-After"] = "1"
     else:
         logger.exception("API request failed", exc_info=exc)
         errors = [{"path": "", "message": "the server failed to answer; try again, and report it if it persists"}]

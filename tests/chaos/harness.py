@@ -466,6 +466,8 @@ class ApiLoad:
         self.answered_at: dict[str, float] = {}
         self._first_answer_pending: set[str] = set()
         self.server_errors: list[str] = []
+        # 503s that ask for the request again (Retry-After: the database connection was lost mid-request).
+        self.retry_asked = 0
         self.connection_errors = 0
         self.refused: Counter[int] = Counter()
         self.given_up = 0
@@ -569,7 +571,10 @@ class ApiLoad:
                 self.in_flight.pop(index, None)
             if status >= 500:
                 with self._lock:
-                    self.server_errors.append(f"{status} from :{port}: {text[:300]!r}")
+                    if status == 503 and b"send the request again" in text:
+                        self.retry_asked += 1  # an answer that says to retry: the client does, once accepted
+                    else:
+                        self.server_errors.append(f"{status} from :{port}: {text[:300]!r}")
                 if self._gave_up():
                     return
                 time.sleep(0.05)
@@ -835,7 +840,8 @@ def api_row(
     row.notes.append(
         f"{len(pending_accepted):,} accepted as pending (202) on first sending, their later audit entries "
         f"{dict(actions)}; {len(load.accepted_pending_any - pending_accepted):,} more answered pending on a resend; "
-        f"{len(load.server_errors):,} 5xx answers, {load.connection_errors:,} broken connections, "
+        f"{len(load.server_errors):,} 5xx answers, {load.retry_asked:,} 503s asking for a resend, "
+        f"{load.connection_errors:,} broken connections, "
         f"refused {dict(load.refused)}, given up {load.given_up}"
     )
     if exempt:
