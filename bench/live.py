@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,10 +304,12 @@ def _start_worker(env: dict[str, str], fanout_interval: float | None) -> OutputW
 
 
 def _answers(url: str) -> bool:
-    """True when the web server answers its health check."""
+    """True when the web server answers its health check, 200 or 503 (no worker beats yet: a bench may start none)."""
     try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:  # noqa: S310 (our own server)
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:  # noqa: S310 (our own server)
             return bool(response.status == 200)
+    except urllib.error.HTTPError as error:
+        return error.code == 503
     except OSError:
         return False
 
