@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
@@ -85,3 +85,13 @@ def refund_service(bus: redis.Redis, suite_redis: RedisServer) -> Iterator[Outpu
     wait_for(lambda: bus.pubsub_numsub("tax-policy")[0][1] == 1, timeout=10, what="refund_service to subscribe")
     yield watcher
     watcher.stop()
+
+
+@pytest.fixture
+async def sync_thread_connection_closed() -> AsyncIterator[None]:
+    """The bus worker's database work runs in Django's sync thread: its connection is closed after the test."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    yield
+    await sync_to_async(connections.close_all, thread_sensitive=True)()

@@ -282,3 +282,18 @@ def signed_in(username: str) -> Any:
 def session_cookie(username: str) -> bytes:
     """The Cookie header of a fresh session of the person (for websockets)."""
     return f"sessionid={signed_in(username).cookies['sessionid'].value}".encode()
+
+
+async def until_in_sync_thread(condition: Callable[[], object], *, what: str, seconds: float = 10.0) -> None:
+    """Await until a condition holds, checking it in Django's sync thread (where the bus worker's queries run)."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    check = sync_to_async(condition, thread_sensitive=True)
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

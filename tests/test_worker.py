@@ -18,9 +18,16 @@ from busapp.publishing import stream_key
 from busapp.selectors import schema_version_active
 from busapp.services import event_build, event_publish_batch
 from busapp.worker import GROUP, BusWorker
-from tests.support import OutputWatcher, manage_background, publish_deduction, seed_script, wait_for
+from tests.support import (
+    OutputWatcher,
+    manage_background,
+    publish_deduction,
+    seed_script,
+    until_in_sync_thread,
+    wait_for,
+)
 
-pytestmark = [pytest.mark.usefixtures("demo_committed")]
+pytestmark = [pytest.mark.usefixtures("demo_committed", "sync_thread_connection_closed")]
 
 
 def _envelope(deduction=14600, **overrides):
@@ -31,24 +38,6 @@ def _envelope(deduction=14600, **overrides):
         "payload": {"standard_deduction": deduction},
     }
     return json.dumps({**envelope, **overrides})
-
-
-async def _until(condition, *, what, seconds=10.0):
-    """Await until a database condition holds."""
-    check = sync_to_async(condition, thread_sensitive=True)
-    deadline = asyncio.get_running_loop().time() + seconds
-    while asyncio.get_running_loop().time() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(autouse=True)
-async def _close_worker_database_connection():
-    """The worker's database work runs in Django's sync thread; close its connection after each test."""
-    yield
-    await sync_to_async(connections.close_all, thread_sensitive=True)()
 
 
 @pytest.fixture
@@ -76,7 +65,9 @@ async def test_the_tap_records_the_seeds_own_publisher_once_even_when_it_arrives
 
     publisher = seed_script("publisher.py", suite_redis.port)  # the seed chapter's publisher.py, unchanged
     assert publisher.wait(timeout=10) == 0
-    await _until(lambda: Event.objects.filter(source=Source.EXTERNAL).exists(), what="the seed's event in history")
+    await until_in_sync_thread(
+        lambda: Event.objects.filter(source=Source.EXTERNAL).exists(), what="the seed's event in history"
+    )
     envelope = await sync_to_async(lambda: Event.objects.get().envelope)()
     bus.publish("tax-policy", envelope)  # a retrying publisher sends the same id again
     bus.xadd(stream_key("tax-policy"), {"event": envelope})  # and a durable one too
@@ -98,7 +89,7 @@ async def test_the_tap_dead_letters_an_invalid_external_publish_to_the_topics_dl
     bus.publish("tax-policy", _envelope(deduction=-1))
     bus.publish("tax-policy", "<html>not json</html>")
 
-    await _until(lambda: DeadLetter.objects.count() == 2, what="two dead letters")
+    await until_in_sync_thread(lambda: DeadLetter.objects.count() == 2, what="two dead letters")
     letters = await sync_to_async(lambda: list(DeadLetter.objects.order_by("id")))()
     assert letters[0].errors == [{"path": "/payload/standard_deduction", "message": "-1 is less than the minimum of 0"}]
     assert letters[1].raw == "<html>not json</html>"
@@ -204,7 +195,9 @@ async def test_the_worker_checkpoints_the_wal_so_that_publishers_need_not(bus, r
     written_after_publishing = await sync_to_async(publish_then_look)()
 
     # Writers only append to the WAL; the checkpoint copies its pages into the database file.
-    await _until(lambda: database_file.stat().st_mtime_ns > written_after_publishing, what="the worker's checkpoint")
+    await until_in_sync_thread(
+        lambda: database_file.stat().st_mtime_ns > written_after_publishing, what="the worker's checkpoint"
+    )
 
 
 async def test_fan_out_sends_one_group_message_per_topic_per_batch_not_one_per_event(bus, running_worker):
@@ -274,12 +267,12 @@ async def test_with_two_workers_both_listen_to_pub_sub_and_each_event_is_copied_
     workers = [BusWorker(name="worker-a"), BusWorker(name="worker-b")]
     tasks = [asyncio.create_task(worker.run()) for worker in workers]
     try:
-        await _until(lambda: bus.pubsub_numsub("tax-policy")[0][1] == 2, what="both workers to subscribe")
+        await until_in_sync_thread(lambda: bus.pubsub_numsub("tax-policy")[0][1] == 2, what="both workers to subscribe")
 
         for deduction in range(20):
             bus.publish("tax-policy", _envelope(deduction))
 
-        await _until(lambda: Event.objects.count() == 20, what="the external events in history")
+        await until_in_sync_thread(lambda: Event.objects.count() == 20, what="the external events in history")
         assert bus.xlen(INGEST_STREAM) == 20  # heard twice, copied once
     finally:
         for worker in workers:
@@ -306,7 +299,7 @@ async def test_the_worker_publishes_a_scheduled_event_when_its_time_comes(bus, r
         effective_at=timezone.now() + dt.timedelta(seconds=1.5),
     )
 
-    await _until(
+    await until_in_sync_thread(
         lambda: PublishRequest.objects.get(pk=waiting.pk).status == PublishRequestStatus.PUBLISHED,
         what="the scheduled publish to go out",
     )

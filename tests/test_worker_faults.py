@@ -6,36 +6,22 @@ import uuid
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connections
 
 from busapp import worker as worker_module
 from busapp.heartbeats import WORKERS_KEY, beats_from_hash
 from busapp.models import DeadLetter, Event, EventType, SchemaVersion, Source
 from busapp.publishing import stream_key
 from busapp.worker import GROUP, BusWorker
+from tests.support import until_in_sync_thread
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("demo_committed")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("demo_committed", "sync_thread_connection_closed"),
+]
 
 
 def _envelope(payload_json: str = '{"standard_deduction": 1}', *, kind: str = "tax_policy.updated") -> str:
     return f'{{"id":"{uuid.uuid4()}","type":"{kind}","timestamp":1712746800.0,"payload":{payload_json}}}'
-
-
-async def _until(condition, *, what, seconds=15.0):
-    """Await until a condition (run in Django's sync thread) holds."""
-    check = sync_to_async(condition, thread_sensitive=True)
-    deadline = asyncio.get_running_loop().time() + seconds
-    while asyncio.get_running_loop().time() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(autouse=True)
-async def _close_worker_database_connection():
-    yield
-    await sync_to_async(connections.close_all, thread_sensitive=True)()
 
 
 @pytest.fixture
@@ -82,7 +68,7 @@ BAD_BODIES = {
 @pytest.mark.parametrize("how", ["XADD", "PUBLISH"])
 async def test_every_malformed_message_is_dead_lettered_and_the_worker_goes_on(bus, running_worker, how):
     await sync_to_async(_self_referring_schema)()
-    await _until(lambda: bus.pubsub_numsub("tax-policy")[0][1] >= 1, what="the worker to listen")
+    await until_in_sync_thread(lambda: bus.pubsub_numsub("tax-policy")[0][1] >= 1, what="the worker to listen")
     valid = []
     for body, _ in BAD_BODIES.values():
         if how == "XADD":
@@ -93,9 +79,10 @@ async def test_every_malformed_message_is_dead_lettered_and_the_worker_goes_on(b
         bus.publish("tax-policy", valid[-1])  # each bad message is followed by a good one
 
     valid_ids = {json.loads(body)["id"] for body in valid}
-    await _until(
+    await until_in_sync_thread(
         lambda: valid_ids <= set(Event.objects.filter(source=Source.EXTERNAL).values_list("envelope_id", flat=True)),
         what="every valid event",
+        seconds=15,
     )
 
     letters = await sync_to_async(lambda: list(DeadLetter.objects.order_by("id")))()
@@ -171,7 +158,9 @@ async def test_a_loop_that_fails_is_logged_counted_in_the_heartbeat_and_started_
             beats = beats_from_hash(bus.hgetall(WORKERS_KEY))
             return beats and beats[0].loops["relay"].errors == 2 and beats[0].loops["relay"].state == "running"
 
-        await _until(beat, what="the heartbeat to show the relay's two failures, and the relay running again")
+        await until_in_sync_thread(
+            beat, what="the heartbeat to show the relay's two failures, and the relay running again"
+        )
         assert not task.done()  # the process goes on
         assert worker.loops["tap"].errors == 0
         [heard] = beats_from_hash(bus.hgetall(WORKERS_KEY))
