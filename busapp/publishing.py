@@ -455,11 +455,13 @@ def relay_pending(*, limit: int = RELAY_BATCH) -> int:
             # Sent now, after an earlier send whose answer was lost: that one never ran, or Redis ran it
             # and then lost its data (a restart without persistence, a failover before replication).
             # Subscribers may have heard it twice; it is marked, counted in /metrics, never hidden.
-            twice = [event for event, was, now in zip(events, unsure, sent_now, strict=True) if was and now]
+            twice = {event.pk for event, was, now in zip(events, unsure, sent_now, strict=True) if was and now}
             if twice:
-                Event.objects.filter(pk__in=[event.pk for event in twice]).update(maybe_sent_twice=True)
+                Event.objects.filter(pk__in=twice).update(maybe_sent_twice=True)
                 logger.warning("%d event(s) resent after Redis lost their first send's outcome", len(twice))
-            audit_append(actor="system:bus-worker", records=[_relay_record(event, event in twice) for event in events])
+            audit_append(
+                actor="system:bus-worker", records=[_relay_record(event, event.pk in twice) for event in events]
+            )
     with transaction.atomic():
         letters = list(
             DeadLetter.objects.select_for_update(skip_locked=True, of=("self",))

@@ -65,3 +65,90 @@ def test_workers_stepping_one_bulk_replay_replay_each_letter_once_and_report_it_
     assert Event.objects.filter(source=Source.REPLAY).count() == LETTERS  # each letter replayed once
     assert not DeadLetter.objects.filter(status=DeadLetterStatus.OPEN).exists()
     assert sorted(Event.objects.values_list("payload__standard_deduction", flat=True)) == list(range(LETTERS))
+
+
+def _workers(count: int, suite_redis) -> list[OutputWatcher]:
+    """``count`` bus_worker processes on the tests' database and Redis, each running."""
+    processes = [
+        OutputWatcher(manage_background("bus_worker", "--name", f"worker-{n}", redis_url=suite_redis.url()))
+        for n in range(count)
+    ]
+    for process in processes:
+        process.wait_for_line("running", timeout=30)
+    return processes
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_publish_each_scheduled_request_once(bus, suite_redis, workers):
+    import datetime as dt
+    import uuid
+
+    from django.utils import timezone
+
+    from busapp.models import AuditEntry, PublishRequest, PublishRequestStatus
+    from busapp.publishing import stream_key
+    from busapp.services import publish_request_create
+
+    policy = User.objects.get(username="policy")
+    processes = _workers(workers, suite_redis)
+    try:
+        due = timezone.now() + dt.timedelta(seconds=2)  # every worker is running and looking by then
+        requests = [
+            publish_request_create(
+                topic="tax-policy",
+                event_type="tax_policy.updated",
+                payload={"standard_deduction": n},
+                actor=policy,
+                envelope_id=uuid.uuid4(),
+                effective_at=due,
+            )
+            for n in range(20)
+        ]
+        wait_for(
+            lambda: not PublishRequest.objects.exclude(status=PublishRequestStatus.PUBLISHED).exists(),
+            timeout=30,
+            what="every scheduled request to go out",
+        )
+    finally:
+        for process in processes:
+            process.stop()
+
+    ids = [request.envelope_id for request in requests]
+    streamed = [json.loads(fields[b"event"])["id"] for _, fields in bus.xrange(stream_key("tax-policy"))]
+    assert sorted(streamed) == sorted(ids)  # on the bus once each
+    assert Event.objects.filter(envelope_id__in=ids).count() == len(ids)
+    published = AuditEntry.objects.filter(action="event.publish", target__in=[f"event:{i}" for i in ids])
+    assert published.count() == len(ids)  # one audit entry each, whichever worker sent it
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_expire_each_grant_once_with_one_audit_entry(suite_redis, workers, monkeypatch):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from busapp.grants import grant_create
+    from busapp.models import AuditEntry
+    from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
+
+    grant_create(
+        principal=User.objects.get(username="policy2"),
+        topics=list(Topic.objects.all()),
+        rights=[VIEW_TOPIC, PUBLISH_TOPIC],
+        reason="covering a colleague for a moment",
+        actor=User.objects.get(username="admin"),
+        expires_at=timezone.now() + dt.timedelta(seconds=1),
+    )
+    granted = Topic.objects.count() * 2
+    processes = _workers(workers, suite_redis)  # tidying runs at each worker's start, then every 30 s
+    try:
+        wait_for(
+            lambda: AuditEntry.objects.filter(action="access.expire").count() >= granted,
+            timeout=60,
+            what="the grants to expire",
+        )
+    finally:
+        for process in processes:
+            process.stop()
+
+    assert AuditEntry.objects.filter(action="access.expire").count() == granted  # once each, not once per worker
