@@ -264,9 +264,10 @@ def _idle_sending_connections() -> list[redis.Connection]:
     always reads its last reply (or disconnects), so its connection needs no poll, and a list's
     ``pop`` and ``append`` are atomic, so it needs no lock either.
     """
-    idle = _idle_sending.get(bus_address())
+    address = bus_address()
+    idle = _idle_sending.get(address)
     if idle is None:
-        idle = _idle_sending.setdefault(bus_address(), [])
+        idle = _idle_sending.setdefault(address, [])
     return idle
 
 

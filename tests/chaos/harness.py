@@ -892,3 +892,19 @@ def api_row(
             f"{load.given_up:,} requests never answered within {GIVE_UP_SECONDS:.0f}s of the load stopping"
         )
     return row
+
+
+def api_scenario(
+    server: RedisServer, token: str, *, clients: int = 4, rate: float = CLIENT_RATE, batch: int = 0
+) -> tuple[float, Cluster, PubSubCounter, redis.Redis, ApiLoad]:
+    """An API-load scenario's start: two web servers and a worker running, a counting subscriber, the bus, the load.
+
+    The load is made, not started: the scenario starts it, inside the try that stops it.
+    """
+    started = time.monotonic()
+    cluster = Cluster(server, webs=2, workers=1)
+    cluster.start()
+    heard = PubSubCounter(server.url(0))
+    heard.start()
+    load = ApiLoad(cluster.ports, token, clients=clients, rate=rate, batch=batch)
+    return started, cluster, heard, redis.Redis.from_url(server.url(0)), load

@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-import redis
 from django.db import connection
 
 from busapp.models import Event
-from tests.chaos.harness import APP_SESSION_NAME, CLIENT_RATE, ApiLoad, Cluster, PubSubCounter, Report, api_row, finish
+from tests.chaos.harness import APP_SESSION_NAME, Report, api_row, api_scenario, finish
 from tests.support import RedisServer, database_url
 
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("demo_committed")]
@@ -50,13 +49,7 @@ def _write_lock_held() -> Iterator[None]:
 def test_a_write_lock_held_ten_seconds_under_api_load_loses_doubles_and_breaks_nothing(
     chaos_redis: RedisServer, token: str, report: Report
 ):
-    started = time.monotonic()
-    cluster = Cluster(chaos_redis, webs=2, workers=1)
-    cluster.start()
-    heard = PubSubCounter(chaos_redis.url(0))
-    heard.start()
-    bus = redis.Redis.from_url(chaos_redis.url(0))
-    load = ApiLoad(cluster.ports, token, clients=4, rate=CLIENT_RATE)
+    started, cluster, heard, bus, load = api_scenario(chaos_redis, token)
     try:
         load.start()
         load.wait_for_accepted(100)
@@ -97,13 +90,7 @@ def test_postgresql_sessions_terminated_under_api_load_cost_no_request_and_no_ev
 ):
     if connection.vendor != "postgresql":
         pytest.skip("pg_terminate_backend is PostgreSQL's: run with DATABASE_URL=postgres://...")
-    started = time.monotonic()
-    cluster = Cluster(chaos_redis, webs=2, workers=1)
-    cluster.start()
-    heard = PubSubCounter(chaos_redis.url(0))
-    heard.start()
-    bus = redis.Redis.from_url(chaos_redis.url(0))
-    load = ApiLoad(cluster.ports, token, clients=4, rate=CLIENT_RATE)
+    started, cluster, heard, bus, load = api_scenario(chaos_redis, token)
     terminated = []
     try:
         load.start()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 
-from tests.chaos.harness import CLIENT_RATE, ApiLoad, Cluster, PubSubCounter, Report, api_row, finish, stream_counts
+from tests.chaos.harness import Report, api_row, api_scenario, finish, stream_counts
 from tests.support import RedisServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("demo_committed")]
@@ -19,13 +18,7 @@ STALL_SECONDS = 7.0
 def test_redis_killed_and_restarted_empty_under_api_load_loses_and_doubles_nothing(
     chaos_redis: RedisServer, token: str, report: Report
 ):
-    started = time.monotonic()
-    cluster = Cluster(chaos_redis, webs=2, workers=1)
-    cluster.start()
-    heard = PubSubCounter(chaos_redis.url(0))
-    heard.start()
-    bus = redis.Redis.from_url(chaos_redis.url(0))
-    load = ApiLoad(cluster.ports, token, clients=4, rate=CLIENT_RATE)
+    started, cluster, heard, bus, load = api_scenario(chaos_redis, token)
     try:
         load.start()
         load.wait_for_accepted(100)
@@ -65,13 +58,7 @@ def test_redis_killed_and_restarted_empty_under_api_load_loses_and_doubles_nothi
 def test_redis_stalled_seven_seconds_under_api_load_loses_and_doubles_nothing(
     chaos_redis: RedisServer, token: str, report: Report
 ):
-    started = time.monotonic()
-    cluster = Cluster(chaos_redis, webs=2, workers=1)
-    cluster.start()
-    heard = PubSubCounter(chaos_redis.url(0))
-    heard.start()
-    bus = redis.Redis.from_url(chaos_redis.url(0))
-    load = ApiLoad(cluster.ports, token, clients=4, rate=CLIENT_RATE)
+    started, cluster, heard, bus, load = api_scenario(chaos_redis, token)
     try:
         load.start()
         load.wait_for_accepted(100)

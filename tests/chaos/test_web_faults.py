@@ -7,9 +7,8 @@ import time
 from functools import partial
 
 import pytest
-import redis
 
-from tests.chaos.harness import ApiLoad, Cluster, PubSubCounter, Report, WebProcess, api_row, finish
+from tests.chaos.harness import ApiLoad, Cluster, Report, WebProcess, api_row, api_scenario, finish
 from tests.support import RedisServer, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("demo_committed")]
@@ -24,14 +23,10 @@ BATCHES_PER_SECOND = 0.25
 def test_web_processes_killed_in_the_middle_of_batches_lose_and_double_nothing(
     chaos_redis: RedisServer, token: str, report: Report
 ):
-    started = time.monotonic()
-    cluster = Cluster(chaos_redis, webs=2, workers=1)
-    cluster.start()
-    heard = PubSubCounter(chaos_redis.url(0))
-    heard.start()
-    bus = redis.Redis.from_url(chaos_redis.url(0))
     # Two clients sending batches; a client whose server dies sends the same batch, same key, to the other.
-    load = ApiLoad(cluster.ports, token, clients=2, rate=BATCHES_PER_SECOND, batch=BATCH)
+    started, cluster, heard, bus, load = api_scenario(
+        chaos_redis, token, clients=2, rate=BATCHES_PER_SECOND, batch=BATCH
+    )
     chance = random.Random(14)  # noqa: S311 (when to kill, not a secret)
     try:
         load.start()
