@@ -28,8 +28,9 @@ from busapp.rows import DriverCursor, datetime_for_db, driver_cursor
 logger = logging.getLogger(__name__)
 
 STREAM_PREFIX = "stream:"
-# Pub/Sub carries nothing for those not listening, so the tap's elected listener copies
-# what it hears here; the worker then reads it through the consumer group like a topic stream.
+# Pub/Sub carries nothing for those not listening, so every worker's listener copies what it
+# hears here (the first to hear a message, once); the workers read it through the consumer
+# group like a topic stream.
 INGEST_STREAM = "hms:tap:ingest"
 RELAY_BATCH = 500
 MAX_BACKOFF_SECONDS = 60

@@ -1,9 +1,10 @@
 """The bus worker: relay (pending events to Redis), tap (Redis to history and DLQ), fan-out (to browsers), scheduler.
 
 One asyncio loop; every database step runs in Django's one sync thread through
-``sync_to_async``. The tap reads topic streams and the ingest stream (what the elected
-Pub/Sub listener heard from seed-style publishers) through a consumer group, records
-each envelope id once, and acknowledges an entry only after its history row committed.
+``sync_to_async``. The tap reads topic streams and the ingest stream (what the workers'
+Pub/Sub listeners heard from seed-style publishers, copied once by the first to hear it)
+through a consumer group, records each envelope id once, and acknowledges an entry only
+after its history row committed. Every loop is supervised; each entry is handled on its own.
 """
 
 from __future__ import annotations
