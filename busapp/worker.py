@@ -670,7 +670,7 @@ class BusWorker:
                 self._loop_failed("heartbeat", error)
             await self._pause(HEARTBEAT_EVERY_SECONDS)
 
-    async def _leased(self, job: str, seconds: int, step: Callable[[], Awaitable[T]]) -> T | None:
+    async def leased(self, job: str, seconds: int, step: Callable[[], Awaitable[T]]) -> T | None:
         """Run a step only while holding the job's Redis lease (one worker at a time); None when another holds it."""
         lease = self.redis.lock(f"{LEASE_PREFIX}{job}", timeout=seconds, blocking=False)
         if not await lease.acquire():
@@ -842,7 +842,7 @@ class BusWorker:
         """Record and remove grants that ran out; forget idempotency keys a day old (one worker at a time)."""
 
         async def tidy_leased() -> int:
-            return await self._leased("tidy", TIDY_LEASE_SECONDS, lambda: in_db(_tidy)) or 0
+            return await self.leased("tidy", TIDY_LEASE_SECONDS, lambda: in_db(_tidy)) or 0
 
         await self._repeat(
             "tidy", tidy_leased, TIDY_EVERY_SECONDS, "removed %d expired grant(s) or old idempotency key(s)"
@@ -879,7 +879,7 @@ class BusWorker:
             full = time.monotonic() - last_full >= AUDIT_FULL_CHECK_EVERY_SECONDS
             check = functools.partial(sync_to_async(_audit_check, thread_sensitive=False), not full)
             try:
-                report = await self._leased("audit-check", AUDIT_CHECK_LEASE_SECONDS, check)
+                report = await self.leased("audit-check", AUDIT_CHECK_LEASE_SECONDS, check)
             except Exception as error:  # a failed check is logged; it must not stop the relay and the tap
                 self._loop_failed("audit-check", error)
                 logger.exception("audit check failed")

@@ -171,3 +171,30 @@ async def test_a_loop_that_fails_is_logged_counted_in_the_heartbeat_and_started_
         await asyncio.wait_for(task, timeout=10)
     assert "relay loop failed" in caplog.text
     assert "Traceback" in caplog.text or any(record.exc_info for record in caplog.records)
+
+
+async def test_a_leased_job_runs_in_one_worker_at_a_time_and_in_the_next_once_let_go(bus):
+    """The audit check and tidying hold a Redis lease while they run: a second worker skips its turn meanwhile."""
+    first, second = BusWorker(name="worker-a"), BusWorker(name="worker-b")
+    entered, release = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+
+    async def long_check() -> str:
+        entered.set()
+        await release.wait()  # still checking: the lease is held
+        ran.append("worker-a")
+        return "checked by worker-a"
+
+    async def other_check() -> str:
+        ran.append("worker-b")
+        return "checked by worker-b"
+
+    holding = asyncio.create_task(first.leased("audit-check", 60, long_check))
+    await entered.wait()
+    assert await second.leased("audit-check", 60, other_check) is None  # skipped: worker-a holds the lease
+    release.set()
+    assert await holding == "checked by worker-a"
+    assert await second.leased("audit-check", 60, other_check) == "checked by worker-b"  # let go: its turn
+    assert ran == ["worker-a", "worker-b"]
+    await first.redis.aclose()
+    await second.redis.aclose()
