@@ -791,7 +791,15 @@ def finish(row: Row, *, report: Report, cluster: Cluster, redis_url: str, starte
     )
 
 
-def api_row(
+def api_row(scenario: str, *, heard: PubSubCounter, **counts: Any) -> Row:
+    """``api_row_counted``, stopping the counting subscriber afterwards whatever happens (it is the last to use it)."""
+    try:
+        return api_row_counted(scenario, heard=heard, **counts)
+    finally:
+        heard.stop()
+
+
+def api_row_counted(
     scenario: str,
     *,
     load: ApiLoad,

@@ -59,17 +59,14 @@ def test_a_write_lock_held_ten_seconds_under_api_load_loses_doubles_and_breaks_n
         load.wait_for_accepted(100)
     finally:
         load.stop()
-    try:
-        row = api_row(
-            f"f. database write lock {LOCK_SECONDS:.0f} s",
-            load=load,
-            cluster=cluster,
-            bus=bus,
-            heard=heard,
-            fault_end=fault_end,
-        )
-    finally:
-        heard.stop()
+    row = api_row(
+        f"f. database write lock {LOCK_SECONDS:.0f} s",
+        load=load,
+        cluster=cluster,
+        bus=bus,
+        heard=heard,
+        fault_end=fault_end,
+    )
     finish(row, report=report, cluster=cluster, redis_url=chaos_redis.url(0), started=started)
 
 
@@ -101,12 +98,9 @@ def test_postgresql_sessions_terminated_under_api_load_cost_no_request_and_no_ev
         load.wait_for_accepted(100)
     finally:
         load.stop()
-    try:
-        row = api_row(
-            "g. PostgreSQL sessions terminated", load=load, cluster=cluster, bus=bus, heard=heard, fault_end=fault_end
-        )
-    finally:
-        heard.stop()
+    row = api_row(
+        "g. PostgreSQL sessions terminated", load=load, cluster=cluster, bus=bus, heard=heard, fault_end=fault_end
+    )
     row.notes.append(f"terminated {terminated} sessions in {TERMINATIONS} rounds")
     if sum(terminated) == 0:
         row.problems.append("no session of the web servers or the workers was found to terminate")

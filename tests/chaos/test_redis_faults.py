@@ -39,19 +39,16 @@ def test_redis_killed_and_restarted_empty_under_api_load_loses_and_doubles_nothi
         for envelope_id in load.accepted_pending
         if envelope_id in before or heard.first_heard.get(envelope_id, float("inf")) <= killed_at
     }
-    try:
-        row = api_row(
-            "a. Redis SIGKILL, restart empty",
-            load=load,
-            cluster=cluster,
-            bus=bus,
-            heard=heard,
-            fault_end=fault_end,
-            stream_before=before,
-            exempt=exempt,
-        )
-    finally:
-        heard.stop()
+    row = api_row(
+        "a. Redis SIGKILL, restart empty",
+        load=load,
+        cluster=cluster,
+        bus=bus,
+        heard=heard,
+        fault_end=fault_end,
+        stream_before=before,
+        exempt=exempt,
+    )
     finish(row, report=report, cluster=cluster, redis_url=chaos_redis.url(0), started=started)
 
 
@@ -70,8 +67,5 @@ def test_redis_stalled_seven_seconds_under_api_load_loses_and_doubles_nothing(
     finally:
         chaos_redis.resume()
         load.stop()
-    try:
-        row = api_row("b. Redis SIGSTOP 7 s", load=load, cluster=cluster, bus=bus, heard=heard, fault_end=fault_end)
-    finally:
-        heard.stop()
+    row = api_row("b. Redis SIGSTOP 7 s", load=load, cluster=cluster, bus=bus, heard=heard, fault_end=fault_end)
     finish(row, report=report, cluster=cluster, redis_url=chaos_redis.url(0), started=started)
