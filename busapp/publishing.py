@@ -11,8 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 import redis
@@ -144,35 +143,59 @@ def envelope_wire(*, head: str, payload_json: str, envelope_id: uuid.UUID | None
 
 
 # Sends are idempotent on Redis itself: a message is added to its stream and published only if its
-# mark (``hms:sent:<envelope id>``) is new, and the mark keeps the stream id it got. A send that Redis
-# may already have run (a timeout, a stall, a reply lost with its connection) is then safe to send
+# mark (its envelope id) is new, and the mark keeps the stream id it got. A send that Redis may
+# already have run (a timeout, a stall, a reply lost with its connection) is then safe to send
 # again, and the relay always resends what is still pending: the second send publishes nothing and
 # answers the first one's stream id. Partly run (an error in the middle of a batch), it is safe too.
-# KEYS: per message its stream, then its mark. ARGV[1]: how long a mark lives; then per message its
-# channel, body and stream length. Answers per message its stream id and 1 if sent now, 0 if before.
+# The marks are fields of one hash per period of BUS_SENT_MARK_SECONDS (``hms:sent:<period>``, by
+# Redis's own clock, so every sender agrees): a send looks in this period's hash and the last one,
+# so a mark is kept at least that long. A batch reads its marks with one HMGET a hash and writes
+# them with one HSET: a key with its own expiry per message cost Redis twice the commands
+# (bench/README.md). KEYS: per message its stream. ARGV[1]: the period in seconds, ARGV[2]: the
+# hashes' prefix; then per message its mark, channel, body and stream length. Answers per message
+# its stream id and 1 if sent now, 0 if before.
 _IDEMPOTENT_SEND = """
-local answer = {}
-for i = 1, #KEYS / 2 do
-  local stream, mark = KEYS[2 * i - 1], KEYS[2 * i]
-  local channel, body, maxlen = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
-  local sent = redis.call('GET', mark)
+local period, n = tonumber(ARGV[1]), #KEYS
+local bucket = math.floor(tonumber(redis.call('TIME')[1]) / period)
+local current, previous = ARGV[2] .. bucket, ARGV[2] .. (bucket - 1)
+local function each_slice(command, key, values)
+  local answer = {}
+  for first = 1, #values, 1000 do
+    local part = redis.call(command, key, unpack(values, first, math.min(first + 999, #values)))
+    if type(part) == 'table' then
+      for _, value in ipairs(part) do answer[#answer + 1] = value end
+    end
+  end
+  return answer
+end
+local marks = {}
+for i = 1, n do marks[i] = ARGV[4 * i - 1] end
+local now, before = each_slice('HMGET', current, marks), each_slice('HMGET', previous, marks)
+local answer, fresh, here = {}, {}, {}
+for i = 1, n do
+  local sent = now[i] or before[i] or here[marks[i]]
   if sent then
     answer[2 * i - 1], answer[2 * i] = sent, 0
   else
-    local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', body)
-    redis.call('SET', mark, id, 'EX', ARGV[1])
+    local channel, body, maxlen = ARGV[4 * i], ARGV[4 * i + 1], ARGV[4 * i + 2]
+    local id = redis.call('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', 'event', body)
     redis.call('PUBLISH', channel, body)
+    here[marks[i]] = id
+    fresh[#fresh + 1], fresh[#fresh + 2] = marks[i], id
     answer[2 * i - 1], answer[2 * i] = id, 1
   end
+end
+if #fresh > 0 then
+  each_slice('HSET', current, fresh)
+  redis.call('EXPIRE', current, 2 * period)
 end
 return answer
 """
 _IDEMPOTENT_SEND_SHA = hashlib.sha1(_IDEMPOTENT_SEND.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
-SENT_MARK_PREFIX = "hms:sent:"
+SENT_MARKS_PREFIX = "hms:sent:"
 
 
-@dataclass(frozen=True)
-class BusMessage:
+class BusMessage(NamedTuple):
     """One message for the bus: its channel, its body, its stream's length, and the mark that makes it once-only."""
 
     channel: str
@@ -189,11 +212,10 @@ def _send(messages: Sequence[BusMessage]) -> list[tuple[str, bool]]:
     The call is written straight to a connection of our own: redis-py's pipeline and pool spent
     more time in Python than Redis took for the round trip (``bench/README.md``).
     """
-    keys: list[str] = []
-    args: list[Any] = [settings.BUS_SENT_MARK_SECONDS]
-    for message in messages:
-        keys += [stream_key(message.channel), SENT_MARK_PREFIX + message.mark]
-        args += [message.channel, message.body, message.maxlen]
+    keys = [stream_key(channel) for channel, _, _, _ in messages]
+    args: list[Any] = [settings.BUS_SENT_MARK_SECONDS, SENT_MARKS_PREFIX]
+    for channel, body, maxlen, mark in messages:
+        args += [mark, channel, body, maxlen]
     try:
         answer = _script_call(keys, args)
     except SendOutcomeUnknownError as error:

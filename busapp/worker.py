@@ -68,7 +68,7 @@ from busapp.services import (
     idempotency_keys_purge,
     publish_requests_due,
 )
-from busapp.validation import FieldError, envelope_errors, json_parse, payload_errors
+from busapp.validation import FieldError, envelope_errors, json_parse, payload_errors, payload_json
 
 logger = logging.getLogger(__name__)
 
@@ -371,9 +371,13 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
 
 
 def _payload_errors_of(version: SchemaVersion, payload: Any) -> list[FieldError]:
-    """The payload's errors under its schema; a schema or payload that breaks validation itself is one error."""
+    """The payload's errors under its schema; a schema or payload that breaks validation itself is one error.
+
+    The payload came out of ``json_parse``, which refused NUL, lone surrogates and depth in its
+    text already: only its size is checked again, not its text.
+    """
     try:
-        return payload_errors(version, payload)
+        return payload_errors(version, payload, encoded=payload_json(payload))
     except BaseException as error:  # a $ref cycle, a value that cannot be encoded, ...
         if not _survivable(error):
             raise
@@ -884,7 +888,9 @@ class BusWorker:
                 self._loop_failed("audit-check", error)
                 logger.exception("audit check failed")
             else:
-                if report is not None:  # else another worker is checking
+                if report is None:
+                    logger.info("audit check: another worker is checking the chain; this one waits its turn")
+                else:
                     self._loop_ok("audit-check")
                     if full:
                         last_full = time.monotonic()

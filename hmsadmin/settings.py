@@ -336,10 +336,11 @@ if METRICS_TOKEN and METRICS_ALLOW_LOOPBACK:
     )
 # How long the web's own after-commit send has before the relay may send an event too.
 BUS_RELAY_GRACE_SECONDS = _env_int("BUS_RELAY_GRACE_SECONDS", 5)
-# How long Redis remembers that an event was sent (its mark, ``hms:sent:<id>``, about 100 bytes): a
-# resend within this time publishes nothing. It must outlast the longest a sender can wait for a
+# How long Redis remembers, at least, that an event was sent (its mark, a field of the hash
+# ``hms:sent:<period>``, about 120 bytes; marks are kept one to two periods): a resend within this
+# time publishes nothing. It must outlast the longest a sender can wait for a
 # reply it then loses, plus the relay's retries (seconds to a minute); an hour leaves room for an
-# operator to restore a stalled Redis. Memory: about 100 bytes x events per second x this.
+# operator to restore a stalled Redis. Memory: at most about 240 bytes x events per second x this.
 BUS_SENT_MARK_SECONDS = _env_int("BUS_SENT_MARK_SECONDS", 3600)
 # Batch requests a process serves at once; more wait their turn. Python runs one thread at a
 # time, so 8 at once only fought over it (the writer holding SQLite's lock was slowed most);

@@ -286,6 +286,34 @@ def test_a_send_repeated_after_redis_ran_it_neither_publishes_nor_streams_it_twi
     ]
 
 
+def test_a_mark_written_in_the_last_period_still_stops_a_resend(bus, settings):
+    """Marks live in one hash per period (by Redis's clock): a send near a period's start finds the last one's."""
+    from busapp.publishing import SENT_MARKS_PREFIX, BusMessage, _send
+
+    period = settings.BUS_SENT_MARK_SECONDS
+    last_period = int(bus.time()[0]) // period - 1
+    bus.hset(f"{SENT_MARKS_PREFIX}{last_period}", "sent-an-hour-ago", "1700000000000-0")
+
+    again = _send([BusMessage("tax-policy", '{"id":"sent-an-hour-ago"}', 1000, "sent-an-hour-ago")])
+
+    assert again == [("1700000000000-0", False)]
+    assert bus.xlen(stream_key("tax-policy")) == 0
+
+
+def test_a_batch_of_over_a_thousand_messages_holding_one_twice_sends_each_once(bus):
+    """Marks are read and written in slices of 1,000 (Lua's unpack limit); a mark twice in one send goes out once."""
+    from busapp.publishing import BusMessage, _send
+
+    messages = [BusMessage("tax-policy", f'{{"id":"m{n}"}}', 10_000, f"m{n}") for n in range(2_500)]
+    first = _send([*messages, messages[1_700]])
+    again = _send(messages[:3])
+
+    assert [sent for _, sent in first] == [True] * 2_500 + [False]
+    assert first[-1][0] == first[1_700][0]
+    assert again == [(stream_id, False) for stream_id, _ in first[:3]]
+    assert bus.xlen(stream_key("tax-policy")) == 2_500
+
+
 def test_an_event_sent_into_a_stalled_redis_is_relayed_without_a_second_copy(outage_redis, settings):
     """Redis stalls (SIGSTOP) mid-send: the publisher times out, Redis runs the send on waking, the relay resends."""
     settings.BUS_RELAY_GRACE_SECONDS = 0

@@ -1,9 +1,11 @@
-"""Several bus worker processes share the jobs: a bulk replay stepped by two or three handles each letter once."""
+"""Several bus worker processes share the jobs: bulk replays, scheduled publishes, grant expiry and audit checks."""
 
+import itertools
 import json
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import transaction
 
 from busapp.models import (
     BulkAction,
@@ -21,6 +23,7 @@ from tests.support import OutputWatcher, manage_background, wait_for
 pytestmark = pytest.mark.usefixtures("demo_committed")
 
 LETTERS = 60
+AUDIT_FILLER = 40_000  # audit entries: a full check of them takes about a second
 
 
 @pytest.mark.parametrize("workers", [2, 3])
@@ -152,3 +155,40 @@ def test_workers_expire_each_grant_once_with_one_audit_entry(suite_redis, worker
             process.stop()
 
     assert AuditEntry.objects.filter(action="access.expire").count() == granted  # once each, not once per worker
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_check_the_audit_chain_one_at_a_time(suite_redis, workers):
+    """Each worker checks the whole chain as it starts: under the lease no two checks overlap, the rest wait."""
+    import datetime as dt
+
+    from busapp.audit import AuditRecord, audit_append
+    from busapp.models import AuditCheck
+
+    with transaction.atomic():  # a chain long enough that one full check takes a while
+        audit_append(
+            actor="test",
+            records=[AuditRecord("test.filler", f"filler:{n}", {"n": n}) for n in range(AUDIT_FILLER)],
+        )
+    processes = _workers(workers, suite_redis)
+    skip = "another worker is checking the chain"
+    try:
+        wait_for(
+            lambda: (
+                AuditCheck.objects.filter(checked_by="system:bus-worker").count()
+                + sum(process.count(skip) for process in processes)
+                >= workers
+            ),
+            timeout=120,
+            what="every worker's first turn at the audit check",
+        )
+    finally:
+        for process in processes:
+            process.stop()
+
+    checks = list(AuditCheck.objects.filter(checked_by="system:bus-worker").order_by("checked_at"))
+    assert checks
+    assert all(check.intact for check in checks)
+    runs = [(check.checked_at - dt.timedelta(seconds=check.seconds), check.checked_at) for check in checks]
+    overlapping = [(a, b) for a, b in itertools.pairwise(runs) if b[0] < a[1]]
+    assert overlapping == []  # one check at a time
