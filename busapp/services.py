@@ -483,7 +483,7 @@ def _batch_item_check(
     too_big = payload_size_error(encoded)
     if too_big:
         raise PayloadTooLargeError([too_big])
-    return payload_schema_errors(version, payload) or (version, encoded)
+    return payload_schema_errors(version, payload, encoded=encoded) or (version, encoded)
 
 
 def _batch_send(outcome: BatchOutcome) -> None:
