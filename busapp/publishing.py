@@ -170,6 +170,7 @@ local function each_slice(command, key, values)
 end
 local marks = {}
 for i = 1, n do marks[i] = ARGV[4 * i - 1] end
+marks[n + 1] = '~expiry'  -- set with the hash's expiry: EXPIRE once a period, not once a send
 local now, before = each_slice('HMGET', current, marks), each_slice('HMGET', previous, marks)
 local answer, fresh, here = {}, {}, {}
 for i = 1, n do
@@ -186,8 +187,10 @@ for i = 1, n do
   end
 end
 if #fresh > 0 then
+  local expiring = now[n + 1]
+  if not expiring then fresh[#fresh + 1], fresh[#fresh + 2] = '~expiry', 1 end
   each_slice('HSET', current, fresh)
-  redis.call('EXPIRE', current, 2 * period)
+  if not expiring then redis.call('EXPIRE', current, 2 * period) end
 end
 return answer
 """

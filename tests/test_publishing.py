@@ -300,7 +300,7 @@ def test_a_mark_written_in_the_last_period_still_stops_a_resend(bus, settings):
     assert bus.xlen(stream_key("tax-policy")) == 0
 
 
-def test_a_batch_of_over_a_thousand_messages_holding_one_twice_sends_each_once(bus):
+def test_a_batch_of_over_a_thousand_messages_holding_one_twice_sends_each_once(bus, settings):
     """Marks are read and written in slices of 1,000 (Lua's unpack limit); a mark twice in one send goes out once."""
     from busapp.publishing import BusMessage, _send
 
@@ -312,6 +312,9 @@ def test_a_batch_of_over_a_thousand_messages_holding_one_twice_sends_each_once(b
     assert first[-1][0] == first[1_700][0]
     assert again == [(stream_id, False) for stream_id, _ in first[:3]]
     assert bus.xlen(stream_key("tax-policy")) == 2_500
+    [hash_key] = bus.keys("hms:sent:*")
+    assert bus.hlen(hash_key) == 2_500 + 1  # the marks, and the field that says the hash expires
+    assert 0 < bus.ttl(hash_key) <= 2 * settings.BUS_SENT_MARK_SECONDS
 
 
 def test_an_event_sent_into_a_stalled_redis_is_relayed_without_a_second_copy(outage_redis, settings):
