@@ -74,8 +74,9 @@ logger = logging.getLogger(__name__)
 
 GROUP = "hms-bus-admin"
 READ_COUNT = 500
-# An entry delivered this many times (read once, then claimed from workers that stopped while
-# holding it) without being recorded is dead-lettered unread: handling it may be what stops them.
+# An entry delivered more than this many times (read once, then claimed three times from workers
+# that stopped while holding it) without being recorded is dead-lettered unread at its next
+# claim: handling it may be what stops them.
 MAX_DELIVERIES = 4
 # Every worker listens to Pub/Sub, so a killed one leaves no gap; the first to copy a message into
 # the ingest stream leaves a mark (``hms:heard:<digest>``) that tells the others it is there.
