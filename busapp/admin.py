@@ -22,7 +22,7 @@ from django.urls import URLPattern, re_path
 from busapp.audit import audit_record
 from busapp.forms import CarriedJSONField
 from busapp.grants import last_bus_admin_message
-from busapp.models import AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
+from busapp.models import AuditAction, AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
 from busapp.permissions import Role
 from busapp.services import (
     event_type_create,
@@ -241,18 +241,18 @@ class BusUserAdmin(UserAdmin):
 
     def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
         """Django's admin log, and the audit log: a person added here."""
-        _audit_user_change(request, "user.create", obj, message)
+        _audit_user_change(request, AuditAction.USER_CREATE, obj, message)
         return super().log_addition(request, obj, message)
 
     def log_change(self, request: HttpRequest, obj: Any, message: Any) -> Any:
         """Django's admin log, and the audit log: which fields changed, and the person's roles now."""
-        _audit_user_change(request, "user.change", obj, message)
+        _audit_user_change(request, AuditAction.USER_CHANGE, obj, message)
         return super().log_change(request, obj, message)
 
     def log_deletions(self, request: HttpRequest, queryset: Any) -> Any:
         """Django's admin log, and the audit log: each person about to be deleted."""
         for user in queryset:
-            _audit_user_change(request, "user.delete", user, [])
+            _audit_user_change(request, AuditAction.USER_DELETE, user, [])
         return super().log_deletions(request, queryset)
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, Any, Any, list[Any]]:
@@ -265,7 +265,7 @@ class BusUserAdmin(UserAdmin):
         return deletable, counts, perms_needed, protected
 
 
-def _audit_user_change(request: HttpRequest, action: str, user: User, message: Any) -> None:
+def _audit_user_change(request: HttpRequest, action: AuditAction, user: User, message: Any) -> None:
     """One audit entry for a change to a person made in the admin site (in its transaction)."""
     changed = sorted({field for change in message for field in change.get("changed", {}).get("fields", [])})
     audit_record(

@@ -23,7 +23,7 @@ from django.db.utils import load_backend
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from busapp.models import AuditCheck, AuditEntry, AuditHead
+from busapp.models import AuditAction, AuditCheck, AuditEntry, AuditHead
 from busapp.rows import driver_cursor, rows_insert
 
 GENESIS_HASH = "0" * 64
@@ -42,7 +42,7 @@ Actor = User | str
 class AuditRecord:
     """One thing to write down: what was done, to what, with which details."""
 
-    action: str
+    action: AuditAction
     target: str
     details: dict[str, Any]
 
@@ -74,12 +74,18 @@ def entry_hash(
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+_AUDIT_ACTIONS = frozenset(AuditAction.values)
+
+
 def audit_append(*, actor: Actor, records: Sequence[AuditRecord]) -> list[AuditEntry]:
     """Append entries to the chain inside the caller's transaction (so a failed write fails the action)."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit entries are written in the transaction of the change they record")
     if not records:
         return []
+    unnamed = [record.action for record in records if record.action not in _AUDIT_ACTIONS]
+    if unnamed:
+        raise ValueError(f"audit action {unnamed[0]!r} is not one of AuditAction's: name it there first")
     user, actor_name = actor_parts(actor)
     now = timezone.now()
     # Most appends come from the process that wrote the previous link, so the head it
@@ -170,7 +176,9 @@ def _head_locked() -> tuple[int, str]:
     return int(row[0]), str(row[1])
 
 
-def audit_record(*, actor: Actor, action: str, target: str, details: dict[str, Any] | None = None) -> AuditEntry:
+def audit_record(
+    *, actor: Actor, action: AuditAction, target: str, details: dict[str, Any] | None = None
+) -> AuditEntry:
     """Append one entry; see ``audit_append``."""
     return audit_append(actor=actor, records=[AuditRecord(action, target, details or {})])[0]
 

@@ -10,7 +10,7 @@ from django.forms.fields import InvalidJSONInput
 from django.utils import timezone
 
 from busapp.history import HistoryFilter, HistoryQueryError, PayloadCondition, conditions_parse
-from busapp.models import EventStatus, Source
+from busapp.models import AuditAction, EventStatus, Source
 from busapp.permissions import TOPIC_RIGHTS, Role
 from busapp.validation import json_parse, printable
 
@@ -93,11 +93,22 @@ class EventFilterForm(_TimeRangeForm):
         )
 
 
+def audit_action_choices() -> list[tuple[str, Any]]:
+    """The audit filter's choices: any action, then each family (``event.`` takes them all) with its actions."""
+    families: dict[str, list[tuple[str, str]]] = {}
+    for action in AuditAction:
+        family = action.value.split(".")[0] + "."
+        families.setdefault(family, [(family, f"every {family} action")]).append((action.value, action.label))
+    return [("", "any action"), *((family, choices) for family, choices in sorted(families.items()))]
+
+
 class AuditFilterForm(_TimeRangeForm):
     """What the audit log can be narrowed to: who, what, to what, when."""
 
     actor = forms.CharField(required=False, max_length=150)
-    action = forms.CharField(required=False, max_length=64, help_text="Like event.publish; event. takes them all")
+    action = forms.ChoiceField(
+        required=False, choices=audit_action_choices, help_text="A family (event.) takes all its actions"
+    )
     target = forms.CharField(required=False, max_length=200, help_text="Like event:<id> or topic:tax-policy")
 
     field_order = ["actor", "action", "target", "since", "until"]

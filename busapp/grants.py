@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from busapp.audit import Actor, actor_parts, audit_record
-from busapp.models import Topic, TopicGroupGrant, TopicUserGrant
+from busapp.models import AuditAction, Topic, TopicGroupGrant, TopicUserGrant
 from busapp.permissions import TOPIC_RIGHTS, Role, grant_live
 from busapp.validation import ActionRefusedError
 
@@ -99,7 +99,7 @@ def grant_create(
             grants.append(found)
     audit_record(
         actor=actor,
-        action="access.grant",
+        action=AuditAction.ACCESS_GRANT,
         target=principal_label(principal),
         details={
             "topics": sorted(topic.name for topic in topics),
@@ -124,7 +124,7 @@ def grant_revoke(*, grants: Sequence[Grant], reason: str, actor: Actor) -> int:
     for label, held in sorted(by_principal.items()):
         audit_record(
             actor=actor,
-            action="access.revoke",
+            action=AuditAction.ACCESS_REVOKE,
             target=label,
             details={
                 "rights": [f"{grant.content_object.name}:{grant.permission.codename}" for grant in held],
@@ -141,7 +141,7 @@ def _expired_record(grant: Grant) -> None:
     """Write down that a grant ran out (with the reason it was given for)."""
     audit_record(
         actor=EXPIRY_ACTOR,
-        action="access.expire",
+        action=AuditAction.ACCESS_EXPIRE,
         target=principal_label(grant_principal(grant)),
         details={
             "topic": grant.content_object.name,
@@ -240,7 +240,7 @@ def role_member_set(*, user: User, role: Role, member: bool, reason: str, actor:
         group.user_set.remove(user)
     audit_record(
         actor=actor,
-        action="role.add" if member else "role.remove",
+        action=AuditAction.ROLE_ADD if member else AuditAction.ROLE_REMOVE,
         target=f"user:{user.get_username()}",
         details={"role": role.value, "reason": reason},
     )

@@ -14,10 +14,10 @@ from functools import partial
 
 from django.db import connection, transaction
 
-from busapp.models import AuditEntry, Event, Topic
+from busapp.models import AuditAction, AuditEntry, Event, Topic
 
-SINGLE_ACTIONS = ("event.publish", "event.record")
-BATCH_ACTION = "event.publish_batch"
+SINGLE_ACTIONS = (AuditAction.EVENT_PUBLISH, AuditAction.EVENT_RECORD)
+BATCH_ACTION = AuditAction.EVENT_PUBLISH_BATCH
 _PAGE_ROWS = 2_000
 
 

@@ -9,6 +9,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from busapp.audit import audit_record
+from busapp.models import AuditAction
 
 # Scripts and styles come only from our own static files: an event payload that smuggles
 # markup into a page can neither run script nor load anything. The Django admin keeps
@@ -80,7 +81,7 @@ class RefusedWriteAuditMiddleware:
             with transaction.atomic():
                 audit_record(
                     actor=user if isinstance(user, User) else str(user),  # a service token's caller names itself
-                    action="write.refused",
+                    action=AuditAction.WRITE_REFUSED,
                     target=f"path:{request.path[:190]}",
                     details={"method": request.method or "", "path": request.path},
                 )

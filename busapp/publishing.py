@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from busapp.audit import AuditRecord, audit_append
-from busapp.models import DeadLetter, Event, EventStatus
+from busapp.models import AuditAction, DeadLetter, Event, EventStatus
 from busapp.redis_connections import bus_address, bus_client_new, pool_connection_new
 from busapp.rows import DriverCursor, datetime_for_db, driver_cursor
 
@@ -453,7 +453,7 @@ def _relay_record(event: Event, maybe_sent_twice: bool) -> AuditRecord:
     }
     if maybe_sent_twice:
         details["maybe_sent_twice"] = True
-    return AuditRecord("event.relay", f"event:{event.envelope_id}", details)
+    return AuditRecord(AuditAction.EVENT_RELAY, f"event:{event.envelope_id}", details)
 
 
 def relay_pending(*, limit: int = RELAY_BATCH) -> int:

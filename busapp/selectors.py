@@ -13,6 +13,7 @@ from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from busapp.models import (
+    AuditAction,
     AuditEntry,
     DeadLetter,
     DeadLetterStatus,
@@ -344,7 +345,9 @@ def event_provenance(event: Event) -> EventProvenance:
     request = requests.filter(envelope_id=event.envelope_id).first()
     letter = DeadLetter.objects.select_related("replayed_by").filter(replay_event=event).first()
     entry = (
-        AuditEntry.objects.filter(target=f"event:{event.envelope_id}", action__in=("event.publish", "event.record"))
+        AuditEntry.objects.filter(
+            target=f"event:{event.envelope_id}", action__in=(AuditAction.EVENT_PUBLISH, AuditAction.EVENT_RECORD)
+        )
         .order_by("seq")
         .first()
     ) or _batch_entry(event)
@@ -355,7 +358,7 @@ def _batch_entry(event: Event) -> AuditEntry | None:
     """The one audit entry of the batch that accepted the event (written in the same transaction, moments later)."""
     window = (event.created_at - dt.timedelta(seconds=1), event.created_at + dt.timedelta(seconds=30))
     candidates = AuditEntry.objects.filter(
-        action="event.publish_batch", target=f"topic:{event.topic.name}", time__range=window
+        action=AuditAction.EVENT_PUBLISH_BATCH, target=f"topic:{event.topic.name}", time__range=window
     ).order_by("seq")
     return next((entry for entry in candidates if event.envelope_id in entry.details.get("events", ())), None)
 

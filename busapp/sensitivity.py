@@ -15,7 +15,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from busapp.audit import audit_record
-from busapp.models import SensitivityChangeStatus, Topic, TopicSensitivityChange
+from busapp.models import AuditAction, SensitivityChangeStatus, Topic, TopicSensitivityChange
 from busapp.validation import ActionRefusedError, ApprovalRequiredError
 
 # Held by the Bus admins role (busapp.permissions.ROLE_PERMISSIONS), and by superusers.
@@ -64,7 +64,7 @@ def topic_sensitivity_request(*, topic: Topic, sensitive: bool, reason: str, act
     change = TopicSensitivityChange.objects.create(topic=locked, sensitive=sensitive, reason=reason, requested_by=actor)
     audit_record(
         actor=actor,
-        action="topic.sensitivity_request",
+        action=AuditAction.TOPIC_SENSITIVITY_REQUEST,
         target=f"topic:{locked.name}",
         details={"change": change.pk, "sensitive": sensitive, "was": locked.sensitive, "reason": reason},
     )
@@ -100,7 +100,7 @@ def topic_sensitivity_decide(*, change_id: int, actor: User, approve: bool, reas
     requested_by = change.requested_by.get_username()
     audit_record(
         actor=actor,
-        action="topic.sensitivity_approve" if approve else "topic.sensitivity_reject",
+        action=AuditAction.TOPIC_SENSITIVITY_APPROVE if approve else AuditAction.TOPIC_SENSITIVITY_REJECT,
         target=f"topic:{topic.name}",
         details={"change": change.pk, "sensitive": change.sensitive, "reason": reason, "requested_by": requested_by},
     )
@@ -111,7 +111,7 @@ def topic_sensitivity_decide(*, change_id: int, actor: User, approve: bool, reas
         topic.sensitive = change.sensitive
         audit_record(
             actor=actor,
-            action="topic.update",
+            action=AuditAction.TOPIC_UPDATE,
             target=f"topic:{topic.name}",
             details={
                 "sensitive": change.sensitive,
@@ -135,7 +135,7 @@ def topic_sensitivity_cancel(*, change_id: int, actor: User) -> TopicSensitivity
     change.save(update_fields=["status", "decided_by", "decided_at"])
     audit_record(
         actor=actor,
-        action="topic.sensitivity_cancel",
+        action=AuditAction.TOPIC_SENSITIVITY_CANCEL,
         target=f"topic:{topic.name}",
         details={"change": change.pk, "sensitive": change.sensitive},
     )

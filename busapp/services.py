@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from busapp.audit import Actor, AuditRecord, actor_parts, audit_append, audit_record
 from busapp.models import (
+    AuditAction,
     BulkAction,
     BulkActionKind,
     BulkActionStatus,
@@ -78,7 +79,7 @@ def record_change(*, obj: Model, changed_fields: Sequence[str], actor: Actor) ->
     model = obj._meta.model_name
     audit_record(
         actor=actor,
-        action=f"{model}.update",
+        action=AuditAction(f"{model}.update"),  # topic, eventtype, schemaversion
         target=f"{model}:{obj}",
         details={field: str(getattr(obj, field)) for field in changed_fields},
     )
@@ -108,7 +109,7 @@ def topic_create(
     topic.save()
     audit_record(
         actor=actor,
-        action="topic.create",
+        action=AuditAction.TOPIC_CREATE,
         target=f"topic:{name}",
         details={"description": description, "sensitive": sensitive, "stream_retention": stream_retention},
     )
@@ -121,7 +122,7 @@ def event_type_create(*, topic: Topic, name: str, actor: Actor, description: str
     event_type = EventType(topic=topic, name=name, description=description)
     event_type.full_clean()
     event_type.save()
-    audit_record(actor=actor, action="event_type.create", target=f"event_type:{event_type}", details={})
+    audit_record(actor=actor, action=AuditAction.EVENT_TYPE_CREATE, target=f"event_type:{event_type}", details={})
     return event_type
 
 
@@ -163,7 +164,7 @@ def schema_version_create(
     )
     audit_record(
         actor=actor,
-        action="schema_version.create",
+        action=AuditAction.SCHEMA_VERSION_CREATE,
         target=f"schema:{event_type}/v{number}",
         details={"fingerprint": version.fingerprint, "compatibility": compatibility},
     )
@@ -272,7 +273,7 @@ def _event_like(first: Event) -> Event:
 def _publish_record(event: Event) -> AuditRecord:
     """The audit entry that says an event was accepted; its envelope's digest makes the history row tamper-evident."""
     return AuditRecord(
-        "event.publish",
+        AuditAction.EVENT_PUBLISH,
         f"event:{event.envelope_id}",
         {
             "topic": event.topic.name,
@@ -287,7 +288,7 @@ def _publish_record(event: Event) -> AuditRecord:
 def _batch_record(topic: str, source: str, events: Sequence[Event]) -> AuditRecord:
     """The one audit entry of a batch publish: which events it accepted, and their envelopes' digest."""
     return AuditRecord(
-        "event.publish_batch",
+        AuditAction.EVENT_PUBLISH_BATCH,
         f"topic:{topic}",
         {
             "source": source,
@@ -390,7 +391,7 @@ def dead_letter_build(
 def dead_letter_audit_record(letter: DeadLetter) -> AuditRecord:
     """The audit entry that says something was dead-lettered, and why."""
     return AuditRecord(
-        "dead_letter.create",
+        AuditAction.DEAD_LETTER_CREATE,
         f"topic:{letter.topic.name}",
         {"source": letter.source, "errors": letter.errors[:20], "origin": letter.origin},
     )
@@ -526,7 +527,7 @@ def publish_request_create(
         )
         audit_record(
             actor=actor,
-            action="publish_request.create",
+            action=AuditAction.PUBLISH_REQUEST_CREATE,
             target=f"publish_request:{request.pk}",
             details={
                 "topic": topic,
@@ -573,7 +574,7 @@ def publish_request_decide(*, request_id: int, actor: User, approve: bool, reaso
     request.save(update_fields=["decided_by", "decided_at", "decision_reason", "status"])
     audit_record(
         actor=actor,
-        action="publish_request.approve" if approve else "publish_request.reject",
+        action=AuditAction.PUBLISH_REQUEST_APPROVE if approve else AuditAction.PUBLISH_REQUEST_REJECT,
         target=f"publish_request:{request.pk}",
         details={"reason": request.decision_reason, "envelope_id": request.envelope_id},
     )
@@ -592,7 +593,7 @@ def publish_request_cancel(*, request_id: int, actor: User, reason: str = "") ->
     request.save(update_fields=["status", "decided_by", "decided_at", "decision_reason"])
     audit_record(
         actor=actor,
-        action="publish_request.cancel",
+        action=AuditAction.PUBLISH_REQUEST_CANCEL,
         target=f"publish_request:{request.pk}",
         details={"reason": request.decision_reason, "envelope_id": request.envelope_id},
     )
@@ -641,7 +642,7 @@ def _request_publish(request: PublishRequest, *, approved_by: User | None) -> No
         request.save(update_fields=["status", "failure"])
         audit_record(
             actor="system:publisher",
-            action="publish_request.fail",
+            action=AuditAction.PUBLISH_REQUEST_FAIL,
             target=f"publish_request:{request.pk}",
             details={"errors": refused.errors[:20], "envelope_id": request.envelope_id},
         )
@@ -682,7 +683,7 @@ def dead_letter_replay(*, letter_id: int, event_type: str, payload: Any, actor: 
     letter.save(update_fields=["status", "replayed_by", "replayed_at", "replay_event"])
     audit_record(
         actor=actor,
-        action="dead_letter.replay",
+        action=AuditAction.DEAD_LETTER_REPLAY,
         target=f"dead_letter:{letter.pk}",
         details={"topic": letter.topic.name, "type": event_type, "event": event.envelope_id},
     )
@@ -704,7 +705,7 @@ def dead_letter_discard(*, letter_id: int, actor: User, reason: str) -> DeadLett
     letter.save(update_fields=["status", "discarded_by", "discarded_at", "discard_reason"])
     audit_record(
         actor=actor,
-        action="dead_letter.discard",
+        action=AuditAction.DEAD_LETTER_DISCARD,
         target=f"dead_letter:{letter.pk}",
         details={"topic": letter.topic.name, "reason": letter.discard_reason},
     )
@@ -768,7 +769,7 @@ def bulk_action_start(
     )
     audit_record(
         actor=actor,
-        action=f"dead_letter.bulk_{kind}.start",
+        action=AuditAction(f"dead_letter.bulk_{kind}.start"),
         target=f"bulk_action:{action.pk}",
         details={"topic": topic.name, "letters": len(letter_ids), "rate_per_second": rate_per_second},
     )
@@ -785,7 +786,7 @@ def bulk_action_cancel(*, action_id: int, actor: User) -> BulkAction:
     action.save(update_fields=["status", "finished_at"])
     audit_record(
         actor=actor,
-        action=f"dead_letter.bulk_{action.kind}.cancel",
+        action=AuditAction(f"dead_letter.bulk_{action.kind}.cancel"),
         target=f"bulk_action:{action.pk}",
         details={"handled": action.handled, "of": action.total},
     )
@@ -831,7 +832,7 @@ def bulk_action_step(*, action_id: int, budget: int) -> BulkAction:
             if finished:
                 audit_record(
                     actor=action.requested_by,
-                    action=f"dead_letter.bulk_{action.kind}.done",
+                    action=AuditAction(f"dead_letter.bulk_{action.kind}.done"),
                     target=f"bulk_action:{action.pk}",
                     details={"succeeded": action.succeeded, "skipped": action.skipped},
                 )

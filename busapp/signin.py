@@ -19,6 +19,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from busapp.audit import audit_record
+from busapp.models import AuditAction
 
 THROTTLE_ACTOR = "system:signin-throttle"
 
@@ -47,7 +48,7 @@ def signin_lockout_record(*, username: str | None, address: str | None, path: st
     with transaction.atomic():
         audit_record(
             actor=THROTTLE_ACTOR,
-            action="signin.lockout",
+            action=AuditAction.SIGNIN_LOCKOUT,
             target=f"user:{username[:150]}" if username else f"address:{address}",
             details={
                 "username": username,

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from busapp.audit import Actor, actor_parts, audit_record
-from busapp.models import ServiceToken, Topic
+from busapp.models import AuditAction, ServiceToken, Topic
 from busapp.validation import ActionRefusedError
 
 TOKEN_PREFIX = "hms"  # noqa: S105  # the tokens' fixed first part, not a secret
@@ -62,7 +62,7 @@ def service_token_create(
     token.topics.set(topics)
     audit_record(
         actor=actor,
-        action="service_token.create",
+        action=AuditAction.SERVICE_TOKEN_CREATE,
         target=f"service_token:{prefix}",
         details={
             "service": name,
@@ -89,7 +89,10 @@ def service_token_revoke(*, prefix: str, actor: Actor) -> ServiceToken:
     token.revoked_by = actor_parts(actor)[0]
     token.save(update_fields=["revoked_at", "revoked_by"])
     audit_record(
-        actor=actor, action="service_token.revoke", target=f"service_token:{prefix}", details={"service": token.name}
+        actor=actor,
+        action=AuditAction.SERVICE_TOKEN_REVOKE,
+        target=f"service_token:{prefix}",
+        details={"service": token.name},
     )
     return token
 

@@ -54,7 +54,7 @@ from busapp.heartbeats import (
     beat_decode,
 )
 from busapp.live import bulk_group, dlq_group, live_item, live_item_read, live_message, topic_group
-from busapp.models import BulkAction, DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
+from busapp.models import AuditAction, BulkAction, DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
 from busapp.publishing import INGEST_STREAM, STREAM_PREFIX, dead_letters_send, relay_pending, stream_key
 from busapp.redis_connections import bus_async_client_new
 from busapp.rows import driver_cursor, rows_insert
@@ -478,7 +478,7 @@ def _storable(text: str) -> str:
 def _record_audit_record(event: Event) -> AuditRecord:
     """The audit entry that says the tap recorded an event published outside the dashboard."""
     return AuditRecord(
-        "event.record",
+        AuditAction.EVENT_RECORD,
         f"event:{event.envelope_id}",
         {
             "topic": event.topic.name,

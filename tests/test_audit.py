@@ -18,7 +18,7 @@ from django.db import DatabaseError, connection, transaction
 
 from busapp import audit
 from busapp.audit import GENESIS_HASH, AuditRecord, audit_append, audit_record, audit_verify, entry_hash
-from busapp.models import AuditCheck, AuditEntry, AuditHead, ImmutableRecordError
+from busapp.models import AuditAction, AuditCheck, AuditEntry, AuditHead, ImmutableRecordError
 from tests.support import ROOT, database_url
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +28,9 @@ def _write_entries(count: int) -> None:
     with transaction.atomic():
         audit_append(
             actor="test",
-            records=[AuditRecord("thing.happen", f"thing:{n}", {"n": n, "why": "because"}) for n in range(count)],
+            records=[
+                AuditRecord(AuditAction.USER_CHANGE, f"thing:{n}", {"n": n, "why": "because"}) for n in range(count)
+            ],
         )
 
 
@@ -93,13 +95,13 @@ def test_the_database_refuses_a_raw_update():
     _write_entries(1)
 
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("UPDATE busapp_auditentry SET action = 'nothing.happened'")
+        cursor.execute("UPDATE busapp_auditentry SET action = 'nouser.changeed'")
 
 
 @pytest.mark.django_db(transaction=True)
 def test_an_entry_is_only_written_inside_the_transaction_of_its_change():
     with pytest.raises(RuntimeError, match="in the transaction of the change"):
-        audit_record(actor="test", action="thing.happen", target="thing:1")
+        audit_record(actor="test", action=AuditAction.USER_CHANGE, target="thing:1")
 
     assert AuditEntry.objects.count() == 0
 
@@ -109,7 +111,7 @@ def test_an_entry_edited_with_raw_sql_breaks_verify_audit_log_at_that_entry():
     with _append_only_trigger_disabled(), connection.cursor() as cursor:
         cursor.execute("UPDATE busapp_auditentry SET details = %s WHERE seq = 3", ['{"n": 2, "why": "edited"}'])
 
-    with pytest.raises(CommandError, match=r"broken at entry #3: entry #3 \(thing.happen thing:2\) was changed"):
+    with pytest.raises(CommandError, match=r"broken at entry #3: entry #3 \(user.change thing:2\) was changed"):
         call_command("verify_audit_log")
     report = audit_verify()
     assert (report.broken_seq, report.last_seq, report.checked) == (3, 2, 2)
@@ -161,7 +163,7 @@ def test_two_writers_at_once_never_fork_the_chain():
         try:
             for n in range(40):
                 with transaction.atomic():
-                    audit_record(actor=name, action="thing.happen", target=f"thing:{name}:{n}")
+                    audit_record(actor=name, action=AuditAction.USER_CHANGE, target=f"thing:{name}:{n}")
         except Exception as error:  # surfaced below
             errors.append(error)
         finally:
@@ -207,7 +209,7 @@ def test_entries_read_raw_from_the_database_hash_as_written_without_the_orm_fall
     when = dt.datetime(2026, 11, 27, 20, 10, 0, microsecond, tzinfo=dt.UTC)
     monkeypatch.setattr(audit.timezone, "now", lambda: when)
     with transaction.atomic():
-        audit_append(actor="Zoë", records=[AuditRecord("thing.happen", "thing:ü", d) for d in TRICKY_DETAILS])
+        audit_append(actor="Zoë", records=[AuditRecord(AuditAction.USER_CHANGE, "thing:ü", d) for d in TRICKY_DETAILS])
     # Only the fast path may vouch for an entry here: its fallback is for times stored in other formats.
     monkeypatch.setattr(audit, "_row_hash_as_django_reads", lambda row: None)
 
@@ -218,8 +220,8 @@ def test_entries_read_raw_from_the_database_hash_as_written_without_the_orm_fall
 
 def test_a_time_stored_in_another_format_is_read_as_django_reads_it():
     when = dt.datetime(2026, 11, 27, 20, 10, 0, 500000, tzinfo=dt.UTC)
-    row = (1, "2026-11-27T21:10:00.5+01:00", "test", "thing.happen", "thing:1", '{"n": 1}', GENESIS_HASH, "")
-    fields = {"actor_name": "test", "action": "thing.happen", "target": "thing:1", "details": {"n": 1}}
+    row = (1, "2026-11-27T21:10:00.5+01:00", "test", "user.change", "thing:1", '{"n": 1}', GENESIS_HASH, "")
+    fields = {"actor_name": "test", "action": "user.change", "target": "thing:1", "details": {"n": 1}}
 
     assert audit._row_hash_as_django_reads(row) == entry_hash(prev_hash=GENESIS_HASH, seq=1, time=when, **fields)
 
@@ -303,7 +305,7 @@ def test_resume_starts_over_from_entry_1_when_the_checked_entry_no_longer_carrie
     report = audit_verify(resume=True)
 
     assert (report.from_seq, report.broken_seq, report.checked) == (1, 5, 4)
-    assert report.problem.startswith("entry #5 (thing.happen thing:4) was changed after it was written")
+    assert report.problem.startswith("entry #5 (user.change thing:4) was changed after it was written")
 
 
 def test_a_log_cut_back_after_an_intact_check_is_found_even_with_a_matching_head():
@@ -364,7 +366,7 @@ def test_an_entry_with_edited_details_is_named_with_its_seq_action_and_target():
 
     assert (report.intact, report.broken_seq, report.last_seq, report.checked) == (False, 4, 3, 3)
     assert report.problem == (
-        "entry #4 (thing.happen thing:3) was changed after it was written: its content no longer matches its hash"
+        "entry #4 (user.change thing:3) was changed after it was written: its content no longer matches its hash"
     )
 
 
@@ -488,8 +490,8 @@ def test_a_forked_checker_that_fails_leaves_its_half_to_this_process(split_check
 @pytest.mark.parametrize(
     ("tamper", "broken_seq", "problem"),
     [
-        ("UPDATE busapp_auditentry SET details = '{}' WHERE seq = 5", 5, "entry #5 (thing.happen thing:4) was changed"),
-        ("UPDATE busapp_auditentry SET details = '{}' WHERE seq = 30", 30, "entry #30 (thing.happen thing:29) was"),
+        ("UPDATE busapp_auditentry SET details = '{}' WHERE seq = 5", 5, "entry #5 (user.change thing:4) was changed"),
+        ("UPDATE busapp_auditentry SET details = '{}' WHERE seq = 30", 30, "entry #30 (user.change thing:29) was"),
         ("DELETE FROM busapp_auditentry WHERE seq = 20", 20, "entry #20 is missing"),
         ("DELETE FROM busapp_auditentry WHERE seq = 21", 21, "entry #21 is missing"),
         ("DELETE FROM busapp_auditentry WHERE seq > 38", 39, "the newest entries were removed (#39 to #40)"),
@@ -520,12 +522,13 @@ _WRITER = """
 import sys, time
 from django.db import transaction
 from busapp.audit import audit_record
+from busapp.models import AuditAction
 name = sys.argv[1]
 print("ready", flush=True)
 sys.stdin.readline()
 for n in range(200):
     with transaction.atomic():
-        audit_record(actor=name, action="thing.happen", target=f"thing:{name}:{n}")
+        audit_record(actor=name, action=AuditAction.USER_CHANGE, target=f"thing:{name}:{n}")
     time.sleep(0.001)
 print("done", flush=True)
 """
@@ -566,3 +569,17 @@ def test_two_writer_processes_at_once_leave_one_chain_without_a_fork():
     actors = list(AuditEntry.objects.order_by("seq").values_list("actor_name", flat=True))
     assert sum(a != b for a, b in itertools.pairwise(actors)) >= 2  # they wrote at once, taking turns
     assert AuditEntry.objects.values("prev_hash").distinct().count() == 400  # no two entries follow the same one
+
+
+def test_an_action_not_named_in_audit_action_is_refused_and_nothing_written() -> None:
+    """Every writer names its action from one enum: a free string (a typo) is an error, not a new kind of entry."""
+    before = AuditEntry.objects.count()
+    with pytest.raises(ValueError, match=r"'user\.chnage' is not one of AuditAction's"), transaction.atomic():
+        audit_append(
+            actor="test",
+            records=[
+                AuditRecord(AuditAction.USER_CHANGE, "x:1", {}),
+                AuditRecord("user.chnage", "x:2", {}),  # type: ignore[arg-type]
+            ],
+        )
+    assert AuditEntry.objects.count() == before

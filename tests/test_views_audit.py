@@ -18,7 +18,7 @@ from django.http.response import HttpResponseBase
 from django.test import Client
 
 from busapp.audit import AuditRecord, audit_append
-from busapp.models import AuditCheck, AuditEntry
+from busapp.models import AuditAction, AuditCheck, AuditEntry
 from tests.test_audit import _append_only_trigger_disabled
 
 pytestmark = pytest.mark.usefixtures("demo")
@@ -34,7 +34,7 @@ def _things(count: int, actor: str = "svc:test") -> None:
     with transaction.atomic():
         audit_append(
             actor=actor,
-            records=[AuditRecord("thing.happen", f"thing:{n}", {"n": n}) for n in range(count)],
+            records=[AuditRecord(AuditAction.USER_CHANGE, f"thing:{n}", {"n": n}) for n in range(count)],
         )
 
 
@@ -55,12 +55,12 @@ def test_filters_narrow_by_actor_action_family_target_and_pages_walk_back() -> N
     _things(3, actor="svc:two")
     client = _client("auditor")
     page = client.get("/audit/", {"actor": "svc:two"}).content.decode()
-    assert page.count("<code>thing.happen</code>") == 3
-    page = client.get("/audit/", {"action": "thing."}).content.decode()
-    assert page.count("<code>thing.happen</code>") == 50
+    assert page.count("<code>user.change</code>") == 3
+    page = client.get("/audit/", {"action": "user."}).content.decode()
+    assert page.count("<code>user.change</code>") == 50
     assert 'rel="next"' in page
     page = client.get("/audit/", {"target": "thing:7", "actor": "svc:one"}).content.decode()
-    assert page.count("<code>thing.happen</code>") == 1
+    assert page.count("<code>user.change</code>") == 1
 
 
 @pytest.mark.parametrize(
@@ -116,10 +116,19 @@ def test_check_now_verifies_new_entries_and_says_so() -> None:
 def test_the_export_holds_the_filtered_entries_and_is_itself_audited() -> None:
     _things(12)
     client = _client("auditor")
-    rows = list(csv.DictReader(io.StringIO(_body(client.get("/audit/export.csv", {"action": "thing.happen"})))))
+    rows = list(csv.DictReader(io.StringIO(_body(client.get("/audit/export.csv", {"action": "user.change"})))))
     assert sorted(int(json.loads(row["details"])["n"]) for row in rows) == list(range(12))
     lines = _body(client.get("/audit/export.ndjson", {"target": "thing:3"})).splitlines()
     assert [json.loads(line)["details"] for line in lines] == [{"n": 3}]
     exports = AuditEntry.objects.filter(action="audit.export").order_by("seq")
     assert [entry.details["rows"] for entry in exports] == [12, 1]
-    assert exports[0].details["filter"] == {"action": "thing.happen"}
+    assert exports[0].details["filter"] == {"action": "user.change"}
+
+
+def test_the_action_filter_offers_every_action_of_the_enum_by_family() -> None:
+    from busapp.models import AuditAction
+
+    page = _client("auditor").get("/audit/").content.decode()
+    assert all(f'<option value="{action.value}"' in page for action in AuditAction)
+    assert '<option value="dead_letter.">every dead_letter. action</option>' in page
+    assert _client("auditor").get("/audit/", {"action": "thing.happen"}).status_code == 400

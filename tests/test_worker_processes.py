@@ -8,6 +8,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 
 from busapp.models import (
+    AuditAction,
     BulkAction,
     BulkActionKind,
     BulkActionStatus,
@@ -168,7 +169,7 @@ def test_workers_check_the_audit_chain_one_at_a_time(suite_redis, workers):
     with transaction.atomic():  # a chain long enough that one full check takes a while
         audit_append(
             actor="test",
-            records=[AuditRecord("test.filler", f"filler:{n}", {"n": n}) for n in range(AUDIT_FILLER)],
+            records=[AuditRecord(AuditAction.USER_CHANGE, f"filler:{n}", {"n": n}) for n in range(AUDIT_FILLER)],
         )
     processes = _workers(workers, suite_redis)
     skip = "another worker is checking the chain"

@@ -20,7 +20,7 @@ from busapp.api.serializers import (
     ReplayInSerializer,
 )
 from busapp.api.views import body_checked, input_valid, published_answer, query_valid
-from busapp.models import DeadLetter
+from busapp.models import AuditAction, DeadLetter
 from busapp.permissions import MANAGE_TOPIC
 from busapp.services import dead_letter_contents, dead_letter_replay
 from busapp.validation import FieldError
@@ -50,7 +50,7 @@ class DeadLetterReplayView(APIView):
     """POST /api/dlq/<letter_id>/replay/: publish a dead letter (fixed, or as it arrived) to its topic."""
 
     parser_classes = [StrictJSONParser]
-    refusal_action, refusal_target = "dead_letter.replay.refused", "dead_letter:{letter_id}"
+    refusal_action, refusal_target = AuditAction.DEAD_LETTER_REPLAY_REFUSED, "dead_letter:{letter_id}"
 
     @extend_schema(
         operation_id="dead_letter_replay",

@@ -18,6 +18,7 @@ from busapp.api.authentication import ServiceCaller
 from busapp.api.serializers import ErrorsSerializer
 from busapp.audit import audit_record
 from busapp.history import HistoryQueryError
+from busapp.models import AuditAction
 from busapp.validation import (
     ActionRefusedError,
     ApprovalRequiredError,
@@ -139,7 +140,7 @@ def refusal_audit(request: Request, errors: list[FieldError], view: Any = None) 
     django_request: HttpRequest = request._request
     django_request.refusal_audited = True  # type: ignore[attr-defined]  # read by RefusedWriteAuditMiddleware
     kwargs = (request.parser_context or {}).get("kwargs", {})
-    action = getattr(view, "refusal_action", "write.refused")
+    action = getattr(view, "refusal_action", AuditAction.WRITE_REFUSED)
     target = getattr(view, "refusal_target", "path:{path}").format(**kwargs, path=request.path)
     with transaction.atomic():
         audit_record(

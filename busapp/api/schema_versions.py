@@ -20,6 +20,7 @@ from busapp.api.serializers import (
     SchemaVersionRecordSerializer,
 )
 from busapp.api.views import body_checked, input_valid
+from busapp.models import AuditAction
 from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC
 from busapp.services import schema_version_create
 from busapp.validation import SchemaInvalidError
@@ -29,7 +30,7 @@ class SchemaVersionsView(APIView):
     """GET and POST /api/topics/<name>/types/<event_type>/schemas/: an event type's schema versions."""
 
     parser_classes = [StrictJSONParser]
-    refusal_action, refusal_target = "schema_version.create.refused", "schema:{name}/{event_type}"
+    refusal_action, refusal_target = AuditAction.SCHEMA_VERSION_CREATE_REFUSED, "schema:{name}/{event_type}"
 
     @extend_schema(
         operation_id="schema_version_list",

@@ -31,7 +31,7 @@ from busapp.api.serializers import (
     TopicListSerializer,
     TopicSerializer,
 )
-from busapp.models import Event, EventStatus, Source, Topic
+from busapp.models import AuditAction, Event, EventStatus, Source, Topic
 from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
 from busapp.services import BatchOutcome, event_publish, event_publish_batch
 
@@ -103,7 +103,7 @@ class TopicEventsView(APIView):
     """POST /api/topics/<name>/events/: publish one event."""
 
     parser_classes = [StrictJSONParser]
-    refusal_action, refusal_target = "publish.refused", "topic:{name}"
+    refusal_action, refusal_target = AuditAction.PUBLISH_REFUSED, "topic:{name}"
 
     @extend_schema(
         operation_id="event_publish",
@@ -145,7 +145,7 @@ class TopicEventsBatchView(APIView):
 
     parser_classes = [StrictJSONParser]
     json_levels_around = 3  # the body, its events and each item wrap a payload: 64 levels count from there
-    refusal_action, refusal_target = "publish.refused", "topic:{name}"
+    refusal_action, refusal_target = AuditAction.PUBLISH_REFUSED, "topic:{name}"
 
     @extend_schema(
         operation_id="event_publish_batch",

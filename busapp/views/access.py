@@ -11,14 +11,14 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 
 from busapp.audit import audit_record
-from busapp.models import Topic
+from busapp.models import AuditAction, Topic
 from busapp.permissions import APPROVE_TOPIC, MANAGE_TOPIC, PUBLISH_TOPIC, topic_right_held
 
 # A refused attempt at one of these is written to the audit log, with this action name.
 _REFUSALS_AUDITED = {
-    PUBLISH_TOPIC: "publish.refused",
-    APPROVE_TOPIC: "approval.refused",
-    MANAGE_TOPIC: "manage.refused",
+    PUBLISH_TOPIC: AuditAction.PUBLISH_REFUSED,
+    APPROVE_TOPIC: AuditAction.APPROVAL_REFUSED,
+    MANAGE_TOPIC: AuditAction.MANAGE_REFUSED,
 }
 
 
@@ -41,7 +41,7 @@ def topic_with_right(request: HttpRequest, name: str, right: str) -> Topic:
     raise PermissionDenied(message)
 
 
-def refuse_audited(request: HttpRequest, action: str, target: str, message: str, **details: str) -> NoReturn:
+def refuse_audited(request: HttpRequest, action: AuditAction, target: str, message: str, **details: str) -> NoReturn:
     """Write the refused attempt to the audit log, then answer 403 with ``message``."""
     request.refusal_audited = True  # type: ignore[attr-defined]  # read by RefusedWriteAuditMiddleware
     with transaction.atomic():

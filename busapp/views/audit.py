@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from busapp.audit import audit_record, audit_verify
 from busapp.forms import AuditFilterForm
 from busapp.history import AuditPage, audit_cursor_decode, audit_export_lines, audit_filtered, audit_page
-from busapp.models import AuditCheck, AuditEntry, AuditHead, SavedFilterPage
+from busapp.models import AuditAction, AuditCheck, AuditEntry, AuditHead, SavedFilterPage
 from busapp.permissions import EXPORT_TOPIC
 from busapp.views.access import refuse_audited, signed_in_user
 from busapp.views.history import EXPORT_FORMATS, export_response, filtered_list, form_problems
@@ -81,7 +81,7 @@ def audit_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
         return HttpResponse(f"unknown export format {fmt!r}: use csv or ndjson", status=404, content_type="text/plain")
     if not user.has_perm(f"busapp.{EXPORT_TOPIC}"):
         message = "exporting the audit log needs the export right"
-        refuse_audited(request, "audit.export.refused", "audit", message, missing_right=EXPORT_TOPIC)
+        refuse_audited(request, AuditAction.AUDIT_EXPORT_REFUSED, "audit", message, missing_right=EXPORT_TOPIC)
     form = AuditFilterForm(request.GET)
     if not form.is_valid():
         message = f"the export's filter is not valid: {form_problems(form)}"
@@ -93,5 +93,5 @@ def audit_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
         filters = {name: str(value) for name, value in form.cleaned_data.items() if value}
         # The export's own entry comes after the bound, so the file ends where the export began.
         details = {"format": fmt, "filter": filters, "rows": rows}
-        audit_record(actor=user, action="audit.export", target="audit", details=details)
+        audit_record(actor=user, action=AuditAction.AUDIT_EXPORT, target="audit", details=details)
     return export_response(request, audit_export_lines(entries, fmt), fmt=fmt, rows=rows, name="audit")

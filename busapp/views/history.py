@@ -30,7 +30,7 @@ from busapp.history import (
     export_newest,
     history_page_at,
 )
-from busapp.models import Event, SavedFilter, SavedFilterPage, Topic
+from busapp.models import AuditAction, Event, SavedFilter, SavedFilterPage, Topic
 from busapp.permissions import EXPORT_TOPIC, VIEW_TOPIC, topics_with_right
 from busapp.selectors import event_audit_entries, event_provenance
 from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
@@ -127,7 +127,7 @@ def event_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
     exportable = topics_for(user, EXPORT_TOPIC)
     if exportable is not None and not exportable.exists():
         message = "exporting history needs the export right (auditors and bus admins hold it)"
-        refuse_audited(request, "events.export.refused", "events", message, missing_right=EXPORT_TOPIC)
+        refuse_audited(request, AuditAction.EVENTS_EXPORT_REFUSED, "events", message, missing_right=EXPORT_TOPIC)
     form = EventFilterForm(request.GET, topic_names=_topic_names(topics_for(user, VIEW_TOPIC)))
     if not form.is_valid():
         message = f"the export's filter is not valid: {form_problems(form)}"
@@ -139,7 +139,7 @@ def event_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
     with transaction.atomic():
         audit_record(
             actor=user,
-            action="events.export",
+            action=AuditAction.EVENTS_EXPORT,
             target="events",
             details={"format": fmt, "filter": history_filter.as_details(), "rows": rows},
         )

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from busapp.models import PublishRequest, PublishRequestStatus, Topic
+from busapp.models import AuditAction, PublishRequest, PublishRequestStatus, Topic
 from busapp.permissions import APPROVE_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.services import publish_request_cancel, publish_request_decide
 from busapp.validation import BusInputError
@@ -53,7 +53,7 @@ def request_decide(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     waiting = get_object_or_404(PublishRequest, pk=pk, topic=topic)
     if waiting.requested_by_id == signed_in_user(request).pk:  # four eyes: a right nobody holds on their own
         message = "nobody may approve or reject their own request"
-        refuse_audited(request, "approval.refused", f"publish_request:{waiting.pk}", message)
+        refuse_audited(request, AuditAction.APPROVAL_REFUSED, f"publish_request:{waiting.pk}", message)
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
         return _request_refused(request, topic, waiting, "choose approve or reject")
@@ -79,7 +79,7 @@ def request_cancel(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     user = signed_in_user(request)
     if not (waiting.requested_by_id == user.pk or topic_right_held(user, APPROVE_TOPIC, topic)):
         message = "only its requester or an approver of the topic may cancel a waiting publish"
-        refuse_audited(request, "publish_request.cancel.refused", f"publish_request:{waiting.pk}", message)
+        refuse_audited(request, AuditAction.PUBLISH_REQUEST_CANCEL_REFUSED, f"publish_request:{waiting.pk}", message)
     try:
         publish_request_cancel(
             request_id=waiting.pk, actor=signed_in_user(request), reason=request.POST.get("reason", "")

@@ -25,7 +25,7 @@ from busapp.grants import (
     principal_label,
     role_member_set,
 )
-from busapp.models import ServiceToken, Topic
+from busapp.models import AuditAction, ServiceToken, Topic
 from busapp.permissions import MANAGE_ACCESS, Role
 from busapp.tokens import service_token_create, service_token_revoke
 from busapp.validation import BusInputError
@@ -40,7 +40,7 @@ def _admin(request: HttpRequest) -> User:
     message = "managing access is for bus admins"
     if request.method in ("GET", "HEAD"):  # looking is refused; trying to change access is also written down
         raise PermissionDenied(message)
-    refuse_audited(request, "access.refused", "access", message)
+    refuse_audited(request, AuditAction.ACCESS_REFUSED, "access", message)
 
 
 def _principal_choices() -> list[tuple[str, str]]:

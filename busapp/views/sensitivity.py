@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from busapp.models import Topic, TopicSensitivityChange
+from busapp.models import AuditAction, Topic, TopicSensitivityChange
 from busapp.sensitivity import (
     may_change_sensitivity,
     sensitivity_label,
@@ -30,7 +30,7 @@ def _topic_for_bus_admin(request: HttpRequest, name: str) -> Topic:
     if may_change_sensitivity(signed_in_user(request)):
         return topic
     if request.method == "POST":
-        refuse_audited(request, "topic.sensitivity_refused", f"topic:{name}", _NOT_ADMIN)
+        refuse_audited(request, AuditAction.TOPIC_SENSITIVITY_REFUSED, f"topic:{name}", _NOT_ADMIN)
     raise PermissionDenied(_NOT_ADMIN)
 
 
@@ -87,7 +87,7 @@ def topic_sensitivity_decision(request: HttpRequest, name: str, pk: int) -> Http
     user = signed_in_user(request)
     if change.requested_by_id == user.pk:  # four eyes: refused, and written down, like any refused approval
         message = "nobody may approve or reject their own request: a second bus admin decides"
-        refuse_audited(request, "approval.refused", f"topic:{topic.name}", message, change=str(change.pk))
+        refuse_audited(request, AuditAction.APPROVAL_REFUSED, f"topic:{topic.name}", message, change=str(change.pk))
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
         return _page(request, topic, refusal="decision: choose approve or reject", status=400)

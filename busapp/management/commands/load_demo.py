@@ -12,7 +12,7 @@ from django.db import transaction
 
 from busapp.audit import audit_record
 from busapp.grants import grant_create
-from busapp.models import Topic
+from busapp.models import AuditAction, Topic
 from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, Role
 from busapp.services import roles_ensure, topic_create
 
@@ -70,7 +70,9 @@ class Command(BaseCommand):
         if not is_new:
             return user, False
         user.groups.add(Group.objects.get(name=role.value))
-        audit_record(actor=ACTOR, action="user.create", target=f"user:{username}", details={"role": role.value})
+        audit_record(
+            actor=ACTOR, action=AuditAction.USER_CREATE, target=f"user:{username}", details={"role": role.value}
+        )
         if role == Role.POLICY_PUBLISHERS:
             for topic in Topic.objects.filter(name__in=[name for name, _, _ in TOPICS]):
                 rights = [VIEW_TOPIC, PUBLISH_TOPIC] + ([APPROVE_TOPIC] if topic.sensitive else [])
