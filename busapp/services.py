@@ -36,7 +36,7 @@ from busapp.models import (
     Source,
     Topic,
 )
-from busapp.permissions import ROLE_PERMISSIONS
+from busapp.permissions import APPROVE_TOPIC, ROLE_PERMISSIONS, topic_right_held
 from busapp.publishing import dead_letters_send, envelope_head, envelope_wire, events_send
 from busapp.rows import rows_insert
 from busapp.selectors import ActiveVersions, envelopes_sha256, schema_version_active, topic_get
@@ -47,6 +47,7 @@ from busapp.validation import (
     EventRejectedError,
     FieldError,
     PayloadTooLargeError,
+    RightRefusedError,
     SchemaInvalidError,
     backward_incompatibilities,
     effective_at_error,
@@ -561,9 +562,7 @@ def publish_request_decide(*, request_id: int, actor: User, approve: bool, reaso
     if request.status != PublishRequestStatus.AWAITING_APPROVAL:
         raise ActionRefusedError([{"path": "/status", "message": "this request needs no approval"}])
     if request.requested_by_id == actor.pk:
-        raise ApprovalRequiredError(
-            [{"path": "/approval", "message": "nobody may approve or reject their own request"}]
-        )
+        raise RightRefusedError([{"path": "/approval", "message": "nobody may approve or reject their own request"}])
     if not reason.strip():
         raise ActionRefusedError([{"path": "/reason", "message": "is required: say why, for the audit log"}])
     request.decided_by, request.decided_at, request.decision_reason = actor, timezone.now(), reason.strip()
@@ -585,8 +584,11 @@ def publish_request_decide(*, request_id: int, actor: User, approve: bool, reaso
 
 @transaction.atomic
 def publish_request_cancel(*, request_id: int, actor: User, reason: str = "") -> PublishRequest:
-    """Withdraw a publish before it goes out."""
+    """Withdraw a publish before it goes out: its requester may, and so may whoever may approve on its topic."""
     request = _open_request_locked(request_id)
+    if request.requested_by_id != actor.pk and not topic_right_held(actor, APPROVE_TOPIC, request.topic):
+        message = "only its requester or an approver of the topic may cancel a waiting publish"
+        raise RightRefusedError([{"path": "/actor", "message": message}])
     request.status = PublishRequestStatus.CANCELLED
     request.decided_by, request.decided_at = actor, timezone.now()
     request.decision_reason = reason.strip() or "cancelled"

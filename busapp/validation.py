@@ -927,6 +927,10 @@ class ApprovalRequiredError(BusInputError):
     """A sensitive topic's publish lacks a second person's approval."""
 
 
+class RightRefusedError(BusInputError):
+    """The actor is not one the rule lets do this (cancel someone else's request without the approve right)."""
+
+
 class ActionRefusedError(BusInputError):
     """An action the record's state does not allow (already decided, already replayed) or missing its reason."""
 

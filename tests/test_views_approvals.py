@@ -224,3 +224,22 @@ def test_a_scheduled_publish_whose_schema_was_withdrawn_fails_and_says_why(bus):
     assert "has no active schema version" in waiting.failure
     assert AuditEntry.objects.filter(action="publish_request.fail").exists()
     assert bus.xlen(stream_key("tax-policy")) == 0
+
+
+def test_who_may_cancel_and_who_may_decide_is_the_services_rule_not_the_pages():
+    """Called without any page (a command, the API, a script), the service itself refuses both."""
+    from busapp.services import publish_request_cancel, publish_request_decide
+    from busapp.validation import RightRefusedError
+    from tests.support import withholding_request
+
+    waiting = withholding_request(User.objects.get(username="policy"))
+    with pytest.raises(RightRefusedError, match="only its requester or an approver of the topic may cancel"):
+        publish_request_cancel(request_id=waiting.pk, actor=User.objects.get(username="auditor"), reason="no")
+    with pytest.raises(RightRefusedError, match="nobody may approve or reject their own request"):
+        publish_request_decide(
+            request_id=waiting.pk, actor=User.objects.get(username="policy"), approve=True, reason="me"
+        )
+
+    waiting.refresh_from_db()
+    assert waiting.status == PublishRequestStatus.AWAITING_APPROVAL
+    assert not AuditEntry.objects.filter(action__in=["publish_request.cancel", "publish_request.approve"]).exists()

@@ -26,6 +26,7 @@ from busapp.validation import (
     EventRejectedError,
     FieldError,
     PayloadTooLargeError,
+    RightRefusedError,
     TopicNotFoundError,
 )
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 BUS_ERROR_STATUS: dict[type[BusInputError], int] = {
     TopicNotFoundError: status.HTTP_404_NOT_FOUND,
     ApprovalRequiredError: status.HTTP_403_FORBIDDEN,
+    RightRefusedError: status.HTTP_403_FORBIDDEN,
     ActionRefusedError: status.HTTP_409_CONFLICT,
     EventRejectedError: status.HTTP_422_UNPROCESSABLE_ENTITY,
     PayloadTooLargeError: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,

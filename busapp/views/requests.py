@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 from busapp.models import AuditAction, PublishRequest, PublishRequestStatus, Topic
 from busapp.permissions import APPROVE_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.services import publish_request_cancel, publish_request_decide
-from busapp.validation import BusInputError
+from busapp.validation import BusInputError, RightRefusedError
 from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
 
 
@@ -51,9 +51,6 @@ def request_decide(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     """Approve or reject a waiting publish, with a reason; only a second person holding approve_topic."""
     topic = topic_with_right(request, name, APPROVE_TOPIC)
     waiting = get_object_or_404(PublishRequest, pk=pk, topic=topic)
-    if waiting.requested_by_id == signed_in_user(request).pk:  # four eyes: a right nobody holds on their own
-        message = "nobody may approve or reject their own request"
-        refuse_audited(request, AuditAction.APPROVAL_REFUSED, f"publish_request:{waiting.pk}", message)
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
         return _request_refused(request, topic, waiting, "choose approve or reject")
@@ -64,8 +61,10 @@ def request_decide(request: HttpRequest, name: str, pk: int) -> HttpResponse:
             approve=decision == "approve",
             reason=request.POST.get("reason", ""),
         )
+    except RightRefusedError as refused:  # four eyes, the service's rule: a right nobody holds on their own
+        refuse_audited(request, AuditAction.APPROVAL_REFUSED, f"publish_request:{waiting.pk}", _said(refused))
     except BusInputError as refused:
-        return _request_refused(request, topic, waiting, "; ".join(error["message"] for error in refused.errors))
+        return _request_refused(request, topic, waiting, _said(refused))
     messages.success(request, f"{decided.get_status_display().capitalize()}.")
     return redirect(decided)
 
@@ -76,18 +75,22 @@ def request_cancel(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     """Cancel a waiting publish: its requester, or anyone who may approve on the topic."""
     topic = topic_with_right(request, name, VIEW_TOPIC)
     waiting = get_object_or_404(PublishRequest, pk=pk, topic=topic)
-    user = signed_in_user(request)
-    if not (waiting.requested_by_id == user.pk or topic_right_held(user, APPROVE_TOPIC, topic)):
-        message = "only its requester or an approver of the topic may cancel a waiting publish"
-        refuse_audited(request, AuditAction.PUBLISH_REQUEST_CANCEL_REFUSED, f"publish_request:{waiting.pk}", message)
     try:
         publish_request_cancel(
             request_id=waiting.pk, actor=signed_in_user(request), reason=request.POST.get("reason", "")
         )
+    except RightRefusedError as refused:  # the service's rule: its requester, or an approver of the topic
+        target = f"publish_request:{waiting.pk}"
+        refuse_audited(request, AuditAction.PUBLISH_REQUEST_CANCEL_REFUSED, target, _said(refused))
     except BusInputError as refused:
-        return _request_refused(request, topic, waiting, "; ".join(error["message"] for error in refused.errors))
+        return _request_refused(request, topic, waiting, _said(refused))
     messages.success(request, "Cancelled: it will not be published.")
     return redirect(waiting)
+
+
+def _said(refused: BusInputError) -> str:
+    """A refusal's messages, as one sentence."""
+    return "; ".join(error["message"] for error in refused.errors)
 
 
 def _request_refused(request: HttpRequest, topic: Topic, waiting: PublishRequest, message: str) -> HttpResponse:
