@@ -93,7 +93,9 @@ AUDIT_CHECK_LEASE_SECONDS = 3600
 # server (bench/README.md, live.py).
 FANOUT_INTERVAL = 0.025
 TOPIC_REFRESH_SECONDS = 5.0
-CLAIM_EVERY_SECONDS = 30.0
+# A stopped worker's entries are claimed once idle BUS_CLAIM_IDLE_MS, at the next look: an XAUTOCLAIM
+# per stream, cheap with nothing to take, so looked for often (at 30 s, they waited up to 30 s more).
+CLAIM_EVERY_SECONDS = 5.0
 RELAY_EVERY_SECONDS = 0.5
 SCHEDULE_EVERY_SECONDS = 1.0
 # Expired grants are written down and removed (the checks ignore them already), old idempotency keys forgotten.
@@ -965,12 +967,16 @@ class BusWorker:
         try:
             while not self.stopping.is_set():
                 if loop.time() >= next_refresh:
+                    if not self.topics:
+                        await self.refresh_topics()  # not waiting for the tap: every second unheard is lost
                     if wanted := set(self.topics) - subscribed:
                         await pubsub.subscribe(*wanted)
                         subscribed |= wanted
+                        logger.info("listener: listening on %d topic(s)", len(subscribed))
                     next_refresh = loop.time() + TOPIC_REFRESH_SECONDS
                 if not subscribed:
                     await self._pause(0.2)
+                    next_refresh = 0.0  # a bus without topics yet: look again soon
                     continue
                 reader = reader or asyncio.create_task(_pubsub_read(pubsub, heard))
                 batch = await _drain(heard, reader)

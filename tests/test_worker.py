@@ -58,6 +58,18 @@ async def _listening(bus):
         await asyncio.sleep(0.05)
 
 
+async def test_a_starting_worker_listens_at_once_not_at_its_next_topic_refresh(bus, monkeypatch):
+    """Until it subscribes, what seed-style publishers send is heard by no one it would reach."""
+    monkeypatch.setattr("busapp.worker.TOPIC_REFRESH_SECONDS", 3600.0)  # the next refresh never comes
+    worker = BusWorker(name="just-started")
+    task = asyncio.create_task(worker.run())
+    try:
+        await _listening(bus)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=10)
+
+
 async def test_the_tap_records_the_seeds_own_publisher_once_even_when_it_arrives_twice(
     bus, suite_redis, running_worker
 ):

@@ -24,6 +24,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import redis
@@ -46,6 +47,8 @@ CLIENT_RATE = 200.0 * SCALE
 RECOVERY_TIMEOUT = float(os.environ.get("CHAOS_RECOVERY_TIMEOUT", "50"))
 # After recovery, the counts must hold still this long: a late resend would show up as a duplicate.
 QUIET_SECONDS = 2.0
+# A failed scenario leaves its processes' output here.
+LOGS_DIR = ROOT / "var" / "chaos-logs"
 # A request that cannot be answered this long after the load stopped is given up (and counted).
 GIVE_UP_SECONDS = 60.0
 SECRET_KEY = "chaos-suite-only-secret-key"  # the processes run with DEBUG=0, as in production
@@ -273,6 +276,17 @@ class Cluster:
             gravest = sorted(kinds.values(), key=lambda kind: kind[0])[:most]
             found += [f"{label} logged: {text}" for _, text in gravest]
         return found
+
+    def logs_keep(self, scenario: str) -> Path:
+        """Write each process's output to ``var/chaos-logs/<scenario>/`` (read after a failure); the folder."""
+        folder = LOGS_DIR / re.sub(r"[^a-z0-9]+", "-", scenario.lower()).strip("-")
+        folder.mkdir(parents=True, exist_ok=True)
+        processes: list[WebProcess | WorkerProcess] = [*self.webs, *self.workers]
+        for process in processes:
+            if process.output is not None:
+                label = process.name if isinstance(process, WorkerProcess) else f"web-{process.port}"
+                (folder / f"{label}.log").write_text("\n".join(process.output.lines) + "\n")
+        return folder
 
     def stop(self) -> None:
         """Stop every process it started."""
@@ -774,9 +788,10 @@ def finish(row: Row, *, report: Report, cluster: Cluster, redis_url: str, starte
     """The checks every scenario ends with; then the row is reported and the test fails naming every problem."""
     row.database = database_label()
     row.problems += [f"a process died: {why}" for why in cluster.deaths()]
+    cluster.stop()
     if row.problems:
         row.notes += cluster.complaints()
-    cluster.stop()
+        row.notes.append(f"every process's output: {cluster.logs_keep(row.scenario)}")
     verified = manage("verify_audit_log", redis_url=redis_url, timeout=120)
     if verified.returncode != 0:
         row.problems.append(f"manage.py verify_audit_log failed: {(verified.stdout + verified.stderr).strip()[-800:]}")

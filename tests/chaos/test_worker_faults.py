@@ -150,8 +150,9 @@ def test_the_listening_worker_killed_under_external_publish_load_misses_no_event
     bus = redis.Redis.from_url(chaos_redis.url(0))
     heard = PubSubCounter(chaos_redis.url(0))
     heard.start()
-    # The elected listener subscribes once it has loaded the topics: then there are two subscribers.
-    wait_for(lambda: bus.pubsub_numsub(TOPIC)[0][1] >= 2, timeout=30, what="a worker to listen on Pub/Sub")
+    # Every worker listens (the counter is one more subscriber): what only the killed one heard would be lost.
+    listeners = 1 + len(cluster.workers)
+    wait_for(lambda: bus.pubsub_numsub(TOPIC)[0][1] >= listeners, timeout=30, what="every worker to listen on Pub/Sub")
     publisher = ExternalPublisher(chaos_redis.url(0), rate=PUBLISH_RATE)
     after_kill = max(12.0, 20.0 * SCALE)
     try:
