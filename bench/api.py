@@ -420,7 +420,7 @@ def _shortened(sql: str, width: int = 140) -> str:
 
 
 def _cpu_per_call(call: Callable[[], object], count: int) -> float:
-    """This process's CPU time per call, in microseconds, after a tenth as many calls (at least 3) of warm-up."""
+    """The process's CPU time per call, in microseconds, after a tenth as many calls (at least 3) of warm-up."""
     for _ in range(max(3, count // 10)):
         call()
     cpu = time.process_time()
@@ -479,7 +479,7 @@ class AsgiPost:
         assert sent[0]["status"] == self.status, sent
 
     def cpu_per_call(self, count: int) -> float:
-        """This process's CPU time per request, in microseconds."""
+        """The process's CPU time per request, in microseconds."""
         loop = asyncio.new_event_loop()
         try:
             return _cpu_per_call(lambda: loop.run_until_complete(self.request()), count)

@@ -173,8 +173,11 @@ def bench_schema() -> dict[str, Any]:
 
 
 def bench_payload() -> dict[str, Any]:
-    """A valid payload filling every field, two rows in each array (1234.56 among the amounts: a cent amount
-    binary floating point cannot divide by 0.01, which validation once refused; see bench/README.md)."""
+    """A valid payload filling every field, two rows in each array.
+
+    1234.56 is among the amounts: a cent amount binary floating point cannot divide by 0.01,
+    which validation once refused (bench/README.md).
+    """
     return {
         "case_id": "AM-204518",
         "tax_year": 2025,

@@ -96,7 +96,7 @@ def _arguments() -> argparse.Namespace:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="experiment: run the worker with busapp.worker.FANOUT_INTERVAL patched to this (default: as shipped)",
+        help="experiment: run the worker with busapp.worker.fanout.FANOUT_INTERVAL patched to this",
     )
     parser.add_argument(
         "--layer-socket-timeout",
@@ -281,7 +281,7 @@ _PROCFILE_WEB_FLAGS = ["--ws-per-message-deflate", "false"]
 
 
 def _start_uvicorn(env: dict[str, str], port: int, no_dispatch_hop: bool = False) -> OutputWatcher:
-    """uvicorn serving the ASGI app as the Procfile runs it (uvloop, httptools, no permessage-deflate)."""
+    """The uvicorn server, serving the ASGI app as the Procfile runs it (uvloop, httptools, no permessage-deflate)."""
     command = [sys.executable, "-c", _NO_DISPATCH_HOP] if no_dispatch_hop else [sys.executable, "-m", "uvicorn"]
     command += ["hmsadmin.asgi:application", "--host", "127.0.0.1", *_PROCFILE_WEB_FLAGS]
     command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
@@ -295,7 +295,8 @@ def _start_worker(env: dict[str, str], fanout_interval: float | None) -> OutputW
         command = [sys.executable, str(ROOT / "manage.py"), "bus_worker"]
     else:
         patched = (
-            "import sys, django; django.setup(); import busapp.worker as w; w.FANOUT_INTERVAL = float(sys.argv[1]); "
+            "import sys, django; django.setup(); import busapp.worker.fanout as w; "
+            "w.FANOUT_INTERVAL = float(sys.argv[1]); "
             "from django.core.management import call_command; call_command('bus_worker')"
         )
         command = [sys.executable, "-c", patched, str(fanout_interval)]
@@ -521,7 +522,7 @@ class Bench:
         await asyncio.gather(*(client.close() for client in leaving))
 
     async def measure_memory(self) -> None:
-        """uvicorn's RSS with no websocket, then with MEMORY_CLIENTS connected, subscribed and idle."""
+        """The uvicorn server's RSS with no websocket, then with MEMORY_CLIENTS connected, subscribed and idle."""
         uvicorn = self.pids["uvicorn"]
         await self.connect(1)  # the first websocket loads what every later one shares
         await self.disconnect(0)

@@ -1,5 +1,7 @@
-"""Django admin: topics and schemas change only through the services (so they are audited); history is read-only;
-the last active Bus admin stays one; rights and a topic's ``sensitive`` flag are not changed here at all.
+"""Django admin: topics and schemas change only through the services (so they are audited).
+
+History is read-only; the last active Bus admin stays one; rights and a topic's ``sensitive``
+flag are not changed here at all.
 
 Per-topic rights are granted and revoked only at ``/access/`` (``busapp.grants``: a reason, an
 optional expiry, an audit entry). So Topic is a plain ModelAdmin, not django-guardian's
@@ -20,6 +22,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import URLPattern, re_path
 
 from busapp.audit import audit_record
+from busapp.errors import SchemaInvalidError
 from busapp.forms import CarriedJSONField
 from busapp.grants import last_bus_admin_message
 from busapp.models import AuditAction, AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
@@ -31,7 +34,6 @@ from busapp.services import (
     schema_version_create,
     topic_create,
 )
-from busapp.validation import SchemaInvalidError
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

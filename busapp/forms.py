@@ -9,7 +9,8 @@ from django import forms
 from django.forms.fields import InvalidJSONInput
 from django.utils import timezone
 
-from busapp.history import HistoryFilter, HistoryQueryError, PayloadCondition, conditions_parse
+from busapp.errors import HistoryQueryError
+from busapp.history import HistoryFilter, PayloadCondition, conditions_parse
 from busapp.models import AuditAction, EventStatus, Source
 from busapp.permissions import TOPIC_RIGHTS, Role
 from busapp.validation import json_parse, printable
@@ -216,8 +217,10 @@ class ServiceTokenForm(_ExpiryForm):
 
 
 class CarriedJSONField(forms.JSONField):
-    """A JSON text box that refuses, with the path, what the bus cannot carry (nested over 64 levels, NUL,
-    lone surrogates): Django's own field recursed out on deep text and failed to show surrogates (500s).
+    """A JSON text box that refuses, with the path, what the bus cannot carry.
+
+    Nested over 64 levels, NUL, lone surrogates: Django's own field recursed out on deep text
+    and failed to show surrogates (500s).
     """
 
     def to_python(self, value: Any) -> Any:

@@ -16,9 +16,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from busapp.audit import Actor, actor_parts, audit_record
+from busapp.errors import ActionRefusedError
 from busapp.models import AuditAction, Topic, TopicGroupGrant, TopicUserGrant
 from busapp.permissions import TOPIC_RIGHTS, Role, grant_live
-from busapp.validation import ActionRefusedError
 
 Principal = User | Group
 Grant = TopicUserGrant | TopicGroupGrant

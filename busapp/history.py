@@ -23,8 +23,9 @@ from django.db.models import Func, Q, QuerySet, Subquery, TextField
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 
+from busapp.errors import HistoryQueryError
 from busapp.models import AuditEntry, Event, EventType, SchemaVersion, Topic
-from busapp.validation import MAX_DEPTH, FieldError, json_value_errors
+from busapp.validation import MAX_DEPTH, json_value_errors
 
 PAGE_SIZE = 50
 # Events a page with payload conditions reads at most (bench/history.py: about 50 ms of JSON on SQLite).
@@ -39,14 +40,6 @@ _PATH_RE = re.compile(r"[A-Za-z_][\w-]*(?:\.(?:[A-Za-z_][\w-]*|\d+))*")
 _OPERATOR_RE = re.compile(r"[<>=!~:]+|[A-Za-z_]+")
 _CURSOR_SALT = "busapp.history.cursor"
 _DAMAGED_LINK = "this page link was changed or is damaged: start again from the first page"
-
-
-class HistoryQueryError(Exception):
-    """A filter, condition or page link that cannot be used; each error names its field and the rule."""
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        super().__init__("; ".join(f"{error['path']}: {error['message']}" for error in errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True)

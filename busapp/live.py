@@ -1,5 +1,7 @@
-"""What the live pages receive: one shape for an event, whether it comes over the websocket or, after a reconnect,
-from history over HTTP; and the Channels groups each topic's live items go to.
+"""What the live pages receive: one shape for an event, and the Channels groups each topic's live items go to.
+
+The same shape whether an event comes over the websocket or, after a reconnect, from history
+over HTTP.
 
 Events an outsider put on the bus while their topic was sensitive carry ``"not_approved": true``
 (nobody approved them); other items leave the key out.

@@ -20,8 +20,7 @@ from prometheus_client.registry import Collector
 
 from busapp.health import workers_read
 from busapp.models import BulkAction, BulkActionStatus, DeadLetter, DeadLetterStatus, Event, EventStatus, Topic
-from busapp.publishing import bus_redis, stream_key
-from busapp.worker import GROUP as TAP_GROUP
+from busapp.publishing import TAP_GROUP, bus_redis, stream_key
 
 registry = CollectorRegistry()  # not auto_describe: that would query the database at import
 websocket_clients = Gauge(

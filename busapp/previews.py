@@ -14,15 +14,12 @@ from typing import Any
 
 from django.core import signing
 
+from busapp.errors import PreviewInvalidError
 from busapp.publishing import envelope_uuid
 
 _SALT = "busapp.publish-preview"
 # A preview older than this is refused; the person previews again and sees current values.
 MAX_AGE_SECONDS = 60 * 60
-
-
-class PreviewInvalidError(Exception):
-    """The confirm step's token is not one this server signed for this person and topic, or too old."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from busapp.audit import AuditRecord, audit_append
+from busapp.errors import BusUnavailableError
 from busapp.models import AuditAction, DeadLetter, Event, EventStatus
 from busapp.redis_connections import bus_address, bus_client_new, pool_connection_new
 from busapp.rows import DriverCursor, datetime_for_db, driver_cursor
@@ -31,15 +32,13 @@ STREAM_PREFIX = "stream:"
 # hears here (the first to hear a message, once); the workers read it through the consumer
 # group like a topic stream.
 INGEST_STREAM = "hms:tap:ingest"
+# The bus workers' consumer group on every topic stream and the ingest stream.
+TAP_GROUP = "hms-bus-admin"
 RELAY_BATCH = 500
 MAX_BACKOFF_SECONDS = 60
 
 _clients: dict[str, redis.Redis] = {}
 _clients_lock = threading.Lock()
-
-
-class BusUnavailableError(Exception):
-    """Redis did not answer; what was accepted stays pending and the relay sends it later."""
 
 
 class SendOutcomeUnknownError(redis.ConnectionError):

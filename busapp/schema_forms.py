@@ -20,8 +20,9 @@ from typing import Any
 
 from django.http import QueryDict
 
+from busapp.errors import FieldError
 from busapp.models import SchemaVersion
-from busapp.validation import FieldError, json_parse, json_pointer
+from busapp.validation import json_parse, json_pointer
 
 ROOT = "/payload"
 INDEX_PLACEHOLDER = "__index__"
@@ -56,7 +57,7 @@ class FormField:
     min_items: int = 0
 
     def at(self, path: str) -> FormField:
-        """This field (and its children) moved to another path: an array row's copy of the template."""
+        """The field (and its children) moved to another path: an array row's copy of the template."""
         moved = FormField(**{**self.__dict__, "path": path})
         moved.children = [child.at(path + child.path[len(self.path) :]) for child in self.children]
         if self.item is not None:

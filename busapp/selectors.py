@@ -12,6 +12,7 @@ from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
+from busapp.errors import BusInputError, EventRejectedError, FieldError, TopicNotFoundError
 from busapp.models import (
     AuditAction,
     AuditEntry,
@@ -27,7 +28,6 @@ from busapp.models import (
 )
 from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, topics_with_right
 from busapp.rows import driver_cursor
-from busapp.validation import BusInputError, EventRejectedError, FieldError, TopicNotFoundError
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User

@@ -15,8 +15,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from busapp.audit import audit_record
+from busapp.errors import ActionRefusedError, ApprovalRequiredError
 from busapp.models import AuditAction, SensitivityChangeStatus, Topic, TopicSensitivityChange
-from busapp.validation import ActionRefusedError, ApprovalRequiredError
 
 # Held by the Bus admins role (busapp.permissions.ROLE_PERMISSIONS), and by superusers.
 CHANGE_TOPIC = "busapp.change_topic"

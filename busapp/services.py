@@ -18,6 +18,17 @@ from django.db.models.base import ModelState
 from django.utils import timezone
 
 from busapp.audit import Actor, AuditRecord, actor_parts, audit_append, audit_record
+from busapp.errors import (
+    ActionRefusedError,
+    ApprovalRequiredError,
+    BusInputError,
+    EventRejectedError,
+    FieldError,
+    PayloadTooLargeError,
+    RightRefusedError,
+    SchemaInvalidError,
+    errors_joined,
+)
 from busapp.models import (
     AuditAction,
     BulkAction,
@@ -41,14 +52,6 @@ from busapp.publishing import dead_letters_send, envelope_head, envelope_wire, e
 from busapp.rows import rows_insert
 from busapp.selectors import ActiveVersions, envelopes_sha256, schema_version_active, topic_get
 from busapp.validation import (
-    ActionRefusedError,
-    ApprovalRequiredError,
-    BusInputError,
-    EventRejectedError,
-    FieldError,
-    PayloadTooLargeError,
-    RightRefusedError,
-    SchemaInvalidError,
     backward_incompatibilities,
     effective_at_error,
     json_parse,
@@ -855,7 +858,7 @@ def _bulk_handle(action: BulkAction, letter_id: int) -> tuple[str, str]:
             return "skipped", "its body has no event type and payload to replay: fix it on its own page"
         event = dead_letter_replay(letter_id=letter_id, event_type=kind, payload=payload, actor=actor)
     except BusInputError as refused:
-        return "skipped", "; ".join(f"{error['path']}: {error['message']}" for error in refused.errors[:5])
+        return "skipped", errors_joined(refused.errors[:5])
     return "replayed", event.envelope_id
 
 

@@ -12,16 +12,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from busapp.audit import Actor, actor_parts, audit_record
+from busapp.errors import ActionRefusedError, TokenInvalidError
 from busapp.models import AuditAction, ServiceToken, Topic
-from busapp.validation import ActionRefusedError
 
 TOKEN_PREFIX = "hms"  # noqa: S105  # the tokens' fixed first part, not a secret
 # last_used_at is written at most this often per token, so a busy service costs no write per request.
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
-
-
-class TokenInvalidError(Exception):
-    """A bearer token that is unknown, malformed, revoked or expired; the message says which and what to do."""
 
 
 def token_sha256(text: str) -> str:

@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 import re2
 from django.conf import settings
@@ -27,21 +27,11 @@ from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 from rfc3986_validator import validate_rfc3986
 
+from busapp.errors import FieldError, SchemaInvalidError
 from busapp.fast_check import fast_checker, fast_checkers_clear, surely_valid
 
 if TYPE_CHECKING:
     from busapp.models import SchemaVersion
-
-
-class FieldError(TypedDict):
-    """One problem with an input, at a JSON pointer path: ``{"path": "/payload/x", "message": "..."}``."""
-
-    path: str
-    message: str
-
-
-class SchemaInvalidError(Exception):
-    """A JSON Schema that cannot be saved, with the reason."""
 
 
 # How deep arrays and objects may nest in a payload or a schema: deeper JSON is refused before anything
@@ -68,7 +58,7 @@ _BRACKETS_ONLY.update({ord("{"): "[", ord("}"): "]"})
 
 
 def printable(text: str) -> str:
-    """Text as it can be shown and stored: NUL and lone surrogates written as their \\u escapes."""
+    r"""Text as it can be shown and stored: NUL and lone surrogates written as their \u escapes."""
     if _UNSTORABLE.search(text) is None:
         return text
     return _UNSTORABLE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
@@ -617,21 +607,32 @@ def _schema_graph(schema: dict[str, Any], resolver: Any) -> _SchemaGraph:
                 walk.append((child, child_pointer, resolver, False))
                 if same_value:
                     edges.append(id(child))
-        for keyword in ("$ref", "$dynamicRef"):
-            ref = node.get(keyword)
-            if not isinstance(ref, str):
-                continue
-            try:
-                resolved = resolver.lookup(ref)
-            except Unresolvable:
-                raise SchemaInvalidError(
-                    f"{pointer}/{keyword}: {printable(ref)!r} does not resolve: a schema may refer only to itself"
-                    " and to schemas stored here"
-                ) from None
-            if isinstance(resolved.contents, dict):
-                edges.append(id(resolved.contents))
-                referenced.append((resolved.contents, ref, resolved.resolver, True))
-    # A $dynamicRef may land on any $dynamicAnchor of its name in the dynamic scope: count them all.
+        for ref, resolved in _references(node, pointer, resolver):
+            edges.append(id(resolved.contents))
+            referenced.append((resolved.contents, ref, resolved.resolver, True))
+    _dynamic_anchors_join(graph)
+    return graph
+
+
+def _references(node: dict[str, Any], pointer: str, resolver: Any) -> Iterator[tuple[str, Any]]:
+    """Each ``$ref`` and ``$dynamicRef`` of a subschema that lands on a schema object, with where it lands."""
+    for keyword in ("$ref", "$dynamicRef"):
+        ref = node.get(keyword)
+        if not isinstance(ref, str):
+            continue
+        try:
+            resolved = resolver.lookup(ref)
+        except Unresolvable:
+            raise SchemaInvalidError(
+                f"{pointer}/{keyword}: {printable(ref)!r} does not resolve: a schema may refer only to itself"
+                " and to schemas stored here"
+            ) from None
+        if isinstance(resolved.contents, dict):
+            yield ref, resolved
+
+
+def _dynamic_anchors_join(graph: _SchemaGraph) -> None:
+    """A ``$dynamicRef`` may land on any ``$dynamicAnchor`` of its name in the dynamic scope: link them all."""
     anchors: dict[str, list[int]] = {}
     for key, (node, _) in graph.nodes.items():
         if isinstance(node.get("$dynamicAnchor"), str):
@@ -640,7 +641,6 @@ def _schema_graph(schema: dict[str, Any], resolver: Any) -> _SchemaGraph:
         ref = node.get("$dynamicRef")
         if isinstance(ref, str) and ref.startswith("#") and "/" not in ref:
             graph.same_value[key].extend(anchors.get(ref[1:], []))
-    return graph
 
 
 def _same_value_check(graph: _SchemaGraph) -> None:
@@ -716,9 +716,10 @@ def _unevaluated_check(graph: _SchemaGraph, start: int) -> None:
 
 
 def schema_check(schema: Any, *, uri: str) -> None:
-    """Refuse a schema that could not be saved or could hurt: not valid Draft 2020-12, nested over 64 levels,
-    holding NUL or lone surrogates, a ``$ref`` outside the stored schemas or in a cycle with no keyword
-    between, or a pattern RE2 refuses. Each refusal names the JSON pointer and the rule.
+    """Refuse a schema that could not be saved or could hurt; each refusal names the JSON pointer and the rule.
+
+    Not valid Draft 2020-12, nested over 64 levels, holding NUL or lone surrogates, a ``$ref``
+    outside the stored schemas or in a cycle with no keyword between, or a pattern RE2 refuses.
     """
     if not isinstance(schema, dict):
         raise SchemaInvalidError(f"a JSON Schema here must be an object, not {type(schema).__name__}")
@@ -909,38 +910,6 @@ def _envelope_fits(envelope: Any) -> bool:
         and 0 <= timestamp <= 253402300799
         and isinstance(envelope.get("payload"), dict)
     )
-
-
-class BusInputError(Exception):
-    """Input the bus refuses, with every problem as a path and a message."""
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{error['path']}: {error['message']}" for error in errors))
-
-
-class TopicNotFoundError(BusInputError):
-    """The named topic does not exist."""
-
-
-class ApprovalRequiredError(BusInputError):
-    """A sensitive topic's publish lacks a second person's approval."""
-
-
-class RightRefusedError(BusInputError):
-    """The actor is not one the rule lets do this (cancel someone else's request without the approve right)."""
-
-
-class ActionRefusedError(BusInputError):
-    """An action the record's state does not allow (already decided, already replayed) or missing its reason."""
-
-
-class PayloadTooLargeError(BusInputError):
-    """A batch holding a payload over the bus's size limit: refused whole, before anything is written."""
-
-
-class EventRejectedError(BusInputError):
-    """The event breaks the envelope, its type is unknown, or its payload breaks the schema."""
 
 
 _TYPE_ORDER = ("null", "boolean", "integer", "number", "string", "array", "object")

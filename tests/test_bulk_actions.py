@@ -9,10 +9,10 @@ from channels.testing.websocket import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import Client
 
+from busapp.errors import FieldError
 from busapp.models import AuditEntry, BulkAction, BulkActionStatus, DeadLetter, DeadLetterStatus, Event, Source, Topic
 from busapp.publishing import stream_key
 from busapp.services import bulk_action_step
-from busapp.validation import FieldError
 from busapp.worker import BusWorker
 from hmsadmin.asgi import application
 

@@ -186,7 +186,7 @@ async def test_events_published_in_a_batch_reach_the_browser_in_a_few_frames():
     worker = BusWorker(name="consumer-test-worker")
     running = asyncio.create_task(worker.run())
     try:
-        await worker.refresh_topics()
+        await worker.tap.refresh_topics()
         items = [{"type": "tax_policy.updated", "payload": {"standard_deduction": n}} for n in range(300)]
         outcome = await sync_to_async(event_publish_batch)(topic="tax-policy", items=items, actor="test")
 

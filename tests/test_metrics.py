@@ -4,9 +4,9 @@ import pytest
 from django.test import Client
 
 from busapp.models import Event, Source, Topic
+from busapp.publishing import TAP_GROUP as GROUP
 from busapp.publishing import stream_key
 from busapp.services import dead_letter_create
-from busapp.worker import GROUP
 from tests.support import publish_deduction
 
 pytestmark = pytest.mark.usefixtures("demo_committed")

@@ -160,9 +160,9 @@ def test_the_mark_is_what_the_topic_was_when_the_event_was_recorded(bus):
 
     async def record(topic: str) -> Event:
         worker = BusWorker(name="mark-test-worker")
-        await worker.refresh_topics()
+        await worker.tap.refresh_topics()
         bus.xadd(stream_key(topic), {"event": _envelope(topic)})
-        await worker.handle(await worker.read())
+        await worker.tap.handle(await worker.tap.read())
         await worker.redis.aclose()
         return await sync_to_async(Event.objects.select_related("topic").get)(topic__name=topic)
 

@@ -147,8 +147,8 @@ def test_a_schema_version_added_in_the_admin_is_checked_and_audited(client):
 
 @pytest.mark.usefixtures("demo_committed")
 def test_deprecating_a_version_in_the_admin_is_audited_and_publishing_falls_back(client, bus):
+    from busapp.errors import EventRejectedError
     from busapp.models import SchemaVersion
-    from busapp.validation import EventRejectedError
 
     version = SchemaVersion.objects.get(event_type__name="tax_policy.updated")
     client.force_login(get_user_model().objects.get(username="admin"))

@@ -12,10 +12,10 @@ from django.test import Client
 
 from busapp import services
 from busapp.audit import audit_verify
+from busapp.errors import ApprovalRequiredError, EventRejectedError, TopicNotFoundError
 from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, Source
 from busapp.publishing import envelope_uuid, relay_pending, stream_key
 from busapp.services import event_publish_batch
-from busapp.validation import ApprovalRequiredError, EventRejectedError, TopicNotFoundError
 from tests.support import publish_deduction
 
 pytestmark = pytest.mark.usefixtures("demo_committed")

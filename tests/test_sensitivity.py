@@ -9,11 +9,11 @@ from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.test import Client
 
+from busapp.errors import ActionRefusedError, ApprovalRequiredError
 from busapp.models import AuditEntry, ImmutableRecordError, Source, Topic, TopicSensitivityChange
 from busapp.permissions import Role
 from busapp.sensitivity import topic_sensitivity_decide, topic_sensitivity_request
 from busapp.services import event_publish
-from busapp.validation import ActionRefusedError, ApprovalRequiredError
 from tests.conftest import DEMO_PASSWORD
 from tests.support import WITHHOLDING_TABLE
 
@@ -52,7 +52,7 @@ def _actions(name: str = WITHHOLDING) -> list[tuple[str, str]]:
 
 
 def test_the_flag_changes_only_when_a_second_bus_admin_approves_and_each_step_is_audited(admin2: User) -> None:
-    """admin asks to make irs.withholding not sensitive; nothing changes, and a lone publish is still refused."""
+    """Admin asks to make irs.withholding not sensitive; nothing changes, and a lone publish is still refused."""
     change = topic_sensitivity_request(
         topic=Topic.objects.get(name=WITHHOLDING), sensitive=False, reason="pilot ended", actor=_person("admin")
     )
@@ -150,7 +150,7 @@ def test_only_bus_admins_ask_or_decide_and_every_step_needs_a_reason(admin2: Use
 
 
 def test_two_bus_admins_change_it_through_the_pages(admin2: User) -> None:
-    """admin asks on the topic's page, admin2 sees the request with its reason and approves it."""
+    """Admin asks on the topic's page, admin2 sees the request with its reason and approves it."""
     admin_client, second = _client("admin"), _client("admin2")
     assert "Request a change" in admin_client.get(f"/topics/{WITHHOLDING}/").content.decode()
 

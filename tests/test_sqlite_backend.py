@@ -8,7 +8,7 @@ import pytest
 from django.db import connection, connections, transaction
 
 from busapp.models import Topic
-from busapp.worker import wal_checkpoint
+from busapp.worker.jobs import wal_checkpoint
 from hmsadmin.sqlite import base
 from tests.support import publish_deduction
 

@@ -10,12 +10,12 @@ from django.core.management.base import CommandError
 from django.test import Client
 from jsonschema import Draft202012Validator
 
+from busapp.errors import SchemaInvalidError
 from busapp.models import AuditEntry, SchemaVersion
 from busapp.services import schema_version_create
 from busapp.validation import (
     ENVELOPE_SCHEMA,
     PayloadValidator,
-    SchemaInvalidError,
     envelope_errors,
     json_parse,
     json_value_errors,

@@ -12,8 +12,8 @@ from django.test import Client
 from django.utils import timezone
 
 from busapp.consumers import CLOSE_NOT_SIGNED_IN
+from busapp.errors import FieldError
 from busapp.models import BulkActionKind, Source, Topic
-from busapp.validation import FieldError
 from hmsadmin.asgi import application
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")

@@ -14,10 +14,11 @@ from channels.layers import get_channel_layer
 from django.db import connections
 
 from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, Source
+from busapp.publishing import TAP_GROUP as GROUP
 from busapp.publishing import stream_key
 from busapp.selectors import schema_version_active
 from busapp.services import event_build, event_publish_batch
-from busapp.worker import GROUP, BusWorker
+from busapp.worker import BusWorker
 from tests.support import (
     OutputWatcher,
     manage_background,
@@ -60,7 +61,7 @@ async def _listening(bus):
 
 async def test_a_starting_worker_listens_at_once_not_at_its_next_topic_refresh(bus, monkeypatch):
     """Until it subscribes, what seed-style publishers send is heard by no one it would reach."""
-    monkeypatch.setattr("busapp.worker.TOPIC_REFRESH_SECONDS", 3600.0)  # the next refresh never comes
+    monkeypatch.setattr("busapp.worker.tap.TOPIC_REFRESH_SECONDS", 3600.0)  # the next refresh never comes
     worker = BusWorker(name="just-started")
     task = asyncio.create_task(worker.run())
     try:
@@ -117,8 +118,8 @@ async def _read_one_external_entry(bus):
     """A durable publisher XADDs one event; worker A reads it (now pending for A) and returns both."""
     bus.xadd(stream_key("tax-policy"), {"event": _envelope()})
     first = BusWorker(name="worker-a")
-    await first.refresh_topics()
-    entries = await first.read()
+    await first.tap.refresh_topics()
+    entries = await first.tap.read()
     assert len(entries) == 1
     return first, entries
 
@@ -128,8 +129,8 @@ async def test_a_worker_killed_after_reading_loses_nothing(bus):
     await first.redis.aclose()  # worker A dies before recording or acknowledging
 
     second = BusWorker(name="worker-b", claim_idle_ms=0)
-    claimed = await second.claim()
-    await second.handle(claimed)
+    claimed = await second.tap.claim()
+    await second.tap.handle(claimed)
     await second.redis.aclose()
 
     assert [entry.entry_id for entry in claimed] == [entry.entry_id for entry in entries]
@@ -140,17 +141,17 @@ async def test_a_worker_killed_after_reading_loses_nothing(bus):
 async def test_the_tap_leaves_the_published_mark_to_a_sender_that_makes_it(bus):
     """Events read while still pending, then marked by their sender: the tap's later check writes nothing."""
     worker = BusWorker(name="worker-a")
-    await worker.refresh_topics()
+    await worker.tap.refresh_topics()
     outcome = await sync_to_async(event_publish_batch)(
         topic="tax-policy", items=[{"type": "tax_policy.updated", "payload": {"standard_deduction": 1}}], actor="test"
     )
-    await worker.handle(await worker.read())
+    await worker.tap.handle(await worker.tap.read())
     just_now = asyncio.get_running_loop().time()
     # As if read before the sender's mark, long ago; and one more read just now (not due yet).
-    worker.seen_pending = {outcome.events[0].pk: ("1-0", 0.0), 999_999: ("2-0", just_now)}
+    worker.tap.seen_pending = {outcome.events[0].pk: ("1-0", 0.0), 999_999: ("2-0", just_now)}
 
-    assert await worker.settle_seen_pending() == 0
-    assert worker.seen_pending == {999_999: ("2-0", just_now)}  # checked again later
+    assert await worker.tap.settle_seen_pending() == 0
+    assert worker.tap.seen_pending == {999_999: ("2-0", just_now)}  # checked again later
     await worker.redis.aclose()
     event = await sync_to_async(Event.objects.get)(pk=outcome.events[0].pk)
     assert event.stream_id != "1-0"  # the sender's own mark stands
@@ -158,11 +159,11 @@ async def test_the_tap_leaves_the_published_mark_to_a_sender_that_makes_it(bus):
 
 async def test_a_worker_killed_after_recording_but_before_acknowledging_does_not_double(bus):
     first, entries = await _read_one_external_entry(bus)
-    await first.record(entries)
+    await first.tap.record(entries)
     await first.redis.aclose()  # worker A dies after its commit, before XACK
 
     second = BusWorker(name="worker-b", claim_idle_ms=0)
-    await second.handle(await second.claim())
+    await second.tap.handle(await second.tap.claim())
     await second.redis.aclose()
 
     assert await sync_to_async(Event.objects.count)() == 1
@@ -182,12 +183,12 @@ async def test_the_tap_marks_an_event_published_when_its_sender_died_before_sayi
 
     event, stream_id = await sync_to_async(sent_but_not_marked)()
     worker = BusWorker(name="worker-a")
-    await worker.refresh_topics()
-    outcome = await worker.handle(await worker.read())
+    await worker.tap.refresh_topics()
+    outcome = await worker.tap.handle(await worker.tap.read())
     # A live sender marks its events a moment after sending: the tap leaves that to it for a second.
-    assert await worker.settle_seen_pending() == 0
+    assert await worker.tap.settle_seen_pending() == 0
     assert (await sync_to_async(Event.objects.get)(pk=event.pk)).status == EventStatus.PENDING
-    assert await worker.settle_seen_pending(older_than=0.0) == 1
+    assert await worker.tap.settle_seen_pending(older_than=0.0) == 1
     await worker.redis.aclose()
 
     stored = await sync_to_async(Event.objects.get)(pk=event.pk)

@@ -10,8 +10,10 @@ from asgiref.sync import sync_to_async
 from busapp import worker as worker_module
 from busapp.heartbeats import WORKERS_KEY, beats_from_hash
 from busapp.models import DeadLetter, Event, EventType, SchemaVersion, Source
+from busapp.publishing import TAP_GROUP as GROUP
 from busapp.publishing import stream_key
-from busapp.worker import GROUP, BusWorker
+from busapp.worker import BusWorker
+from busapp.worker import jobs as worker_jobs
 from tests.support import until_in_sync_thread
 
 pytestmark = [
@@ -112,8 +114,8 @@ async def test_an_entry_workers_keep_dying_on_is_dead_lettered_unread_after_four
         bus.xclaim(stream, GROUP, consumer, 0, [entry_id])  # each claim a delivery more
 
     worker = BusWorker(name="survivor", claim_idle_ms=0)
-    await worker.refresh_topics()
-    await worker.handle(await worker.claim())
+    await worker.tap.refresh_topics()
+    await worker.tap.handle(await worker.tap.claim())
     await worker.redis.aclose()
 
     [letter] = await sync_to_async(lambda: list(DeadLetter.objects.all()))()
@@ -129,8 +131,8 @@ async def test_an_entry_claimed_once_after_a_worker_died_is_recorded_as_usual(bu
     bus.xreadgroup(GROUP, "died", {stream: ">"})
 
     worker = BusWorker(name="survivor", claim_idle_ms=0)
-    await worker.refresh_topics()
-    await worker.handle(await worker.claim())
+    await worker.tap.refresh_topics()
+    await worker.tap.handle(await worker.tap.claim())
     await worker.redis.aclose()
 
     assert await sync_to_async(Event.objects.count)() == 1
@@ -139,7 +141,7 @@ async def test_an_entry_claimed_once_after_a_worker_died_is_recorded_as_usual(bu
 
 async def test_a_loop_that_fails_is_logged_counted_in_the_heartbeat_and_started_again(bus, monkeypatch, caplog):
     failures = []
-    real_relay = worker_module.relay_pending
+    real_relay = worker_jobs.relay_pending
 
     def relay_that_fails_twice() -> int:
         if len(failures) < 2:
@@ -147,7 +149,7 @@ async def test_a_loop_that_fails_is_logged_counted_in_the_heartbeat_and_started_
             raise RuntimeError("a bug of ours")
         return real_relay()
 
-    monkeypatch.setattr(worker_module, "relay_pending", relay_that_fails_twice)
+    monkeypatch.setattr(worker_jobs, "relay_pending", relay_that_fails_twice)
     monkeypatch.setattr(worker_module, "RESTART_BACKOFF_SECONDS", 0.05)
     monkeypatch.setattr(worker_module, "HEARTBEAT_EVERY_SECONDS", 0.1)
     worker = BusWorker(name="test-worker")

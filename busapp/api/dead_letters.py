@@ -20,10 +20,10 @@ from busapp.api.serializers import (
     ReplayInSerializer,
 )
 from busapp.api.views import body_checked, input_valid, published_answer, query_valid
+from busapp.errors import FieldError
 from busapp.models import AuditAction, DeadLetter
 from busapp.permissions import MANAGE_TOPIC
 from busapp.services import dead_letter_contents, dead_letter_replay
-from busapp.validation import FieldError
 
 
 class DeadLetterListView(APIView):

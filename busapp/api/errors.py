@@ -17,18 +17,19 @@ from rest_framework.views import set_rollback
 from busapp.api.authentication import ServiceCaller
 from busapp.api.serializers import ErrorsSerializer
 from busapp.audit import audit_record
-from busapp.history import HistoryQueryError
-from busapp.models import AuditAction
-from busapp.validation import (
+from busapp.errors import (
     ActionRefusedError,
     ApprovalRequiredError,
     BusInputError,
     EventRejectedError,
     FieldError,
+    HistoryQueryError,
     PayloadTooLargeError,
     RightRefusedError,
     TopicNotFoundError,
+    errors_joined,
 )
+from busapp.models import AuditAction
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class ApiError(exceptions.APIException):
     """A refusal that already carries its errors as paths and messages."""
 
     def __init__(self, errors: list[FieldError], status_code: int) -> None:
-        super().__init__(detail="; ".join(f"{error['path']}: {error['message']}" for error in errors))
+        super().__init__(detail=errors_joined(errors))
         self.errors = errors
         self.status_code = status_code
 

@@ -16,9 +16,9 @@ from busapp.api.authentication import topics_viewable
 from busapp.api.errors import ApiError, detail_errors, refusals
 from busapp.api.selectors import event_record
 from busapp.api.serializers import EventDetailSerializer, EventPageSerializer, PageQuerySerializer
+from busapp.errors import FieldError
 from busapp.forms import EventFilterForm
 from busapp.history import history_page_at
-from busapp.validation import FieldError
 
 # Query parameters that may be repeated; their values are joined as the page's text box joins lines.
 REPEATED = ("where",)

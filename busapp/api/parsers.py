@@ -9,12 +9,15 @@ from rest_framework import status
 from rest_framework.parsers import JSONParser
 
 from busapp.api.errors import ApiError
-from busapp.validation import FieldError, json_parse
+from busapp.errors import FieldError
+from busapp.validation import json_parse
 
 
 class StrictJSONParser(JSONParser):
-    """JSONParser that refuses what the bus cannot carry, saying where: not UTF-8, not strict JSON
-    (NaN, Infinity, numbers that overflow to them), nested over 64 levels, NUL, lone surrogates.
+    """JSONParser that refuses what the bus cannot carry, saying where.
+
+    Not UTF-8, not strict JSON (NaN, Infinity, numbers that overflow to them), nested over 64
+    levels, NUL, lone surrogates.
 
     A view says how many levels of its body wrap each payload (``json_levels_around``; a batch's
     body, events and item: 3), so the 64 levels count from the payload wherever it sits.

@@ -20,10 +20,10 @@ from busapp.api.serializers import (
     SchemaVersionRecordSerializer,
 )
 from busapp.api.views import body_checked, input_valid
+from busapp.errors import SchemaInvalidError
 from busapp.models import AuditAction
 from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC
 from busapp.services import schema_version_create
-from busapp.validation import SchemaInvalidError
 
 
 class SchemaVersionsView(APIView):

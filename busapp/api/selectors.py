@@ -12,7 +12,7 @@ from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 from rest_framework import exceptions
 
 from busapp.api.authentication import ServiceCaller
-from busapp.history import HistoryQueryError
+from busapp.errors import HistoryQueryError
 from busapp.models import DeadLetter, DeadLetterStatus, Event, EventType, SchemaVersion, Topic
 from busapp.permissions import PUBLISH_TOPIC
 from busapp.selectors import topic_names_with_right

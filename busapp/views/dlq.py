@@ -1,5 +1,4 @@
-"""The dead-letter workbench: what failed and why, grouped; one letter fixed in the generated form and replayed,
-or discarded with a reason."""
+"""The dead-letter workbench: what failed and why, grouped; a letter fixed in the form and replayed, or discarded."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from busapp.errors import BusInputError, FieldError
 from busapp.models import BulkAction, BulkActionKind, DeadLetter, DeadLetterStatus, SchemaVersion, Topic
 from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.schema_forms import form_layout, submitted_payload
@@ -30,7 +30,6 @@ from busapp.services import (
     dead_letter_discard,
     dead_letter_replay,
 )
-from busapp.validation import BusInputError, FieldError
 from busapp.views.access import signed_in_user, topic_with_right
 from busapp.views.publish import payload_inputs
 

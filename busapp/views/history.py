@@ -20,16 +20,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from busapp.audit import audit_record
+from busapp.errors import HistoryQueryError
 from busapp.forms import EventFilterForm
-from busapp.history import (
-    HistoryPage,
-    HistoryQueryError,
-    events_filtered,
-    events_through,
-    export_lines,
-    export_newest,
-    history_page_at,
-)
+from busapp.history import HistoryPage, events_filtered, events_through, export_lines, export_newest, history_page_at
 from busapp.models import AuditAction, Event, SavedFilter, SavedFilterPage, Topic
 from busapp.permissions import EXPORT_TOPIC, VIEW_TOPIC, topics_with_right
 from busapp.selectors import event_audit_entries, event_provenance

@@ -15,9 +15,10 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from busapp.errors import ApprovalRequiredError, BusInputError, FieldError, PreviewInvalidError
 from busapp.models import Event, PublishRequest, SchemaVersion, Source, Topic
 from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
-from busapp.previews import Preview, PreviewInvalidError, preview_read, preview_sign
+from busapp.previews import Preview, preview_read, preview_sign
 from busapp.publishing import subscribers_count
 from busapp.schema_forms import FormLayout, form_bind, form_layout, form_values, submitted_payload
 from busapp.selectors import (
@@ -25,7 +26,7 @@ from busapp.selectors import (
     schema_version_active,
 )
 from busapp.services import event_publish, publish_request_create
-from busapp.validation import ApprovalRequiredError, BusInputError, FieldError, effective_at_error, payload_errors
+from busapp.validation import effective_at_error, payload_errors
 from busapp.views.access import signed_in_user, topic_with_right
 
 # The path errors about the "takes effect at" input carry (it is not part of the payload).

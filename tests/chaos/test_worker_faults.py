@@ -8,8 +8,8 @@ import pytest
 import redis
 
 from busapp.models import Event
+from busapp.publishing import TAP_GROUP as GROUP
 from busapp.publishing import stream_key
-from busapp.worker import GROUP
 from tests.chaos.harness import (
     SCALE,
     TOPIC,

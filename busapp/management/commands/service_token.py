@@ -7,9 +7,9 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from busapp.errors import BusInputError
 from busapp.models import ServiceToken, Topic
 from busapp.tokens import service_token_create, service_token_revoke
-from busapp.validation import BusInputError
 
 
 class Command(BaseCommand):

@@ -1,0 +1,185 @@
+"""The worker's periodic jobs, as one table: name, step, interval, and a lease where one worker at a time runs it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
+from redis.exceptions import RedisError
+
+from busapp.audit import ChainReport, audit_verify
+from busapp.grants import grants_expire
+from busapp.live import bulk_group
+from busapp.models import BulkAction
+from busapp.publishing import relay_pending
+from busapp.services import bulk_action_step, bulk_actions_running, idempotency_keys_purge, publish_requests_due
+from busapp.worker.steps import in_db
+
+logger = logging.getLogger(__name__)
+
+# Errors a job's step meets when the database or Redis does not answer: logged, and tried again next time.
+OUTAGES: tuple[type[BaseException], ...] = (DatabaseError, RedisError, OSError)
+RELAY_EVERY_SECONDS = 0.5
+SCHEDULE_EVERY_SECONDS = 1.0
+# Expired grants are written down and removed (the checks ignore them already), old idempotency keys forgotten.
+TIDY_EVERY_SECONDS = 30.0
+TIDY_LEASE_SECONDS = 60
+# The audit chain: new entries checked every minute, the whole chain every hour.
+AUDIT_CHECK_EVERY_SECONDS = 60.0
+AUDIT_FULL_CHECK_EVERY_SECONDS = 3600.0
+AUDIT_CHECK_LEASE_SECONDS = 3600
+BULK_TICK_SECONDS = 0.2
+# SQLite: the WAL is copied into the database this often (settings.py: publishers then never do).
+CHECKPOINT_EVERY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """A periodic job: its step answers how many things it handled; with a lease, one worker at a time runs it."""
+
+    name: str
+    step: Callable[[], Awaitable[int]]
+    every: float
+    # Logged with the count when a step handled something ("sent %d pending event(s)").
+    did: str = ""
+    # While a step handles something, the next one runs at once (a backlog is worked off without pauses).
+    again_at_once: bool = False
+    lease_seconds: int | None = None
+    # Logged when another worker holds the lease.
+    waiting: str = ""
+    # What a failed step may raise and the job survive (logged, tried again after ``every``).
+    survives: tuple[type[BaseException], ...] = OUTAGES
+
+
+def jobs_table(*, layer: Any) -> list[Job]:
+    """Every periodic job of a bus worker; ``layer`` is the Channels layer bulk progress is told on."""
+    table = [
+        Job(
+            "relay",
+            _in_db_step(relay_pending),
+            RELAY_EVERY_SECONDS,
+            did="sent %d pending event(s) and dead letter(s)",
+            again_at_once=True,
+        ),
+        Job(
+            "scheduler",
+            _in_db_step(publish_requests_due),
+            SCHEDULE_EVERY_SECONDS,
+            did="published %d scheduled event(s)",
+            again_at_once=True,
+        ),
+        Job(
+            "tidy",
+            _in_db_step(_tidy),
+            TIDY_EVERY_SECONDS,
+            did="removed %d expired grant(s) or old idempotency key(s)",
+            again_at_once=True,
+            lease_seconds=TIDY_LEASE_SECONDS,
+        ),
+        Job(
+            "audit-check",
+            AuditCheck().step,
+            AUDIT_CHECK_EVERY_SECONDS,
+            lease_seconds=AUDIT_CHECK_LEASE_SECONDS,
+            waiting="another worker is checking the chain; this one waits its turn",
+            survives=(Exception,),  # a failed check is logged; it must not stop the relay and the tap
+        ),
+        Job("bulk", BulkTicks(layer).step, BULK_TICK_SECONDS),
+    ]
+    if connections[DEFAULT_DB_ALIAS].vendor == "sqlite":
+        table.append(Job("checkpoint", _checkpoint_step, CHECKPOINT_EVERY_SECONDS))
+    return table
+
+
+def _in_db_step(function: Callable[[], int]) -> Callable[[], Awaitable[int]]:
+    """A step that runs a database function in Django's sync thread."""
+
+    async def step() -> int:
+        return await in_db(function)
+
+    return step
+
+
+def _tidy() -> int:
+    """One round of tidying; how many grants and keys it removed."""
+    return grants_expire() + idempotency_keys_purge()
+
+
+class AuditCheck:
+    """The audit chain's check: the whole of it at start and hourly, the new entries every minute.
+
+    In a thread of its own (with its own database connection), so a long check of a big log
+    never holds up the tap or the relay.
+    """
+
+    def __init__(self) -> None:
+        self.last_full = -AUDIT_FULL_CHECK_EVERY_SECONDS
+
+    async def step(self) -> int:
+        """One check; a broken chain is logged as an error (and recorded by ``audit_verify``)."""
+        full = time.monotonic() - self.last_full >= AUDIT_FULL_CHECK_EVERY_SECONDS
+        report = await sync_to_async(_audit_check, thread_sensitive=False)(not full)
+        if full:
+            self.last_full = time.monotonic()
+        if not report.intact:
+            logger.error("audit log broken at entry #%s: %s", report.broken_seq, report.problem)
+        return 0
+
+
+def _audit_check(resume: bool) -> ChainReport:
+    """One check of the audit chain, recorded; the thread's database connection is closed after it."""
+    try:
+        return audit_verify(resume=resume, checked_by="system:bus-worker")
+    finally:
+        connections.close_all()
+
+
+class BulkTicks:
+    """Bulk replays and discards: each running action advanced by what its rate allows per tick, its page told."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+
+    async def step(self) -> int:
+        """One tick of every running bulk action (not counted: a tick is never worth a log line)."""
+        for action_id in await in_db(bulk_actions_running):
+            action = await in_db(_bulk_tick, action_id)
+            await self._tell_progress(action)
+        return 0
+
+    async def _tell_progress(self, action: BulkAction) -> None:
+        """One progress message to the action's page (best effort: the page also reads it on load)."""
+        if self.layer is None:
+            return
+        try:
+            await self.layer.group_send(bulk_group(action.pk), {"type": "bulk.progress", **action.progress()})
+        except Exception:  # the progress page is best effort; the action and its report are in the database
+            logger.exception("bulk: progress of #%d not sent", action.pk)
+
+
+def _bulk_tick(action_id: int) -> BulkAction:
+    """One tick's share of a bulk action: its rate times the tick, at least one letter."""
+    rate = BulkAction.objects.values_list("rate_per_second", flat=True).get(pk=action_id)
+    return bulk_action_step(action_id=action_id, budget=max(1, round(rate * BULK_TICK_SECONDS)))
+
+
+async def _checkpoint_step() -> int:
+    """On SQLite, checkpoint the WAL from here (its own thread), so that publishers never pay for it."""
+    await sync_to_async(wal_checkpoint, thread_sensitive=False)()
+    return 0
+
+
+def wal_checkpoint() -> tuple[int, int]:
+    """Copy the SQLite WAL into the database file without waiting for anyone (PASSIVE).
+
+    Returns the frames the WAL holds and how many of them are in the database file now.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        _busy, held, copied = cursor.fetchone()
+    return int(held), int(copied)

@@ -1,0 +1,63 @@
+"""How the worker's loops run: database work in Django's sync thread, every loop's state kept for the heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+from busapp.heartbeats import LoopState
+
+T = TypeVar("T")
+
+
+async def in_db(function: Callable[..., T], *args: Any) -> T:
+    """Run a database function in Django's sync thread, dropping a broken connection first."""
+
+    def call() -> T:
+        _broken_connections_close()
+        return function(*args)
+
+    return await sync_to_async(call, thread_sensitive=True)()
+
+
+def _broken_connections_close() -> None:
+    """Close this thread's connections that failed and no longer answer; the next query opens a new one.
+
+    Not ``close_old_connections``: with ``DATABASE_CONN_MAX_AGE=0`` it closes every connection
+    every time, and the worker opened a new SQLite connection for each batch it tapped, a
+    tenth of its CPU at 1,000 events/s (bench/README.md, live.py).
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and conn.errors_occurred and not conn.in_atomic_block:
+            if conn.is_usable():
+                conn.errors_occurred = False
+            else:
+                conn.close()
+
+
+def survivable(error: BaseException) -> bool:
+    """Whether an entry's or a loop's error is survived: any exception, or a panic under jsonschema (not a cancel)."""
+    return not isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit | GeneratorExit)
+
+
+async def pause(stopping: asyncio.Event, seconds: float) -> None:
+    """Sleep, waking early when the worker is asked to stop."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
+
+
+class LoopStates(dict[str, LoopState]):
+    """Each loop's state and errors, by loop name: every heartbeat tells Redis."""
+
+    def ok(self, name: str) -> None:
+        """Say a loop's step went through."""
+        self.setdefault(name, LoopState()).state = "running"
+
+    def failed(self, name: str, error: BaseException) -> None:
+        """Count a failed step of a loop (it retries on its own, or its supervisor starts it again)."""
+        self.setdefault(name, LoopState()).failed(error)
