@@ -11,13 +11,14 @@ permissions and a group's are shown read-only: the roles' rights are set in code
 (``busapp.permissions.ROLE_PERMISSIONS``), and a global right is a right on every topic.
 """
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.forms import UserChangeForm
 from django.contrib.auth.models import Group, User
+from django.db import models
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import URLPattern, re_path
 
@@ -35,8 +36,10 @@ from busapp.services import (
     topic_create,
 )
 
+_M = TypeVar("_M", bound=models.Model)
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+
+class ReadOnlyAdmin(admin.ModelAdmin[_M]):
     """Browse only: history, dead letters and the audit log are never edited by hand."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -53,7 +56,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Topic)
-class TopicAdmin(admin.ModelAdmin):
+class TopicAdmin(admin.ModelAdmin[Topic]):
     """Topics: created and described here; rights at /access/, the sensitive flag on the topic's four-eyes page."""
 
     list_display = ["name", "sensitive", "stream_retention", "created_at"]
@@ -93,7 +96,7 @@ class TopicAdmin(admin.ModelAdmin):
 
 
 @admin.register(EventType)
-class EventTypeAdmin(admin.ModelAdmin):
+class EventTypeAdmin(admin.ModelAdmin[EventType]):
     """Event types of each topic."""
 
     list_display = ["name", "topic", "created_at"]
@@ -121,7 +124,7 @@ class EventTypeAdmin(admin.ModelAdmin):
         obj.pk = created.pk
 
 
-class SchemaVersionForm(forms.ModelForm):
+class SchemaVersionForm(forms.ModelForm[SchemaVersion]):
     """Adding a version checks the schema (Draft 2020-12, refs, compatibility) before saving."""
 
     class Meta:
@@ -144,7 +147,7 @@ class SchemaVersionForm(forms.ModelForm):
 
 
 @admin.register(SchemaVersion)
-class SchemaVersionAdmin(admin.ModelAdmin):
+class SchemaVersionAdmin(admin.ModelAdmin[SchemaVersion]):
     """Schema versions: added through ``schema_version_create``, immutable afterwards."""
 
     form = SchemaVersionForm
@@ -182,7 +185,7 @@ class SchemaVersionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Event)
-class EventAdmin(ReadOnlyAdmin):
+class EventAdmin(ReadOnlyAdmin[Event]):
     """The event history."""
 
     list_display = ["envelope_id", "topic", "event_type", "status", "source", "publisher_name", "timestamp"]
@@ -191,7 +194,7 @@ class EventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(ReadOnlyAdmin):
+class DeadLetterAdmin(ReadOnlyAdmin[DeadLetter]):
     """Dead letters as they arrived."""
 
     list_display = ["id", "topic", "status", "source", "received_at"]
@@ -199,7 +202,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(ReadOnlyAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin[AuditEntry]):
     """The append-only audit log."""
 
     list_display = ["seq", "time", "actor_name", "action", "target"]
@@ -213,7 +216,7 @@ def _leaves_no_bus_admin(leaving: set[int]) -> bool:
     return admins.filter(pk__in=leaving).exists() and not admins.exclude(pk__in=leaving).exists()
 
 
-class _KeepsABusAdminForm(UserChangeForm):
+class _KeepsABusAdminForm(UserChangeForm[User]):
     """Django's user form, refusing to take the last active Bus admin out of the role or to deactivate them."""
 
     def clean(self) -> dict[str, Any]:
@@ -231,7 +234,7 @@ admin.site.unregister(User)
 
 
 @admin.register(User)
-class BusUserAdmin(UserAdmin):
+class BusUserAdmin(UserAdmin[User]):
     """Django's user admin, which never leaves the bus without an active Bus admin (nor does ``/access/``).
 
     A person's own permissions are read-only: a global right is that right on every topic,

@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import json
 from collections import deque
+from collections.abc import Awaitable, Callable
 from importlib import import_module
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -61,7 +62,16 @@ def session_user(user_id: int, session_key: str | None) -> User | None:
     return user if held and any(constant_time_compare(held, current) for current in hashes) else None
 
 
-@database_sync_to_async
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _in_db(function: Callable[_P, _T]) -> Callable[_P, Awaitable[_T]]:
+    """Channels' ``database_sync_to_async`` (stale connections closed around each call), with its types kept."""
+    return cast(Callable[_P, Awaitable[_T]], database_sync_to_async(function))
+
+
+@_in_db
 def _rights(user_id: int, session_key: str | None) -> tuple[bool, set[str]]:
     """Whether the session still signs the person in, and the topics they may view now (read fresh, never cached)."""
     user = session_user(user_id, session_key)
@@ -102,7 +112,7 @@ class SharedRightsReads:
 _shared_rights = SharedRightsReads()
 
 
-@database_sync_to_async
+@_in_db
 def _known_topics(names: list[str]) -> set[str]:
     """Which of these names are topics at all."""
     return set(Topic.objects.filter(name__in=names).values_list("name", flat=True))
@@ -282,7 +292,7 @@ class DeadLetterConsumer(_BusFeedConsumer):
         await self._items_arrived(message)
 
 
-@database_sync_to_async
+@_in_db
 def _bulk_progress_for(user_id: int, session_key: str | None, action_id: int) -> dict[str, Any] | None:
     """A bulk action's progress, if it exists, the session still signs the person in and they may view its topic."""
     user = session_user(user_id, session_key)

@@ -53,7 +53,8 @@ def bus_client_new(**options: Any) -> redis.Redis:
     if not settings.REDIS_SENTINELS:
         return redis.Redis.from_url(settings.REDIS_URL, **options)
     sentinel = Sentinel(settings.REDIS_SENTINELS, sentinel_kwargs=sentinel_options())
-    return sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **{**_master_options(), **options})
+    client: redis.Redis = sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **{**_master_options(), **options})
+    return client
 
 
 def bus_async_client_new(**options: Any) -> aioredis.Redis:
@@ -61,7 +62,8 @@ def bus_async_client_new(**options: Any) -> aioredis.Redis:
     if not settings.REDIS_SENTINELS:
         return aioredis.Redis.from_url(settings.REDIS_URL, **options)
     sentinel = AsyncSentinel(settings.REDIS_SENTINELS, sentinel_kwargs=sentinel_options(AsyncRetry))
-    return sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **{**_master_options(), **options})
+    client: aioredis.Redis = sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **{**_master_options(), **options})
+    return client
 
 
 class SendingSentinelConnection(SentinelManagedConnection):
@@ -75,8 +77,8 @@ class SendingSentinelConnection(SentinelManagedConnection):
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         """Connect through the Sentinels first when not connected, then send."""
         if not self.is_connected:
-            self.connect()
-        super().send_packed_command(command, check_health)
+            self.connect()  # type: ignore[no-untyped-call]  # redis-py's, unannotated
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]  # the same
 
 
 class SendingSentinelSSLConnection(SendingSentinelConnection, SSLConnection):
@@ -94,4 +96,5 @@ def pool_connection_new(pool: redis.ConnectionPool) -> redis.Connection:
         connection_class = SendingSentinelSSLConnection
     elif issubclass(connection_class, SentinelManagedConnection):
         connection_class = SendingSentinelConnection
-    return connection_class(**pool.connection_kwargs)
+    made: redis.Connection = connection_class(**pool.connection_kwargs)
+    return made

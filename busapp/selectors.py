@@ -375,7 +375,8 @@ def envelope_vouched(envelope: str, details: Mapping[str, Any]) -> bool | None:
     ``verify_audit_log --events`` both ask this.
     """
     if "envelope_sha256" in details:
-        return envelopes_sha256([envelope]) == details["envelope_sha256"]
+        vouched: str = details["envelope_sha256"]
+        return envelopes_sha256([envelope]) == vouched
     if "envelopes_sha256" in details:
         return batch_vouched(details).intact
     return None

@@ -44,6 +44,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
@@ -111,6 +112,9 @@ ALLOWED_HOSTS = [
 CSRF_TRUSTED_ORIGINS = [
     origin.strip() for origin in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if origin.strip()
 ]
+
+# Django's generic classes (ModelAdmin[Topic], ModelForm[...]) subscriptable at run time, as django-stubs types them.
+django_stubs_ext.monkeypatch()
 
 INSTALLED_APPS = [
     "django.contrib.admin",
