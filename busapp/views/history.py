@@ -10,17 +10,18 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.handlers.asgi import ASGIRequest
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import QuerySet
 from django.forms import Form
-from django.http import HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from busapp.actions import filters
 from busapp.audit import audit_record
-from busapp.errors import HistoryQueryError
+from busapp.errors import ActionRefusedError, HistoryQueryError
 from busapp.forms import EventFilterForm
 from busapp.history import HistoryPage, events_filtered, events_through, export_lines, export_newest, history_page_at
 from busapp.models import AuditAction, Event, SavedFilter, SavedFilterPage, Topic
@@ -184,23 +185,18 @@ def form_problems(form: Form) -> str:
 @require_POST
 def saved_filter_create(request: HttpRequest) -> HttpResponse:
     """Keep the current filter of the history or the audit log under a name of the person's choosing."""
-    user = signed_in_user(request)
-    page = request.POST.get("page", "")
-    name = request.POST.get("name", "").strip()[:100]
-    if page not in SavedFilterPage.values:
-        return HttpResponse("page must be events or audit", status=400, content_type="text/plain")
-    # Re-encoded, so what is kept (and redirected to) is a plain query string whatever was posted.
-    query = QueryDict(request.POST.get("query", "")[:4000]).urlencode()
-    saved = SavedFilter(owner=user, page=page, name=name, query=query)
-    if not name:
-        messages.error(request, "Give the filter a name to save it.")
-    else:
-        try:
-            with transaction.atomic():
-                saved.save()
-            messages.success(request, f"Saved the filter “{name}”.")
-        except IntegrityError:
-            messages.error(request, f"You already have a filter called “{name}”: pick another name or delete it.")
+    page, query = request.POST.get("page", ""), request.POST.get("query", "")
+    try:
+        saved = filters.saved_filter_create(
+            owner=signed_in_user(request), page=page, name=request.POST.get("name", ""), query=query
+        )
+    except ActionRefusedError as refused:
+        [error] = refused.errors
+        if error["path"] == "page":
+            return HttpResponse(error["message"], status=400, content_type="text/plain")
+        messages.error(request, error["message"])
+        return redirect(SavedFilter(page=page, query=filters.saved_filter_query(query)).get_absolute_url())
+    messages.success(request, f"Saved the filter “{saved.name}”.")
     return redirect(saved.get_absolute_url())
 
 
@@ -208,7 +204,9 @@ def saved_filter_create(request: HttpRequest) -> HttpResponse:
 @require_POST
 def saved_filter_delete(request: HttpRequest, pk: int) -> HttpResponse:
     """Forget one of the person's saved filters."""
-    saved = get_object_or_404(SavedFilter, pk=pk, owner=signed_in_user(request))
-    saved.delete()
+    try:
+        saved = filters.saved_filter_delete(owner=signed_in_user(request), filter_id=pk)
+    except SavedFilter.DoesNotExist:
+        raise Http404("no such filter of yours") from None
     messages.success(request, f"Deleted the filter “{saved.name}”.")
     return redirect("event-list" if saved.page == SavedFilterPage.EVENTS else "audit-log")
