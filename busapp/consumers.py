@@ -91,13 +91,14 @@ class SharedRightsReads:
 
     FRESH_SECONDS = 1.0
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self.reads: dict[tuple[int, str | None], tuple[float, asyncio.Future[tuple[bool, set[str]]]]] = {}
+        self.clock = clock  # seconds, rising; the event loop's clock unless a test gives its own
 
     async def get(self, user_id: int, session_key: str | None) -> tuple[bool, set[str]]:
         """Whether the session still signs the person in, and their rights, as of at most FRESH_SECONDS ago."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self.clock() if self.clock is not None else loop.time()
         key = (user_id, session_key)
         found = self.reads.get(key)
         if found is None or now - found[0] > self.FRESH_SECONDS or found[1].get_loop() is not loop:

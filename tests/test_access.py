@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import time
 from typing import Any
 
 import pytest
@@ -99,7 +98,7 @@ def test_a_grant_without_reason_or_with_a_past_expiry_is_refused_and_changes_not
     assert (TopicUserGrant.objects.count(), AuditEntry.objects.count()) == before
 
 
-def test_an_expired_grant_stops_working_at_its_expiry_before_any_sweep() -> None:
+def test_an_expired_grant_stops_working_at_its_expiry_before_any_sweep(time_machine: Any) -> None:
     """Checked where rights are checked: once the moment passes, the right is gone; the sweep then writes it down."""
     grant_create(
         principal=_user("policy2"),
@@ -110,7 +109,7 @@ def test_an_expired_grant_stops_working_at_its_expiry_before_any_sweep() -> None
         expires_at=timezone.now() + dt.timedelta(seconds=1),
     )
     assert topic_right_held(_user("policy2"), MANAGE_TOPIC, _topic())
-    time.sleep(1.1)
+    time_machine.move_to(timezone.now() + dt.timedelta(seconds=2))
     assert not topic_right_held(_user("policy2"), MANAGE_TOPIC, _topic())
     assert TopicUserGrant.objects.filter(permission__codename=MANAGE_TOPIC).exists(), "not swept yet, yet not held"
     assert 'data-right="manage_topic"' not in _matrix_row(signed_in("admin").get("/access/"), "user:policy2")
@@ -122,7 +121,7 @@ def test_an_expired_grant_stops_working_at_its_expiry_before_any_sweep() -> None
     assert grants_expire() == 0
 
 
-def test_a_group_grant_reaches_every_member_and_expires_for_all() -> None:
+def test_a_group_grant_reaches_every_member_and_expires_for_all(time_machine: Any) -> None:
     """A right given to a group is held by its members, and stops for all of them at its expiry."""
     topic = Topic.objects.create(name="payroll.rates")
     assert not topics_with_right(_user("policy"), VIEW_TOPIC).filter(pk=topic.pk).exists()
@@ -137,7 +136,7 @@ def test_a_group_grant_reaches_every_member_and_expires_for_all() -> None:
     for username in ("policy", "policy2"):
         assert topic_right_held(_user(username), PUBLISH_TOPIC, topic)
     assert not topic_right_held(_user("auditor"), PUBLISH_TOPIC, topic)
-    time.sleep(1.1)
+    time_machine.move_to(timezone.now() + dt.timedelta(seconds=2))
     assert not topic_right_held(_user("policy"), PUBLISH_TOPIC, topic)
     assert grants_expire() == 2
     assert not TopicGroupGrant.objects.exists()

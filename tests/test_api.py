@@ -4,7 +4,6 @@ import datetime as dt
 import hashlib
 import json
 import threading
-import time
 
 import pytest
 from django.contrib.auth.models import User
@@ -16,6 +15,7 @@ from busapp.audit import audit_verify
 from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, IdempotencyKey, ServiceToken, Topic
 from busapp.publishing import stream_key
 from busapp.tokens import service_token_create, service_token_revoke
+from tests.support import wait_for
 
 pytestmark = pytest.mark.usefixtures("demo_committed")
 
@@ -442,25 +442,45 @@ def test_the_openapi_document_and_its_docs_page_are_served_without_a_cdn():
     assert script.status_code == 200
 
 
+class _GateWatched(threading.BoundedSemaphore):
+    """The batch gate, counting the requests that found it closed and wait their turn."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.waiting = 0
+        self._counting = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        if super().acquire(blocking=False):
+            return True
+        with self._counting:
+            self.waiting += 1
+        return super().acquire(blocking, timeout)
+
+    __enter__ = acquire
+
+
 def test_batches_beyond_the_concurrency_setting_wait_their_turn(monkeypatch, settings, bus):
     from busapp.api import views
 
     running, most = [0], [0]
-    lock = threading.Lock()
+    lock, release = threading.Lock(), threading.Event()
     publish = views.event_publish_batch
+    gate = _GateWatched(settings.BUS_BATCH_CONCURRENCY)
 
-    def slow_publish(**kwargs):
+    def held_publish(**kwargs):
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.1)  # long enough for every request to have arrived
+        release.wait(timeout=30)  # held until every other request is seen waiting at the gate
         try:
             return publish(**kwargs)
         finally:
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(views, "event_publish_batch", slow_publish)
+    monkeypatch.setattr(views, "event_publish_batch", held_publish)
+    monkeypatch.setattr(views, "_batch_turns", lambda: gate)
     token = _token()
     body = {"events": [{"type": "tax_policy.updated", "payload": {"standard_deduction": 1}}]}
     answers: list[int] = []
@@ -472,6 +492,8 @@ def test_batches_beyond_the_concurrency_setting_wait_their_turn(monkeypatch, set
     requests = [threading.Thread(target=post) for _ in range(6)]
     for request in requests:
         request.start()
+    wait_for(lambda: running[0] == 2 and gate.waiting == 4, timeout=30, what="two batches in, four at the gate")
+    release.set()
     for request in requests:
         request.join(timeout=30)
 

@@ -246,13 +246,14 @@ async def test_many_sockets_of_one_person_share_one_rights_read_a_second(monkeyp
         return True, {"tax-policy"}
 
     monkeypatch.setattr("busapp.consumers._rights", counted)
-    shared = SharedRightsReads()
+    clock = [100.0]
+    shared = SharedRightsReads(clock=lambda: clock[0])
     answers = await asyncio.gather(*(shared.get(7, "tab-session") for _ in range(50)), shared.get(8, "other"))
     assert reads == [7, 8]
     assert all(answer == (True, {"tax-policy"}) for answer in answers)
     answers[0][1].add("mutated")  # one socket's copy is its own
     assert (await shared.get(7, "tab-session"))[1] == {"tax-policy"}
-    await asyncio.sleep(SharedRightsReads.FRESH_SECONDS + 0.05)
+    clock[0] += SharedRightsReads.FRESH_SECONDS + 0.05
     await shared.get(7, "tab-session")
     assert reads == [7, 8, 7]
 

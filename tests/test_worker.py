@@ -81,15 +81,24 @@ async def test_the_tap_records_the_seeds_own_publisher_once_even_when_it_arrives
     await until_in_sync_thread(
         lambda: Event.objects.filter(source=Source.EXTERNAL).exists(), what="the seed's event in history"
     )
-    envelope = await sync_to_async(lambda: Event.objects.get().envelope)()
-    bus.publish("tax-policy", envelope)  # a retrying publisher sends the same id again
-    bus.xadd(stream_key("tax-policy"), {"event": envelope})  # and a durable one too
-    await asyncio.sleep(0.5)
+    seed_event = await sync_to_async(Event.objects.get)()
+    bus.publish("tax-policy", seed_event.envelope)  # a retrying publisher sends the same id again
+    bus.xadd(stream_key("tax-policy"), {"event": seed_event.envelope})  # and a durable one too
+    # Each path is handled in order: once a later event sent the same way is in history, so is the copy's fate.
+    after_publish, after_xadd = _envelope(1), _envelope(2)
+    bus.publish("tax-policy", after_publish)
+    bus.xadd(stream_key("tax-policy"), {"event": after_xadd})
+    markers = {json.loads(after_publish)["id"], json.loads(after_xadd)["id"]}
+    await until_in_sync_thread(
+        lambda: Event.objects.filter(envelope_id__in=markers).count() == 2, what="the two later events in history"
+    )
 
-    events = await sync_to_async(lambda: list(Event.objects.all()))()
-    assert len(events) == 1
+    events = await sync_to_async(lambda: list(Event.objects.exclude(envelope_id__in=markers)))()
+    assert [event.envelope_id for event in events] == [seed_event.envelope_id]
     assert (events[0].status, events[0].payload) == (EventStatus.PUBLISHED, {"standard_deduction": 15000})
-    recorded = await sync_to_async(lambda: AuditEntry.objects.filter(action="event.record").count())()
+    recorded = await sync_to_async(
+        lambda: AuditEntry.objects.filter(action="event.record", target=f"event:{seed_event.envelope_id}").count()
+    )()
     assert recorded == 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from typing import Any
@@ -136,8 +137,10 @@ class TopicEventsView(APIView):
         return Response(answer.body, status=answer.status)
 
 
-# Batch requests a process serves at once (settings.BUS_BATCH_CONCURRENCY); the others wait their turn.
-_batch_turns = threading.BoundedSemaphore(settings.BUS_BATCH_CONCURRENCY)
+@functools.cache
+def _batch_turns() -> threading.BoundedSemaphore:
+    """The turns of batch requests in this process (``BUS_BATCH_CONCURRENCY`` at once; the others wait)."""
+    return threading.BoundedSemaphore(settings.BUS_BATCH_CONCURRENCY)
 
 
 class TopicEventsBatchView(APIView):
@@ -158,7 +161,7 @@ class TopicEventsBatchView(APIView):
 
         Batches beyond ``BUS_BATCH_CONCURRENCY`` wait for their turn before their body is read.
         """
-        with _batch_turns:
+        with _batch_turns():
             # A batch may be as large as Django reads into memory; each payload still keeps the 64 KiB limit.
             body = body_checked(request, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or settings.BUS_MAX_PAYLOAD_BYTES)
             topic = topic_for(request, name, PUBLISH_TOPIC)
