@@ -6,9 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -18,6 +16,7 @@ import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from uuid_utils.compat import uuid7
 
 from busapp.audit import AuditRecord, audit_append
 from busapp.errors import BusUnavailableError
@@ -87,48 +86,16 @@ def envelope_head(
     return json.dumps(members, separators=(",", ":"), ensure_ascii=False)[1:-1]
 
 
-class _Entropy(threading.local):
-    """The system's random bytes (``os.urandom``), read 4 KiB at a time per thread: one system call per 409 ids.
-
-    One call per id let go of Python's lock every time, and while another batch held it, a
-    thread waited up to 5 ms to get it back: 8 concurrent batch clients spent a fifth of the
-    server's time there (bench/api.py). A forked child starts with an empty buffer, never its
-    parent's bytes.
-    """
-
-    SIZE = 4096
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget what was read: the next take reads afresh."""
-        self.buffer, self.offset = b"", 0
-
-    def take(self, count: int) -> bytes:
-        """The next ``count`` random bytes."""
-        if self.offset + count > len(self.buffer):
-            self.buffer, self.offset = os.urandom(self.SIZE), 0
-        start = self.offset
-        self.offset += count
-        return self.buffer[start : self.offset]
-
-
-_entropy = _Entropy()
-os.register_at_fork(after_in_child=_entropy.reset)
-
-
 def envelope_uuid() -> uuid.UUID:
     """A new envelope id: a version-7 UUID (RFC 9562), its first 48 bits the time in milliseconds.
 
     Ids that rise with time land at the end of the history's unique index instead of all over
     it: with random (version-4) ids a batch of 1,000 dirtied a leaf page of that index per event
     once the history held about 100,000 events, and batches slowed by a third (bench/README.md).
+    ``uuid-utils`` makes them (in Rust, holding Python's lock: the hand-written generator it
+    replaces read ``os.urandom`` in 4 KiB blocks so as not to let go of the lock per id).
     """
-    millis = time.time_ns() // 1_000_000
-    random_bits = int.from_bytes(_entropy.take(10), "big")
-    rand_a, rand_b = random_bits >> 68, random_bits & ((1 << 62) - 1)
-    return uuid.UUID(int=(millis & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
+    return uuid7()
 
 
 def envelope_wire(*, head: str, payload_json: str, envelope_id: uuid.UUID | None = None) -> tuple[str, str]:
