@@ -1,12 +1,21 @@
 """Settings for HMS Bus Admin, read from the environment with safe local defaults.
 
+Every variable is listed here, once, with its default and what it does (a test checks that
+each one the settings read is). App modules read ``django.conf.settings`` when they run,
+never at import time.
+
 Environment:
 - ``SECRET_KEY``: required when ``DEBUG`` is off.
 - ``DEBUG``: ``1`` for local development (the default), ``0`` in production.
 - ``ALLOWED_HOSTS``: comma-separated host names.
-- ``DATABASE_URL``: default SQLite under ``var/``; PostgreSQL in production
-- ``DATABASE_POOL_SIZE``: PostgreSQL connections a process keeps open (default 20; 0 turns the pool off)
+- ``VAR_DIR``: where local state lives: the SQLite database, a local Redis (default ``var/`` in the checkout).
+- ``DATABASE_URL``: default SQLite under ``VAR_DIR``; PostgreSQL in production
   (``postgres://user@host:5432/name``).
+- ``DATABASE_POOL_SIZE``: PostgreSQL connections a process keeps open (default 20; 0 turns the pool off).
+- ``DATABASE_CONN_MAX_AGE``: seconds Django keeps a connection without the pool (default 0: one per request).
+- ``SQLITE_WAL_AUTOCHECKPOINT``: SQLite only: WAL pages before a writer checkpoints itself (default 10,000;
+  the bus worker checkpoints every second, so publishers rarely do).
+- ``LOG_LEVEL``: the ``busapp`` loggers' level (default ``INFO``).
 - ``REDIS_URL``: the bus (default ``redis://127.0.0.1:6379/0``).
 - ``CHANNEL_LAYER_URL``: the Redis of the Channels layer, Pub/Sub (default: ``REDIS_URL`` with database 1).
 - ``REDIS_SENTINELS``: comma-separated ``host:port`` of Redis Sentinels (default none). When set, the bus
@@ -15,7 +24,15 @@ Environment:
   database number, user name and password are.
 - ``REDIS_SENTINEL_MASTER``: the service name the Sentinels monitor (``sentinel monitor <name> ...``);
   required with ``REDIS_SENTINELS``.
-- ``BUS_STREAM_MAXLEN``: events a new topic keeps in its Redis stream (``XADD MAXLEN ~``).
+- ``BUS_STREAM_MAXLEN``: events a new topic keeps in its Redis stream (``XADD MAXLEN ~``; default 100,000).
+- ``BUS_CLAIM_IDLE_MS``: a bus worker's stream entries left unacknowledged this long are taken over by
+  another worker (default 60,000: a stopped worker's share is recorded about a minute late, never lost).
+- ``BUS_RELAY_GRACE_SECONDS``: how long the web's own send has before the relay may send an event too
+  (default 5).
+- ``BUS_SENT_MARK_SECONDS``: how long Redis remembers, at least, that an event was sent, so a resend
+  publishes nothing (default 3600).
+- ``BUS_BATCH_CONCURRENCY``: batch API requests a web process serves at once; more wait their turn
+  (default 2).
 - ``AXES_ENABLED``: sign-in throttling on ``/accounts/login/`` and ``/admin/login/`` (django-axes), on by default;
   ``0`` turns it off (only for a test setup that signs in with wrong passwords on purpose).
 - ``AXES_FAILURE_LIMIT``: failed sign-ins for one account, or from one address, before sign-in is refused there
