@@ -133,7 +133,7 @@ def _token(name: str, topics: list[Any]) -> str:
     """A service token's text, publish and view rights on ``topics``, issued by the demo admin."""
     from django.contrib.auth.models import User
 
-    from busapp.tokens import service_token_create
+    from busapp.actions.tokens import service_token_create
 
     _, text = service_token_create(
         name=name, topics=topics, actor=User.objects.get(username="admin"), can_publish=True, can_view=True

@@ -3,7 +3,7 @@
 History is read-only; the last active Bus admin stays one; rights and a topic's ``sensitive``
 flag are not changed here at all.
 
-Per-topic rights are granted and revoked only at ``/access/`` (``busapp.grants``: a reason, an
+Per-topic rights are granted and revoked only at ``/access/`` (``busapp.actions.access``: a reason, an
 optional expiry, an audit entry). So Topic is a plain ModelAdmin, not django-guardian's
 GuardedModelAdmin, whose "Object permissions" screens granted rights with none of these; its
 URLs answer 404. Guardian's backend still answers every permission check. A person's own
@@ -22,10 +22,10 @@ from django.db import models
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import URLPattern, re_path
 
+from busapp.actions.access import last_bus_admin_message
 from busapp.audit import audit_record
 from busapp.errors import SchemaInvalidError
 from busapp.forms import CarriedJSONField
-from busapp.grants import last_bus_admin_message
 from busapp.models import AuditAction, AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
 from busapp.permissions import Role
 from busapp.services import (

@@ -87,7 +87,7 @@ class Topic(models.Model):
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Save; an existing topic's ``sensitive`` flag is refused here: it changes only with a second bus admin.
 
-        ``busapp.sensitivity`` changes it once approved; every other path (an admin form, a
+        ``busapp.actions.sensitivity`` changes it once approved; every other path (an admin form, a
         script, a command) meets this refusal instead of turning the four-eyes rule off alone.
         """
         fields = kwargs.get("update_fields")

@@ -22,7 +22,9 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, include, re_path
 from django.urls import path as url
 
-from busapp.grants import grant_key
+from busapp.actions.access import grant_key
+from busapp.actions.sensitivity import topic_sensitivity_cancel, topic_sensitivity_request
+from busapp.actions.tokens import service_token_create
 from busapp.models import (
     BulkAction,
     BulkActionKind,
@@ -38,9 +40,7 @@ from busapp.models import (
 )
 from busapp.permissions import Role
 from busapp.routing import websocket_urlpatterns
-from busapp.sensitivity import topic_sensitivity_cancel, topic_sensitivity_request
 from busapp.services import bulk_action_start, dead_letter_create, event_publish
-from busapp.tokens import service_token_create
 from hmsadmin.asgi import application
 from tests.support import WITHHOLDING_TABLE, publish_deduction, session_cookie, withholding_request
 

@@ -11,10 +11,10 @@ from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
+from busapp.actions.tokens import service_token_create, service_token_revoke
 from busapp.audit import audit_verify
 from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, IdempotencyKey, ServiceToken, Topic
 from busapp.publishing import stream_key
-from busapp.tokens import service_token_create, service_token_revoke
 from tests.support import wait_for
 
 pytestmark = pytest.mark.usefixtures("demo_committed")

@@ -24,9 +24,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from busapp.actions.tokens import service_token_create
 from busapp.models import Source, Topic
 from busapp.services import dead_letter_create, event_publish_batch
-from busapp.tokens import service_token_create
 
 CHECKS: list[Callable[..., Any]] = [
     not_a_server_error,

@@ -14,8 +14,8 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from guardian.shortcuts import remove_perm
 
+from busapp.actions.access import grant_create
 from busapp.consumers import SharedRightsReads
-from busapp.grants import grant_create
 from busapp.live import live_item, live_message
 from busapp.models import Event, Topic
 from busapp.services import event_publish_batch

@@ -131,7 +131,7 @@ def test_workers_expire_each_grant_once_with_one_audit_entry(suite_redis, worker
 
     from django.utils import timezone
 
-    from busapp.grants import grant_create
+    from busapp.actions.access import grant_create
     from busapp.models import AuditEntry
     from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
 

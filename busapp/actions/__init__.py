@@ -1,6 +1,7 @@
 """Every state change of the bus, one module per domain: each action validates, writes and appends its audit entry.
 
 Views, the API, the admin, commands and the worker call actions; a rule (who may, four eyes)
-lives in its action alone. Issue 15 moves the rest here from ``services``, ``grants``,
-``tokens``, ``sensitivity`` and the worker's ``recording``; ``filters`` is the first.
+lives in its action alone. Here so far: ``access`` (grants, roles, expiry), ``tokens``,
+``sensitivity`` and ``filters``; publishing, requests, dead letters and the registry are still
+in ``services``, and what the tap writes in ``worker.recording``.
 """

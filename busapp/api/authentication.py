@@ -11,12 +11,12 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.request import Request
 
+from busapp.actions.tokens import service_token_authenticate
 from busapp.audit import Actor
 from busapp.errors import TokenInvalidError
 from busapp.models import ServiceToken, Topic
 from busapp.permissions import MANAGE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.selectors import topics_visible_to
-from busapp.tokens import service_token_authenticate
 
 
 class ServiceCaller:

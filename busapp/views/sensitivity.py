@@ -9,9 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from busapp.errors import BusInputError
-from busapp.models import AuditAction, Topic, TopicSensitivityChange
-from busapp.sensitivity import (
+from busapp.actions.sensitivity import (
     may_change_sensitivity,
     sensitivity_label,
     topic_sensitivity_cancel,
@@ -19,6 +17,8 @@ from busapp.sensitivity import (
     topic_sensitivity_decide,
     topic_sensitivity_request,
 )
+from busapp.errors import BusInputError
+from busapp.models import AuditAction, Topic, TopicSensitivityChange
 from busapp.views.access import refuse_audited, signed_in_user
 
 _NOT_ADMIN = "only bus admins request or decide a change to whether a topic is sensitive"

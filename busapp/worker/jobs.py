@@ -12,8 +12,8 @@ from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
 from redis.exceptions import RedisError
 
+from busapp.actions.access import grants_expire
 from busapp.audit import ChainReport, audit_verify
-from busapp.grants import grants_expire
 from busapp.live import bulk_group
 from busapp.models import BulkAction
 from busapp.publishing import relay_pending

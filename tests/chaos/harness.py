@@ -31,10 +31,10 @@ import redis
 from django.contrib.auth.models import User
 from django.db import connection
 
+from busapp.actions.tokens import service_token_create
 from busapp.models import AuditEntry, Event, EventStatus, Topic
 from busapp.publishing import INGEST_STREAM, stream_key
 from busapp.publishing import TAP_GROUP as GROUP
-from busapp.tokens import service_token_create
 from tests.support import ROOT, OutputWatcher, RedisServer, database_url, free_port, manage, wait_for
 
 TOPIC = "tax-policy"

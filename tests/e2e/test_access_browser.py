@@ -7,7 +7,7 @@ import redis
 from django.contrib.auth.models import User
 from playwright.sync_api import Browser, Page, expect
 
-from busapp.grants import grant_revoke
+from busapp.actions.access import grant_revoke
 from busapp.models import AuditEntry, Event, TopicUserGrant
 from tests.e2e.conftest import VIEWPORT, BrowserLog, sign_in
 

@@ -7,9 +7,9 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from busapp.actions.tokens import service_token_create, service_token_revoke
 from busapp.errors import BusInputError
 from busapp.models import ServiceToken, Topic
-from busapp.tokens import service_token_create, service_token_revoke
 
 
 class Command(BaseCommand):
