@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import redis
+from django.core.management import CommandError, call_command
+from django.test import override_settings
 
 from tests.support import ROOT, RedisServer, free_port
 
 
-def _ensure_redis(url: str, var_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+class Ran(NamedTuple):
+    """How ``ensure_redis`` ended: 0, or 1 with its error on stderr (as ``manage.py`` exits)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _ensure_redis(url: str, var_dir: Path, *extra: str) -> Ran:
+    """``ensure_redis`` in this process (measured by coverage), with REDIS_URL and VAR_DIR set as given."""
+    out, err = io.StringIO(), io.StringIO()
+    with override_settings(REDIS_URL=url, VAR_DIR=var_dir, REDIS_SENTINELS=[]):
+        try:
+            call_command("ensure_redis", *extra, stdout=out, stderr=err)
+        except CommandError as error:
+            return Ran(1, out.getvalue(), f"{err.getvalue()}CommandError: {error}\n")
+    return Ran(0, out.getvalue(), err.getvalue())
+
+
+def _ensure_redis_process(url: str, var_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py ensure_redis`` as ``make run`` and ``make stop`` run it."""
     return subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "ensure_redis", *extra],
         env={**os.environ, "REDIS_URL": url, "VAR_DIR": str(var_dir)},
@@ -61,7 +85,7 @@ def test_stop_refuses_when_the_redis_at_redis_url_is_not_the_process_in_the_pid_
     (tmp_path / "redis").mkdir()
     (tmp_path / "redis" / "redis.pid").write_text(f"{os.getpid()}\n")
 
-    stopped = _ensure_redis(other_redis.url(0), tmp_path, "--stop")
+    stopped = _ensure_redis_process(other_redis.url(0), tmp_path, "--stop")  # what `make stop` runs
 
     assert stopped.returncode != 0
     assert f"is process {other_redis.process.pid}, not the one started under var/redis" in stopped.stderr
