@@ -6,6 +6,7 @@ worker catch these; the modules that raise them import them from here.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TypedDict
 
 
@@ -71,3 +72,8 @@ class PreviewInvalidError(Exception):
 
 class BusUnavailableError(Exception):
     """Redis did not answer; what was accepted stays pending and the relay sends it later."""
+
+
+def survivable(error: BaseException) -> bool:
+    """Whether an entry's or a loop's error is survived: any exception, or a panic under jsonschema (not a cancel)."""
+    return not isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit | GeneratorExit)

@@ -9,6 +9,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import hiredis
@@ -465,3 +466,37 @@ def relay_pending(*, limit: int = RELAY_BATCH) -> int:
         if letters and dead_letters_send(letters):
             sent += len(letters)
     return sent
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One entry read from a Redis stream: which stream, its id, the channel it belongs to, its body."""
+
+    stream: str
+    entry_id: str
+    channel: str
+    body: bytes
+    # Times Redis handed it to a worker of the group: 1 when read, one more for each claim.
+    deliveries: int = 1
+
+    @property
+    def origin(self) -> str:
+        """Where it was read, unique across the bus: ``stream:tax-policy:1700000000000-0``."""
+        return f"{self.stream}:{self.entry_id}"
+
+
+def entries_from_reply(reply: Any) -> list[StreamEntry]:
+    """Flatten an XREADGROUP/XAUTOCLAIM reply into entries, mapping each stream to its channel."""
+    entries = []
+    for raw_stream, messages in reply or []:
+        stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
+        for raw_id, fields in messages:
+            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            if stream == INGEST_STREAM:
+                channel = fields.get(b"channel", b"").decode(errors="replace")
+                body = fields.get(b"data", b"")
+            else:
+                channel = stream.removeprefix(STREAM_PREFIX)
+                body = fields.get(b"event", b"")
+            entries.append(StreamEntry(stream, entry_id, channel, body))
+    return entries

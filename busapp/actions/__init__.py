@@ -2,6 +2,6 @@
 
 Views, the API, the admin, commands and the worker call actions; a rule (who may, four eyes)
 lives in its action alone. Here so far: ``access`` (grants, roles, expiry), ``tokens``,
-``sensitivity`` and ``filters``; publishing, requests, dead letters and the registry are still
-in ``services``, and what the tap writes in ``worker.recording``.
+``sensitivity``, ``filters`` and ``tap`` (what the bus worker records); publishing, requests,
+dead letters and the registry are still in ``services``.
 """

@@ -2,7 +2,7 @@
 
 One asyncio loop; every database step runs in Django's sync thread (``steps.in_db``). Its parts:
 ``tap`` reads the topic streams and the ingest stream through the workers' consumer group and
-``recording`` writes what it read into history; ``listener`` copies what seed-style publishers
+has ``busapp.actions.tap`` write what it read into history; ``listener`` copies what seed-style publishers
 ``PUBLISH`` into the ingest stream; ``fanout`` feeds live pages; ``jobs`` is the table of
 periodic jobs (relay, scheduler, tidying, the audit check, bulk actions, the SQLite checkpoint).
 Several workers may run: they share the streams through the group and the leased jobs by lease.
@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 from redis.exceptions import LockError, RedisError
 
+from busapp.errors import survivable
 from busapp.heartbeats import (
     FORGET_AFTER_SECONDS,
     HEARTBEAT_EVERY_SECONDS,
@@ -38,7 +39,7 @@ from busapp.redis_connections import bus_async_client_new
 from busapp.worker.fanout import FanOut
 from busapp.worker.jobs import OUTAGES, Job, jobs_table
 from busapp.worker.listener import Listener
-from busapp.worker.steps import LoopStates, pause, survivable
+from busapp.worker.steps import LoopStates, pause
 from busapp.worker.tap import Tap
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from busapp.actions.tap import RAW_KEEP_BYTES, events_recorded
 from busapp.publishing import INGEST_STREAM
-from busapp.worker.recording import RAW_KEEP_BYTES, events_recorded
 from busapp.worker.steps import LoopStates, in_db, pause
 from busapp.worker.tap import TOPIC_REFRESH_SECONDS, Tap
 

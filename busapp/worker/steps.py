@@ -40,11 +40,6 @@ def _broken_connections_close() -> None:
                 conn.close()
 
 
-def survivable(error: BaseException) -> bool:
-    """Whether an entry's or a loop's error is survived: any exception, or a panic under jsonschema (not a cancel)."""
-    return not isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit | GeneratorExit)
-
-
 async def pause(stopping: asyncio.Event, seconds: float) -> None:
     """Sleep, waking early when the worker is asked to stop."""
     with contextlib.suppress(TimeoutError):

@@ -15,10 +15,10 @@ import redis.asyncio as aioredis
 from django.db import DatabaseError
 from redis.exceptions import RedisError, ResponseError
 
+from busapp.actions.tap import TapOutcome, events_seen_published, tap_record
 from busapp.models import Topic
-from busapp.publishing import INGEST_STREAM, TAP_GROUP, dead_letters_send, stream_key
+from busapp.publishing import INGEST_STREAM, TAP_GROUP, StreamEntry, dead_letters_send, entries_from_reply, stream_key
 from busapp.worker.fanout import FanOut
-from busapp.worker.recording import StreamEntry, TapOutcome, entries_from_reply, events_seen_published, tap_record
 from busapp.worker.steps import LoopStates, in_db, pause
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """What the tap writes: history rows for valid bus entries, dead letters for the rest, and their audit entries.
 
-Synchronous (it runs in Django's sync thread): one transaction per batch, each envelope id
+The bus worker's only state changes (``worker.tap`` reads, this writes). Synchronous (it runs
+in Django's sync thread): one transaction per batch, each envelope id
 recorded once whichever worker reads it, and one bad entry never holds up the others.
 """
 
@@ -17,15 +18,14 @@ from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.utils import timezone
 
 from busapp.audit import AuditRecord, audit_append
-from busapp.errors import FieldError
+from busapp.errors import FieldError, survivable
 from busapp.live import dlq_group, live_item, live_item_read, topic_group
 from busapp.models import AuditAction, DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
-from busapp.publishing import INGEST_STREAM, STREAM_PREFIX
+from busapp.publishing import INGEST_STREAM, StreamEntry
 from busapp.rows import driver_cursor, rows_insert
 from busapp.selectors import ActiveVersions
 from busapp.services import dead_letter_audit_record, dead_letter_build, envelopes_digest
 from busapp.validation import envelope_errors, json_parse, payload_errors, payload_json
-from busapp.worker.steps import survivable
 
 logger = logging.getLogger(__name__)
 
@@ -37,23 +37,6 @@ RAW_KEEP_BYTES = 1024 * 1024
 EXTERNAL_ACTOR = "external"
 # Envelope ids in one IN (...) list: within every database's limit of bound values.
 _IDS_PER_QUERY = 500
-
-
-@dataclass(frozen=True)
-class StreamEntry:
-    """One entry read from a Redis stream: which stream, its id, the channel it belongs to, its body."""
-
-    stream: str
-    entry_id: str
-    channel: str
-    body: bytes
-    # Times Redis handed it to a worker of the group: 1 when read, one more for each claim.
-    deliveries: int = 1
-
-    @property
-    def origin(self) -> str:
-        """Where it was read, unique across the bus: ``stream:tax-policy:1700000000000-0``."""
-        return f"{self.stream}:{self.entry_id}"
 
 
 @dataclass
@@ -71,23 +54,6 @@ class TapOutcome:
             self.groups[group].extend(items)
         self.dead_letters.extend(other.dead_letters)
         self.seen_pending.extend(other.seen_pending)
-
-
-def entries_from_reply(reply: Any) -> list[StreamEntry]:
-    """Flatten an XREADGROUP/XAUTOCLAIM reply into entries, mapping each stream to its channel."""
-    entries = []
-    for raw_stream, messages in reply or []:
-        stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
-        for raw_id, fields in messages:
-            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-            if stream == INGEST_STREAM:
-                channel = fields.get(b"channel", b"").decode(errors="replace")
-                body = fields.get(b"data", b"")
-            else:
-                channel = stream.removeprefix(STREAM_PREFIX)
-                body = fields.get(b"event", b"")
-            entries.append(StreamEntry(stream, entry_id, channel, body))
-    return entries
 
 
 def _decode(entry: StreamEntry) -> tuple[dict[str, Any] | None, list[FieldError]]:
