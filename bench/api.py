@@ -117,7 +117,7 @@ def _environment(database_url: str, redis_url: str, var_dir: str) -> dict[str, s
 
 def _extra_topics() -> list[Any]:
     """19 more topics, each with one event type and a schema version, made through the services."""
-    from busapp.services import event_type_create, schema_version_create, topic_create
+    from busapp.actions.registry import event_type_create, schema_version_create, topic_create
 
     schema = {key: value for key, value in SCHEMA.items() if not key.startswith("x-hms-")}
     topics = []
@@ -500,7 +500,7 @@ def _layers(token: str, count: int) -> list[Layer]:
     """CPU per event: the services alone, then through Django and DRF, then through the ASGI application."""
     from django.test import Client
 
-    from busapp.services import event_publish, event_publish_batch
+    from busapp.actions.publishing import event_publish, event_publish_batch
 
     single_path, batch_path = f"/api/topics/{TOPIC}/events/", f"/api/topics/{TOPIC}/events/batch/"
     single_body, batch_body = _single_body(0), _batch_body(0)

@@ -291,7 +291,7 @@ def _setup(database_url: str, redis_url: str, var_dir: str) -> Any:
     django.setup()
     from django.core.management import call_command
 
-    from busapp.services import event_type_create, schema_version_create, topic_create
+    from busapp.actions.registry import event_type_create, schema_version_create, topic_create
 
     call_command("migrate", verbosity=0)
     call_command("flush", interactive=False, verbosity=0)

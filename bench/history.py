@@ -211,7 +211,7 @@ class Kind:
 
 def _catalogue() -> list[Kind]:
     """20 topics, 2 or 3 event types each, one schema version each, made through the services (audited)."""
-    from busapp.services import event_type_create, schema_version_create, topic_create
+    from busapp.actions.registry import event_type_create, schema_version_create, topic_create
 
     kinds = []
     for number, name in enumerate(TOPICS):

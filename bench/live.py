@@ -177,7 +177,7 @@ def _session_cookie() -> str:
 
 def publish_paced(rate: float, seconds: float, mode: str, batch_ms: float) -> dict[str, Any]:
     """Publish ``rate`` events/s for ``seconds``; every event's id and the wall time its call returned."""
-    from busapp.services import event_publish, event_publish_batch
+    from busapp.actions.publishing import event_publish, event_publish_batch
 
     total = max(1, round(rate * seconds))
     published: list[tuple[str, float]] = []

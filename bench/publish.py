@@ -84,8 +84,8 @@ def _seed_path(redis_url: str, count: int, offset: int = 0) -> float:
 
 def _single_path(count: int, offset: int = 0) -> float:
     """event_publish one event at a time; seconds for ``count`` events."""
+    from busapp.actions.publishing import event_publish
     from busapp.models import EventStatus
-    from busapp.services import event_publish
 
     start = time.perf_counter()
     for n in range(offset, offset + count):
@@ -114,7 +114,7 @@ def _seed_and_single(redis_url: str, count: int, rounds: int) -> tuple[float, fl
 
 def _batch_path(batches: int) -> float:
     """event_publish_batch with 1,000 events per call, events/s."""
-    from busapp.services import event_publish_batch
+    from busapp.actions.publishing import event_publish_batch
 
     items = [{"type": "tax_policy.updated", "payload": {"standard_deduction": 15000 + n}} for n in range(1000)]
     start = time.perf_counter()

@@ -23,18 +23,18 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import URLPattern, re_path
 
 from busapp.actions.access import last_bus_admin_message
-from busapp.audit import audit_record
-from busapp.errors import SchemaInvalidError
-from busapp.forms import CarriedJSONField
-from busapp.models import AuditAction, AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
-from busapp.permissions import Role
-from busapp.services import (
+from busapp.actions.registry import (
     event_type_create,
     record_change,
     schema_version_check,
     schema_version_create,
     topic_create,
 )
+from busapp.audit import audit_record
+from busapp.errors import SchemaInvalidError
+from busapp.forms import CarriedJSONField
+from busapp.models import AuditAction, AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
+from busapp.permissions import Role
 
 _M = TypeVar("_M", bound=models.Model)
 

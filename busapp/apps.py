@@ -8,7 +8,7 @@ from django.db.models.signals import post_migrate
 
 def _roles_after_migrate(**kwargs: Any) -> None:
     """Keep the three role groups and their permissions in place after every migrate."""
-    from busapp.services import roles_ensure
+    from busapp.actions.registry import roles_ensure
 
     roles_ensure()
 

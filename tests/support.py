@@ -225,7 +225,7 @@ class OutputWatcher:
 
 def publish_deduction(deduction: object, **overrides: object) -> Any:
     """``event_publish`` of the seed's event (tax-policy, tax_policy.updated) from the CLI source."""
-    from busapp.services import event_publish
+    from busapp.actions.publishing import event_publish
 
     arguments: dict[str, Any] = {
         "topic": "tax-policy",
@@ -243,7 +243,7 @@ WITHHOLDING_TABLE = {"tax_year": 2027, "effective_date": "2027-01-01", "brackets
 
 def withholding_request(requested_by: Any) -> Any:
     """A publish of WITHHOLDING_TABLE on irs.withholding, waiting for a second person's approval."""
-    from busapp.services import publish_request_create
+    from busapp.actions.requests import publish_request_create
 
     return publish_request_create(
         topic="irs.withholding",
@@ -256,8 +256,8 @@ def withholding_request(requested_by: Any) -> Any:
 
 def approved_withholding_event() -> Any:
     """WITHHOLDING_TABLE published on irs.withholding by policy, approved by policy2 (a form publish)."""
+    from busapp.actions.publishing import event_publish
     from busapp.models import Source
-    from busapp.services import event_publish
 
     people = get_user_model().objects
     return event_publish(

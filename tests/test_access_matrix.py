@@ -23,6 +23,8 @@ from django.urls import URLPattern, URLResolver, get_resolver, include, re_path
 from django.urls import path as url
 
 from busapp.actions.access import grant_key
+from busapp.actions.dead_letters import bulk_action_start, dead_letter_create
+from busapp.actions.publishing import event_publish
 from busapp.actions.sensitivity import topic_sensitivity_cancel, topic_sensitivity_request
 from busapp.actions.tokens import service_token_create
 from busapp.models import (
@@ -40,7 +42,6 @@ from busapp.models import (
 )
 from busapp.permissions import Role
 from busapp.routing import websocket_urlpatterns
-from busapp.services import bulk_action_start, dead_letter_create, event_publish
 from hmsadmin.asgi import application
 from tests.support import WITHHOLDING_TABLE, publish_deduction, session_cookie, withholding_request
 

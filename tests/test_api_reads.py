@@ -9,9 +9,10 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from busapp.actions.dead_letters import dead_letter_create
+from busapp.actions.publishing import event_publish_batch
 from busapp.models import AuditEntry, DeadLetter, DeadLetterStatus, Event, SchemaVersion, Source, Topic
 from busapp.publishing import stream_key
-from busapp.services import dead_letter_create, event_publish_batch
 from tests.support import approved_withholding_event, signed_in
 from tests.test_api import _errors, _get, _post, _token
 

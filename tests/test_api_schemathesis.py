@@ -24,9 +24,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from busapp.actions.dead_letters import dead_letter_create
+from busapp.actions.publishing import event_publish_batch
 from busapp.actions.tokens import service_token_create
 from busapp.models import Source, Topic
-from busapp.services import dead_letter_create, event_publish_batch
 
 CHECKS: list[Callable[..., Any]] = [
     not_a_server_error,

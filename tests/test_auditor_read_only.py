@@ -8,8 +8,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from busapp.actions.dead_letters import bulk_action_start, dead_letter_create
+from busapp.actions.publishing import event_publish
 from busapp.models import AuditEntry, BulkAction, DeadLetter, PublishRequest, Source, Topic
-from busapp.services import bulk_action_start, dead_letter_create, event_publish
 from tests.support import withholding_request
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")

@@ -146,8 +146,8 @@ def test_the_raw_json_form_refuses_it_naming_the_path(payload, path, rule):
 
 
 def test_a_nul_typed_into_a_generated_input_is_refused_at_its_field():
+    from busapp.actions.registry import schema_version_create
     from busapp.models import EventType
-    from busapp.services import schema_version_create
 
     schema = {
         "type": "object",
@@ -200,8 +200,8 @@ def test_the_publish_command_still_dead_letters_text_that_is_not_json():
 
 def test_a_schema_pattern_that_backtracks_in_python_answers_a_long_payload_at_once(bus):
     """^(a+)+$ held a web thread 11 s with Python's re on 27 characters; RE2 answers in linear time."""
+    from busapp.actions.registry import schema_version_create
     from busapp.models import EventType
-    from busapp.services import schema_version_create
 
     event_type = EventType.objects.get(name="tax_policy.updated")
     schema = {
@@ -226,8 +226,9 @@ def test_a_schema_pattern_that_backtracks_in_python_answers_a_long_payload_at_on
 
 
 def test_a_dead_letter_of_text_too_deep_to_parse_keeps_it_as_text_and_is_not_replayable():
+    from busapp.actions.dead_letters import dead_letter_contents
+    from busapp.actions.publishing import dead_letter_build
     from busapp.models import Topic
-    from busapp.services import dead_letter_build, dead_letter_contents
 
     raw = '{"type": "tax_policy.updated", "payload": {"a": ' + "[" * 50_000 + "]" * 50_000 + "}}"
     errors = [{"path": "/payload/a", "message": "is nested deeper than 64 levels of arrays and objects: flatten it"}]

@@ -9,10 +9,10 @@ from channels.testing.websocket import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import Client
 
+from busapp.actions.dead_letters import bulk_action_step
 from busapp.errors import FieldError
 from busapp.models import AuditEntry, BulkAction, BulkActionStatus, DeadLetter, DeadLetterStatus, Event, Source, Topic
 from busapp.publishing import stream_key
-from busapp.services import bulk_action_step
 from busapp.worker import BusWorker
 from hmsadmin.asgi import application
 
@@ -30,7 +30,7 @@ def _letters() -> list[DeadLetter]:
         json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": -5}}),
         "not json at all",
     ]
-    from busapp.services import dead_letter_create
+    from busapp.actions.dead_letters import dead_letter_create
 
     error: list[FieldError] = [{"path": "/payload/standard_deduction", "message": "refused by an older schema"}]
     return [

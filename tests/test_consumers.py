@@ -15,10 +15,10 @@ from django.utils import timezone
 from guardian.shortcuts import remove_perm
 
 from busapp.actions.access import grant_create
+from busapp.actions.publishing import event_publish_batch
 from busapp.consumers import SharedRightsReads
 from busapp.live import live_item, live_message
 from busapp.models import Event, Topic
-from busapp.services import event_publish_batch
 from busapp.worker import BusWorker
 from hmsadmin.asgi import application
 from tests.support import session_cookie

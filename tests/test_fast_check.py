@@ -123,8 +123,8 @@ def test_a_large_integer_is_left_to_the_python_validator():
 
 
 def test_a_publish_on_a_plain_schema_still_reports_every_error_with_its_path(demo):
+    from busapp.actions.publishing import event_publish_batch
     from busapp.models import Source
-    from busapp.services import event_publish_batch
 
     outcome = event_publish_batch(
         topic="tax-policy",

@@ -19,8 +19,9 @@ from django.http.response import HttpResponseBase
 from django.test import Client
 from django.utils import timezone
 
+from busapp.actions.publishing import event_publish_batch
+from busapp.actions.requests import publish_request_decide
 from busapp.models import AuditEntry, Event, EventStatus, SavedFilter, Source
-from busapp.services import event_publish_batch, publish_request_decide
 from tests.support import approved_withholding_event, withholding_request
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")

@@ -11,9 +11,9 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from busapp import history_check, history_rows
+from busapp.actions.publishing import event_build, event_publish_batch
 from busapp.models import Event, Source
 from busapp.selectors import schema_version_active
-from busapp.services import event_build, event_publish_batch
 from tests.support import manage, publish_deduction
 
 pytestmark = pytest.mark.usefixtures("demo", "bus")

@@ -3,10 +3,10 @@
 import pytest
 from django.test import Client
 
+from busapp.actions.dead_letters import dead_letter_create
 from busapp.models import Event, Source, Topic
 from busapp.publishing import TAP_GROUP as GROUP
 from busapp.publishing import stream_key
-from busapp.services import dead_letter_create
 from tests.support import publish_deduction
 
 pytestmark = pytest.mark.usefixtures("demo_committed")

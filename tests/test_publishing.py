@@ -10,12 +10,12 @@ import redis
 from django.db import DatabaseError
 from django.test import Client
 
-from busapp import services
+from busapp.actions import publishing as publishing_actions
+from busapp.actions.publishing import event_publish_batch
 from busapp.audit import audit_verify
 from busapp.errors import ApprovalRequiredError, EventRejectedError, TopicNotFoundError
 from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, Source
 from busapp.publishing import envelope_uuid, relay_pending, stream_key
-from busapp.services import event_publish_batch
 from tests.support import publish_deduction
 
 pytestmark = pytest.mark.usefixtures("demo_committed")
@@ -107,7 +107,7 @@ def test_when_the_audit_write_fails_the_publish_fails_and_nothing_is_sent(bus, m
     def broken_audit(**kwargs):
         raise DatabaseError("disk full")
 
-    monkeypatch.setattr(services, "audit_append", broken_audit)
+    monkeypatch.setattr(publishing_actions, "audit_append", broken_audit)
 
     with pytest.raises(DatabaseError):
         _publish({"standard_deduction": 15000})

@@ -9,11 +9,11 @@ from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.test import Client
 
+from busapp.actions.publishing import event_publish
 from busapp.actions.sensitivity import topic_sensitivity_decide, topic_sensitivity_request
 from busapp.errors import ActionRefusedError, ApprovalRequiredError
 from busapp.models import AuditEntry, ImmutableRecordError, Source, Topic, TopicSensitivityChange
 from busapp.permissions import Role
-from busapp.services import event_publish
 from tests.conftest import DEMO_PASSWORD
 from tests.support import WITHHOLDING_TABLE
 

@@ -10,9 +10,9 @@ from django.core.management.base import CommandError
 from django.test import Client
 from jsonschema import Draft202012Validator
 
+from busapp.actions.registry import schema_version_create
 from busapp.errors import SchemaInvalidError
 from busapp.models import AuditEntry, SchemaVersion
-from busapp.services import schema_version_create
 from busapp.validation import (
     ENVELOPE_SCHEMA,
     PayloadValidator,

@@ -8,9 +8,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
+from busapp.actions.requests import publish_requests_due
 from busapp.models import AuditEntry, Event, EventStatus, PublishRequest, PublishRequestStatus, SchemaVersion
 from busapp.publishing import stream_key
-from busapp.services import publish_requests_due
 
 pytestmark = pytest.mark.usefixtures("demo_committed")
 
@@ -228,8 +228,8 @@ def test_a_scheduled_publish_whose_schema_was_withdrawn_fails_and_says_why(bus):
 
 def test_who_may_cancel_and_who_may_decide_is_the_services_rule_not_the_pages():
     """Called without any page (a command, the API, a script), the service itself refuses both."""
+    from busapp.actions.requests import publish_request_cancel, publish_request_decide
     from busapp.errors import RightRefusedError
-    from busapp.services import publish_request_cancel, publish_request_decide
     from tests.support import withholding_request
 
     waiting = withholding_request(User.objects.get(username="policy"))

@@ -7,9 +7,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from busapp.actions.dead_letters import dead_letter_create
 from busapp.models import AuditEntry, DeadLetter, DeadLetterStatus, Event, Source, Topic
 from busapp.publishing import stream_key
-from busapp.services import dead_letter_create
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
 

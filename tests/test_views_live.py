@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from busapp.services import event_publish
+from busapp.actions.publishing import event_publish
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
 
@@ -70,8 +70,8 @@ def test_an_unknown_or_unseen_event_id_is_a_clear_400():
 
 
 def test_the_dashboard_charts_count_events_per_minute_and_open_dead_letters():
+    from busapp.actions.dead_letters import dead_letter_create
     from busapp.models import Source, Topic
-    from busapp.services import dead_letter_create
 
     for deduction in range(3):
         _publish(deduction)

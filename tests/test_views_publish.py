@@ -297,7 +297,7 @@ def test_pages_carry_a_content_security_policy_without_unsafe_inline():
 
 
 def test_a_payload_with_markup_is_shown_as_text(bus):
-    from busapp.services import event_publish
+    from busapp.actions.publishing import event_publish
 
     event_publish(
         topic="tax-policy",

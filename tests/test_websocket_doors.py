@@ -124,7 +124,7 @@ async def test_a_socket_whose_session_still_holds_stays_open():
 
 def _bulk_action() -> int:
     """A running bulk discard of one dead letter on tax-policy, started by the admin."""
-    from busapp.services import bulk_action_start, dead_letter_create
+    from busapp.actions.dead_letters import bulk_action_start, dead_letter_create
 
     topic = Topic.objects.get(name="tax-policy")
     error: list[FieldError] = [{"path": "/payload/x", "message": "refused"}]

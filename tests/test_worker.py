@@ -13,11 +13,11 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connections
 
+from busapp.actions.publishing import event_build, event_publish_batch
 from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, Source
 from busapp.publishing import TAP_GROUP as GROUP
 from busapp.publishing import stream_key
 from busapp.selectors import schema_version_active
-from busapp.services import event_build, event_publish_batch
 from busapp.worker import BusWorker
 from tests.support import (
     OutputWatcher,
@@ -306,8 +306,8 @@ async def test_the_worker_publishes_a_scheduled_event_when_its_time_comes(bus, r
     from django.contrib.auth.models import User
     from django.utils import timezone
 
+    from busapp.actions.requests import publish_request_create
     from busapp.models import PublishRequest, PublishRequestStatus
-    from busapp.services import publish_request_create
 
     subscriber = bus.pubsub()
     await sync_to_async(subscriber.subscribe)("tax-policy")

@@ -7,6 +7,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import transaction
 
+from busapp.actions.dead_letters import bulk_action_start, dead_letter_create
 from busapp.models import (
     AuditAction,
     BulkAction,
@@ -18,7 +19,6 @@ from busapp.models import (
     Source,
     Topic,
 )
-from busapp.services import bulk_action_start, dead_letter_create
 from tests.support import OutputWatcher, manage_background, wait_for
 
 pytestmark = pytest.mark.usefixtures("demo_committed")
@@ -89,9 +89,9 @@ def test_workers_publish_each_scheduled_request_once(bus, suite_redis, workers):
 
     from django.utils import timezone
 
+    from busapp.actions.requests import publish_request_create
     from busapp.models import AuditEntry, PublishRequest, PublishRequestStatus
     from busapp.publishing import stream_key
-    from busapp.services import publish_request_create
 
     policy = User.objects.get(username="policy")
     processes = _workers(workers, suite_redis)

@@ -1,7 +1,7 @@
 """Every state change of the bus, one module per domain: each action validates, writes and appends its audit entry.
 
 Views, the API, the admin, commands and the worker call actions; a rule (who may, four eyes)
-lives in its action alone. Here so far: ``access`` (grants, roles, expiry), ``tokens``,
-``sensitivity``, ``filters`` and ``tap`` (what the bus worker records); publishing, requests,
-dead letters and the registry are still in ``services``.
+lives in its action alone: ``publishing``, ``requests``, ``dead_letters``, ``registry``,
+``access`` (grants, roles, expiry), ``tokens``, ``sensitivity``, ``filters`` and ``tap`` (what
+the bus worker records).
 """

@@ -17,6 +17,7 @@ from typing import Any
 from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.utils import timezone
 
+from busapp.actions.publishing import dead_letter_audit_record, dead_letter_build, envelopes_digest
 from busapp.audit import AuditRecord, audit_append
 from busapp.errors import FieldError, survivable
 from busapp.live import dlq_group, live_item, live_item_read, topic_group
@@ -24,7 +25,6 @@ from busapp.models import AuditAction, DeadLetter, Event, EventStatus, SchemaVer
 from busapp.publishing import INGEST_STREAM, StreamEntry
 from busapp.rows import driver_cursor, rows_insert
 from busapp.selectors import ActiveVersions
-from busapp.services import dead_letter_audit_record, dead_letter_build, envelopes_digest
 from busapp.validation import envelope_errors, json_parse, payload_errors, payload_json
 
 logger = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from busapp.actions.dead_letters import dead_letter_contents, dead_letter_replay
 from busapp.api.authentication import person_for, topic_for, topics_for, topics_viewable
 from busapp.api.errors import ApiError, refusals
 from busapp.api.parsers import StrictJSONParser
@@ -23,7 +24,6 @@ from busapp.api.views import body_checked, input_valid, published_answer, query_
 from busapp.errors import FieldError
 from busapp.models import AuditAction, DeadLetter
 from busapp.permissions import MANAGE_TOPIC
-from busapp.services import dead_letter_contents, dead_letter_replay
 
 
 class DeadLetterListView(APIView):

@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from busapp.actions.registry import schema_version_create
 from busapp.api.authentication import caller_actor, person_with_permission, topic_for
 from busapp.api.errors import ApiError, refusals
 from busapp.api.parsers import StrictJSONParser
@@ -23,7 +24,6 @@ from busapp.api.views import body_checked, input_valid
 from busapp.errors import SchemaInvalidError
 from busapp.models import AuditAction
 from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC
-from busapp.services import schema_version_create
 
 
 class SchemaVersionsView(APIView):

@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
+from busapp.actions.publishing import BatchOutcome, event_publish, event_publish_batch
 from busapp.api.authentication import caller, caller_actor, caller_name, topic_for, topics_for
 from busapp.api.errors import ApiError, body_too_large, detail_errors, refusals
 from busapp.api.idempotency import Answer, publish_once, request_sha256
@@ -34,7 +35,6 @@ from busapp.api.serializers import (
 )
 from busapp.models import AuditAction, Event, EventStatus, Source, Topic
 from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
-from busapp.services import BatchOutcome, event_publish, event_publish_batch
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",

@@ -10,6 +10,14 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from busapp.actions.dead_letters import (
+    bulk_action_cancel,
+    bulk_action_start,
+    bulk_estimate,
+    dead_letter_contents,
+    dead_letter_discard,
+    dead_letter_replay,
+)
 from busapp.errors import BusInputError, FieldError
 from busapp.models import BulkAction, BulkActionKind, DeadLetter, DeadLetterStatus, SchemaVersion, Topic
 from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC, topic_right_held
@@ -21,14 +29,6 @@ from busapp.selectors import (
     event_types_with_active_versions,
     topic_names_with_right,
     topics_visible_to,
-)
-from busapp.services import (
-    bulk_action_cancel,
-    bulk_action_start,
-    bulk_estimate,
-    dead_letter_contents,
-    dead_letter_discard,
-    dead_letter_replay,
 )
 from busapp.views.access import signed_in_user, topic_with_right
 from busapp.views.publish import payload_inputs

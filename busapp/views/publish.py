@@ -15,6 +15,8 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from busapp.actions.publishing import event_publish
+from busapp.actions.requests import publish_request_create
 from busapp.errors import ApprovalRequiredError, BusInputError, FieldError, PreviewInvalidError
 from busapp.models import Event, PublishRequest, SchemaVersion, Source, Topic
 from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
@@ -25,7 +27,6 @@ from busapp.selectors import (
     event_types_with_active_versions,
     schema_version_active,
 )
-from busapp.services import event_publish, publish_request_create
 from busapp.validation import effective_at_error, payload_errors
 from busapp.views.access import signed_in_user, topic_with_right
 

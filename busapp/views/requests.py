@@ -11,10 +11,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from busapp.actions.requests import publish_request_cancel, publish_request_decide
 from busapp.errors import BusInputError, RightRefusedError
 from busapp.models import AuditAction, PublishRequest, PublishRequestStatus, Topic
 from busapp.permissions import APPROVE_TOPIC, VIEW_TOPIC, topic_right_held
-from busapp.services import publish_request_cancel, publish_request_decide
 from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
 
 

@@ -13,11 +13,13 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
 from redis.exceptions import RedisError
 
 from busapp.actions.access import grants_expire
+from busapp.actions.dead_letters import bulk_action_step, bulk_actions_running
+from busapp.actions.publishing import idempotency_keys_purge
+from busapp.actions.requests import publish_requests_due
 from busapp.audit import ChainReport, audit_verify
 from busapp.live import bulk_group
 from busapp.models import BulkAction
 from busapp.publishing import relay_pending
-from busapp.services import bulk_action_step, bulk_actions_running, idempotency_keys_purge, publish_requests_due
 from busapp.worker.steps import in_db
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import pytest
 import redis
 from playwright.sync_api import Page, expect
 
+from busapp.actions.dead_letters import dead_letter_create
 from busapp.models import DeadLetterStatus, Source, Topic
-from busapp.services import dead_letter_create
 from tests.e2e.conftest import BrowserLog, sign_in
 
 pytestmark = pytest.mark.usefixtures("demo_committed")

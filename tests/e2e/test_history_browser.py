@@ -11,9 +11,9 @@ import pytest
 import redis
 from playwright.sync_api import Locator, Page, expect
 
+from busapp.actions.publishing import event_publish_batch
 from busapp.history import EXPORT_COLUMNS
 from busapp.models import Event, Source
-from busapp.services import event_publish_batch
 from tests.e2e.conftest import BrowserLog, sign_in
 
 pytestmark = pytest.mark.usefixtures("demo_committed")

@@ -128,9 +128,9 @@ def test_the_dead_letter_page_goes_live_and_shows_a_new_dead_letter_as_text(
 def test_a_bulk_replay_shows_its_progress_bar_reaching_the_end(
     page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer
 ):
+    from busapp.actions.dead_letters import dead_letter_create
     from busapp.errors import FieldError
     from busapp.models import Source, Topic
-    from busapp.services import dead_letter_create
 
     topic = Topic.objects.get(name="tax-policy")
     error: list[FieldError] = [{"path": "/payload/standard_deduction", "message": "refused by an older schema"}]

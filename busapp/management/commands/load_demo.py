@@ -11,10 +11,10 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
 from busapp.actions.access import grant_create
+from busapp.actions.registry import roles_ensure, topic_create
 from busapp.audit import audit_record
 from busapp.models import AuditAction, Topic
 from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, Role
-from busapp.services import roles_ensure, topic_create
 
 ACTOR = "cli:load_demo"
 TOPICS = [

@@ -7,12 +7,13 @@ from typing import Any, NoReturn
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from busapp.actions.dead_letters import dead_letter_create
+from busapp.actions.publishing import event_publish
 from busapp.audit import Actor
 from busapp.errors import BusInputError, EventRejectedError, FieldError
 from busapp.models import EventStatus, Source, Topic
 from busapp.permissions import PUBLISH_TOPIC, topic_right_held
 from busapp.selectors import topic_get
-from busapp.services import dead_letter_create, event_publish
 from busapp.validation import NOT_JSON, json_parse, printable
 
 

@@ -7,9 +7,9 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from busapp.actions.registry import event_type_create, schema_version_create, topic_create
 from busapp.errors import SchemaInvalidError
 from busapp.models import EventType, SchemaVersion, Topic
-from busapp.services import event_type_create, schema_version_create, topic_create
 from busapp.validation import json_parse, schema_fingerprint
 
 TOPIC_KEY = "x-hms-topic"
