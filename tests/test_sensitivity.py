@@ -11,7 +11,7 @@ from django.test import Client
 
 from busapp.actions.publishing import event_publish
 from busapp.actions.sensitivity import topic_sensitivity_decide, topic_sensitivity_request
-from busapp.errors import ActionRefusedError, ApprovalRequiredError
+from busapp.errors import ActionRefusedError, ApprovalRequiredError, RightRefusedError
 from busapp.models import AuditEntry, ImmutableRecordError, Source, Topic, TopicSensitivityChange
 from busapp.permissions import Role
 from tests.conftest import DEMO_PASSWORD
@@ -93,7 +93,7 @@ def test_the_requester_cannot_approve_or_reject_their_own_request(admin2: User) 
         topic=Topic.objects.get(name=WITHHOLDING), sensitive=False, reason="pilot ended", actor=_person("admin")
     )
 
-    with pytest.raises(ApprovalRequiredError, match="their own request"):
+    with pytest.raises(RightRefusedError, match="their own request"):
         topic_sensitivity_decide(change_id=change.pk, actor=_person("admin"), approve=True, reason="me")
     page = _client("admin").post(
         f"/topics/{WITHHOLDING}/sensitivity/{change.pk}/decide/", {"decision": "approve", "reason": "me"}

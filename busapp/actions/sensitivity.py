@@ -15,7 +15,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from busapp.audit import audit_record
-from busapp.errors import ActionRefusedError, ApprovalRequiredError
+from busapp.errors import ActionRefusedError, RightRefusedError
 from busapp.models import AuditAction, SensitivityChangeStatus, Topic, TopicSensitivityChange
 
 # Held by the Bus admins role (busapp.permissions.ROLE_PERMISSIONS), and by superusers.
@@ -92,7 +92,7 @@ def topic_sensitivity_decide(*, change_id: int, actor: User, approve: bool, reas
     change, topic = _open_change_locked(change_id)
     if change.requested_by_id == actor.pk:
         message = "nobody may approve or reject their own request: a second bus admin decides"
-        raise ApprovalRequiredError([{"path": "/approval", "message": message}])
+        raise RightRefusedError([{"path": "/approval", "message": message}])
     reason = _reason_checked(reason)
     change.status = SensitivityChangeStatus.APPROVED if approve else SensitivityChangeStatus.REJECTED
     change.decided_by, change.decided_at, change.decision_reason = actor, timezone.now(), reason

@@ -17,7 +17,7 @@ from busapp.actions.sensitivity import (
     topic_sensitivity_decide,
     topic_sensitivity_request,
 )
-from busapp.errors import BusInputError
+from busapp.errors import BusInputError, RightRefusedError
 from busapp.models import AuditAction, Topic, TopicSensitivityChange
 from busapp.views.access import refuse_audited, signed_in_user
 
@@ -85,9 +85,6 @@ def topic_sensitivity_decision(request: HttpRequest, name: str, pk: int) -> Http
     topic = _topic_for_bus_admin(request, name)
     change = get_object_or_404(TopicSensitivityChange, pk=pk, topic=topic)
     user = signed_in_user(request)
-    if change.requested_by_id == user.pk:  # four eyes: refused, and written down, like any refused approval
-        message = "nobody may approve or reject their own request: a second bus admin decides"
-        refuse_audited(request, AuditAction.APPROVAL_REFUSED, f"topic:{topic.name}", message, change=str(change.pk))
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
         return _page(request, topic, refusal="decision: choose approve or reject", status=400)
@@ -95,6 +92,9 @@ def topic_sensitivity_decision(request: HttpRequest, name: str, pk: int) -> Http
         decided = topic_sensitivity_decide(
             change_id=change.pk, actor=user, approve=decision == "approve", reason=request.POST.get("reason", "")
         )
+    except RightRefusedError as refused:  # four eyes, the action's rule: refused, and written down
+        message = "; ".join(error["message"] for error in refused.errors)
+        refuse_audited(request, AuditAction.APPROVAL_REFUSED, f"topic:{topic.name}", message, change=str(change.pk))
     except BusInputError as refused:
         return _refused(request, topic, refused)
     outcome = f"now {sensitivity_label(decided.sensitive)}" if decision == "approve" else "unchanged"
