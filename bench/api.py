@@ -24,7 +24,7 @@ clients for ``--seconds`` after one second of warm-up. The seed's path, ``jsonsc
 Redis before each path and after the last; a path's ratio is to the mean of the runs beside it.
 CPU: of the server, redis-server, PostgreSQL (all its processes), this process and the machine.
 
-Then, in this process on the same database and settings: the CPU per event of the services alone,
+Then, in this process on the same database and settings: the CPU per event of the actions alone,
 through Django and DRF (the test ``Client``), and through the ASGI application (no server); and,
 with ``CaptureQueriesContext``, the queries of one single publish and one ``GET /api/topics/``
 with the token on 1 topic and the one on 20.
@@ -116,7 +116,7 @@ def _environment(database_url: str, redis_url: str, var_dir: str) -> dict[str, s
 
 
 def _extra_topics() -> list[Any]:
-    """19 more topics, each with one event type and a schema version, made through the services."""
+    """19 more topics, each with one event type and a schema version, made through the actions."""
     from busapp.actions.registry import event_type_create, schema_version_create, topic_create
 
     schema = {key: value for key, value in SCHEMA.items() if not key.startswith("x-hms-")}
@@ -497,7 +497,7 @@ class Layer:
 
 
 def _layers(token: str, count: int) -> list[Layer]:
-    """CPU per event: the services alone, then through Django and DRF, then through the ASGI application."""
+    """CPU per event: the actions alone, then through Django and DRF, then through the ASGI application."""
     from django.test import Client
 
     from busapp.actions.publishing import event_publish, event_publish_batch

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python bench/forms.py`` (SQLite in a temporary folder). It starts its own
 redis-server on a free port, uses production settings (``DEBUG=0``, static files collected
 into a temporary ``VAR_DIR``), loads the demo data, then creates the topic ``bench.forms``
-and the event type ``bench_form.submitted`` with a 50-field JSON Schema through the services
+and the event type ``bench_form.submitted`` with a 50-field JSON Schema through the actions
 (audited as any other change).
 
 Measured with Django's test Client, signed in as the demo Bus admin ``admin``:

@@ -6,7 +6,7 @@ Run: ``.venv/bin/python bench/history.py`` (SQLite in a temporary folder, 1,000,
 It starts its own redis-server on a free port, as the other benchmarks do.
 
 Setup: production settings (``DEBUG=0``), ``migrate``, ``load_demo``, ``collectstatic``; then 20
-topics with 2 or 3 event types each (one schema version each) made through the services, and
+topics with 2 or 3 event types each (one schema version each) made through the actions, and
 ``--events`` events written straight into the tables (``executemany`` in one transaction per
 chunk on SQLite, ``COPY`` on PostgreSQL; not through ``event_publish``, which
 ``bench/publish.py`` measures): payloads like ``{"standard_deduction": 0..30000, "state": one

@@ -1,4 +1,4 @@
-"""Django admin: topics and schemas change only through the services (so they are audited).
+"""Django admin: topics and schemas change only through the actions (so they are audited).
 
 History is read-only; the last active Bus admin stays one; rights and a topic's ``sensitive``
 flag are not changed here at all.
