@@ -391,7 +391,7 @@ def _stretch_check(*, after_seq: int, after_hash: str | None, through_seq: int) 
     with _chain_rows(after_seq=after_seq, through_seq=through_seq) as pages:
         for page in pages:
             for row in page:
-                seq, time_text, actor_name, action, target, details_text, stored_prev, stored_hash = row
+                seq, _, _, action, target, _, stored_prev, stored_hash = row
                 if first_seq is None:
                     first_seq, first_prev_hash = seq, stored_prev
                 if seq != expected:
@@ -402,17 +402,7 @@ def _stretch_check(*, after_seq: int, after_hash: str | None, through_seq: int) 
                 if prev_hash is not None and stored_prev != prev_hash:
                     problem = _unlinked_problem(seq)
                     return _Stretch(checked, seq - 1, prev_hash, first_seq, first_prev_hash, seq, problem)
-                iso_time = time_text[:10] + "T" + time_text[11:]
-                if iso_time.endswith(".000000"):  # isoformat() leaves out a zero fraction
-                    iso_time = iso_time[:-7]
-                try:
-                    details, end = _decode_json(details_text)
-                except ValueError:
-                    end = -1
-                if end != len(details_text):  # not JSON alone: read it the way Django does
-                    details = _details_as_django_reads(details_text)
-                digest = _row_hash(stored_prev, seq, iso_time + "+00:00", actor_name, action, target, details)
-                if digest != stored_hash and _row_hash_as_django_reads(row) != stored_hash:
+                if not _row_hash_holds(row) and _row_hash_as_django_reads(row) != stored_hash:
                     problem = _changed_problem(seq, action, target)
                     return _Stretch(checked, seq - 1, stored_prev, first_seq, first_prev_hash, seq, problem)
                 expected, prev_hash, checked = seq + 1, stored_hash, checked + 1
@@ -420,6 +410,21 @@ def _stretch_check(*, after_seq: int, after_hash: str | None, through_seq: int) 
     if expected <= through_seq:  # the rows ran out: what comes next is for the caller to tell
         return _Stretch(checked, expected - 1, last_hash, first_seq, first_prev_hash, expected, ends_early=True)
     return _Stretch(checked, expected - 1, last_hash, first_seq, first_prev_hash)
+
+
+def _row_hash_holds(row: tuple[Any, ...]) -> bool:
+    """Whether a chain row (as ``_chain_rows`` reads it) still hashes to its stored hash, read as text."""
+    seq, time_text, actor_name, action, target, details_text, stored_prev, stored_hash = row
+    iso_time = time_text[:10] + "T" + time_text[11:]
+    if iso_time.endswith(".000000"):  # isoformat() leaves out a zero fraction
+        iso_time = iso_time[:-7]
+    try:
+        details, end = _decode_json(details_text)
+    except ValueError:
+        end = -1
+    if end != len(details_text):  # not JSON alone: read it the way Django does
+        details = _details_as_django_reads(details_text)
+    return bool(_row_hash(stored_prev, seq, iso_time + "+00:00", actor_name, action, target, details) == stored_hash)
 
 
 def _row_hash(prev_hash: str, seq: int, iso_time: str, actor_name: str, action: str, target: str, details: Any) -> str:

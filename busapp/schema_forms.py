@@ -152,6 +152,11 @@ def _field(node: Any, root: Any, path: str, *, label: str, required: bool) -> Fo
     if kind == "array":
         item = _field(node.get("items", {}), root, f"{path}/{INDEX_PLACEHOLDER}", label="Item", required=True)
         return FormField(kind="array", item=item, min_items=int(node.get("minItems", 0)), **common)
+    return _leaf_field(node, kind, path, common)
+
+
+def _leaf_field(node: dict[str, Any], kind: str, path: str, common: dict[str, Any]) -> FormField:
+    """The form field of a node holding one value: a choice, a number, a text or yes/no."""
     if "enum" in node:
         choices = [(json.dumps(value), str(value)) for value in node["enum"]]
         return FormField(kind="select", choices=choices, **common)
@@ -266,19 +271,8 @@ def row_indexes(array: FormField, data: QueryDict) -> list[int]:
 
 def _convert(form_field: FormField, raw: str) -> Any:
     """Turn one input's text into the JSON value its schema expects."""
-    if form_field.kind == "integer":
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a whole number") from None
-    if form_field.kind == "number":
-        try:
-            number = float(raw)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a number") from None
-        if not math.isfinite(number):
-            raise ValueError(f"{raw!r} is not a finite number")
-        return int(number) if number.is_integer() and "." not in raw and "e" not in raw.lower() else number
+    if form_field.kind in ("integer", "number"):
+        return _number_from_input(raw, whole=form_field.kind == "integer")
     if form_field.kind == "boolean":
         if raw not in ("true", "false"):
             raise ValueError(f"{raw!r} is not yes or no")
@@ -291,6 +285,22 @@ def _convert(form_field: FormField, raw: str) -> Any:
     if form_field.input_type == "datetime-local":
         return _datetime_from_input(raw)
     return raw
+
+
+def _number_from_input(raw: str, *, whole: bool) -> int | float:
+    """A number input's text as JSON's number: an integer where it was written as one."""
+    if whole:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a whole number") from None
+    try:
+        number = float(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{raw!r} is not a finite number")
+    return int(number) if number.is_integer() and "." not in raw and "e" not in raw.lower() else number
 
 
 def _datetime_from_input(raw: str) -> str:

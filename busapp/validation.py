@@ -11,7 +11,7 @@ import math
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -216,22 +216,25 @@ def _deep_path(text: str, path: str, allowed: int) -> tuple[str, int]:
         elif piece in ("]", "}"):
             if frames:
                 frames.pop()
-        elif not frames:
-            continue
-        elif piece == ",":
-            frame = frames[-1]
-            if frame[0]:
-                frame[2] = True
-            else:
-                frame[1] += 1
-        elif piece == ":":
-            frames[-1][2] = False
-        elif frames[-1][0] and frames[-1][2]:  # an object's key
-            try:
-                frames[-1][1] = json.loads(piece)
-            except ValueError:
-                frames[-1][1] = piece[1:-1]
+        elif frames:
+            _frame_step(frames[-1], piece)
     return path, 0
+
+
+def _frame_step(frame: list[Any], piece: str) -> None:
+    """Move the innermost open container on by one token: to its next index, or onto the key being read."""
+    if piece == ",":
+        if frame[0]:
+            frame[2] = True
+        else:
+            frame[1] += 1
+    elif piece == ":":
+        frame[2] = False
+    elif frame[0] and frame[2]:  # an object's key
+        try:
+            frame[1] = json.loads(piece)
+        except ValueError:
+            frame[1] = piece[1:-1]
 
 
 # Patterns: RE2 (google-re2) runs in time linear in the text, so no payload can make a pattern backtrack.
@@ -563,13 +566,17 @@ def _subschemas(node: dict[str, Any], pointer: str) -> Iterator[tuple[Any, str, 
     for keywords, same_value in ((_SAME_VALUE_LIST, True), (_PART_LIST, False)):
         for keyword in keywords:
             if isinstance(node.get(keyword), list):
-                for index, item in enumerate(node[keyword]):
-                    yield item, f"{pointer}/{keyword}/{index}", same_value
+                yield from _members(enumerate(node[keyword]), f"{pointer}/{keyword}", same_value)
     for keywords, same_value in ((_SAME_VALUE_MAP, True), (_PART_MAP, False)):
         for keyword in keywords:
             if isinstance(node.get(keyword), dict):
-                for name, item in node[keyword].items():
-                    yield item, f"{pointer}/{keyword}/{_pointer_part(name)}", same_value
+                yield from _members(node[keyword].items(), f"{pointer}/{keyword}", same_value)
+
+
+def _members(items: Iterable[tuple[Any, Any]], pointer: str, same_value: bool) -> Iterator[tuple[Any, str, bool]]:
+    """The subschemas of a keyword holding a list or an object of them, each with its pointer."""
+    for name, item in items:
+        yield item, f"{pointer}/{_pointer_part(name)}", same_value
 
 
 @dataclass
@@ -926,6 +933,23 @@ def _types(schema: dict[str, Any]) -> set[str] | None:
     return found
 
 
+def _narrowed(old: dict[str, Any], new: dict[str, Any], where: str) -> list[str]:
+    """How ``new`` narrows the value itself against ``old``: its type, and its lower and upper limits."""
+    problems = []
+    old_types, new_types = _types(old), _types(new)
+    if new_types is not None and (old_types is None or not old_types <= new_types):
+        before = "any type" if old_types is None else "/".join(t for t in _TYPE_ORDER if t in old_types)
+        after = "/".join(t for t in _TYPE_ORDER if t in new_types)
+        problems.append(f"{where}: type narrowed from {before} to {after}")
+    for keyword in ("minimum", "exclusiveMinimum", "minLength"):
+        if keyword in new and (keyword not in old or new[keyword] > old[keyword]):
+            problems.append(f"{where}: {keyword} raised from {old.get(keyword, 'none')} to {new[keyword]}")
+    for keyword in ("maximum", "exclusiveMaximum", "maxLength"):
+        if keyword in new and (keyword not in old or new[keyword] < old[keyword]):
+            problems.append(f"{where}: {keyword} lowered from {old.get(keyword, 'none')} to {new[keyword]}")
+    return problems
+
+
 def backward_incompatibilities(old: Any, new: Any, path: str = "") -> list[str]:
     """Ways in which an event valid under ``old`` could fail ``new`` (types, required, limits, enums).
 
@@ -935,18 +959,7 @@ def backward_incompatibilities(old: Any, new: Any, path: str = "") -> list[str]:
     if not isinstance(old, dict) or not isinstance(new, dict):
         return []
     where = path or "the payload"
-    problems = []
-    old_types, new_types = _types(old), _types(new)
-    if new_types is not None and (old_types is None or not old_types <= new_types):
-        before = "any type" if old_types is None else "/".join(t for t in _TYPE_ORDER if t in old_types)
-        after = "/".join(t for t in _TYPE_ORDER if t in new_types)
-        problems.append(f"{where}: type narrowed from {before} to {after}")
-    for keyword, tighter in (("minimum", "raised"), ("exclusiveMinimum", "raised"), ("minLength", "raised")):
-        if keyword in new and (keyword not in old or new[keyword] > old[keyword]):
-            problems.append(f"{where}: {keyword} {tighter} from {old.get(keyword, 'none')} to {new[keyword]}")
-    for keyword in ("maximum", "exclusiveMaximum", "maxLength"):
-        if keyword in new and (keyword not in old or new[keyword] < old[keyword]):
-            problems.append(f"{where}: {keyword} lowered from {old.get(keyword, 'none')} to {new[keyword]}")
+    problems = _narrowed(old, new, where)
     if "enum" in new and ("enum" not in old or any(value not in new["enum"] for value in old["enum"])):
         problems.append(f"{where}: enum no longer allows every value it allowed")
     newly_required = sorted(set(new.get("required", [])) - set(old.get("required", [])))

@@ -97,12 +97,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     elif isinstance(exc, ApiError):
         errors, status_code = exc.errors, exc.status_code
     elif isinstance(exc, exceptions.APIException):
-        errors, status_code = detail_errors(exc.detail), exc.status_code
-        if isinstance(exc, exceptions.ParseError):
-            errors = [{"path": "", "message": f"the body is not valid JSON: {exc.detail}"}]
-        auth_header = getattr(exc, "auth_header", None)
-        if auth_header:
-            headers["WWW-Authenticate"] = auth_header
+        errors, status_code = _framework_errors(exc, headers)
     elif isinstance(exc, OperationalError | InterfaceError):
         # The database went away mid-request (its session terminated, a failover): the transaction
         # did not commit, or its answer was lost. Retryable: the same Idempotency-Key accepts it once.
@@ -118,6 +113,17 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if status_code == status.HTTP_403_FORBIDDEN and request is not None:
         refusal_audit(request, errors, context.get("view"))
     return errors_response(errors, status_code, headers)
+
+
+def _framework_errors(exc: exceptions.APIException, headers: dict[str, str]) -> tuple[list[FieldError], int]:
+    """DRF's own refusals (parse, authentication, throttling ...) in the one shape; a challenge goes in ``headers``."""
+    errors = detail_errors(exc.detail)
+    if isinstance(exc, exceptions.ParseError):
+        errors = [{"path": "", "message": f"the body is not valid JSON: {exc.detail}"}]
+    auth_header = getattr(exc, "auth_header", None)
+    if auth_header:
+        headers["WWW-Authenticate"] = auth_header
+    return errors, exc.status_code
 
 
 def refusals(*codes: int) -> dict[int, OpenApiResponse]:
