@@ -290,6 +290,20 @@ def test_the_same_request_with_the_same_key_gets_the_first_answer_and_publishes_
     assert (kept.actor_name, kept.response_status, kept.response_body) == ("service:refund-feed", 201, first.json())
 
 
+def test_a_key_older_than_its_lifetime_names_a_new_request(bus, time_machine):
+    token = _token()
+    first = _post(EVENTS, EVENT, token, HTTP_IDEMPOTENCY_KEY="daily-run")
+    time_machine.move_to(timezone.now() + IdempotencyKey.LIFETIME + dt.timedelta(minutes=1))
+
+    other = {"type": "tax_policy.updated", "payload": {"standard_deduction": 1}}
+    second = _post(EVENTS, other, token, HTTP_IDEMPOTENCY_KEY="daily-run")
+
+    assert first.status_code == second.status_code == 201  # not 409: the old request is forgotten
+    assert second.json()["id"] != first.json()["id"]
+    assert Event.objects.count() == 2
+    assert IdempotencyKey.objects.get().response_body == second.json()
+
+
 def test_keys_are_per_caller_and_a_refused_request_keeps_no_key(bus):
     first, second = _token("one"), _token("two")
     bad = {"type": "tax_policy.updated", "payload": {"standard_deduction": -1}}

@@ -41,14 +41,18 @@ def key_check(key: str) -> None:
         raise ApiError([{"path": "/headers/Idempotency-Key", "message": message}], status.HTTP_400_BAD_REQUEST)
 
 
-def answer_kept(*, actor_name: str, key: str, fingerprint: str) -> Answer | None:
-    """The first answer to this key, or None when it is new (or older than a day); 409 if it came with another body."""
-    kept = IdempotencyKey.objects.filter(actor_name=actor_name, key=key).first()
-    if kept is None:
-        return None
-    if kept.created_at < timezone.now() - KEY_LIFETIME:
-        kept.delete()
-        return None
+def key_kept(*, actor_name: str, key: str) -> IdempotencyKey | None:
+    """The caller's kept key of that name, expired or not (reads only)."""
+    return IdempotencyKey.objects.filter(actor_name=actor_name, key=key).first()
+
+
+def key_expired(kept: IdempotencyKey) -> bool:
+    """Whether a kept key is older than KEY_LIFETIME, and so free to name a new request."""
+    return kept.created_at < timezone.now() - KEY_LIFETIME
+
+
+def answer_replayed(kept: IdempotencyKey, *, key: str, fingerprint: str) -> Answer:
+    """The first answer to a key sent again; 409 if it came with another request (reads only)."""
     if kept.request_sha256 != fingerprint:
         message = (
             f"key {key!r} was used at {kept.created_at:%Y-%m-%d %H:%M:%S} UTC for a different request: "
@@ -77,9 +81,11 @@ def publish_once(
         outcome = publish()
         return answer(outcome)
     key_check(key)
-    kept = answer_kept(actor_name=actor_name, key=key, fingerprint=fingerprint)
-    if kept is not None:
-        return kept
+    kept = key_kept(actor_name=actor_name, key=key)
+    if kept is not None and key_expired(kept):
+        kept.delete()  # bookkeeping, not audited: the old answer is forgotten, the key names this request
+    elif kept is not None:
+        return answer_replayed(kept, key=key, fingerprint=fingerprint)
     try:
         with transaction.atomic():
             outcome = publish()
@@ -91,11 +97,11 @@ def publish_once(
                 response_status=provisional.status,
                 response_body=provisional.body,
             )
-    except IntegrityError:
-        kept = answer_kept(actor_name=actor_name, key=key, fingerprint=fingerprint)
+    except IntegrityError:  # the same key at the same moment: the other request won
+        kept = key_kept(actor_name=actor_name, key=key)
         if kept is None:
             raise
-        return kept
+        return answer_replayed(kept, key=key, fingerprint=fingerprint)
     final = answer(outcome)  # the commit has sent it (or Redis was down and it is still pending)
     if final != provisional:
         IdempotencyKey.objects.filter(pk=row.pk).update(response_status=final.status, response_body=final.body)
