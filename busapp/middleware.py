@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.contrib.auth.models import User
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from busapp.audit import audit_record
+from busapp.actions.refusals import refusal_record, refusal_recorded
 from busapp.models import AuditAction
 
 
@@ -52,13 +51,12 @@ class RefusedWriteAuditMiddleware:
             and request.method not in ("GET", "HEAD", "OPTIONS", "TRACE")
             and user is not None
             and user.is_authenticated
-            and not getattr(request, "refusal_audited", False)
+            and not refusal_recorded(request)
         ):
-            with transaction.atomic():
-                audit_record(
-                    actor=user if isinstance(user, User) else str(user),  # a service token's caller names itself
-                    action=AuditAction.WRITE_REFUSED,
-                    target=f"path:{request.path[:190]}",
-                    details={"method": request.method or "", "path": request.path},
-                )
+            refusal_record(
+                request=request,
+                actor=user if isinstance(user, User) else str(user),  # a service token's caller names itself
+                action=AuditAction.WRITE_REFUSED,
+                target=f"path:{request.path[:190]}",
+            )
         return response

@@ -2,6 +2,6 @@
 
 Views, the API, the admin, commands and the worker call actions; a rule (who may, four eyes)
 lives in its action alone: ``publishing``, ``requests``, ``dead_letters``, ``registry``,
-``access`` (grants, roles, expiry), ``tokens``, ``sensitivity``, ``filters`` and ``tap`` (what
-the bus worker records).
+``access`` (grants, roles, expiry), ``tokens``, ``sensitivity``, ``filters``, ``tap`` (what
+the bus worker records) and ``refusals`` (refused attempts, written down once).
 """

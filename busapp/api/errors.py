@@ -6,17 +6,17 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.db import InterfaceError, OperationalError, transaction
-from django.http import Http404, HttpRequest
+from django.db import InterfaceError, OperationalError
+from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
+from busapp.actions.refusals import refusal_record
 from busapp.api.authentication import ServiceCaller
 from busapp.api.serializers import ErrorsSerializer
-from busapp.audit import audit_record
 from busapp.errors import (
     ActionRefusedError,
     ApprovalRequiredError,
@@ -146,15 +146,11 @@ def refusal_audit(request: Request, errors: list[FieldError], view: Any = None) 
         actor = user
     else:
         return
-    django_request: HttpRequest = request._request
-    django_request.refusal_audited = True  # type: ignore[attr-defined]  # read by RefusedWriteAuditMiddleware
     kwargs = (request.parser_context or {}).get("kwargs", {})
-    action = getattr(view, "refusal_action", AuditAction.WRITE_REFUSED)
-    target = getattr(view, "refusal_target", "path:{path}").format(**kwargs, path=request.path)
-    with transaction.atomic():
-        audit_record(
-            actor=actor,
-            action=action,
-            target=target[:200],
-            details={"method": request.method or "", "path": request.path, "reason": errors[0]["message"]},
-        )
+    refusal_record(
+        request=request._request,
+        actor=actor,
+        action=getattr(view, "refusal_action", AuditAction.WRITE_REFUSED),
+        target=getattr(view, "refusal_target", "path:{path}").format(**kwargs, path=request.path),
+        reason=errors[0]["message"],
+    )

@@ -6,11 +6,10 @@ from typing import NoReturn
 
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 
-from busapp.audit import audit_record
+from busapp.actions.refusals import refusal_record
 from busapp.models import AuditAction, Topic
 from busapp.permissions import APPROVE_TOPIC, MANAGE_TOPIC, PUBLISH_TOPIC, topic_right_held
 
@@ -43,12 +42,7 @@ def topic_with_right(request: HttpRequest, name: str, right: str) -> Topic:
 
 def refuse_audited(request: HttpRequest, action: AuditAction, target: str, message: str, **details: str) -> NoReturn:
     """Write the refused attempt to the audit log, then answer 403 with ``message``."""
-    request.refusal_audited = True  # type: ignore[attr-defined]  # read by RefusedWriteAuditMiddleware
-    with transaction.atomic():
-        audit_record(
-            actor=signed_in_user(request),
-            action=action,
-            target=target,
-            details={"method": request.method or "", "path": request.path, "reason": message, **details},
-        )
+    refusal_record(
+        request=request, actor=signed_in_user(request), action=action, target=target, reason=message, **details
+    )
     raise PermissionDenied(message)
