@@ -6,15 +6,15 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from busapp.audit import audit_record, audit_verify
+from busapp.actions.exports import audit_export_start
+from busapp.audit import audit_verify
 from busapp.forms import AuditFilterForm
-from busapp.history import AuditPage, audit_cursor_decode, audit_export_lines, audit_filtered, audit_page
+from busapp.history import AuditPage, audit_cursor_decode, audit_filtered, audit_page
 from busapp.models import AuditAction, AuditCheck, AuditEntry, AuditHead, SavedFilterPage
 from busapp.permissions import EXPORT_TOPIC
 from busapp.views.access import refuse_audited, signed_in_user
@@ -86,12 +86,5 @@ def audit_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
     if not form.is_valid():
         message = f"the export's filter is not valid: {form_problems(form)}"
         return HttpResponse(message, status=400, content_type="text/plain")
-    with transaction.atomic():
-        newest = AuditHead.objects.filter(pk=1).values_list("seq", flat=True).first() or 0
-        entries = audit_filtered(**form.cleaned_data).filter(seq__lte=newest)
-        rows = entries.count()
-        filters = {name: str(value) for name, value in form.cleaned_data.items() if value}
-        # The export's own entry comes after the bound, so the file ends where the export began.
-        details = {"format": fmt, "filter": filters, "rows": rows}
-        audit_record(actor=user, action=AuditAction.AUDIT_EXPORT, target="audit", details=details)
-    return export_response(request, audit_export_lines(entries, fmt), fmt=fmt, rows=rows, name="audit")
+    export = audit_export_start(actor=user, fmt=fmt, filters=form.cleaned_data)
+    return export_response(request, export.lines, fmt=fmt, rows=export.rows, name="audit")

@@ -10,7 +10,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.handlers.asgi import ASGIRequest
-from django.db import transaction
 from django.db.models import QuerySet
 from django.forms import Form
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
@@ -20,10 +19,10 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from busapp.actions import filters
-from busapp.audit import audit_record
+from busapp.actions.exports import events_export_start
 from busapp.errors import ActionRefusedError, HistoryQueryError
 from busapp.forms import EventFilterForm
-from busapp.history import HistoryPage, events_filtered, events_through, export_lines, export_newest, history_page_at
+from busapp.history import HistoryPage, history_page_at
 from busapp.models import AuditAction, Event, SavedFilter, SavedFilterPage, Topic
 from busapp.permissions import EXPORT_TOPIC, VIEW_TOPIC, topics_with_right
 from busapp.selectors import event_audit_entries, event_provenance
@@ -126,18 +125,8 @@ def event_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
     if not form.is_valid():
         message = f"the export's filter is not valid: {form_problems(form)}"
         return HttpResponse(message, status=400, content_type="text/plain")
-    history_filter = form.history_filter()
-    events = events_filtered(history_filter, topics=exportable)
-    newest = export_newest(events)
-    rows = events_through(events, newest).count()
-    with transaction.atomic():
-        audit_record(
-            actor=user,
-            action=AuditAction.EVENTS_EXPORT,
-            target="events",
-            details={"format": fmt, "filter": history_filter.as_details(), "rows": rows},
-        )
-    return export_response(request, export_lines(events, fmt, newest=newest), fmt=fmt, rows=rows, name="events")
+    export = events_export_start(actor=user, fmt=fmt, history_filter=form.history_filter(), topics=exportable)
+    return export_response(request, export.lines, fmt=fmt, rows=export.rows, name="events")
 
 
 def export_response(request: HttpRequest, lines: Iterator[str], *, fmt: str, rows: int, name: str) -> HttpResponseBase:
