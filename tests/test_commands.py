@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, SchemaVersion, Topic
+from busapp.models import AuditAction, AuditEntry, DeadLetter, Event, EventStatus, SchemaVersion, Topic
 from busapp.permissions import Role
 from busapp.publishing import stream_key
 from tests.conftest import DEMO_PASSWORD
@@ -202,6 +202,13 @@ def test_load_demo_creates_each_role_once_and_prints_a_random_password_once():
         "admin": Role.BUS_ADMINS,
     }
     assert Topic.objects.get(name="irs.withholding").sensitive
+    assert AuditEntry.objects.filter(action=AuditAction.USER_CREATE).count() == 4
+    before = AuditEntry.objects.order_by("-seq").values_list("seq", flat=True).first()
+    call_command("load_demo", "--password", "a-new-demo-password", stdout=io.StringIO())  # a reset is written down
+    changed = AuditEntry.objects.filter(seq__gt=before, action=AuditAction.USER_CHANGE, actor_name="cli:load_demo")
+    assert sorted(entry.target for entry in changed) == ["user:admin", "user:auditor", "user:policy", "user:policy2"]
+    assert all(entry.details == {"changed": ["password"]} for entry in changed)
+    assert "a-new-demo-password" not in json.dumps([entry.details for entry in AuditEntry.objects.all()])
     assert SchemaVersion.objects.get(event_type__name="tax_policy.updated").schema["properties"] == {
         "standard_deduction": {
             "type": "number",

@@ -308,3 +308,28 @@ def access_matrix(topics: Sequence[Topic], *, now: dt.datetime | None = None) ->
             cells.append((topic, cell))
         rows.append(MatrixRow(label, person.get_username(), False, [g.name for g in member_of], wide, cells))
     return rows
+
+
+def user_create(*, username: str, role: Role, staff: bool, actor: Actor) -> tuple[User, bool]:
+    """A person in a role's group, audited (``user.create``); the existing one, untouched, when the name is taken."""
+    with transaction.atomic():
+        user, is_new = User.objects.get_or_create(username=username, defaults={"is_staff": staff})
+        if is_new:
+            user.groups.add(Group.objects.get(name=role.value))
+            audit_record(
+                actor=actor, action=AuditAction.USER_CREATE, target=f"user:{username}", details={"role": role.value}
+            )
+    return user, is_new
+
+
+def user_password_set(*, user: User, password: str, actor: Actor) -> None:
+    """Set a person's password, audited (``user.change`` naming the field, never the password)."""
+    with transaction.atomic():
+        user.set_password(password)
+        user.save(update_fields=["password"])
+        audit_record(
+            actor=actor,
+            action=AuditAction.USER_CHANGE,
+            target=f"user:{user.get_username()}",
+            details={"changed": ["password"]},
+        )

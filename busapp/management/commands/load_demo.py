@@ -4,16 +4,13 @@ import secrets
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
-from busapp.actions.access import grant_create
+from busapp.actions.access import grant_create, user_create, user_password_set
 from busapp.actions.registry import roles_ensure, topic_create
-from busapp.audit import audit_record
-from busapp.models import AuditAction, Topic
+from busapp.models import Topic
 from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, Role
 
 ACTOR = "cli:load_demo"
@@ -54,8 +51,7 @@ class Command(BaseCommand):
             for username, role, staff in USERS:
                 user, is_new = self._user(username, role, staff)
                 if is_new or options["password"]:
-                    user.set_password(password)
-                    user.save(update_fields=["password"])
+                    user_password_set(user=user, password=password, actor=ACTOR)
                     (created if is_new else reset).append(username)
         for username in created:
             self.stdout.write(f"created user {username}")
@@ -66,13 +62,9 @@ class Command(BaseCommand):
 
     def _user(self, username: str, role: Role, staff: bool) -> tuple[Any, bool]:
         """Create a demo user in its role group with its per-topic rights, auditing each grant."""
-        user, is_new = get_user_model().objects.get_or_create(username=username, defaults={"is_staff": staff})
+        user, is_new = user_create(username=username, role=role, staff=staff, actor=ACTOR)
         if not is_new:
             return user, False
-        user.groups.add(Group.objects.get(name=role.value))
-        audit_record(
-            actor=ACTOR, action=AuditAction.USER_CREATE, target=f"user:{username}", details={"role": role.value}
-        )
         if role == Role.POLICY_PUBLISHERS:
             for topic in Topic.objects.filter(name__in=[name for name, _, _ in TOPICS]):
                 rights = [VIEW_TOPIC, PUBLISH_TOPIC] + ([APPROVE_TOPIC] if topic.sensitive else [])
