@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import hiredis
 import redis
+import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -500,3 +503,120 @@ def entries_from_reply(reply: Any) -> list[StreamEntry]:
                 body = fields.get(b"event", b"")
             entries.append(StreamEntry(stream, entry_id, channel, body))
     return entries
+
+
+# The workers' side of the streams: their consumer group, reads, claims and acknowledgements.
+
+
+async def tap_groups_ensure(client: aioredis.Redis, streams: Iterable[str]) -> None:
+    """Make sure each stream exists and has the workers' consumer group (it may have it already)."""
+    for stream in streams:
+        try:
+            await client.xgroup_create(stream, TAP_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+
+async def tap_entries_read(
+    client: aioredis.Redis, consumer: str, streams: Sequence[str], *, count: int, block_ms: int
+) -> list[StreamEntry]:
+    """New entries of these streams for this consumer (pending under its name until acknowledged)."""
+    reply = await client.xreadgroup(TAP_GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms)
+    return entries_from_reply(reply)
+
+
+async def tap_entries_claim(
+    client: aioredis.Redis, consumer: str, streams: Sequence[str], *, idle_ms: int, most: int
+) -> list[StreamEntry]:
+    """Up to ``most`` entries other consumers read and left unacknowledged over ``idle_ms``, now this one's.
+
+    Entries trimmed from their stream meanwhile come back empty: they are acknowledged, there is
+    nothing to record. Each entry says how many times Redis has handed it out.
+    """
+    claimed: list[StreamEntry] = []
+    for stream in streams:
+        start = "0-0"
+        while len(claimed) < most:
+            reply = await client.xautoclaim(stream, TAP_GROUP, consumer, idle_ms, start_id=start, count=most)
+            start, messages = reply[0], reply[1]
+            gone = [entry_id for entry_id, fields in messages if not fields]
+            if len(reply) > 2:
+                gone.extend(reply[2])
+            if gone:
+                await client.xack(stream, TAP_GROUP, *gone)
+            entries = entries_from_reply([(stream, [m for m in messages if m[1]])])
+            claimed.extend(await _with_deliveries(client, consumer, stream, entries))
+            if start in (b"0-0", "0-0"):
+                break
+        if len(claimed) >= most:
+            break
+    return claimed
+
+
+async def _with_deliveries(
+    client: aioredis.Redis, consumer: str, stream: str, entries: list[StreamEntry]
+) -> list[StreamEntry]:
+    """The claimed entries with how many times Redis has delivered each (``XPENDING``, one call)."""
+    if not entries:
+        return entries
+    pending = await client.xpending_range(
+        stream, TAP_GROUP, min=entries[0].entry_id, max=entries[-1].entry_id, count=len(entries), consumername=consumer
+    )
+    times = {
+        (row["message_id"].decode() if isinstance(row["message_id"], bytes) else row["message_id"]): int(
+            row["times_delivered"]
+        )
+        for row in pending
+    }
+    return [dataclasses.replace(entry, deliveries=times.get(entry.entry_id, 1)) for entry in entries]
+
+
+async def tap_entries_ack(client: aioredis.Redis, entries: Sequence[StreamEntry]) -> None:
+    """Acknowledge entries (their history rows are committed), one XACK per stream in one round trip."""
+    by_stream: dict[str, list[str]] = defaultdict(list)
+    for entry in entries:
+        by_stream[entry.stream].append(entry.entry_id)
+    async with client.pipeline(transaction=False) as pipe:
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, TAP_GROUP, *ids)
+        await pipe.execute()
+
+
+# What the workers' Pub/Sub listeners hear, copied into the ingest stream once whichever hears it first.
+
+# The first worker to copy a message leaves a mark (``hms:heard:<digest>``) that tells the others it is there.
+HEARD_MARK_PREFIX = "hms:heard:"
+HEARD_MARK_SECONDS = 300
+INGEST_MAXLEN = 100_000
+# KEYS[1]: the ingest stream, then per message its heard mark. ARGV[1]: the marks' lifetime,
+# ARGV[2]: the stream's length; then per message its channel and data. Answers how many it added.
+_INGEST_ONCE = """
+local added = 0
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], 1, 'NX', 'EX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'channel', ARGV[2 * i - 1], 'data', ARGV[2 * i])
+    added = added + 1
+  end
+end
+return added
+"""
+
+
+def heard_ingest_script(client: aioredis.Redis) -> Any:
+    """The ingest script, registered on this client (loaded into Redis on first use)."""
+    return client.register_script(_INGEST_ONCE)
+
+
+async def heard_ingest(script: Any, batch: Sequence[tuple[bytes, bytes]]) -> int:
+    """Add heard (channel, data) messages to the ingest stream unless a worker did already; how many it added."""
+    keys = [INGEST_STREAM] + [HEARD_MARK_PREFIX + _heard_digest(channel, data) for channel, data in batch]
+    args: list[Any] = [HEARD_MARK_SECONDS, INGEST_MAXLEN]
+    for channel, data in batch:
+        args += [channel, data]
+    return int(await script(keys=keys, args=args))
+
+
+def _heard_digest(channel: bytes, data: bytes) -> str:
+    """What names a heard message among the heard marks: a digest of its channel and its bytes."""
+    return hashlib.blake2b(channel + b"\n" + data, digest_size=16).hexdigest()

@@ -8,43 +8,22 @@ heard by the others all along, and the heard marks keep the copies to one.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from busapp.actions.tap import RAW_KEEP_BYTES, events_recorded
-from busapp.publishing import INGEST_STREAM
+from busapp.publishing import heard_ingest, heard_ingest_script
 from busapp.worker.steps import LoopStates, in_db, pause
 from busapp.worker.tap import TOPIC_REFRESH_SECONDS, Tap
 
 logger = logging.getLogger(__name__)
 
-# The first worker to copy a message into the ingest stream leaves a mark (``hms:heard:<digest>``)
-# that tells the others it is there.
-HEARD_MARK_PREFIX = "hms:heard:"
-HEARD_MARK_SECONDS = 300
-INGEST_MAXLEN = 100_000
 # The listener gathers what seed-style publishers send for this long before one look at history.
 LISTEN_GATHER_SECONDS = 0.02
 LISTEN_BATCH_MOST = 500
-
-# Copy heard Pub/Sub messages into the ingest stream, each once whichever worker heard it first.
-# KEYS[1]: the ingest stream, then per message its heard mark. ARGV[1]: the marks' lifetime,
-# ARGV[2]: the stream's length; then per message its channel and data. Answers how many it added.
-_INGEST_ONCE = """
-local added = 0
-for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], 1, 'NX', 'EX', ARGV[1]) then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'channel', ARGV[2 * i - 1], 'data', ARGV[2 * i])
-    added = added + 1
-  end
-end
-return added
-"""
 
 
 class Listener:
@@ -52,7 +31,7 @@ class Listener:
 
     def __init__(self, *, redis: aioredis.Redis, tap: Tap, stopping: asyncio.Event, loops: LoopStates) -> None:
         self.redis, self.tap, self.stopping, self.loops = redis, tap, stopping, loops
-        self._ingest_once = redis.register_script(_INGEST_ONCE)
+        self._ingest_once = heard_ingest_script(redis)
 
     async def run(self) -> None:
         """Listen until stopped, listening again (after a second) whenever Redis drops the connection."""
@@ -101,11 +80,7 @@ class Listener:
 
     async def _ingest(self, batch: list[tuple[bytes, bytes]]) -> int:
         """Add heard messages to the ingest stream unless another worker did already; how many were added."""
-        keys = [INGEST_STREAM] + [HEARD_MARK_PREFIX + _heard_digest(channel, data) for channel, data in batch]
-        args: list[Any] = [HEARD_MARK_SECONDS, INGEST_MAXLEN]
-        for channel, data in batch:
-            args += [channel, data]
-        return int(await self._ingest_once(keys=keys, args=args))
+        return await heard_ingest(self._ingest_once, batch)
 
 
 async def _pubsub_read(pubsub: aioredis.client.PubSub, heard: asyncio.Queue[tuple[bytes, bytes]]) -> None:
@@ -142,11 +117,6 @@ async def _drain(heard: asyncio.Queue[tuple[bytes, bytes]], reader: asyncio.Task
         reader.result()  # raises what ended it (the connection failed)
         raise ConnectionError("the Pub/Sub reader stopped")
     return batch
-
-
-def _heard_digest(channel: bytes, data: bytes) -> str:
-    """What names a heard message among the heard marks: a digest of its channel and its bytes."""
-    return hashlib.blake2b(channel + b"\n" + data, digest_size=16).hexdigest()
 
 
 def _envelope_id(data: bytes) -> str | None:

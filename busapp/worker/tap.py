@@ -7,17 +7,24 @@ and never acknowledged is claimed by the others once idle ``BUS_CLAIM_IDLE_MS``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from collections import defaultdict
 
 import redis.asyncio as aioredis
 from django.db import DatabaseError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from busapp.actions.tap import TapOutcome, events_seen_published, tap_record
 from busapp.models import Topic
-from busapp.publishing import INGEST_STREAM, TAP_GROUP, StreamEntry, dead_letters_send, entries_from_reply, stream_key
+from busapp.publishing import (
+    INGEST_STREAM,
+    StreamEntry,
+    dead_letters_send,
+    stream_key,
+    tap_entries_ack,
+    tap_entries_claim,
+    tap_entries_read,
+    tap_groups_ensure,
+)
 from busapp.worker.fanout import FanOut
 from busapp.worker.steps import LoopStates, in_db, pause
 
@@ -62,70 +69,25 @@ class Tap:
         """Load the topic list and make sure each topic stream and the ingest stream have our group."""
         self.topics = await in_db(_topic_names)
         streams = [stream_key(name) for name in self.topics] + [INGEST_STREAM]
-        for stream in set(streams) - set(self.streams):
-            try:
-                await self.redis.xgroup_create(stream, TAP_GROUP, id="0", mkstream=True)
-            except ResponseError as error:
-                if "BUSYGROUP" not in str(error):
-                    raise
+        await tap_groups_ensure(self.redis, set(streams) - set(self.streams))
         self.streams = streams
 
     async def read(self, *, block_ms: int = 100) -> list[StreamEntry]:
         """Read new entries for this consumer (they stay pending until acknowledged)."""
         if not self.streams:
             await self.refresh_topics()
-        reply = await self.redis.xreadgroup(
-            TAP_GROUP, self.name, {stream: ">" for stream in self.streams}, count=READ_COUNT, block=block_ms
-        )
-        return entries_from_reply(reply)
+        return await tap_entries_read(self.redis, self.name, self.streams, count=READ_COUNT, block_ms=block_ms)
 
     async def claim(self) -> list[StreamEntry]:
         """Take over up to a batch of entries another (dead) consumer read but never acknowledged."""
         if not self.streams:
             await self.refresh_topics()
-        claimed: list[StreamEntry] = []
-        for stream in self.streams:
-            start = "0-0"
-            while len(claimed) < READ_COUNT:
-                reply = await self.redis.xautoclaim(
-                    stream, TAP_GROUP, self.name, self.claim_idle_ms, start_id=start, count=READ_COUNT
-                )
-                start, messages = reply[0], reply[1]
-                # Entries trimmed from the stream come back empty: nothing to record, just acknowledge.
-                gone = [entry_id for entry_id, fields in messages if not fields]
-                if len(reply) > 2:
-                    gone.extend(reply[2])
-                if gone:
-                    await self.redis.xack(stream, TAP_GROUP, *gone)
-                entries = entries_from_reply([(stream, [m for m in messages if m[1]])])
-                claimed.extend(await self._with_deliveries(stream, entries))
-                if start in (b"0-0", "0-0"):
-                    break
-            if len(claimed) >= READ_COUNT:
-                break
+        claimed = await tap_entries_claim(
+            self.redis, self.name, self.streams, idle_ms=self.claim_idle_ms, most=READ_COUNT
+        )
         if claimed:
             logger.info("claimed %d entries left unacknowledged by a stopped worker", len(claimed))
         return claimed
-
-    async def _with_deliveries(self, stream: str, entries: list[StreamEntry]) -> list[StreamEntry]:
-        """The claimed entries with how many times Redis has delivered each (``XPENDING``, one call)."""
-        if not entries:
-            return entries
-        pending = await self.redis.xpending_range(
-            stream,
-            TAP_GROUP,
-            min=entries[0].entry_id,
-            max=entries[-1].entry_id,
-            count=len(entries),
-            consumername=self.name,
-        )
-        times = {
-            (row["message_id"].decode() if isinstance(row["message_id"], bytes) else row["message_id"]): int(
-                row["times_delivered"]
-            )
-            for row in pending
-        }
-        return [dataclasses.replace(entry, deliveries=times.get(entry.entry_id, 1)) for entry in entries]
 
     async def record(self, entries: list[StreamEntry]) -> TapOutcome:
         """Record entries in history (committed when this returns) and send their dead letters."""
@@ -136,13 +98,7 @@ class Tap:
 
     async def ack(self, entries: list[StreamEntry]) -> None:
         """Acknowledge entries whose history rows are committed."""
-        by_stream: dict[str, list[str]] = defaultdict(list)
-        for entry in entries:
-            by_stream[entry.stream].append(entry.entry_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream, ids in by_stream.items():
-                pipe.xack(stream, TAP_GROUP, *ids)
-            await pipe.execute()
+        await tap_entries_ack(self.redis, entries)
 
     async def handle(self, entries: list[StreamEntry]) -> TapOutcome:
         """Record, then acknowledge, then fan out: an entry is acknowledged only once its row is safe."""
