@@ -1,4 +1,4 @@
-"""The one module that talks to the bus: envelopes, one MULTI per send, the relay of what is still pending."""
+"""The one module that talks to the bus: envelopes, the idempotent send, the relay, the workers' stream reads."""
 
 from __future__ import annotations
 
