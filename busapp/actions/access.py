@@ -310,11 +310,13 @@ def access_matrix(topics: Sequence[Topic], *, now: dt.datetime | None = None) ->
     return rows
 
 
-def user_create(*, username: str, role: Role, staff: bool, actor: Actor) -> tuple[User, bool]:
+def user_create(*, username: str, role: Role, staff: bool, password: str, actor: Actor) -> tuple[User, bool]:
     """A person in a role's group, audited (``user.create``); the existing one, untouched, when the name is taken."""
     with transaction.atomic():
         user, is_new = User.objects.get_or_create(username=username, defaults={"is_staff": staff})
         if is_new:
+            user.set_password(password)
+            user.save(update_fields=["password"])
             user.groups.add(Group.objects.get(name=role.value))
             audit_record(
                 actor=actor, action=AuditAction.USER_CREATE, target=f"user:{username}", details={"role": role.value}

@@ -49,10 +49,12 @@ class Command(BaseCommand):
         reset: list[str] = []
         with transaction.atomic():
             for username, role, staff in USERS:
-                user, is_new = self._user(username, role, staff)
-                if is_new or options["password"]:
+                user, is_new = self._user(username, role, staff, password)
+                if is_new:
+                    created.append(username)
+                elif options["password"]:
                     user_password_set(user=user, password=password, actor=ACTOR)
-                    (created if is_new else reset).append(username)
+                    reset.append(username)
         for username in created:
             self.stdout.write(f"created user {username}")
         if created or reset:
@@ -60,9 +62,9 @@ class Command(BaseCommand):
         else:
             self.stdout.write("demo users exist; passwords unchanged (pass --password to reset them)")
 
-    def _user(self, username: str, role: Role, staff: bool) -> tuple[Any, bool]:
+    def _user(self, username: str, role: Role, staff: bool, password: str) -> tuple[Any, bool]:
         """Create a demo user in its role group with its per-topic rights, auditing each grant."""
-        user, is_new = user_create(username=username, role=role, staff=staff, actor=ACTOR)
+        user, is_new = user_create(username=username, role=role, staff=staff, password=password, actor=ACTOR)
         if not is_new:
             return user, False
         if role == Role.POLICY_PUBLISHERS:
