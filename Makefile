@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
-.PHONY: run test pytest lint browser stop bench clean
+.PHONY: run test pytest pytest-orm lint browser stop bench clean
 
 $(RUNTIME): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,14 @@ stop: $(RUNTIME)
 	$(PY) manage.py ensure_redis --stop
 
 ## test: lint, types, then the whole suite against a real Redis (and Debian's chromium for tests/e2e).
-test: lint pytest
+test: lint pytest pytest-orm
+
+# The ORM store is the raw-SQL stores' oracle (busapp/store): the tests of what they serve
+# (publishing, the audit chain, history and its check, the worker's tap) pass on it too.
+ORACLE_TESTS = tests/test_store.py tests/test_publishing.py tests/test_audit.py tests/test_history_check.py \
+	tests/test_history.py tests/test_worker.py
+pytest-orm: $(DEV)
+	BUS_STORE=orm $(VENV)/bin/pytest -q -p no:cacheprovider $(ORACLE_TESTS)
 
 # The browser tests drive Debian's chromium (Playwright's own browser download is not used).
 # As root with apt (CI, a fresh VM) it is installed; elsewhere this says how.

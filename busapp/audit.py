@@ -9,22 +9,20 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from functools import partial
 from time import perf_counter
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
-from django.db.utils import load_backend
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from busapp.models import AuditAction, AuditCheck, AuditEntry, AuditHead
-from busapp.rows import driver_cursor, rows_insert
+from busapp.models import AuditAction, AuditCheck, AuditEntry
+from busapp.store import ChainRow, store
+from busapp.store.driver import connection_own_after_fork
 
 GENESIS_HASH = "0" * 64
 
@@ -94,10 +92,11 @@ def audit_append(*, actor: Actor, records: Sequence[AuditRecord]) -> list[AuditE
     database = _database_key()
     remembered = _remembered_heads.get(database)
     entries = _chain_entries(remembered, now, user, actor_name, records) if remembered else []
-    if not entries or not _head_advance(remembered, entries[-1]):
-        entries = _chain_entries(_head_locked(), now, user, actor_name, records)
-        _head_advance(None, entries[-1])
-    rows_insert(entries)
+    chain = store()
+    if not entries or not chain.audit_head_move((entries[-1].seq, entries[-1].hash), remembered):
+        entries = _chain_entries(chain.audit_head_lock(), now, user, actor_name, records)
+        chain.audit_head_move((entries[-1].seq, entries[-1].hash), None)
+    chain.rows_insert(entries)
     _remembered_heads[database] = (entries[-1].seq, entries[-1].hash)
     return entries
 
@@ -141,41 +140,6 @@ def _chain_entries(
     return entries
 
 
-def _head_advance(expected: tuple[int, str] | None, newest: AuditEntry) -> bool:
-    """Move the head to ``newest``; with ``expected``, only if the head is still there (True if it moved)."""
-    table = AuditHead._meta.db_table
-    with driver_cursor() as cursor:
-        if expected is None:  # the head is locked by this transaction already
-            cursor.execute(f"UPDATE {table} SET seq = %s, hash = %s WHERE id = 1", [newest.seq, newest.hash])  # noqa: S608
-            return True
-        cursor.execute(
-            f"UPDATE {table} SET seq = %s, hash = %s WHERE id = 1 AND seq = %s AND hash = %s",  # noqa: S608
-            [newest.seq, newest.hash, *expected],
-        )
-        return cursor.rowcount == 1
-
-
-def _head_locked() -> tuple[int, str]:
-    """The chain head (newest seq and hash), locked until the caller's transaction ends.
-
-    ``FOR UPDATE`` on the one head row serializes writers on PostgreSQL; on SQLite the
-    IMMEDIATE transaction already holds the database's write lock. Plain SQL because
-    every publish passes here.
-    """
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    query = f"SELECT seq, hash FROM {AuditHead._meta.db_table} WHERE id = 1{lock}"  # noqa: S608
-    with connection.cursor() as cursor:
-        cursor.execute(query)
-        row = cursor.fetchone()
-        if row is None:
-            # The first entry ever: create the head (a second writer waits on its key, then
-            # finds it), and lock it like any other time.
-            AuditHead.objects.get_or_create(pk=1)
-            cursor.execute(query)
-            row = cursor.fetchone()
-    return int(row[0]), str(row[1])
-
-
 def audit_record(
     *, actor: Actor, action: AuditAction, target: str, details: dict[str, Any] | None = None
 ) -> AuditEntry:
@@ -198,35 +162,7 @@ _json_string = json.encoder.encode_basestring
 _decode_json = json.JSONDecoder().raw_decode
 
 
-def _canonical_json_encoder() -> Callable[[Any], str]:
-    """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, without its per-call setup.
-
-    json.dumps builds its C encoder anew on every call, a third of what encoding an entry's
-    details costs; this builds the same one, with the same arguments, once.
-    """
-    slow = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-    make_encoder = getattr(json.encoder, "c_make_encoder", None)
-    if make_encoder is None:
-        return slow
-    try:
-        # markers, default, string encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan
-        encoder = make_encoder(None, _unencodable, _json_string, None, ":", ",", True, False, True)
-    except TypeError:  # another Python's private signature
-        return slow
-    return lambda value: "".join(encoder(value, 0))
-
-
-def _unencodable(value: Any) -> Any:
-    """Refuse what JSON cannot hold (nothing read from JSON text gets here)."""
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-_canonical_json = _canonical_json_encoder()
-# The parent's connections, held by a forked checker so that no finalizer closes them there.
-_inherited_connections: list[Any] = []
-
-# seq, time as text, actor_name, action, target, details as JSON text, prev_hash, hash
-_Row = tuple[int, str, str, str, str, str, str, str]
+_canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True)
@@ -275,7 +211,8 @@ def audit_verify(*, resume: bool = False, checked_by: str = "system:audit-check"
     started = perf_counter()
     checkpoint = AuditCheck.objects.filter(broken_seq__isnull=True).first()
     checkpoint_holds = checkpoint is None or _checkpoint_holds(checkpoint)
-    head_seq, head_hash, newest_seq = _head_snapshot()
+    head_seq, head_hash, newest_seq = store().audit_head_snapshot()
+    head_hash = head_hash or GENESIS_HASH
     after_seq, after_hash = 0, GENESIS_HASH
     if resume and checkpoint is not None and checkpoint_holds and checkpoint.through_seq <= head_seq:
         after_seq, after_hash = checkpoint.through_seq, checkpoint.through_hash
@@ -294,18 +231,6 @@ def _checkpoint_holds(check: AuditCheck) -> bool:
         return check.through_hash == GENESIS_HASH
     stored = AuditEntry.objects.filter(seq=check.through_seq).values_list("hash", flat=True).first()
     return stored == check.through_hash
-
-
-def _head_snapshot() -> tuple[int, str, int]:
-    """The head's seq and hash, and the newest entry's seq, read in one statement (so at one moment)."""
-    head, entries = AuditHead._meta.db_table, AuditEntry._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT (SELECT seq FROM {head} WHERE id = 1), (SELECT hash FROM {head} WHERE id = 1), "  # noqa: S608
-            f"(SELECT MAX(seq) FROM {entries})"
-        )
-        head_seq, head_hash, newest_seq = cursor.fetchone()
-    return int(head_seq or 0), str(head_hash or GENESIS_HASH), int(newest_seq or 0)
 
 
 def _chain_check(*, after_seq: int, after_hash: str, through_seq: int) -> _Stretch:
@@ -331,7 +256,6 @@ def _can_fork() -> bool:
     return (
         not connection.in_atomic_block
         and not in_memory
-        and connection.vendor in ("sqlite", "postgresql")
         and "fork" in multiprocessing.get_all_start_methods()
         and (os.cpu_count() or 1) > 1
         and _single_threaded()
@@ -345,50 +269,15 @@ def _single_threaded() -> bool:
 
 def _stretch_check_forked(settings_dict: dict[str, Any], after_seq: int, through_seq: int) -> _Stretch:
     """Check a stretch in a forked process, on a connection of its own; its first link is checked by the parent."""
-    # The parent's connection came along with the fork. Keep it referenced and untouched:
-    # closing it (or a finalizer doing so) would end the session the parent still uses.
-    # The forked process exits without running finalizers.
-    _inherited_connections.append(connections[DEFAULT_DB_ALIAS])
-    connections[DEFAULT_DB_ALIAS] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict)
-    try:
+    with connection_own_after_fork(settings_dict):
         return _stretch_check(after_seq=after_seq, after_hash=None, through_seq=through_seq)
-    finally:
-        connections[DEFAULT_DB_ALIAS].close()
-
-
-@contextmanager
-def _chain_rows(*, after_seq: int, through_seq: int) -> Iterator[Iterator[list[_Row]]]:
-    """Entries ``after_seq + 1`` to ``through_seq`` in chain order, as raw text, a page of rows at a time.
-
-    The time comes as "2026-11-27 20:10:00.123456" in UTC: on SQLite as Django stored it
-    (no fraction when it is zero), on PostgreSQL formatted so (always a fraction).
-    PostgreSQL streams through a server-side cursor, which lives only in a transaction;
-    SQLite streams from a plain one (its IMMEDIATE transactions would take the write lock).
-    """
-    quote = connection.ops.quote_name
-    reading: AbstractContextManager[Any]
-    if connection.vendor == "postgresql":
-        time_text = f"to_char({quote('time')} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
-        details_text = f"{quote('details')}::text"
-        reading = transaction.atomic()
-    else:
-        time_text = f"CAST({quote('time')} AS TEXT)"
-        details_text = quote("details")
-        reading = nullcontext()
-    query = (
-        f"SELECT seq, {time_text}, actor_name, action, target, {details_text}, prev_hash, hash "  # noqa: S608
-        f"FROM {quote(AuditEntry._meta.db_table)} WHERE seq > %s AND seq <= %s ORDER BY seq"
-    )
-    with reading, connection.chunked_cursor() as cursor:
-        cursor.execute(query, [after_seq, through_seq])
-        yield iter(partial(cursor.fetchmany, _PAGE_ROWS), [])
 
 
 def _stretch_check(*, after_seq: int, after_hash: str | None, through_seq: int) -> _Stretch:
     """Check entries ``after_seq + 1`` to ``through_seq`` (without ``after_hash``, the caller checks the first link)."""
     expected, prev_hash, checked = after_seq + 1, after_hash, 0
     first_seq, first_prev_hash = None, ""
-    with _chain_rows(after_seq=after_seq, through_seq=through_seq) as pages:
+    with store().audit_chain_pages(after_seq, through_seq) as pages:
         for page in pages:
             for row in page:
                 seq, _, _, action, target, _, stored_prev, stored_hash = row
@@ -413,7 +302,7 @@ def _stretch_check(*, after_seq: int, after_hash: str | None, through_seq: int) 
 
 
 def _row_hash_holds(row: tuple[Any, ...]) -> bool:
-    """Whether a chain row (as ``_chain_rows`` reads it) still hashes to its stored hash, read as text."""
+    """Whether a chain row (as ``Store.audit_chain_pages`` reads it) still hashes to its stored hash, read as text."""
     seq, time_text, actor_name, action, target, details_text, stored_prev, stored_hash = row
     iso_time = time_text[:10] + "T" + time_text[11:]
     if iso_time.endswith(".000000"):  # isoformat() leaves out a zero fraction
@@ -447,7 +336,7 @@ def _row_hash(prev_hash: str, seq: int, iso_time: str, actor_name: str, action: 
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
-def _row_hash_as_django_reads(row: _Row) -> str | None:
+def _row_hash_as_django_reads(row: ChainRow) -> str | None:
     """The row's hash from the values the ORM would read (for a time stored in another format); None if unreadable."""
     seq, time_text, actor_name, action, target, details_text, stored_prev, _ = row
     try:

@@ -21,8 +21,8 @@ from django.db import DatabaseError, connections
 from busapp.heartbeats import WORKERS_KEY, WorkerBeat, beats_from_hash
 from busapp.models import Event
 from busapp.redis_connections import bus_address, bus_client_new
-from busapp.rows import database_write_check
 from busapp.selectors import pending_event_count
+from busapp.store import store
 
 # Each check's deadline: both run at once, so the answer comes within this and a little.
 CHECK_SECONDS = 1.5
@@ -83,7 +83,7 @@ class Health:
 def _database_check() -> int:
     """Take a write lock and let it go; then count what waits for Redis."""
     try:
-        database_write_check(Event)
+        store().write_check(Event, wait_seconds=1.0)
         return pending_event_count()
     finally:
         connections.close_all()  # this thread's own connection: back to the pool, or closed

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.core import signing
-from django.db import connections
 from django.db.models import Func, Q, QuerySet, Subquery, TextField
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 
 from busapp.errors import HistoryQueryError
 from busapp.models import AuditEntry, Event, EventType, SchemaVersion, Topic
+from busapp.store import store
 from busapp.validation import MAX_DEPTH, json_value_errors
 
 PAGE_SIZE = 50
@@ -466,10 +466,7 @@ def _raw_chunks(rows: QuerySet[Any], newest: tuple[dt.datetime, int] | None) -> 
             if inclusive
             else page.exclude(timestamp=stamp, id__gte=event_id)
         )
-        sql, params = page[:EXPORT_CHUNK].query.sql_with_params()
-        with connections[rows.db].cursor() as cursor:
-            cursor.execute(sql, params)
-            chunk = cursor.fetchall()
+        chunk = store().rows_fetch(page[:EXPORT_CHUNK])
         if chunk:
             yield chunk
         if len(chunk) < EXPORT_CHUNK:
@@ -653,10 +650,7 @@ def audit_export_lines(entries: QuerySet[AuditEntry], fmt: str) -> Iterator[str]
     last_seq: int | None = None
     while True:
         page = rows if last_seq is None else rows.filter(seq__lt=last_seq)
-        sql, params = page[:EXPORT_CHUNK].query.sql_with_params()
-        with connections[rows.db].cursor() as cursor:
-            cursor.execute(sql, params)
-            chunk = cursor.fetchall()
+        chunk = store().rows_fetch(page[:EXPORT_CHUNK])
         if fmt == "csv":
             writer.writerows(
                 (seq, _iso(time), actor, action, target, details, prev_hash, digest)

@@ -23,9 +23,11 @@ from django.db.models import CharField, Exists, OuterRef, Subquery, Value
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Concat, Substr
 
-from busapp.history_rows import BATCH_ACTION, SINGLE_ACTIONS, events_unvouched
 from busapp.models import AuditEntry, Event
 from busapp.selectors import batch_vouched, envelope_vouched
+from busapp.store import BATCH_VOUCHING_ACTION as BATCH_ACTION
+from busapp.store import VOUCHING_ACTIONS as SINGLE_ACTIONS
+from busapp.store import store
 
 _CHUNK = 2_000
 _BATCH_IDS_SHOWN = 10
@@ -72,7 +74,7 @@ def events_verify(*, on_finding: Callable[[Finding], None]) -> EventsReport:
     _rows_check(report, found)
     _batches_check(report, found)
     _entries_without_rows(found)
-    for envelope_id, topic, recorded_at in events_unvouched():
+    for envelope_id, topic, recorded_at in store().events_unvouched():
         found(Finding("added", f"event {envelope_id}", f"on {topic}, recorded {recorded_at}: no audit entry names it"))
     return report
 

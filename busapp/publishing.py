@@ -18,7 +18,7 @@ import hiredis
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from uuid_utils.compat import uuid7
 
@@ -26,7 +26,7 @@ from busapp.audit import AuditRecord, audit_append
 from busapp.errors import BusUnavailableError
 from busapp.models import AuditAction, DeadLetter, Event, EventStatus
 from busapp.redis_connections import bus_address, bus_client_new, pool_connection_new
-from busapp.rows import DriverCursor, datetime_for_db, driver_cursor
+from busapp.store import store
 
 logger = logging.getLogger(__name__)
 
@@ -305,71 +305,8 @@ def _events_send(events: Sequence[Event]) -> list[bool] | None:
     now = timezone.now()
     for event, (stream_id, _) in zip(events, sent, strict=True):
         event.status, event.stream_id, event.published_at, event.last_error = EventStatus.PUBLISHED, stream_id, now, ""
-    _mark_published(events, now)
+    store().events_mark_published(events, now)
     return [sent_now for _, sent_now in sent]
-
-
-def _mark_published(events: Sequence[Event], now: dt.datetime) -> None:
-    """Record each event's stream id in one prepared UPDATE run for every row.
-
-    This is the publish hot path: ``bulk_update`` builds a CASE expression per row and
-    cost more than everything else in a 1,000-event batch, so the statement is written out.
-    """
-    sql = (
-        f"UPDATE {Event._meta.db_table} SET status = %s, stream_id = %s, published_at = %s, last_error = '' "  # noqa: S608
-        "WHERE id = %s"
-    )
-    published_at = datetime_for_db(connection, now)
-    rows = [(EventStatus.PUBLISHED.value, event.stream_id, published_at, event.pk) for event in events]
-    own_transaction = not connection.in_atomic_block
-    if own_transaction and len(rows) == 1 and connection.vendor == "sqlite":
-        # One statement outside a transaction is a transaction of its own on SQLite:
-        # the same commit without a BEGIN and a COMMIT of its own to pay for.
-        with driver_cursor() as cursor:
-            cursor.execute(sql, rows[0])
-        return
-    with transaction.atomic(), driver_cursor(binary=len(rows) > 1) as cursor:  # one commit, not one per row
-        if own_transaction and connection.vendor == "postgresql":
-            # The event row itself was committed durably before the send. Losing this mark
-            # in a crash costs nothing (the tap marks what it reads on the stream), so it
-            # does not wait for a WAL flush: that halves the fsyncs of a publish. Inside a
-            # caller's transaction (the relay's, with audit entries) it stays durable.
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        if connection.vendor == "postgresql" and len(rows) > 1:
-            # One statement for the whole batch: the ids and stream ids as two arrays.
-            cursor.execute(
-                f"UPDATE {Event._meta.db_table} AS e SET status = %s, stream_id = m.stream_id, "  # noqa: S608
-                "published_at = %s, last_error = '' FROM UNNEST(%b::bigint[], %b::varchar[]) AS m(id, stream_id) "
-                "WHERE e.id = m.id",
-                [EventStatus.PUBLISHED.value, published_at, [row[3] for row in rows], [row[1] for row in rows]],
-            )
-            return
-        if connection.vendor == "sqlite" and len(rows) > 1:
-            _mark_published_sqlite(cursor, rows)
-            return
-        cursor.executemany(sql, rows)
-
-
-# SQLite's limit is 32,766 bound values a statement; two a row.
-_SQLITE_MARKS_PER_STATEMENT = 10_000
-
-
-def _mark_published_sqlite(cursor: DriverCursor, rows: Sequence[tuple[str, str, Any, int]]) -> None:
-    """Mark a batch published on SQLite with one ``UPDATE ... FROM (VALUES ...)`` per 10,000 events.
-
-    An ``executemany`` steps SQLite once per row, and each step lets go of the GIL and must
-    take it back, waiting behind every other busy thread of the web server; one statement
-    steps once.
-    """
-    status, _, published_at, _ = rows[0]
-    for start in range(0, len(rows), _SQLITE_MARKS_PER_STATEMENT):
-        chunk = rows[start : start + _SQLITE_MARKS_PER_STATEMENT]
-        values = ", ".join(["(%s, %s)"] * len(chunk))
-        cursor.execute(
-            f"UPDATE {Event._meta.db_table} AS e SET status = %s, stream_id = m.column2, "  # noqa: S608
-            f"published_at = %s, last_error = '' FROM (VALUES {values}) AS m WHERE e.id = m.column1",
-            [status, published_at, *(value for _, stream_id, _, pk in chunk for value in (pk, stream_id))],
-        )
 
 
 def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db.models import Count, Max, Q, QuerySet
@@ -27,23 +27,13 @@ from busapp.models import (
     Topic,
 )
 from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, topics_with_right
-from busapp.rows import driver_cursor
+from busapp.store import ActiveVersionRow, store
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
 
-# Every publish resolves its schema version, so the lookup is one prepared statement rather
-# than an ORM query (whose compilation cost more than the query), and the immutable schema
-# body is fetched once per version. Topic settings and the deprecated flag are read fresh.
-_ACTIVE_VERSION_SQL = """
-SELECT sv.id, sv.version, sv.fingerprint, et.id, t.id, t.sensitive, t.stream_retention
-FROM busapp_schemaversion sv
-JOIN busapp_eventtype et ON et.id = sv.event_type_id
-JOIN busapp_topic t ON t.id = et.topic_id
-WHERE t.name = %s AND et.name = %s AND sv.deprecated = %s
-ORDER BY sv.version DESC
-LIMIT 1
-"""
+# Every publish resolves its schema version (``Store.version_active_row``, one prepared statement),
+# and the immutable schema body is fetched once per version. Topic settings and the deprecated flag are read fresh.
 # The version, its event type and topic, built once per distinct row: any change to a
 # column read here (a new version, the deprecated flag, the topic's settings) gives a
 # new row and so a fresh object. Callers only read these objects.
@@ -51,12 +41,12 @@ _versions: dict[tuple[Any, ...], SchemaVersion] = {}
 _VERSIONS_KEPT = 1000
 
 
-def _version_from_row(topic: str, event_type: str, row: tuple[Any, ...]) -> SchemaVersion:
+def _version_from_row(topic: str, event_type: str, row: ActiveVersionRow) -> SchemaVersion:
     """The SchemaVersion (with event type and topic) that a lookup row describes."""
-    key = (topic, event_type, *row)
+    key = (topic, event_type, row)
     version = _versions.get(key)
     if version is None:
-        version_id, number, fingerprint, event_type_id, topic_id, sensitive, stream_retention = row
+        version_id, number, fingerprint, event_type_id, topic_id, sensitive, stream_retention = astuple(row)
         schema, source = SchemaVersion.objects.values_list("schema", "source").get(pk=version_id)
         topic_row = Topic(id=topic_id, name=topic, sensitive=bool(sensitive), stream_retention=stream_retention)
         version = SchemaVersion(
@@ -75,11 +65,9 @@ def _version_from_row(topic: str, event_type: str, row: tuple[Any, ...]) -> Sche
 
 def schema_version_active(*, topic: str, event_type: str) -> SchemaVersion:
     """The newest non-deprecated schema version of a topic's event type, or a clear error naming what is unknown."""
-    with driver_cursor() as cursor:
-        cursor.execute(_ACTIVE_VERSION_SQL, [topic, event_type, False])
-        row = cursor.fetchone()
+    row = store().version_active_row(topic, event_type)
     if row is not None:
-        return _version_from_row(topic, event_type, tuple(row))
+        return _version_from_row(topic, event_type, row)
     if not Topic.objects.filter(name=topic).exists():
         raise TopicNotFoundError([{"path": "/topic", "message": f"unknown topic {topic!r}"}])
     known = list(EventType.objects.filter(topic__name=topic).values_list("name", flat=True))

@@ -33,6 +33,8 @@ Environment:
   publishes nothing (default 3600).
 - ``BUS_BATCH_CONCURRENCY``: batch API requests a web process serves at once; more wait their turn
   (default 2).
+- ``BUS_STORE``: how the app writes its hot rows (``busapp/store``): ``sql`` (the default) runs each
+  database's own statements, ``orm`` plain Django, the slower oracle the tests compare them with.
 - ``AXES_ENABLED``: sign-in throttling on ``/accounts/login/`` and ``/admin/login/`` (django-axes), on by default;
   ``0`` turns it off (only for a test setup that signs in with wrong passwords on purpose).
 - ``AXES_FAILURE_LIMIT``: failed sign-ins for one account, or from one address, before sign-in is refused there
@@ -216,11 +218,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the bus worker write at once: WAL lets readers run beside the
     # writer, IMMEDIATE takes the write lock at BEGIN (no lock-upgrade deadlocks, and
     # it serializes the audit chain), and the timeout waits instead of failing.
-    # Threads of one process queue for the write lock instead of polling for it (hmsadmin/sqlite).
     # The bus worker checkpoints the WAL every second; a writer does it itself only once the WAL
     # holds SQLITE_WAL_AUTOCHECKPOINT pages (SQLite's default, 1,000, made every 55th publish
     # pay for a checkpoint and its two fsyncs: bench/README.md).
-    DATABASES["default"]["ENGINE"] = "hmsadmin.sqlite"
     DATABASES["default"]["OPTIONS"] = {
         "init_command": (
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
@@ -388,6 +388,9 @@ BUS_SENT_MARK_SECONDS = _env_int("BUS_SENT_MARK_SECONDS", 3600)
 # one at a time left the process idle while its batch waited on the database or Redis. Two
 # published the most with 8 API clients (bench/README.md, api.py).
 BUS_BATCH_CONCURRENCY = _env_int("BUS_BATCH_CONCURRENCY", 2)
+BUS_STORE = os.environ.get("BUS_STORE", "sql")
+if BUS_STORE not in ("sql", "orm"):
+    raise ImproperlyConfigured(f"BUS_STORE must be sql or orm, not {BUS_STORE!r}")
 
 # The JSON API under /api/: services send a bearer token, browsers their session (with CSRF).
 REST_FRAMEWORK = {

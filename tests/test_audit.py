@@ -19,6 +19,7 @@ from django.db import DatabaseError, connection, transaction
 from busapp import audit
 from busapp.audit import GENESIS_HASH, AuditRecord, audit_append, audit_record, audit_verify, entry_hash
 from busapp.models import AuditAction, AuditCheck, AuditEntry, AuditHead, ImmutableRecordError
+from busapp.store import driver as store_driver
 from tests.support import ROOT, database_url
 
 pytestmark = pytest.mark.django_db
@@ -477,7 +478,7 @@ def test_a_forked_checker_that_fails_leaves_its_half_to_this_process(split_check
     def no_connection(engine):
         raise RuntimeError("too many connections")
 
-    monkeypatch.setattr(audit, "load_backend", no_connection)  # only the forked checker opens a connection
+    monkeypatch.setattr(store_driver, "load_backend", no_connection)  # only the forked checker opens a connection
 
     report = audit_verify()
 

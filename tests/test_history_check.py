@@ -10,10 +10,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from busapp import history_check, history_rows
+from busapp import history_check
 from busapp.actions.publishing import event_build, event_publish_batch
 from busapp.models import Event, Source
 from busapp.selectors import schema_version_active
+from busapp.store import orm as store_orm
+from busapp.store import postgresql as store_postgresql
+from busapp.store import sqlite as store_sqlite
 from tests.support import manage, publish_deduction
 
 pytestmark = pytest.mark.usefixtures("demo", "bus")
@@ -156,7 +159,8 @@ def test_a_row_inserted_without_an_audit_entry_is_named_added() -> None:
 def test_the_check_reads_a_page_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pages of two rows (and one unvouched row a page): every finding still found across page ends."""
     monkeypatch.setattr(history_check, "_CHUNK", 2)
-    monkeypatch.setattr(history_rows, "_PAGE_ROWS", 1)
+    for module in (store_sqlite, store_postgresql, store_orm):
+        monkeypatch.setattr(module, "_PAGE_ROWS", 1)
     kept = [publish_deduction(d).envelope_id for d in (1, 2, 3, 4, 5)]
     version = schema_version_active(topic="tax-policy", event_type="tax_policy.updated")
     added = []

@@ -18,6 +18,7 @@ from busapp.models import AuditEntry, DeadLetter, Event, EventStatus, Source
 from busapp.publishing import TAP_GROUP as GROUP
 from busapp.publishing import stream_key
 from busapp.selectors import schema_version_active
+from busapp.store import store
 from busapp.worker import BusWorker
 from tests.support import (
     OutputWatcher,
@@ -205,7 +206,7 @@ async def test_the_tap_marks_an_event_published_when_its_sender_died_before_sayi
     assert outcome.groups["topic.tax-policy"][0]["status"] == "published"  # it is on the bus
 
 
-@pytest.mark.skipif(connections["default"].vendor != "sqlite", reason="only SQLite has a WAL to checkpoint")
+@pytest.mark.skipif(not store().tidies, reason="only the SQLite store checkpoints a WAL")
 async def test_the_worker_checkpoints_the_wal_so_that_publishers_need_not(bus, running_worker):
     database_file = Path(connections["default"].settings_dict["NAME"])
 

@@ -23,8 +23,8 @@ from busapp.errors import FieldError, survivable
 from busapp.live import dlq_group, live_item, live_item_read, topic_group
 from busapp.models import AuditAction, DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
 from busapp.publishing import INGEST_STREAM, StreamEntry
-from busapp.rows import driver_cursor, rows_insert
 from busapp.selectors import ActiveVersions
+from busapp.store import RecordedEvent, store
 from busapp.validation import envelope_errors, json_parse, payload_errors, payload_json
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ MAX_DELIVERIES = 4
 RAW_KEEP_BYTES = 1024 * 1024
 EXTERNAL_ACTOR = "external"
 # Envelope ids in one IN (...) list: within every database's limit of bound values.
-_IDS_PER_QUERY = 500
 
 
 @dataclass
@@ -188,7 +187,7 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
     """
     outcome = TapOutcome()
     decoded = [(entry, *_decode(entry)) for entry in entries]
-    recorded = events_recorded({envelope["id"] for _, envelope, _ in decoded if envelope is not None})
+    recorded = store().events_recorded({envelope["id"] for _, envelope, _ in decoded if envelope is not None})
     unknown = [
         (entry, envelope, errors)
         for entry, envelope, errors in decoded
@@ -227,7 +226,7 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
             )
     if new_events or outcome.dead_letters:
         with transaction.atomic():
-            rows_insert(list(new_events.values()))
+            store().rows_insert(list(new_events.values()))
             DeadLetter.objects.bulk_create(outcome.dead_letters)
             records = [_record_audit_record(event) for event in new_events.values()]
             records += [dead_letter_audit_record(letter) for letter in outcome.dead_letters]
@@ -248,38 +247,6 @@ def _payload_errors_of(version: SchemaVersion, payload: Any) -> list[FieldError]
         if not survivable(error):
             raise
         return [_unprocessable(error)]
-
-
-@dataclass(frozen=True)
-class RecordedEvent:
-    """What the tap needs of an event history already holds."""
-
-    pk: int
-    status: str
-    source: str
-    publisher: str
-
-
-def events_recorded(envelope_ids: set[str]) -> dict[str, RecordedEvent]:
-    """The events history holds among these envelope ids, by id: one indexed query, without the ORM.
-
-    The tap asks this for every batch it reads, most of them the dashboard's own events;
-    building the same query through the ORM cost more than running it.
-    """
-    found: dict[str, RecordedEvent] = {}
-    ids = list(envelope_ids)
-    table = Event._meta.db_table
-    with driver_cursor() as cursor:
-        for start in range(0, len(ids), _IDS_PER_QUERY):
-            chunk = ids[start : start + _IDS_PER_QUERY]
-            cursor.execute(
-                f"SELECT envelope_id, id, status, source, publisher_name FROM {table}"  # noqa: S608 (names, not input)
-                f" WHERE envelope_id IN ({', '.join(['%s'] * len(chunk))})",
-                chunk,
-            )
-            for envelope_id, pk, status, source, publisher in cursor.fetchall():
-                found[envelope_id] = RecordedEvent(pk, status, source, publisher)
-    return found
 
 
 def _known_on_bus(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
+from django.db import DatabaseError, connections
 from redis.exceptions import RedisError
 
 from busapp.actions.access import grants_expire
@@ -20,6 +20,7 @@ from busapp.audit import ChainReport, audit_verify
 from busapp.live import bulk_group
 from busapp.models import BulkAction
 from busapp.publishing import relay_pending
+from busapp.store import store
 from busapp.worker.steps import in_db
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def jobs_table(*, layer: Any) -> list[Job]:
         ),
         Job("bulk", BulkTicks(layer).step, BULK_TICK_SECONDS),
     ]
-    if connections[DEFAULT_DB_ALIAS].vendor == "sqlite":
+    if store().tidies:
         table.append(Job("checkpoint", _checkpoint_step, CHECKPOINT_EVERY_SECONDS))
     return table
 
@@ -171,17 +172,6 @@ def _bulk_tick(action_id: int) -> BulkAction:
 
 
 async def _checkpoint_step() -> int:
-    """On SQLite, checkpoint the WAL from here (its own thread), so that publishers never pay for it."""
-    await sync_to_async(wal_checkpoint, thread_sensitive=False)()
+    """The database's upkeep (SQLite: a WAL checkpoint) in a thread of its own, so publishers never pay for it."""
+    await sync_to_async(store().tidy, thread_sensitive=False)()
     return 0
-
-
-def wal_checkpoint() -> tuple[int, int]:
-    """Copy the SQLite WAL into the database file without waiting for anyone (PASSIVE).
-
-    Returns the frames the WAL holds and how many of them are in the database file now.
-    """
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        _busy, held, copied = cursor.fetchone()
-    return int(held), int(copied)

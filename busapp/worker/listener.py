@@ -14,8 +14,9 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from busapp.actions.tap import RAW_KEEP_BYTES, events_recorded
+from busapp.actions.tap import RAW_KEEP_BYTES
 from busapp.publishing import heard_ingest, heard_ingest_script
+from busapp.store import store
 from busapp.worker.steps import LoopStates, in_db, pause
 from busapp.worker.tap import TOPIC_REFRESH_SECONDS, Tap
 
@@ -140,5 +141,5 @@ def _not_yet_recorded(batch: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
     here and not copied into the ingest stream, where the tap would read each a second time.
     """
     ids = [_envelope_id(data) for _, data in batch]
-    recorded = events_recorded({envelope_id for envelope_id in ids if envelope_id})
+    recorded = store().events_recorded({envelope_id for envelope_id in ids if envelope_id})
     return [message for message, envelope_id in zip(batch, ids, strict=True) if envelope_id not in recorded]

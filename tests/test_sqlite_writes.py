@@ -1,4 +1,4 @@
-"""The SQLite backend's write lock: a process's write transactions take turns, and every way out gives it back."""
+"""SQLite as configured (WAL, IMMEDIATE): writers of one process take turns; checkpoints are the worker's."""
 
 from __future__ import annotations
 
@@ -8,48 +8,13 @@ import pytest
 from django.db import connection, connections, transaction
 
 from busapp.models import Topic
-from busapp.worker.jobs import wal_checkpoint
-from hmsadmin.sqlite import base
+from busapp.store import store
 from tests.support import publish_deduction
 
 pytestmark = [
     pytest.mark.usefixtures("transactional_db"),
-    pytest.mark.skipif(connection.vendor != "sqlite", reason="the write lock belongs to the SQLite backend"),
+    pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's own write lock and WAL"),
 ]
-
-
-def test_a_write_transaction_holds_the_lock_until_commit_or_rollback() -> None:
-    assert not base._writer.locked()
-    with transaction.atomic():
-        Topic.objects.create(name="lock.commit")
-        assert base._writer.locked()
-    assert not base._writer.locked()
-    with pytest.raises(RuntimeError):
-        _write_then_fail()
-    assert not base._writer.locked()
-    assert list(Topic.objects.filter(name__startswith="lock.").values_list("name", flat=True)) == ["lock.commit"]
-
-
-def _write_then_fail() -> None:
-    """A write transaction that an error rolls back."""
-    with transaction.atomic():
-        Topic.objects.create(name="lock.rollback")
-        raise RuntimeError("roll back")
-
-
-def test_closing_a_connection_mid_transaction_gives_the_lock_back() -> None:
-    def write_then_close() -> None:
-        conn = connections["default"]
-        conn.set_autocommit(False, force_begin_transaction_with_broken_autocommit=True)
-        Topic.objects.create(name="lock.closed")
-        assert base._writer.locked()
-        conn.close()  # a request's thread ends without committing
-
-    worker = threading.Thread(target=write_then_close)
-    worker.start()
-    worker.join()
-    assert not base._writer.locked()
-    assert not Topic.objects.filter(name="lock.closed").exists()
 
 
 def test_writers_in_two_threads_take_turns_and_both_commit() -> None:
@@ -99,11 +64,11 @@ def test_writers_in_two_threads_take_turns_and_both_commit() -> None:
 
 @pytest.mark.usefixtures("demo_committed")
 def test_publishers_leave_checkpoints_to_the_bus_worker(bus) -> None:
-    wal_checkpoint()  # start from a checkpointed WAL
+    store().tidy()  # start from a checkpointed WAL
     for deduction in range(150):
         publish_deduction(deduction)
 
-    held, copied = wal_checkpoint()
+    held, copied = store().tidy() or (0, 0)
 
     # Each publish appends more than ten pages to the WAL. Had a publisher checkpointed at
     # SQLite's default of 1,000 pages, the WAL would have started over and held fewer.
