@@ -17,6 +17,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
+from django.db.models import Model
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -75,28 +76,40 @@ def entry_hash(
 _AUDIT_ACTIONS = frozenset(AuditAction.values)
 
 
-def audit_append(*, actor: Actor, records: Sequence[AuditRecord]) -> list[AuditEntry]:
-    """Append entries to the chain inside the caller's transaction (so a failed write fails the action)."""
-    if not transaction.get_connection().in_atomic_block:
+def audit_append(*, actor: Actor, records: Sequence[AuditRecord], rows: Sequence[Model] = ()) -> list[AuditEntry]:
+    """Append entries to the chain, with ``rows`` (new objects of one model) written alongside: all or nothing.
+
+    Without ``rows`` the entries go into the caller's transaction (so a failed write fails the
+    action), and there must be one. With ``rows`` the change and its entries are one step of
+    their own (on PostgreSQL one statement), inside the caller's transaction if there is one.
+    """
+    if not rows and not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit entries are written in the transaction of the change they record")
     if not records:
+        if rows:
+            raise ValueError("rows are written with the audit entries that record them: give at least one")
         return []
     unnamed = [record.action for record in records if record.action not in _AUDIT_ACTIONS]
     if unnamed:
         raise ValueError(f"audit action {unnamed[0]!r} is not one of AuditAction's: name it there first")
     user, actor_name = actor_parts(actor)
     now = timezone.now()
+    chain = store()
     # Most appends come from the process that wrote the previous link, so the head it
-    # remembers is tried first: the conditional UPDATE both checks and moves it, which
-    # saves reading it. Another writer moved it in between: read it, locked, and redo.
+    # remembers is tried first: the write moves it only from there, which saves reading it.
+    # Another writer moved it in between: read it, locked, and write after it.
     database = _database_key()
     remembered = _remembered_heads.get(database)
-    entries = _chain_entries(remembered, now, user, actor_name, records) if remembered else []
-    chain = store()
-    if not entries or not chain.audit_head_move((entries[-1].seq, entries[-1].hash), remembered):
+    if remembered is not None:
+        entries = _chain_entries(remembered, now, user, actor_name, records)
+        if chain.chain_write(rows, entries, remembered):
+            _remembered_heads[database] = (entries[-1].seq, entries[-1].hash)
+            return entries
+    with transaction.atomic(savepoint=False):
         entries = _chain_entries(chain.audit_head_lock(), now, user, actor_name, records)
         chain.audit_head_move((entries[-1].seq, entries[-1].hash), None)
-    chain.rows_insert(entries)
+        chain.rows_insert(rows)
+        chain.rows_insert(entries)
     _remembered_heads[database] = (entries[-1].seq, entries[-1].hash)
     return entries
 

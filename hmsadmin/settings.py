@@ -12,6 +12,8 @@ Environment:
 - ``DATABASE_URL``: default SQLite under ``VAR_DIR``; PostgreSQL in production
   (``postgres://user@host:5432/name``).
 - ``DATABASE_POOL_SIZE``: PostgreSQL connections a process keeps open (default 20; 0 turns the pool off).
+- ``DATABASE_PREPARED_STATEMENTS``: PostgreSQL only: ``0`` turns server-side prepared statements off (default on;
+  off only behind a pooler in transaction mode that cannot keep them, such as PgBouncer before 1.21).
 - ``DATABASE_CONN_MAX_AGE``: seconds Django keeps a connection without the pool (default 0: one per request).
 - ``SQLITE_WAL_AUTOCHECKPOINT``: SQLite only: WAL pages before a writer checkpoints itself (default 10,000;
   the bus worker checkpoints every second, so publishers rarely do).
@@ -244,6 +246,11 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and _env_
     # session was terminated (a PostgreSQL restart or failover, pg_terminate_backend) is replaced,
     # not handed over to fail that request with a 500.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+_postgresql = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+if _postgresql and _env_bool("DATABASE_PREPARED_STATEMENTS", True):
+    # Django turns psycopg's prepared statements off; the store's hot statements ask for them
+    # (planning the publish's lookup cost 0.27 ms, more than running it: bench/README.md).
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LOGIN_URL = "login"

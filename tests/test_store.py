@@ -15,11 +15,13 @@ from typing import Any, TypeVar
 import pytest
 from django.db import connection, transaction
 from django.test import override_settings
+from django.utils import timezone
 
+from busapp import audit
 from busapp.actions.publishing import event_build, event_publish_batch
-from busapp.audit import audit_verify
+from busapp.audit import AuditRecord, _chain_entries, audit_verify
 from busapp.history import audit_export_lines, export_lines
-from busapp.models import AuditEntry, Event, EventStatus, SchemaVersion, Source
+from busapp.models import AuditAction, AuditEntry, Event, EventStatus, SchemaVersion, Source
 from busapp.selectors import schema_version_active
 from busapp.store import store
 from busapp.store.orm import OrmStore
@@ -201,3 +203,56 @@ def test_exports_read_the_same_lines_through_both_stores() -> None:
 def test_the_write_check_passes_on_a_writable_database_under_both_stores() -> None:
     answers = _under_each_store(lambda: store().write_check(Event, wait_seconds=1.0))
     assert answers == {"sql": None, "orm": None}
+
+
+def _unsaved_event(deduction: int) -> Event:
+    """An event built for the active tax-policy version, not yet written."""
+    version = schema_version_active(topic="tax-policy", event_type="tax_policy.updated")
+    return event_build(version=version, payload={"standard_deduction": deduction}, actor="t", source=Source.CLI)
+
+
+def _entry_after(head: tuple[int, str], target: str) -> AuditEntry:
+    """An audit entry that follows ``head`` in the chain."""
+    record = AuditRecord(AuditAction.EVENT_PUBLISH, target, {})
+    return _chain_entries(head, timezone.now(), None, "t", [record])[0]
+
+
+def test_a_write_from_a_stale_head_writes_nothing_and_one_from_the_head_writes_everything() -> None:
+    publish_deduction(1)
+    for kind in KINDS:
+        with override_settings(BUS_STORE=kind):
+            seq, digest = store().audit_head_snapshot()[:2]
+            stale_event, stale_entry = _unsaved_event(2), _entry_after((seq - 1, "0" * 64), "event:stale")
+            assert not store().chain_write([stale_event], [stale_entry], (seq - 1, "0" * 64))
+            event, entry = _unsaved_event(3), _entry_after((seq, digest), "event:fresh")
+            assert store().chain_write([event], [entry], (seq, digest))
+
+            assert not Event.objects.filter(envelope_id=stale_event.envelope_id).exists()
+            assert not AuditEntry.objects.filter(target="event:stale").exists()
+            assert Event.objects.get(pk=event.pk).envelope_id == event.envelope_id
+            assert AuditEntry.objects.get(pk=entry.pk).seq == seq + 1
+            assert store().audit_head_snapshot()[:2] == (seq + 1, entry.hash)
+
+
+def test_a_publish_after_another_process_moved_the_head_still_chains_its_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publish_deduction(1)
+    for kind in KINDS:
+        with override_settings(BUS_STORE=kind):
+            # What this process remembers is behind: another process appended since.
+            monkeypatch.setitem(audit._remembered_heads, audit._database_key(), (1, "0" * 64))
+            event = publish_deduction(5)
+            assert AuditEntry.objects.filter(target=f"event:{event.envelope_id}").count() == 1
+    assert audit_verify(checked_by="test").intact
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's synchronous_commit")
+@pytest.mark.django_db(transaction=True)
+def test_the_published_mark_skips_the_flush_for_its_own_statement_only(demo_committed: None) -> None:
+    assert not connection.in_atomic_block  # so the event is written, sent and marked as in production
+    event = publish_deduction(7)
+    assert Event.objects.get(pk=event.pk).status == EventStatus.PUBLISHED
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone() == ("on",)

@@ -32,7 +32,6 @@ from busapp.models import (
 )
 from busapp.publishing import dead_letters_send, envelope_head, envelope_wire, events_send
 from busapp.selectors import ActiveVersions, envelopes_sha256, schema_version_active, topic_get
-from busapp.store import store
 from busapp.store.instances import instance_like
 from busapp.validation import (
     json_parse,
@@ -205,10 +204,8 @@ def event_publish(
     record = _publish_record(event)
     if approved_by is not None:
         record.details["approved_by"] = actor_parts(approved_by)[1]
-    with transaction.atomic():
-        store().rows_insert([event])
-        audit_append(actor=actor, records=[record])
-        transaction.on_commit(lambda: events_send([event]), robust=True)
+    audit_append(actor=actor, records=[record], rows=[event])  # one step: on PostgreSQL one statement
+    transaction.on_commit(lambda: events_send([event]), robust=True)  # at once, unless in a caller's transaction
     return event
 
 
@@ -305,12 +302,11 @@ def event_publish_batch(
     if too_big:  # documents do not go on the bus, not even into its dead-letter queue
         raise PayloadTooLargeError(too_big)
     with transaction.atomic():
-        store().rows_insert(outcome.events)
         DeadLetter.objects.bulk_create(outcome.dead_letters)
         # One entry for the batch, the one action it is, naming every event it accepted.
         records = [_batch_record(topic, source, outcome.events)] if outcome.events else []
         records += [dead_letter_audit_record(letter) for letter in outcome.dead_letters]
-        audit_append(actor=actor, records=records)
+        audit_append(actor=actor, records=records, rows=outcome.events)
         transaction.on_commit(lambda: _batch_send(outcome), robust=True)
     return outcome
 

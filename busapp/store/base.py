@@ -8,9 +8,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from django.db import transaction
 from django.db.models import Model, QuerySet
 
-from busapp.models import AuditAction, Event
+from busapp.models import AuditAction, AuditEntry, Event
 
 # An audit entry as the chain check reads it, every value as stored: seq, time as
 # "YYYY-MM-DD HH:MM:SS[.ffffff]" in UTC, actor name, action, target, details as JSON text,
@@ -62,6 +63,12 @@ class Store(Protocol):
     def audit_head_move(self, newest: tuple[int, str], expected: tuple[int, str] | None) -> bool:
         """Move the head to ``newest``; with ``expected``, only if it is still there. True if it moved."""
 
+    def chain_write(self, objs: Sequence[Model], entries: Sequence[AuditEntry], expected: tuple[int, str]) -> bool:
+        """Insert rows of one model (maybe none) and their audit entries, moving the head from ``expected``.
+
+        All of it, or nothing (False) when the head is no longer at ``expected``.
+        """
+
     def audit_head_snapshot(self) -> tuple[int, str, int]:
         """The head's seq and hash and the newest entry's seq, read at one moment (0 and "" when empty)."""
 
@@ -85,3 +92,25 @@ class Store(Protocol):
 
     def tidy(self) -> tuple[int, int] | None:
         """Periodic upkeep the bus worker runs (SQLite: a WAL checkpoint, frames held and copied); None if none."""
+
+
+class _ChainSteps(Protocol):
+    """What ``chain_write_in_steps`` needs of a store."""
+
+    def rows_insert(self, objs: Sequence[Model]) -> None:
+        """See ``Store``."""
+
+    def audit_head_move(self, newest: tuple[int, str], expected: tuple[int, str] | None) -> bool:
+        """See ``Store``."""
+
+
+def chain_write_in_steps(
+    store: _ChainSteps, objs: Sequence[Model], entries: Sequence[AuditEntry], expected: tuple[int, str]
+) -> bool:
+    """``Store.chain_write`` as three statements in one transaction: the head's conditional move first."""
+    with transaction.atomic(savepoint=False):
+        if not store.audit_head_move((entries[-1].seq, entries[-1].hash), expected):
+            return False
+        store.rows_insert(objs)
+        store.rows_insert(entries)
+    return True

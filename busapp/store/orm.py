@@ -17,7 +17,14 @@ from django.db.models import Max, Model, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from busapp.models import AuditEntry, AuditHead, Event, EventStatus, SchemaVersion
-from busapp.store.base import BATCH_VOUCHING_ACTION, VOUCHING_ACTIONS, ActiveVersionRow, ChainRow, RecordedEvent
+from busapp.store.base import (
+    BATCH_VOUCHING_ACTION,
+    VOUCHING_ACTIONS,
+    ActiveVersionRow,
+    ChainRow,
+    RecordedEvent,
+    chain_write_in_steps,
+)
 
 _PAGE_ROWS = 2_000
 
@@ -51,6 +58,10 @@ class OrmStore:
         if expected is not None:
             heads = heads.filter(seq=expected[0], hash=expected[1])
         return heads.update(seq=newest[0], hash=newest[1]) == 1
+
+    def chain_write(self, objs: Sequence[Model], entries: Sequence[AuditEntry], expected: tuple[int, str]) -> bool:
+        """The head's filtered update, then ``bulk_create`` of the rows and entries, in one transaction."""
+        return chain_write_in_steps(self, objs, entries, expected)
 
     def audit_head_snapshot(self) -> tuple[int, str, int]:
         """Two reads in one transaction."""

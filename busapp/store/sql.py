@@ -24,7 +24,14 @@ from django.db.models import Field, Model, QuerySet
 from django.utils import timezone
 
 from busapp.models import AuditEntry, AuditHead, Event, EventStatus, EventType, SchemaVersion, Topic
-from busapp.store.base import BATCH_VOUCHING_ACTION, VOUCHING_ACTIONS, ActiveVersionRow, ChainRow, RecordedEvent
+from busapp.store.base import (
+    BATCH_VOUCHING_ACTION,
+    VOUCHING_ACTIONS,
+    ActiveVersionRow,
+    ChainRow,
+    RecordedEvent,
+    chain_write_in_steps,
+)
 from busapp.store.driver import datetime_for_db, driver_cursor
 
 # SQLite allows 32,766 bound values per statement; stay well under it on every database.
@@ -83,13 +90,17 @@ class SqlStore:
         table = AuditHead._meta.db_table
         with driver_cursor() as cursor:
             if expected is None:  # the head is locked by this transaction already
-                cursor.execute(f"UPDATE {table} SET seq = %s, hash = %s WHERE id = 1", list(newest))  # noqa: S608
+                cursor.execute(f"UPDATE {table} SET seq = %s, hash = %s WHERE id = 1", list(newest), prepare=True)  # noqa: S608
                 return True
             cursor.execute(
                 f"UPDATE {table} SET seq = %s, hash = %s WHERE id = 1 AND seq = %s AND hash = %s",  # noqa: S608
                 [*newest, *expected],
             )
             return cursor.rowcount == 1
+
+    def chain_write(self, objs: Sequence[Model], entries: Sequence[AuditEntry], expected: tuple[int, str]) -> bool:
+        """In one transaction: move the head from ``expected`` to the last entry, then insert the rows and entries."""
+        return chain_write_in_steps(self, objs, entries, expected)
 
     def audit_head_snapshot(self) -> tuple[int, str, int]:
         """The head and the newest entry's seq in one statement, so at one moment."""
@@ -126,7 +137,7 @@ class SqlStore:
     def version_active_row(self, topic: str, event_type: str) -> ActiveVersionRow | None:
         """One prepared statement: an ORM query's compilation cost more than the query."""
         with driver_cursor() as cursor:
-            cursor.execute(_active_version_sql(), [topic, event_type, False])
+            cursor.execute(_active_version_sql(), [topic, event_type, False], prepare=True)
             row = cursor.fetchone()
         if row is None:
             return None
@@ -243,9 +254,15 @@ class InsertStatement:
     """How to INSERT rows of one model: each column's value getter and the SQL to use."""
 
     getters: list[ValueGetter]
-    head: str  # INSERT INTO t (columns) VALUES
+    into: str  # INSERT INTO t (columns)
     row: str  # one row's placeholders
-    unnest: str | None  # PostgreSQL: the same INSERT taking one array per column
+    arrays: str  # PostgreSQL: one binary array parameter per column, for UNNEST
+    typed: str  # PostgreSQL: one row's placeholders, each cast to its column's type
+
+    @property
+    def head(self) -> str:
+        """The start of a multi-row ``VALUES`` insert."""
+        return f"{self.into} VALUES "
 
 
 @cache
@@ -260,16 +277,15 @@ def insert_statement(model: type[Model], vendor: str) -> InsertStatement:
     fields = [field for field in model._meta.concrete_fields if not field.primary_key and field.column]
     columns = ", ".join(quote(str(field.column)) for field in fields)
     into = f"INSERT INTO {quote(model._meta.db_table)} ({columns})"
-    unnest = None
-    if vendor == "postgresql":
-        # One array per column, as Django's own bulk_create does on PostgreSQL: the statement
-        # has as many parameters as the model has columns however many rows go in, so the
-        # driver parses it once instead of scanning thousands of placeholders every call.
-        # Binary parameters (%b): see driver_cursor.
-        arrays = ", ".join(f"%b::{field.db_type(connection)}[]" for field in fields)
-        unnest = f"{into} SELECT * FROM UNNEST({arrays}) RETURNING id"  # noqa: S608 (names and types from the model)
+    # PostgreSQL: one array per column, as Django's own bulk_create does there. The statement
+    # has as many parameters as the model has columns however many rows go in, so the driver
+    # parses it once instead of scanning thousands of placeholders every call. Binary
+    # parameters (%b): see driver_cursor.
+    postgresql = vendor == "postgresql"
+    arrays = ", ".join(f"%b::{field.db_type(connection)}[]" for field in fields) if postgresql else ""
+    typed = ", ".join(f"%s::{field.db_type(connection)}" for field in fields) if postgresql else ""
     getters = [_value_getter(field) for field in fields]
-    return InsertStatement(getters, f"{into} VALUES ", "(" + ", ".join(["%s"] * len(fields)) + ")", unnest)
+    return InsertStatement(getters, into, "(" + ", ".join(["%s"] * len(fields)) + ")", arrays, typed)
 
 
 def keys_set(objs: Sequence[Model], returned: Sequence[tuple[Any, ...]]) -> None:
