@@ -40,6 +40,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=10, help="turns the seed and single paths take about")
     parser.add_argument("--batches", type=int, default=10, help="batch calls of 1,000 events")
     parser.add_argument("--tap", type=int, default=20_000, help="external events for the tap")
+    parser.add_argument("--tap-workers", type=int, default=1, help="bus workers tapping at once (also run with 1)")
     return parser.parse_args()
 
 
@@ -124,8 +125,8 @@ def _batch_path(batches: int) -> float:
     return batches * 1000 / (time.perf_counter() - start)
 
 
-def _tap(database_url: str, redis_url: str, count: int) -> tuple[float, float]:
-    """Stream ``count`` external events, run the worker until history holds them all: events/s and peak MiB."""
+def _tap(database_url: str, redis_url: str, count: int, workers: int = 1) -> tuple[float, float]:
+    """Stream ``count`` external events; run ``workers`` bus workers until history holds them: events/s, peak MiB."""
     import redis
     from django.db import connection
 
@@ -134,6 +135,7 @@ def _tap(database_url: str, redis_url: str, count: int) -> tuple[float, float]:
 
     bus = redis.Redis.from_url(redis_url)
     bus.delete(stream_key("tax-policy"))  # only the external events below
+    Event.objects.filter(source=Source.EXTERNAL).delete()
     pipe = bus.pipeline(transaction=False)
     for n in range(count):
         envelope = {
@@ -146,30 +148,38 @@ def _tap(database_url: str, redis_url: str, count: int) -> tuple[float, float]:
     pipe.execute()
     connection.close()
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
-    worker = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "bus_worker"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert worker.stdout is not None
-    while "running" not in worker.stdout.readline():
-        pass
+    processes = []
+    for _ in range(workers):
+        worker = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "bus_worker"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        processes.append(worker)
+    for worker in processes:
+        assert worker.stdout is not None
+        while "running" not in worker.stdout.readline():
+            pass
     start = time.perf_counter()
     recorded = 0
     while recorded < count:
         time.sleep(0.05)
         recorded = Event.objects.filter(source=Source.EXTERNAL).count()
     elapsed = time.perf_counter() - start
-    peak_kib = int(
-        next(
-            line for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines() if line.startswith("VmHWM")
-        ).split()[1]
-    )
-    worker.terminate()
-    worker.wait(timeout=30)
+    peak_kib = max(_peak_kib(worker.pid) for worker in processes)
+    for worker in processes:
+        worker.terminate()
+    for worker in processes:
+        worker.wait(timeout=30)
     return count / elapsed, peak_kib / 1024
+
+
+def _peak_kib(pid: int) -> int:
+    """A process's peak resident memory (VmHWM), KiB."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith("VmHWM")).split()[1])
 
 
 def main() -> None:
@@ -186,6 +196,9 @@ def main() -> None:
         seed, single = _seed_and_single(redis_server.url(0), arguments.single, arguments.rounds)
         batch = _batch_path(arguments.batches)
         tap_rate, tap_peak_mib = _tap(database_url, redis_server.url(0), arguments.tap)
+        tap_many = None
+        if arguments.tap_workers > 1:
+            tap_many = _tap(database_url, redis_server.url(0), arguments.tap, arguments.tap_workers)[0]
     finally:
         redis_server.stop()
     from django.db import connection
@@ -204,6 +217,9 @@ def main() -> None:
     ]
     for name, rate in rows:
         print(f"{name:<58}{rate:>10,.0f}{rate / seed:>8.2f}x")
+    if tap_many is not None:
+        name = f"tap, {arguments.tap_workers} workers at once"
+        print(f"{name:<58}{tap_many:>10,.0f}{tap_many / seed:>8.2f}x   {tap_many / tap_rate:.2f}x one worker")
     print()
     print(f"worker peak memory (VmHWM) while tapping {arguments.tap:,} events: {tap_peak_mib:.0f} MiB")
 

@@ -24,6 +24,7 @@ from django.utils.dateparse import parse_datetime
 from busapp.models import AuditAction, AuditCheck, AuditEntry
 from busapp.store import ChainRow, store
 from busapp.store.driver import connection_own_after_fork
+from busapp.store.encoding import canonical_json_encoder
 
 GENESIS_HASH = "0" * 64
 
@@ -175,7 +176,7 @@ _json_string = json.encoder.encode_basestring
 _decode_json = json.JSONDecoder().raw_decode
 
 
-_canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_canonical_json = canonical_json_encoder()
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from django.db.models.functions import Concat, Substr
 
 from busapp.models import AuditEntry, Event
 from busapp.selectors import batch_vouched, envelope_vouched
-from busapp.store import BATCH_VOUCHING_ACTION as BATCH_ACTION
+from busapp.store import BATCH_VOUCHING_ACTIONS as BATCH_ACTIONS
 from busapp.store import VOUCHING_ACTIONS as SINGLE_ACTIONS
 from busapp.store import store
 
@@ -142,12 +142,12 @@ def _same_json(a: Any, b: Any) -> bool:
 
 def _batches_check(report: EventsReport, found: Callable[[Finding], None]) -> None:
     """Each batch entry's digest against its events' envelopes; each of its events that is gone."""
-    entries = AuditEntry.objects.filter(action=BATCH_ACTION).order_by("seq").values_list("seq", "target", "details")
-    for seq, target, details in entries.iterator(chunk_size=100):
+    entries = AuditEntry.objects.filter(action__in=BATCH_ACTIONS).order_by("seq")
+    for seq, action, target, details in entries.values_list("seq", "action", "target", "details").iterator(100):
         report.batches += 1
         check = batch_vouched(details)
         for envelope_id in check.missing:
-            detail = f"audit entry #{seq} ({BATCH_ACTION} {target}) says it was accepted; its history row is gone"
+            detail = f"audit entry #{seq} ({action} {target}) says it was accepted; its history row is gone"
             found(Finding("missing", f"event {envelope_id}", detail))
         if not check.missing and not check.intact:
             ids = details.get("events", [])
@@ -157,7 +157,7 @@ def _batches_check(report: EventsReport, found: Callable[[Finding], None]) -> No
                 f"their envelopes no longer hash to the digest it holds: one or more of its {len(ids)} events "
                 f"was edited ({shown})"
             )
-            found(Finding("edited", f"the events of audit entry #{seq} ({BATCH_ACTION} {target})", detail))
+            found(Finding("edited", f"the events of audit entry #{seq} ({action} {target})", detail))
 
 
 def _entries_without_rows(found: Callable[[Finding], None]) -> None:

@@ -488,6 +488,7 @@ class AuditAction(models.TextChoices):
     EVENT_PUBLISH = "event.publish", "event published"
     EVENT_PUBLISH_BATCH = "event.publish_batch", "batch of events published"
     EVENT_RECORD = "event.record", "event from outside recorded"
+    EVENT_RECORD_BATCH = "event.record_batch", "batch of events from outside recorded"
     EVENT_RELAY = "event.relay", "held-back event relayed"
     PUBLISH_REFUSED = "publish.refused", "publish refused"
     APPROVAL_REFUSED = "approval.refused", "approval refused"

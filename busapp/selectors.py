@@ -346,7 +346,9 @@ def _batch_entry(event: Event) -> AuditEntry | None:
     """The one audit entry of the batch that accepted the event (written in the same transaction, moments later)."""
     window = (event.created_at - dt.timedelta(seconds=1), event.created_at + dt.timedelta(seconds=30))
     candidates = AuditEntry.objects.filter(
-        action=AuditAction.EVENT_PUBLISH_BATCH, target=f"topic:{event.topic.name}", time__range=window
+        action__in=(AuditAction.EVENT_PUBLISH_BATCH, AuditAction.EVENT_RECORD_BATCH),
+        target=f"topic:{event.topic.name}",
+        time__range=window,
     ).order_by("seq")
     return next((entry for entry in candidates if event.envelope_id in entry.details.get("events", ())), None)
 

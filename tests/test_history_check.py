@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 
 import pytest
 from django.core.management import call_command
@@ -12,7 +13,9 @@ from django.db import connection
 
 from busapp import history_check
 from busapp.actions.publishing import event_build, event_publish_batch
-from busapp.models import Event, Source
+from busapp.actions.tap import tap_record
+from busapp.models import AuditAction, AuditEntry, Event, Source
+from busapp.publishing import StreamEntry
 from busapp.selectors import schema_version_active
 from busapp.store import orm as store_orm
 from busapp.store import postgresql as store_postgresql
@@ -190,3 +193,39 @@ def test_the_command_exits_1_from_the_shell_when_a_row_was_edited(bus: object, s
     assert done.returncode == 1
     assert f"edited: event {edited}: its payload column no longer matches its envelope" in done.stdout
     assert "history differs from what the audit log vouches for" in done.stderr
+
+
+def _tapped(*deductions: int) -> list[str]:
+    """External events of tax-policy recorded by the tap in one batch; their ids."""
+    entries = []
+    for n, deduction in enumerate(deductions):
+        envelope = {
+            "id": str(uuid.uuid4()),
+            "type": "tax_policy.updated",
+            "timestamp": 1_800_000_000 + n,
+            "payload": {"standard_deduction": deduction},
+        }
+        entries.append(StreamEntry("stream:tax-policy", f"{n + 1}-0", "tax-policy", json.dumps(envelope).encode()))
+    tap_record(entries)
+    return [json.loads(entry.body)["id"] for entry in entries]
+
+
+def test_events_the_tap_recorded_together_are_vouched_for_by_one_entry_and_an_edit_is_named() -> None:
+    ids = _tapped(100, 200, 300)
+    [entry] = AuditEntry.objects.filter(action=AuditAction.EVENT_RECORD_BATCH)
+    assert entry.target == "topic:tax-policy"
+    assert entry.details["events"] == ids
+
+    output, error = _verify()
+    assert error == ""
+    assert "history: 3 rows and 1 batch entries checked: 0 edited, 0 added, 0 missing" in output
+
+    forged = Event.objects.get(envelope_id=ids[1]).envelope.replace(
+        '"standard_deduction": 200', '"standard_deduction": 0'
+    )
+    _row_set(ids[1], payload={"standard_deduction": 0}, envelope=forged)
+    output, error = _verify()
+    [finding] = _findings(output)
+    assert f"{AuditAction.EVENT_RECORD_BATCH} topic:tax-policy" in finding
+    assert "one or more of its 3 events was edited" in finding
+    assert "1 edited" in error

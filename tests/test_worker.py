@@ -336,3 +336,25 @@ async def test_the_worker_publishes_a_scheduled_event_when_its_time_comes(bus, r
     assert received[0]["id"] == waiting.envelope_id
     assert received[0]["payload"] == {"standard_deduction": 15000}
     subscriber.close()
+
+
+async def test_a_stopping_worker_records_what_it_read_ahead_and_leaves_nothing_pending(bus, monkeypatch):
+    """The tap reads the next batch while it records one: a read that came back is handled before it stops."""
+    monkeypatch.setattr("busapp.worker.tap.READ_COUNT", 1)
+    for deduction in (1, 2, 3):
+        bus.xadd(stream_key("tax-policy"), {"event": _envelope(deduction)})
+    worker = BusWorker(name="test-worker")
+    handle = worker.tap.handle
+
+    async def handle_then_stop(entries):
+        outcome = await handle(entries)
+        worker.stop()  # told to stop while the next batch is being read
+        return outcome
+
+    monkeypatch.setattr(worker.tap, "handle", handle_then_stop)
+    await asyncio.wait_for(worker.run(), timeout=10)
+
+    [group] = [group for group in bus.xinfo_groups(stream_key("tax-policy")) if group["name"].decode() == GROUP]
+    recorded = await sync_to_async(Event.objects.filter(source=Source.EXTERNAL).count)()
+    assert group["pending"] == 0
+    assert group["entries-read"] == recorded == 2  # the first batch, and the one read ahead of the stop

@@ -5,7 +5,7 @@ database: ``postgresql.PostgresStore`` or ``sqlite.SqliteStore``, raw SQL measur
 database (bench/README.md), or ``orm.OrmStore``, plain Django, when ``BUS_STORE=orm``. The
 ORM store is the oracle: tests/test_store.py runs the same operations on both and compares
 what they leave behind. Private Django and driver APIs are used here and nowhere else
-(``driver.py``, ``instances.py``).
+(``driver.py``, ``instances.py``, ``encoding.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from busapp.store.base import (
-    BATCH_VOUCHING_ACTION,
+    BATCH_VOUCHING_ACTIONS,
     VOUCHING_ACTIONS,
     ActiveVersionRow,
     ChainRow,
@@ -28,7 +28,7 @@ from busapp.store.postgresql import PostgresStore
 from busapp.store.sqlite import SqliteStore
 
 __all__ = [
-    "BATCH_VOUCHING_ACTION",
+    "BATCH_VOUCHING_ACTIONS",
     "VOUCHING_ACTIONS",
     "ActiveVersionRow",
     "ChainRow",

@@ -18,9 +18,9 @@ from busapp.models import AuditAction, AuditEntry, Event
 # prev_hash, hash.
 ChainRow = tuple[int, str, str, str, str, str, str, str]
 # An event is vouched for by its own audit entry (target ``event:<id>``) or by a batch's
-# (its id in ``details.events``).
+# (its id in ``details.events``): a batch published, or one the tap recorded.
 VOUCHING_ACTIONS = (AuditAction.EVENT_PUBLISH, AuditAction.EVENT_RECORD)
-BATCH_VOUCHING_ACTION = AuditAction.EVENT_PUBLISH_BATCH
+BATCH_VOUCHING_ACTIONS = (AuditAction.EVENT_PUBLISH_BATCH, AuditAction.EVENT_RECORD_BATCH)
 
 
 @dataclass(frozen=True)

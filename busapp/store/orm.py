@@ -18,7 +18,7 @@ from django.db.models.functions import Cast
 
 from busapp.models import AuditEntry, AuditHead, Event, EventStatus, SchemaVersion
 from busapp.store.base import (
-    BATCH_VOUCHING_ACTION,
+    BATCH_VOUCHING_ACTIONS,
     VOUCHING_ACTIONS,
     ActiveVersionRow,
     ChainRow,
@@ -78,10 +78,10 @@ class OrmStore:
             yield _pages(_chain_row(entry) for entry in entries.iterator(chunk_size=_PAGE_ROWS))
 
     def version_active_row(self, topic: str, event_type: str) -> ActiveVersionRow | None:
-        """The newest non-deprecated version, by ``order_by("-version")``."""
+        """The newest non-deprecated version, as ``SchemaVersion.objects.active()`` defines it."""
         row = (
-            SchemaVersion.objects.filter(event_type__topic__name=topic, event_type__name=event_type, deprecated=False)
-            .order_by("-version")
+            SchemaVersion.objects.active()
+            .filter(event_type__topic__name=topic, event_type__name=event_type)
             .values_list(
                 "id",
                 "version",
@@ -114,7 +114,7 @@ class OrmStore:
             )
         )
         in_batches: set[str] = set()
-        for details in AuditEntry.objects.filter(action=BATCH_VOUCHING_ACTION).values_list("details", flat=True):
+        for details in AuditEntry.objects.filter(action__in=BATCH_VOUCHING_ACTIONS).values_list("details", flat=True):
             events = details.get("events") if isinstance(details, dict) else None
             in_batches.update(value for value in events or [] if isinstance(value, str))
         rows = Event.objects.order_by("id").values_list("envelope_id", "topic__name", Cast("created_at", TextField()))

@@ -114,7 +114,7 @@ class PostgresStore(SqlStore):
         """Through a server-side cursor, the batch lists joined as an anti-join, planned for reading every row."""
         in_a_batch = (
             "EXISTS (SELECT 1 FROM {audit} b CROSS JOIN LATERAL jsonb_array_elements_text(b.details -> 'events') "
-            "AS m(id) WHERE b.action = %s AND m.id = e.envelope_id)"
+            "AS m(id) WHERE b.action IN (%s, %s) AND m.id = e.envelope_id)"
         )
         query, params = unvouched_query(in_a_batch)
         connection = connections[DEFAULT_DB_ALIAS]

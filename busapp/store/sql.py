@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from busapp.models import AuditEntry, AuditHead, Event, EventStatus, EventType, SchemaVersion, Topic
 from busapp.store.base import (
-    BATCH_VOUCHING_ACTION,
+    BATCH_VOUCHING_ACTIONS,
     VOUCHING_ACTIONS,
     ActiveVersionRow,
     ChainRow,
@@ -195,12 +195,12 @@ def unvouched_query(in_a_batch: str) -> tuple[str, list[str]]:
         f"WHERE NOT EXISTS (SELECT 1 FROM {audit} a WHERE a.target = 'event:' || e.envelope_id "
         f"AND a.action IN (%s, %s)) AND NOT {in_a_batch.format(audit=audit)} ORDER BY e.id"
     )
-    return query, [*VOUCHING_ACTIONS, BATCH_VOUCHING_ACTION]
+    return query, [*VOUCHING_ACTIONS, *BATCH_VOUCHING_ACTIONS]
 
 
 @cache
 def _active_version_sql() -> str:
-    """The lookup of a topic's event type's newest non-deprecated version, with the models' table names."""
+    """``SchemaVersion.objects.active()`` for one topic's event type, written out (the ORM store is its oracle)."""
     return (
         "SELECT sv.id, sv.version, sv.fingerprint, et.id, t.id, t.sensitive, t.stream_retention "  # noqa: S608
         f"FROM {SchemaVersion._meta.db_table} sv "

@@ -44,7 +44,7 @@ class SqliteStore(SqlStore):
         """Builds the set of batch ids once (``NOT IN`` over ``json_each``) and reads with a plain cursor."""
         in_a_batch = (
             "e.envelope_id IN (SELECT m.value FROM {audit} b, json_each(b.details, '$.events') m "
-            "WHERE b.action = %s AND m.value IS NOT NULL)"
+            "WHERE b.action IN (%s, %s) AND m.value IS NOT NULL)"
         )
         query, params = unvouched_query(in_a_batch)
         with connections[DEFAULT_DB_ALIAS].chunked_cursor() as cursor:

@@ -136,6 +136,10 @@ class Tap:
         loop = asyncio.get_running_loop()
         next_refresh = next_claim = 0.0
         backoff = 0.5
+        # The next batch, read while this one is recorded: the database thread and the loop work
+        # at once. Its entries are this worker's (pending in the group) once read, so a read
+        # that finished is always handled, after an error too, and before the worker stops.
+        ahead: asyncio.Task[list[StreamEntry]] | None = None
         while not self.stopping.is_set():
             try:
                 if loop.time() >= next_refresh:
@@ -145,8 +149,10 @@ class Tap:
                     while (claimed := await self.claim()) and not self.stopping.is_set():
                         await self.handle(claimed)
                     next_claim = loop.time() + CLAIM_EVERY_SECONDS
-                entries = await self.read()
+                reading, ahead = ahead, None
+                entries = await (reading if reading is not None else self.read())
                 if entries:
+                    ahead = asyncio.ensure_future(self.read())
                     await self.handle(entries)
                 if await self.settle_seen_pending():
                     logger.info("tap: marked published events whose sender had not (it stopped after sending)")
@@ -160,3 +166,14 @@ class Tap:
                     self.streams = []  # groups may be gone with a restarted Redis
                 await pause(self.stopping, backoff)
                 backoff = min(backoff * 2, 10.0)
+        if ahead is not None:
+            await self._last_read_handled(ahead)
+
+    async def _last_read_handled(self, reading: asyncio.Task[list[StreamEntry]]) -> None:
+        """On stopping: record what the read ahead took, so that no other worker must claim it a minute later."""
+        try:
+            entries = await reading
+            if entries:
+                await self.handle(entries)
+        except (RedisError, OSError, DatabaseError) as error:
+            logger.warning("tap: the last batch read stays pending for another worker to claim (%s)", error)
