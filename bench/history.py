@@ -465,8 +465,16 @@ class PageQuery:
 
 def _page_queries(deep_offset: int) -> tuple[list[PageQuery], Callable[[], Any], dict[str, Any]]:
     """The page queries measured, the OFFSET baseline, and facts about the data they run on."""
-    from busapp.history import Cursor, HistoryFilter, condition_parse, events_filtered, history_page, history_page_at
+    from busapp.history import (
+        HISTORY_KEYSET,
+        HistoryFilter,
+        condition_parse,
+        events_filtered,
+        history_page,
+        history_page_at,
+    )
     from busapp.models import Event, EventType
+    from busapp.paging import Position
 
     def events(history_filter: HistoryFilter) -> Any:
         return events_filtered(history_filter, topics=None).select_related("topic", "event_type")  # as the view
@@ -483,7 +491,7 @@ def _page_queries(deep_offset: int) -> tuple[list[PageQuery], Callable[[], Any],
     selective = HistoryFilter(topic=TOPICS[3], conditions=(condition_parse('state = "WY"'),))
     nothing = HistoryFilter(conditions=(condition_parse('taxpayer.state = "XX"'),))
     before_deep = events(everything).values_list("timestamp", "id")[deep_offset - 1]
-    deep_cursor = Cursor(before_deep[0], before_deep[1], older=True)
+    deep_cursor = Position((before_deep[0], before_deep[1]), older=True)
     facts = {
         "ranged": f"topic {TOPICS[1]}, type {ranged_type.name}, "
         f"{(newest - RANGE_SINCE):%Y-%m-%d} to {(newest - RANGE_UNTIL):%Y-%m-%d}",
@@ -494,9 +502,10 @@ def _page_queries(deep_offset: int) -> tuple[list[PageQuery], Callable[[], Any],
         "deep_cursor": deep_cursor,
     }
 
-    def page(history_filter: HistoryFilter, cursor: Cursor | None = None) -> Any:
+    def page(history_filter: HistoryFilter, cursor: Position | None = None) -> Any:
         """The page as the view asks for it (payload conditions within the scan budget)."""
-        return history_page_at(history_filter, topics=None, cursor=cursor.encode() if cursor else None)
+        encoded = HISTORY_KEYSET.encode(cursor.key, older=cursor.older) if cursor else None
+        return history_page_at(history_filter, topics=None, cursor=encoded)
 
     queries = [
         PageQuery("first page", lambda: page(everything), [], []),

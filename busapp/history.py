@@ -17,13 +17,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from django.core import signing
 from django.db.models import Func, Q, QuerySet, Subquery, TextField
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 
 from busapp.errors import HistoryQueryError
 from busapp.models import AuditEntry, Event, EventType, SchemaVersion, Topic
+from busapp.paging import Keyset, Page, Position
 from busapp.store import store
 from busapp.validation import MAX_DEPTH, json_value_errors
 
@@ -39,7 +39,6 @@ _ORDERED = (">", ">=", "<", "<=")
 _PATH_RE = re.compile(r"[A-Za-z_][\w-]*(?:\.(?:[A-Za-z_][\w-]*|\d+))*")
 _OPERATOR_RE = re.compile(r"[<>=!~:]+|[A-Za-z_]+")
 _CURSOR_SALT = "busapp.history.cursor"
-_DAMAGED_LINK = "this page link was changed or is damaged: start again from the first page"
 
 
 @dataclass(frozen=True)
@@ -222,28 +221,8 @@ def events_filtered(history_filter: HistoryFilter, *, topics: QuerySet[Topic] | 
 # --- keyset pages ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Cursor:
-    """A position in the history: the (timestamp, id) of an event, and which way the page goes from it."""
-
-    timestamp: dt.datetime
-    event_id: int
-    older: bool
-
-    def encode(self) -> str:
-        """The signed text that goes into a page link (so a changed link is noticed, not trusted)."""
-        raw = f"{'o' if self.older else 'n'}{self.timestamp.isoformat()}|{self.event_id}"
-        return signing.Signer(salt=_CURSOR_SALT).sign(raw)
-
-    @classmethod
-    def decode(cls, text: str) -> Cursor:
-        """The cursor a page link carries; a damaged or edited one is refused."""
-        try:
-            raw = signing.Signer(salt=_CURSOR_SALT).unsign(text)
-            stamp, event_id = raw[1:].split("|")
-            return cls(dt.datetime.fromisoformat(stamp), int(event_id), raw[0] == "o")
-        except (signing.BadSignature, ValueError):
-            raise HistoryQueryError([{"path": "cursor", "message": _DAMAGED_LINK}]) from None
+# History pages go by (timestamp, id), newest first.
+HISTORY_KEYSET = Keyset((("timestamp", dt.datetime), ("id", int)), salt=_CURSOR_SALT)
 
 
 @dataclass
@@ -263,60 +242,47 @@ class HistoryPage:
 
 
 def history_page(
-    events: QuerySet[Event], cursor: Cursor | None, *, size: int = PAGE_SIZE, scanned: QuerySet[Event] | None = None
+    events: QuerySet[Event],
+    position: Position | None,
+    *,
+    size: int = PAGE_SIZE,
+    scanned: QuerySet[Event] | None = None,
 ) -> HistoryPage:
-    """A page of ``events`` (ordered newest first) at ``cursor``, stable while new events keep arriving.
+    """A page of ``events`` at ``position``, stable while new events keep arriving.
 
     With ``scanned`` (the same events before their payload conditions), the page reads at most
     SCAN_BUDGET of them: a condition no index can serve then costs a bounded time per page,
     however rarely it matches, and the page says how far it searched.
     """
-    older = cursor is None or cursor.older
-    edge = _scan_edge(scanned, cursor, older=older) if scanned is not None else None
+    older = position is None or position.older
+    edge = _scan_edge(scanned, position, older=older) if scanned is not None else None
     if edge is not None:
-        events = _within(events, edge, older=older)
-    if cursor is None:
-        rows = list(events[: size + 1])
-    elif older:
-        rows = list(_beyond(events, cursor, older=True)[: size + 1])
-    else:
-        rows = list(_beyond(events, cursor, older=False).order_by("timestamp", "id")[: size + 1])
-    more = len(rows) > size
-    rows = rows[:size]
+        events = HISTORY_KEYSET.up_to(events, edge, older=older)
+    ahead = events if position is None else HISTORY_KEYSET.beyond(events, position.key, older=older)
+    found = list(HISTORY_KEYSET.ordered(ahead, older=older)[: size + 1])
+    more = len(found) > size
+    found = found[:size]
     searched_to, onward = None, None
     if edge is not None and not more:  # the budget ran out first: onwards from the edge, not from the last match
-        searched_to, onward = edge[0], Cursor(edge[0], edge[1], older=older).encode()
-    elif rows and more:
-        onward = Cursor(rows[-1].timestamp, rows[-1].pk, older=older).encode()
-    if not older:
-        rows = rows[::-1]
-    back = None
-    if cursor is not None and rows:
-        nearest = rows[0] if older else rows[-1]
-        back = Cursor(nearest.timestamp, nearest.pk, older=not older).encode()
+        searched_to, onward = edge[0], edge
+    elif found and more:
+        onward = HISTORY_KEYSET.key(found[-1])
+    page = HISTORY_KEYSET.page_of(found, position, onward=onward)
     return HistoryPage(
-        events=rows,
-        older=onward if older else back,
-        newer=back if older else onward,
+        events=page.rows,
+        older=page.older,
+        newer=page.newer,
         searched_to=searched_to,
         searched=SCAN_BUDGET if searched_to else 0,
     )
 
 
-def _scan_edge(scanned: QuerySet[Event], cursor: Cursor | None, *, older: bool) -> tuple[dt.datetime, int] | None:
+def _scan_edge(scanned: QuerySet[Event], position: Position | None, *, older: bool) -> tuple[dt.datetime, int] | None:
     """The (timestamp, id) of the last event a page may read in its direction, or None when fewer remain."""
-    ahead = scanned if cursor is None else _beyond(scanned, cursor, older=older)
-    ordered = ahead.order_by("-timestamp", "-id") if older else ahead.order_by("timestamp", "id")
+    ahead = scanned if position is None else HISTORY_KEYSET.beyond(scanned, position.key, older=older)
+    ordered = HISTORY_KEYSET.ordered(ahead, older=older)
     found = list(ordered.values_list("timestamp", "id")[SCAN_BUDGET - 1 : SCAN_BUDGET])
     return found[0] if found else None
-
-
-def _within(events: QuerySet[Event], edge: tuple[dt.datetime, int], *, older: bool) -> QuerySet[Event]:
-    """The events on the near side of ``edge``, the edge itself included."""
-    stamp, event_id = edge
-    if older:
-        return events.filter(timestamp__gte=stamp).exclude(timestamp=stamp, id__lt=event_id)
-    return events.filter(timestamp__lte=stamp).exclude(timestamp=stamp, id__gt=event_id)
 
 
 def history_page_at(
@@ -331,20 +297,8 @@ def history_page_at(
     scanned = None
     if history_filter.conditions:
         scanned = events_filtered(replace(history_filter, conditions=()), topics=topics)
-    return history_page(events, Cursor.decode(cursor) if cursor else None, size=size, scanned=scanned)
-
-
-def _beyond(events: QuerySet[Event], cursor: Cursor, *, older: bool) -> QuerySet[Event]:
-    """The events strictly older (or newer) than the cursor's, in (timestamp, id) order.
-
-    Written as a range on the timestamp plus a tie-break on the id, so both databases walk
-    the (timestamp, id) index from the cursor instead of reading the rows before it.
-    """
-    if older:
-        return events.filter(timestamp__lte=cursor.timestamp).exclude(
-            timestamp=cursor.timestamp, id__gte=cursor.event_id
-        )
-    return events.filter(timestamp__gte=cursor.timestamp).exclude(timestamp=cursor.timestamp, id__lte=cursor.event_id)
+    position = HISTORY_KEYSET.decode(cursor) if cursor else None
+    return history_page(events, position, size=size, scanned=scanned)
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -593,48 +547,13 @@ def audit_filtered(
     return entries.order_by("-seq")
 
 
-def audit_cursor_encode(seq: int, *, older: bool) -> str:
-    """A signed page link position in the audit log."""
-    return signing.Signer(salt=_AUDIT_CURSOR_SALT).sign(f"{'o' if older else 'n'}{seq}")
+# The audit log's pages go by seq, newest first.
+AUDIT_KEYSET = Keyset((("seq", int),), salt=_AUDIT_CURSOR_SALT)
 
 
-def audit_cursor_decode(text: str) -> tuple[int, bool]:
-    """The (seq, older) a page link carries; a damaged or edited one is refused."""
-    try:
-        raw = signing.Signer(salt=_AUDIT_CURSOR_SALT).unsign(text)
-        return int(raw[1:]), raw[0] == "o"
-    except (signing.BadSignature, ValueError):
-        raise HistoryQueryError([{"path": "cursor", "message": _DAMAGED_LINK}]) from None
-
-
-@dataclass
-class AuditPage:
-    """One page of audit entries, newest first, with the cursors to the pages on either side."""
-
-    entries: list[AuditEntry]
-    older: str | None
-    newer: str | None
-
-
-def audit_page(entries: QuerySet[AuditEntry], cursor: tuple[int, bool] | None, *, size: int = PAGE_SIZE) -> AuditPage:
-    """A page of ``entries`` at ``cursor`` (seq, older), by the entries' sequence numbers."""
-    if cursor is None:
-        rows = list(entries[: size + 1])
-        has_older, has_newer = len(rows) > size, False
-        rows = rows[:size]
-    elif cursor[1]:
-        rows = list(entries.filter(seq__lt=cursor[0])[: size + 1])
-        has_older, has_newer = len(rows) > size, True
-        rows = rows[:size]
-    else:
-        rows = list(entries.filter(seq__gt=cursor[0]).order_by("seq")[: size + 1])
-        has_newer, has_older = len(rows) > size, True
-        rows = rows[:size][::-1]
-    return AuditPage(
-        entries=rows,
-        older=audit_cursor_encode(rows[-1].seq, older=True) if rows and has_older else None,
-        newer=audit_cursor_encode(rows[0].seq, older=False) if rows and has_newer else None,
-    )
+def audit_page(entries: QuerySet[AuditEntry], cursor: str | None, *, size: int = PAGE_SIZE) -> Page[AuditEntry]:
+    """The page of ``entries`` a page link's ``cursor`` points at (None: the newest page)."""
+    return AUDIT_KEYSET.page(entries, AUDIT_KEYSET.decode(cursor) if cursor else None, size=size)
 
 
 def audit_export_lines(entries: QuerySet[AuditEntry], fmt: str) -> Iterator[str]:

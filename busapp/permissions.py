@@ -1,4 +1,9 @@
-"""Permission codenames, the three roles and what each may do, and the one per-topic check."""
+"""Permission codenames, the three roles and what each may do, and the one per-topic check.
+
+``topic_right_held`` and ``topics_with_right`` answer for every caller, on every door: a person
+(pages, websockets, the API with a session, management commands, actions) and a service token
+(the API): one place decides who may do what on which topic.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import TYPE_CHECKING
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from busapp.models import Topic, TopicGroupGrant, TopicUserGrant
+from busapp.models import ServiceToken, Topic, TopicGroupGrant, TopicUserGrant
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -60,12 +65,26 @@ def grant_live(now: dt.datetime) -> Q:
     return Q(expires_at__isnull=True) | Q(expires_at__gt=now)
 
 
-def topics_with_right(user: User | AnonymousUser, right: str, topics: QuerySet[Topic] | None = None) -> QuerySet[Topic]:
-    """The topics (of ``topics``, default all) on which the user holds ``right``: role-wide, or by a live grant.
+# A service token's rights: only these two, on the topics of its scope.
+_TOKEN_RIGHTS = (PUBLISH_TOPIC, VIEW_TOPIC)
 
-    This, not guardian's own checker, is the check: guardian cannot see expiry.
+
+def token_holds(token: ServiceToken, right: str) -> bool:
+    """Whether a service token was issued with ``right`` (on the topics of its scope): publish or view only."""
+    return right in _TOKEN_RIGHTS and (token.can_publish if right == PUBLISH_TOPIC else token.can_view)
+
+
+def topics_with_right(
+    user: User | AnonymousUser | ServiceToken, right: str, topics: QuerySet[Topic] | None = None
+) -> QuerySet[Topic]:
+    """The topics (of ``topics``, default all) on which the caller holds ``right``.
+
+    A person: role-wide, or by a live grant (this, not guardian's own checker, is the check:
+    guardian cannot see expiry). A service token: the topics of its scope, if issued with the right.
     """
     chosen = topics if topics is not None else Topic.objects.all()
+    if isinstance(user, ServiceToken):
+        return chosen.filter(service_tokens=user) if token_holds(user, right) else chosen.none()
     if not user.is_active or user.pk is None:
         return chosen.none()
     if user.has_perm(f"busapp.{right}"):
@@ -73,8 +92,10 @@ def topics_with_right(user: User | AnonymousUser, right: str, topics: QuerySet[T
     return chosen.filter(_granted(user.pk, right))
 
 
-def topic_right_held(user: User | AnonymousUser, right: str, topic: Topic) -> bool:
-    """True when the user holds ``right`` on every topic (their role) or on this one (a live grant)."""
+def topic_right_held(user: User | AnonymousUser | ServiceToken, right: str, topic: Topic) -> bool:
+    """True when the caller holds ``right`` on this topic: a person's role or live grant, a token's scope and rights."""
+    if isinstance(user, ServiceToken):
+        return token_holds(user, right) and user.topics.filter(pk=topic.pk).exists()
     if not user.is_active or user.pk is None:
         return False
     if user.has_perm(f"busapp.{right}"):

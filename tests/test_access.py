@@ -328,3 +328,20 @@ def test_the_service_token_command_issues_lists_and_revokes() -> None:
         call_command("service_token", "revoke", token.prefix, stdout=io.StringIO())
     with pytest.raises(CommandError, match="unknown topic 'nope'"):
         call_command("service_token", "create", "--service", "efile", "--topic", "nope", stdout=io.StringIO())
+
+
+def test_one_check_answers_for_service_tokens_too_scope_and_rights_both_counted() -> None:
+    from busapp.actions.tokens import service_token_create
+
+    admin = User.objects.get(username="admin")
+    policy, withholding = Topic.objects.get(name="tax-policy"), Topic.objects.get(name="irs.withholding")
+    publisher, _ = service_token_create(name="e-file", topics=[policy], actor=admin, can_publish=True, can_view=False)
+    viewer, _ = service_token_create(name="analytics", topics=[policy], actor=admin, can_publish=False, can_view=True)
+
+    assert topic_right_held(publisher, PUBLISH_TOPIC, policy)
+    assert not topic_right_held(publisher, PUBLISH_TOPIC, withholding)  # outside its scope
+    assert not topic_right_held(publisher, VIEW_TOPIC, policy)  # issued to publish only
+    assert not topic_right_held(viewer, PUBLISH_TOPIC, policy)
+    assert not topic_right_held(viewer, MANAGE_TOPIC, policy)  # a token never manages
+    assert list(topics_with_right(viewer, VIEW_TOPIC)) == [policy]
+    assert not topics_with_right(publisher, VIEW_TOPIC).exists()

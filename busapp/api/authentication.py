@@ -15,8 +15,7 @@ from busapp.actions.tokens import service_token_authenticate
 from busapp.audit import Actor
 from busapp.errors import TokenInvalidError
 from busapp.models import ServiceToken, Topic
-from busapp.permissions import MANAGE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
-from busapp.selectors import topics_visible_to
+from busapp.permissions import MANAGE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held, topics_with_right
 
 
 class ServiceCaller:
@@ -100,13 +99,9 @@ def topic_for(request: Request, name: str, right: str) -> Topic:
     if topic is None:
         raise exceptions.NotFound(f"unknown topic {name!r}")
     user = request.user
-    if isinstance(user, ServiceCaller):
-        held = _token_right(user.token, right) and user.token.topics.filter(pk=topic.pk).exists()
-        who = f"token {user.token}"
-    else:
-        held = topic_right_held(_person(request), right, topic)
-        who = "you"
-    if not held:
+    subject = user.token if isinstance(user, ServiceCaller) else _person(request)
+    who = f"token {subject}" if isinstance(subject, ServiceToken) else "you"
+    if not topic_right_held(subject, right, topic):
         raise exceptions.PermissionDenied(f"{who} may not {_verb(right)} topic {name!r}: ask a bus admin for the right")
     return topic
 
@@ -114,11 +109,7 @@ def topic_for(request: Request, name: str, right: str) -> Topic:
 def topics_for(request: Request) -> QuerySet[Topic]:
     """The topics the caller may see: a person's visible topics, or a viewing token's scope."""
     user = request.user
-    if isinstance(user, ServiceCaller):
-        if not user.token.can_view:
-            return Topic.objects.none()
-        return Topic.objects.filter(service_tokens=user.token)
-    return topics_visible_to(_person(request))
+    return topics_with_right(user.token if isinstance(user, ServiceCaller) else _person(request), VIEW_TOPIC)
 
 
 def topics_viewable(request: Request) -> QuerySet[Topic]:
@@ -154,11 +145,6 @@ def _person(request: Request) -> User:
     if not isinstance(request.user, User):  # IsAuthenticated stands before every caller
         raise exceptions.NotAuthenticated()
     return request.user
-
-
-def _token_right(token: ServiceToken, right: str) -> bool:
-    """Whether the token's rights include ``right`` (on the topics of its scope)."""
-    return {PUBLISH_TOPIC: token.can_publish, VIEW_TOPIC: token.can_view}.get(right, False)
 
 
 def _verb(right: str) -> str:

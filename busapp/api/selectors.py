@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.contrib.auth.models import User
-from django.core import signing
 from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 from rest_framework import exceptions
 
 from busapp.api.authentication import ServiceCaller
 from busapp.errors import HistoryQueryError
 from busapp.models import DeadLetter, DeadLetterStatus, Event, EventType, SchemaVersion, Topic
+from busapp.paging import DAMAGED_LINK, Keyset
 from busapp.permissions import PUBLISH_TOPIC
 from busapp.selectors import topic_names_with_right
 
@@ -54,7 +54,8 @@ def event_record(*, envelope_id: str, topics: QuerySet[Topic]) -> Event | None:
     )
 
 
-_DEAD_LETTER_CURSOR_SALT = "busapp.api.dead_letters.cursor"
+# Open dead letters go by (received_at, id), newest first.
+DEAD_LETTER_KEYSET = Keyset((("received_at", dt.datetime), ("id", int)), salt="busapp.api.dead_letters.cursor")
 
 
 @dataclass
@@ -72,24 +73,8 @@ def dead_letters_open_page(
     letters = DeadLetter.objects.filter(topic__in=topics, status=DeadLetterStatus.OPEN).select_related("topic")
     if topic:
         letters = letters.filter(topic__name=topic)
-    if cursor:
-        received_at, letter_id = _dead_letter_cursor_decode(cursor)
-        letters = letters.filter(received_at__lte=received_at).exclude(received_at=received_at, id__gte=letter_id)
-    rows = list(letters.order_by("-received_at", "-id")[: size + 1])
-    last = rows[size - 1] if len(rows) > size else None
-    return DeadLetterPage(rows[:size], _dead_letter_cursor_encode(last) if last else None)
-
-
-def _dead_letter_cursor_encode(letter: DeadLetter) -> str:
-    """The signed position after which the next page starts."""
-    return signing.Signer(salt=_DEAD_LETTER_CURSOR_SALT).sign(f"{letter.received_at.isoformat()}|{letter.pk}")
-
-
-def _dead_letter_cursor_decode(text: str) -> tuple[dt.datetime, int]:
-    """The (received_at, id) a cursor carries; a damaged or edited one is refused."""
-    try:
-        stamp, letter_id = signing.Signer(salt=_DEAD_LETTER_CURSOR_SALT).unsign(text).split("|")
-        return dt.datetime.fromisoformat(stamp), int(letter_id)
-    except (signing.BadSignature, ValueError):
-        message = "this cursor was changed or is damaged: start again from the first page"
-        raise HistoryQueryError([{"path": "cursor", "message": message}]) from None
+    position = DEAD_LETTER_KEYSET.decode(cursor) if cursor else None
+    if position is not None and not position.older:
+        raise HistoryQueryError([{"path": "cursor", "message": DAMAGED_LINK}])
+    page = DEAD_LETTER_KEYSET.page(letters, position, size=size)
+    return DeadLetterPage(page.rows, page.older)

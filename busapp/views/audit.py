@@ -14,8 +14,9 @@ from django.views.decorators.http import require_GET, require_POST
 from busapp.actions.exports import audit_export_start
 from busapp.audit import audit_verify
 from busapp.forms import AuditFilterForm
-from busapp.history import AuditPage, audit_cursor_decode, audit_filtered, audit_page
+from busapp.history import audit_filtered, audit_page
 from busapp.models import AuditAction, AuditCheck, AuditEntry, AuditHead, SavedFilterPage
+from busapp.paging import Page
 from busapp.permissions import EXPORT_TOPIC
 from busapp.views.access import refuse_audited, signed_in_user
 from busapp.views.history import EXPORT_FORMATS, export_response, filtered_list, form_problems
@@ -51,8 +52,8 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     user = _auditing_user(request)
     form = AuditFilterForm(request.GET)
 
-    def page_at(cursor: str | None) -> AuditPage:
-        return audit_page(audit_filtered(**form.cleaned_data), audit_cursor_decode(cursor) if cursor else None)
+    def page_at(cursor: str | None) -> Page[AuditEntry]:
+        return audit_page(audit_filtered(**form.cleaned_data), cursor)
 
     context, status = filtered_list(request, user, form, page_at, SavedFilterPage.AUDIT)
     context |= {"can_export": user.has_perm(f"busapp.{EXPORT_TOPIC}"), **chain_status()}
