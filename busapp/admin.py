@@ -22,7 +22,7 @@ from django.db import models
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import URLPattern, re_path
 
-from busapp.actions.access import last_bus_admin_message
+from busapp.actions.access import last_bus_admin_message, user_admin_change_record
 from busapp.actions.registry import (
     event_type_create,
     record_change,
@@ -30,7 +30,6 @@ from busapp.actions.registry import (
     schema_version_create,
     topic_create,
 )
-from busapp.audit import audit_record
 from busapp.errors import SchemaInvalidError
 from busapp.forms import CarriedJSONField
 from busapp.models import AuditAction, AuditEntry, DeadLetter, Event, EventType, SchemaVersion, Topic
@@ -271,19 +270,9 @@ class BusUserAdmin(UserAdmin[User]):
 
 
 def _audit_user_change(request: HttpRequest, action: AuditAction, user: User, message: Any) -> None:
-    """One audit entry for a change to a person made in the admin site (in its transaction)."""
+    """Record a change the admin site made to a person (in its transaction), with the fields its message names."""
     changed = sorted({field for change in message for field in change.get("changed", {}).get("fields", [])})
-    audit_record(
-        actor=request.user,  # type: ignore[arg-type]  # the admin site only lets signed-in staff in
-        action=action,
-        target=f"user:{user.get_username()}",
-        details={
-            "via": "admin site",
-            "changed": changed,
-            "roles": sorted(user.groups.values_list("name", flat=True)),
-            "active": user.is_active,
-        },
-    )
+    user_admin_change_record(actor=request.user, action=action, user=user, changed=changed)  # type: ignore[arg-type]  # staff only
 
 
 admin.site.unregister(Group)

@@ -1,13 +1,14 @@
-"""Reads: which schema version an event is checked against, what is waiting to go out."""
+"""Reads: which schema version an event is checked against, what is waiting to go out, who holds which right."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any
 
+from django.contrib.auth.models import Group, User
 from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
@@ -25,12 +26,14 @@ from busapp.models import (
     PublishRequestStatus,
     SchemaVersion,
     Topic,
+    TopicGroupGrant,
+    TopicUserGrant,
 )
-from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, topics_with_right
+from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, TOPIC_RIGHTS, VIEW_TOPIC, grant_live, topics_with_right
 from busapp.store import ActiveVersionRow, store
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AnonymousUser, User
+    from django.contrib.auth.models import AnonymousUser
 
 # Every publish resolves its schema version (``Store.version_active_row``, one prepared statement),
 # and the immutable schema body is fetched once per version. Topic settings and the deprecated flag are read fresh.
@@ -405,3 +408,118 @@ def event_audit_entries(event: Event, provenance: EventProvenance) -> list[Audit
     if provenance.accepted_entry is not None:
         entries[provenance.accepted_entry.seq] = provenance.accepted_entry
     return [entries[seq] for seq in sorted(entries)]
+
+
+# --- who holds what: grants and the access matrix ---------------------------------------------
+
+Principal = User | Group
+Grant = TopicUserGrant | TopicGroupGrant
+# Where each right stands in TOPIC_RIGHTS: the order rights are listed in everywhere.
+RIGHT_RANK = {right: index for index, right in enumerate(TOPIC_RIGHTS)}
+
+
+def principal_label(principal: Principal) -> str:
+    """How the audit log and the pages name a person or a group: ``user:policy2``, ``group:Auditors``."""
+    return f"user:{principal.get_username()}" if isinstance(principal, User) else f"group:{principal.name}"
+
+
+def grant_principal(grant: Grant) -> Principal:
+    """The person or group a grant is to."""
+    return grant.user if isinstance(grant, TopicUserGrant) else grant.group
+
+
+def grants_listed(*, now: dt.datetime | None = None) -> list[Grant]:
+    """Every grant still in force, groups first, then people, by name, topic and right."""
+    live = grant_live(now or timezone.now())
+    related = ("content_object", "permission", "granted_by")
+    groups = list(TopicGroupGrant.objects.filter(live).select_related("group", *related))
+    people = list(TopicUserGrant.objects.filter(live).select_related("user", *related))
+
+    def order(grant: Grant) -> tuple[str, str, int]:
+        return (
+            principal_label(grant_principal(grant)),
+            grant.content_object.name,
+            RIGHT_RANK[grant.permission.codename],
+        )
+
+    return sorted(groups, key=order) + sorted(people, key=order)
+
+
+def grants_by_keys(keys: Sequence[str]) -> list[Grant]:
+    """The grants named by form keys ``u<id>`` (a person's) and ``g<id>`` (a group's); unknown keys are ignored."""
+    user_ids = [int(key[1:]) for key in keys if key[:1] == "u" and key[1:].isdigit()]
+    group_ids = [int(key[1:]) for key in keys if key[:1] == "g" and key[1:].isdigit()]
+    related = ("content_object", "permission")
+    return [
+        *TopicUserGrant.objects.filter(pk__in=user_ids).select_related("user", *related),
+        *TopicGroupGrant.objects.filter(pk__in=group_ids).select_related("group", *related),
+    ]
+
+
+def grant_key(grant: Grant) -> str:
+    """The form key of a grant (see ``grants_by_keys``)."""
+    return f"{'u' if isinstance(grant, TopicUserGrant) else 'g'}{grant.pk}"
+
+
+@dataclass(frozen=True)
+class Held:
+    """One right in one cell of the access matrix, and where it comes from."""
+
+    right: str
+    via: str  # "grant" (given here, revocable here), "role" (role-wide) or "group:<name>"
+    grant: Grant | None = None
+
+
+@dataclass
+class MatrixRow:
+    """A person or a group: their roles, their role-wide rights, and what they hold on each topic."""
+
+    label: str
+    name: str
+    is_group: bool
+    roles: list[str]
+    role_wide: list[str]
+    cells: list[tuple[Topic, list[Held]]]
+
+
+def access_matrix(topics: Sequence[Topic], *, now: dt.datetime | None = None) -> list[MatrixRow]:
+    """Topics by people and groups, each cell the rights held there (given directly, by role, or by a group).
+
+    Five queries, however many topics, people and grants there are.
+    """
+    groups = list(Group.objects.order_by("name").prefetch_related("permissions"))
+    people = list(User.objects.filter(is_active=True).order_by("username").prefetch_related("groups"))
+    role_wide = {
+        group.pk: sorted(
+            {p.codename for p in group.permissions.all() if p.codename in RIGHT_RANK}, key=RIGHT_RANK.__getitem__
+        )
+        for group in groups
+    }
+    granted: dict[tuple[str, int], list[Held]] = {}
+    for grant in grants_listed(now=now):
+        key = (principal_label(grant_principal(grant)), grant.content_object_id)
+        granted.setdefault(key, []).append(Held(grant.permission.codename, "grant", grant))
+    rows: list[MatrixRow] = []
+    for group in groups:
+        label = principal_label(group)
+        by_topic = [
+            (t, [*(Held(r, "role") for r in role_wide[group.pk]), *granted.get((label, t.pk), [])]) for t in topics
+        ]
+        rows.append(MatrixRow(label, group.name, True, [], role_wide[group.pk], by_topic))
+    for person in people:
+        label = principal_label(person)
+        member_of = sorted(person.groups.all(), key=lambda g: g.name)
+        wide = sorted({r for g in member_of for r in role_wide.get(g.pk, [])}, key=RIGHT_RANK.__getitem__)
+        cells: list[tuple[Topic, list[Held]]] = []
+        for topic in topics:
+            cell = [Held(r, "role") for r in wide]
+            for group in member_of:
+                cell += [
+                    Held(held.right, f"group:{group.name}")
+                    for held in granted.get((principal_label(group), topic.pk), [])
+                    if held.right not in wide
+                ]
+            cell += granted.get((label, topic.pk), [])
+            cells.append((topic, cell))
+        rows.append(MatrixRow(label, person.get_username(), False, [g.name for g in member_of], wide, cells))
+    return rows

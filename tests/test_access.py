@@ -14,10 +14,11 @@ from django.core.management.base import CommandError
 from django.test import Client
 from django.utils import timezone
 
-from busapp.actions.access import grant_create, grant_key, grants_expire, role_member_set
+from busapp.actions.access import grant_create, grants_expire, role_member_set
 from busapp.errors import ActionRefusedError
 from busapp.models import AuditEntry, ServiceToken, Topic, TopicGroupGrant, TopicUserGrant
 from busapp.permissions import MANAGE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, Role, topic_right_held, topics_with_right
+from busapp.selectors import grant_key
 from tests.support import signed_in
 
 pytestmark = pytest.mark.usefixtures("demo", "bus")

@@ -22,7 +22,6 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, include, re_path
 from django.urls import path as url
 
-from busapp.actions.access import grant_key
 from busapp.actions.dead_letters import bulk_action_start, dead_letter_create
 from busapp.actions.publishing import event_publish
 from busapp.actions.sensitivity import topic_sensitivity_cancel, topic_sensitivity_request
@@ -42,6 +41,7 @@ from busapp.models import (
 )
 from busapp.permissions import Role
 from busapp.routing import websocket_urlpatterns
+from busapp.selectors import grant_key
 from hmsadmin.asgi import application
 from tests.support import WITHHOLDING_TABLE, publish_deduction, session_cookie, withholding_request
 

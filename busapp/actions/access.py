@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
@@ -18,23 +17,10 @@ from django.utils import timezone
 from busapp.audit import Actor, actor_parts, audit_record
 from busapp.errors import ActionRefusedError
 from busapp.models import AuditAction, Topic, TopicGroupGrant, TopicUserGrant
-from busapp.permissions import TOPIC_RIGHTS, Role, grant_live
+from busapp.permissions import TOPIC_RIGHTS, Role
+from busapp.selectors import RIGHT_RANK, Grant, Principal, grant_principal, principal_label
 
-Principal = User | Group
-Grant = TopicUserGrant | TopicGroupGrant
 EXPIRY_ACTOR = "system:grant-expiry"
-# Where each right stands in TOPIC_RIGHTS: the order rights are listed in everywhere.
-_RIGHT_RANK = {right: index for index, right in enumerate(TOPIC_RIGHTS)}
-
-
-def principal_label(principal: Principal) -> str:
-    """How the audit log and the pages name a person or a group: ``user:policy2``, ``group:Auditors``."""
-    return f"user:{principal.get_username()}" if isinstance(principal, User) else f"group:{principal.name}"
-
-
-def grant_principal(grant: Grant) -> Principal:
-    """The person or group a grant is to."""
-    return grant.user if isinstance(grant, TopicUserGrant) else grant.group
 
 
 def _grants_of(principal: Principal) -> type[TopicUserGrant] | type[TopicGroupGrant]:
@@ -80,7 +66,7 @@ def grant_create(
     grants: list[Grant] = []
     renewed: list[str] = []
     for topic in sorted(topics, key=lambda t: t.name):
-        for right in sorted(set(rights), key=_RIGHT_RANK.__getitem__):
+        for right in sorted(set(rights), key=RIGHT_RANK.__getitem__):
             found = (
                 model.objects.select_for_update()
                 .filter(**holder, permission=permissions[right], content_object=topic)
@@ -103,7 +89,7 @@ def grant_create(
         target=principal_label(principal),
         details={
             "topics": sorted(topic.name for topic in topics),
-            "rights": sorted(set(rights), key=_RIGHT_RANK.__getitem__),
+            "rights": sorted(set(rights), key=RIGHT_RANK.__getitem__),
             "reason": reason,
             "expires_at": expires_at.isoformat() if expires_at else None,
             "renewed": renewed,
@@ -175,39 +161,6 @@ def grants_expire(*, now: dt.datetime | None = None) -> int:
     return removed
 
 
-def grants_listed(*, now: dt.datetime | None = None) -> list[Grant]:
-    """Every grant still in force, groups first, then people, by name, topic and right."""
-    live = grant_live(now or timezone.now())
-    related = ("content_object", "permission", "granted_by")
-    groups = list(TopicGroupGrant.objects.filter(live).select_related("group", *related))
-    people = list(TopicUserGrant.objects.filter(live).select_related("user", *related))
-
-    def order(grant: Grant) -> tuple[str, str, int]:
-        return (
-            principal_label(grant_principal(grant)),
-            grant.content_object.name,
-            _RIGHT_RANK[grant.permission.codename],
-        )
-
-    return sorted(groups, key=order) + sorted(people, key=order)
-
-
-def grants_by_keys(keys: Sequence[str]) -> list[Grant]:
-    """The grants named by form keys ``u<id>`` (a person's) and ``g<id>`` (a group's); unknown keys are ignored."""
-    user_ids = [int(key[1:]) for key in keys if key[:1] == "u" and key[1:].isdigit()]
-    group_ids = [int(key[1:]) for key in keys if key[:1] == "g" and key[1:].isdigit()]
-    related = ("content_object", "permission")
-    return [
-        *TopicUserGrant.objects.filter(pk__in=user_ids).select_related("user", *related),
-        *TopicGroupGrant.objects.filter(pk__in=group_ids).select_related("group", *related),
-    ]
-
-
-def grant_key(grant: Grant) -> str:
-    """The form key of a grant (see ``grants_by_keys``)."""
-    return f"{'u' if isinstance(grant, TopicUserGrant) else 'g'}{grant.pk}"
-
-
 def last_bus_admin_message(user: User) -> str:
     """What an admin is told when a change would leave the bus without an active Bus admin."""
     return f"{user.get_username()} is the last active Bus admin: make someone else one first"
@@ -246,70 +199,6 @@ def role_member_set(*, user: User, role: Role, member: bool, reason: str, actor:
     )
 
 
-@dataclass(frozen=True)
-class Held:
-    """One right in one cell of the access matrix, and where it comes from."""
-
-    right: str
-    via: str  # "grant" (given here, revocable here), "role" (role-wide) or "group:<name>"
-    grant: Grant | None = None
-
-
-@dataclass
-class MatrixRow:
-    """A person or a group: their roles, their role-wide rights, and what they hold on each topic."""
-
-    label: str
-    name: str
-    is_group: bool
-    roles: list[str]
-    role_wide: list[str]
-    cells: list[tuple[Topic, list[Held]]]
-
-
-def access_matrix(topics: Sequence[Topic], *, now: dt.datetime | None = None) -> list[MatrixRow]:
-    """Topics by people and groups, each cell the rights held there (given directly, by role, or by a group).
-
-    Five queries, however many topics, people and grants there are.
-    """
-    groups = list(Group.objects.order_by("name").prefetch_related("permissions"))
-    people = list(User.objects.filter(is_active=True).order_by("username").prefetch_related("groups"))
-    role_wide = {
-        group.pk: sorted(
-            {p.codename for p in group.permissions.all() if p.codename in _RIGHT_RANK}, key=_RIGHT_RANK.__getitem__
-        )
-        for group in groups
-    }
-    granted: dict[tuple[str, int], list[Held]] = {}
-    for grant in grants_listed(now=now):
-        key = (principal_label(grant_principal(grant)), grant.content_object_id)
-        granted.setdefault(key, []).append(Held(grant.permission.codename, "grant", grant))
-    rows: list[MatrixRow] = []
-    for group in groups:
-        label = principal_label(group)
-        by_topic = [
-            (t, [*(Held(r, "role") for r in role_wide[group.pk]), *granted.get((label, t.pk), [])]) for t in topics
-        ]
-        rows.append(MatrixRow(label, group.name, True, [], role_wide[group.pk], by_topic))
-    for person in people:
-        label = principal_label(person)
-        member_of = sorted(person.groups.all(), key=lambda g: g.name)
-        wide = sorted({r for g in member_of for r in role_wide.get(g.pk, [])}, key=_RIGHT_RANK.__getitem__)
-        cells: list[tuple[Topic, list[Held]]] = []
-        for topic in topics:
-            cell = [Held(r, "role") for r in wide]
-            for group in member_of:
-                cell += [
-                    Held(held.right, f"group:{group.name}")
-                    for held in granted.get((principal_label(group), topic.pk), [])
-                    if held.right not in wide
-                ]
-            cell += granted.get((label, topic.pk), [])
-            cells.append((topic, cell))
-        rows.append(MatrixRow(label, person.get_username(), False, [g.name for g in member_of], wide, cells))
-    return rows
-
-
 def user_create(*, username: str, role: Role, staff: bool, password: str, actor: Actor) -> tuple[User, bool]:
     """A person in a role's group, audited (``user.create``); the existing one, untouched, when the name is taken."""
     with transaction.atomic():
@@ -335,3 +224,21 @@ def user_password_set(*, user: User, password: str, actor: Actor) -> None:
             target=f"user:{user.get_username()}",
             details={"changed": ["password"]},
         )
+
+
+def user_admin_change_record(*, actor: Actor, action: AuditAction, user: User, changed: Sequence[str]) -> None:
+    """The audit entry of a change Django's admin site made to a person: which fields, their roles and state now.
+
+    The admin site writes the person itself (its forms, its transaction); this is its one audit entry.
+    """
+    audit_record(
+        actor=actor,
+        action=action,
+        target=f"user:{user.get_username()}",
+        details={
+            "via": "admin site",
+            "changed": list(changed),
+            "roles": sorted(user.groups.values_list("name", flat=True)),
+            "active": user.is_active,
+        },
+    )

@@ -13,22 +13,20 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from busapp.actions.access import (
-    access_matrix,
-    grant_create,
-    grant_key,
-    grant_principal,
-    grant_revoke,
-    grants_by_keys,
-    grants_listed,
-    principal_label,
-    role_member_set,
-)
+from busapp.actions.access import grant_create, grant_revoke, role_member_set
 from busapp.actions.tokens import service_token_create, service_token_revoke
 from busapp.errors import BusInputError
 from busapp.forms import GrantForm, RevokeForm, RoleForm, ServiceTokenForm
 from busapp.models import AuditAction, ServiceToken, Topic
 from busapp.permissions import MANAGE_ACCESS, Role
+from busapp.selectors import (
+    access_matrix,
+    grant_key,
+    grant_principal,
+    grants_by_keys,
+    grants_listed,
+    principal_label,
+)
 from busapp.views.access import refuse_audited, signed_in_user
 
 
