@@ -292,9 +292,14 @@ def _events_send(events: Sequence[Event]) -> list[bool] | None:
     """``events_send``, saying for each event whether this call put it on the bus (False: an earlier send had)."""
     if not events:
         return []
+    topics: dict[int, Any] = {}  # a related-object lookup cost more per event than building its message
+    for event in events:
+        if event.topic_id not in topics:
+            topics[event.topic_id] = event.topic
     messages = [
-        BusMessage(event.topic.channel, event.envelope, event.topic.stream_retention, event.envelope_id)
+        BusMessage(topic.channel, event.envelope, topic.stream_retention, event.envelope_id)
         for event in events
+        for topic in (topics[event.topic_id],)
     ]
     try:
         sent = _send(messages)
