@@ -22,6 +22,16 @@ TOPIC_NAME_MAX_LENGTH = 80
 DLQ_SUFFIX = ".dlq"
 
 
+def _is_new(obj: models.Model) -> bool:
+    """Whether an instance is unsaved, as ``busapp.store`` reads Django's private state.
+
+    Imported when called: the store's package imports these models.
+    """
+    from busapp.store.instances import instance_is_new
+
+    return instance_is_new(obj)
+
+
 class ImmutableRecordError(Exception):
     """Raised when code tries to change or remove a record that must never change."""
 
@@ -91,7 +101,7 @@ class Topic(models.Model):
         script, a command) meets this refusal instead of turning the four-eyes rule off alone.
         """
         fields = kwargs.get("update_fields")
-        if not self._state.adding and (fields is None or "sensitive" in fields):
+        if not _is_new(self) and (fields is None or "sensitive" in fields):
             stored = Topic.objects.filter(pk=self.pk).values_list("sensitive", flat=True).first()
             if stored is not None and stored != self.sensitive:
                 raise ImmutableRecordError(
@@ -172,7 +182,7 @@ class SchemaVersion(models.Model):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Save a new version; afterwards only the deprecated flag may change."""
-        if not self._state.adding and set(kwargs.get("update_fields") or ()) != {"deprecated"}:
+        if not _is_new(self) and set(kwargs.get("update_fields") or ()) != {"deprecated"}:
             raise ImmutableRecordError("a saved schema version is immutable: create a new version instead")
         super().save(*args, **kwargs)
 
@@ -588,7 +598,7 @@ class AuditEntry(models.Model):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Append a new entry; refuse to change a saved one."""
-        if not self._state.adding:
+        if not _is_new(self):
             raise ImmutableRecordError("the audit log is append-only: entries cannot be changed")
         super().save(*args, **kwargs)
 

@@ -143,10 +143,10 @@ def _publish_record(event: Event) -> AuditRecord:
     )
 
 
-def _batch_record(topic: str, source: str, events: Sequence[Event]) -> AuditRecord:
-    """The one audit entry of a batch publish: which events it accepted, and their envelopes' digest."""
+def batch_audit_record(action: AuditAction, *, topic: str, source: str, events: Sequence[Event]) -> AuditRecord:
+    """The one audit entry of events accepted together (a batch publish, a tap batch): which, and their digest."""
     return AuditRecord(
-        AuditAction.EVENT_PUBLISH_BATCH,
+        action,
         f"topic:{topic}",
         {
             "source": source,
@@ -304,7 +304,8 @@ def event_publish_batch(
     with transaction.atomic():
         DeadLetter.objects.bulk_create(outcome.dead_letters)
         # One entry for the batch, the one action it is, naming every event it accepted.
-        records = [_batch_record(topic, source, outcome.events)] if outcome.events else []
+        batch = batch_audit_record(AuditAction.EVENT_PUBLISH_BATCH, topic=topic, source=source, events=outcome.events)
+        records = [batch] if outcome.events else []
         records += [dead_letter_audit_record(letter) for letter in outcome.dead_letters]
         audit_append(actor=actor, records=records, rows=outcome.events)
         transaction.on_commit(lambda: _batch_send(outcome), robust=True)

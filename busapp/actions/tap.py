@@ -17,7 +17,7 @@ from typing import Any
 from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.utils import timezone
 
-from busapp.actions.publishing import dead_letter_audit_record, dead_letter_build, envelopes_digest
+from busapp.actions.publishing import batch_audit_record, dead_letter_audit_record, dead_letter_build, envelopes_digest
 from busapp.audit import AuditRecord, audit_append
 from busapp.errors import FieldError, survivable
 from busapp.live import dlq_group, live_item, live_item_read, topic_group
@@ -334,23 +334,11 @@ def _record_audit_records(events: list[Event]) -> list[AuditRecord]:
     for event in events:
         by_topic[event.topic.name].append(event)
     return [
-        _record_audit_record(group[0]) if len(group) == 1 else _record_batch_audit_record(topic, group)
+        _record_audit_record(group[0])
+        if len(group) == 1
+        else batch_audit_record(AuditAction.EVENT_RECORD_BATCH, topic=topic, source=Source.EXTERNAL.value, events=group)
         for topic, group in by_topic.items()
     ]
-
-
-def _record_batch_audit_record(topic: str, events: list[Event]) -> AuditRecord:
-    """One entry for the events of one topic the tap recorded together."""
-    return AuditRecord(
-        AuditAction.EVENT_RECORD_BATCH,
-        f"topic:{topic}",
-        {
-            "source": Source.EXTERNAL.value,
-            "count": len(events),
-            "events": [event.envelope_id for event in events],
-            "envelopes_sha256": envelopes_digest(events),
-        },
-    )
 
 
 def _record_audit_record(event: Event) -> AuditRecord:

@@ -1,4 +1,4 @@
-"""Model instances made faster than their constructor, for the batch publish (private Django API: ``ModelState``)."""
+"""Model instances: made faster than their constructor for batches, and whether one is new (Django's ``ModelState``)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,8 @@ def instance_like(first: M) -> M:
     state.db, state.adding, state.fields_cache = first._state.db, True, dict(first._state.fields_cache)
     copy._state = state
     return copy
+
+
+def instance_is_new(obj: Model) -> bool:
+    """True for an instance not yet saved (nor read from the database), whatever its primary key says."""
+    return bool(obj._state.adding)

@@ -64,11 +64,6 @@ class SqlStore:
                 cursor.execute(statement.head + ", ".join([statement.row] * len(chunk)) + " RETURNING id", params)
                 keys_set(chunk, cursor.fetchall())
 
-    def events_mark_published(self, events: Sequence[Event], now: dt.datetime) -> None:
-        """Record each event's stream id with one prepared UPDATE run for every row."""
-        with driver_cursor() as cursor:
-            cursor.executemany(MARK_SQL, mark_rows(events, now))
-
     def audit_head_lock(self) -> tuple[int, str]:
         """The chain head, locked (``FOR UPDATE`` where the database has it) until the transaction ends."""
         connection = connections[DEFAULT_DB_ALIAS]
