@@ -16,7 +16,10 @@ client (a minimal client on asyncio streams, so the load generator takes little 
 it shares with the server), each sending its next request when its answer has arrived:
 
 - single: ``POST /api/topics/tax-policy/events/`` of one event, 201 expected;
-- batch: ``POST /api/topics/tax-policy/events/batch/`` of 1,000 events, 200 with all published.
+- batch: ``POST /api/topics/tax-policy/events/batch/`` of 1,000 events, 200 with all published;
+- floor: the single path's request with a malformed token, 401 expected: every middleware and DRF,
+  no query, no Redis. What the web stack costs before any work: the most single publishes
+  one server process could answer, whatever the publish cost.
 
 Latency: from writing the request to reading the whole answer. Each path runs with 1 and with 8
 clients for ``--seconds`` after one second of warm-up. The seed's path, ``jsonschema.validate`` +
@@ -68,6 +71,7 @@ EXTRA_TOPICS = 19  # a token scoped to 20 topics: tax-policy and these
 AIM_BATCH_RATIO = 10.0
 SECRET_KEY = "bench-only-secret-key"
 WARM_UP_SECONDS = 1.0
+FLOOR_TOKEN = "hms_malformed"  # refused before any query: the floor path's 401
 
 
 def _arguments() -> argparse.Namespace:
@@ -86,7 +90,9 @@ def _arguments() -> argparse.Namespace:
         help="experiment: a setting from the environment for the server (e.g. DATABASE_CONN_MAX_AGE=600)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the database (and the server's log) afterwards")
-    parser.add_argument("--paths", default="single,batch", help="paths to run, comma-separated (default: both)")
+    parser.add_argument(
+        "--paths", default="single,batch,floor", help="paths to run, comma-separated: single, batch, floor (default)"
+    )
     parser.add_argument(
         "--clients", default=",".join(map(str, CONCURRENCY)), help="concurrent clients per path, comma-separated"
     )
@@ -262,6 +268,11 @@ def _single_refusal(status: int, body: bytes) -> str | None:
     return None if status == 201 else f"{status} {body[:200]!r}"
 
 
+def _floor_refusal(status: int, body: bytes) -> str | None:
+    """None for the malformed token's 401, else what came back."""
+    return None if status == 401 else f"{status} {body[:200]!r}"
+
+
 def _batch_refusal(status: int, body: bytes) -> str | None:
     """None for a batch answered 200 with every event published, else what came back."""
     if status != 200:
@@ -308,14 +319,14 @@ CpuMeters = dict[str, Callable[[], float]]  # name -> CPU seconds so far
 async def _phase(port: int, token: str, path: str, concurrency: int, seconds: float, meters: CpuMeters) -> Phase:
     """One path at one concurrency: connect, warm up, then measure for ``seconds``."""
     phase = Phase(path, concurrency)
-    connections = [Connection(port, token) for _ in range(concurrency)]
+    connections = [Connection(port, FLOOR_TOKEN if path == "floor" else token) for _ in range(concurrency)]
     await asyncio.gather(*(connection.open() for connection in connections))
     if path == "batch":
         bodies = [[_batch_body(BATCH_SIZE * client)] for client in range(concurrency)]
         refusal = _batch_refusal
     else:
         bodies = [[_single_body(100 * client + n) for n in range(100)] for client in range(concurrency)]
-        refusal = _single_refusal
+        refusal = _floor_refusal if path == "floor" else _single_refusal
     try:
         deadline = time.perf_counter() + WARM_UP_SECONDS
         await asyncio.gather(
@@ -590,7 +601,11 @@ def _report(
     print(f"{'path':<44}{'clients':>8}{'events/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'seed beside':>13}{'vs seed':>9}")
     seed_rate = _median([seed.rate for seed in seeds])
     print(f"{'seed: jsonschema.validate + PUBLISH':<44}{1:>8}{seed_rate:>10,.0f}{'-':>8}{'-':>8}")
-    names = {"single": "single: POST events/, 1 event", "batch": f"batch: POST events/batch/, {BATCH_SIZE:,} events"}
+    names = {
+        "single": "single: POST events/, 1 event",
+        "batch": f"batch: POST events/batch/, {BATCH_SIZE:,} events",
+        "floor": "floor: the same POST, token malformed (401)",
+    }
     for phase in phases:
         print(
             f"{names[phase.path]:<44}{phase.concurrency:>8}{phase.rate:>10,.0f}{_p(phase.latencies, 50):>8.1f}"

@@ -314,6 +314,18 @@ def _events_send(events: Sequence[Event]) -> list[bool] | None:
     return [sent_now for _, sent_now in sent]
 
 
+def send_on_commit(*, events: Sequence[Event] = (), dead_letters: Sequence[DeadLetter] = ()) -> None:
+    """Put what this transaction wrote on the bus once it commits (at once outside one); the relay sends what fails."""
+    if events or dead_letters:
+        transaction.on_commit(lambda: _send_committed(events, dead_letters), robust=True)
+
+
+def _send_committed(events: Sequence[Event], dead_letters: Sequence[DeadLetter]) -> None:
+    """Send committed events, then committed dead letters."""
+    events_send(events)
+    dead_letters_send(dead_letters)
+
+
 def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:
     """Put committed dead letters on ``<topic>.dlq`` (channel and stream); False if Redis is down."""
     if not dead_letters:

@@ -30,7 +30,7 @@ from busapp.models import (
     Source,
     Topic,
 )
-from busapp.publishing import dead_letters_send
+from busapp.publishing import send_on_commit
 from busapp.selectors import ActiveVersions
 from busapp.validation import (
     json_parse,
@@ -44,7 +44,7 @@ def dead_letter_create(*, topic: Topic, raw: str, errors: list[FieldError], sour
     with transaction.atomic():
         letter.save()
         audit_append(actor=actor, records=[dead_letter_audit_record(letter)])
-        transaction.on_commit(lambda: dead_letters_send([letter]), robust=True)
+        send_on_commit(dead_letters=[letter])
     return letter
 
 

@@ -30,7 +30,7 @@ from busapp.models import (
     Source,
     Topic,
 )
-from busapp.publishing import dead_letters_send, envelope_head, envelope_wire, events_send
+from busapp.publishing import envelope_head, envelope_wire, send_on_commit
 from busapp.selectors import ActiveVersions, envelopes_sha256, schema_version_active, topic_get
 from busapp.store.instances import instance_like
 from busapp.validation import (
@@ -205,7 +205,7 @@ def event_publish(
     if approved_by is not None:
         record.details["approved_by"] = actor_parts(approved_by)[1]
     audit_append(actor=actor, records=[record], rows=[event])  # one step: on PostgreSQL one statement
-    transaction.on_commit(lambda: events_send([event]), robust=True)  # at once, unless in a caller's transaction
+    send_on_commit(events=[event])
     return event
 
 
@@ -308,7 +308,7 @@ def event_publish_batch(
         records = [batch] if outcome.events else []
         records += [dead_letter_audit_record(letter) for letter in outcome.dead_letters]
         audit_append(actor=actor, records=records, rows=outcome.events)
-        transaction.on_commit(lambda: _batch_send(outcome), robust=True)
+        send_on_commit(events=outcome.events, dead_letters=outcome.dead_letters)
     return outcome
 
 
@@ -331,12 +331,6 @@ def _batch_item_check(
     if too_big:
         raise PayloadTooLargeError([too_big])
     return payload_schema_errors(version, payload, encoded=encoded) or (version, encoded)
-
-
-def _batch_send(outcome: BatchOutcome) -> None:
-    """Send a committed batch's events, then its dead letters."""
-    events_send(outcome.events)
-    dead_letters_send(outcome.dead_letters)
 
 
 def idempotency_keys_purge(*, now: dt.datetime | None = None) -> int:
