@@ -381,12 +381,22 @@ class DeadLetterStatus(models.TextChoices):
     DISCARDED = "discarded", "discarded"
 
 
+# The longest cause path or message kept for grouping (the letter's errors keep them whole).
+CAUSE_LENGTH = 300
+
+
 class DeadLetter(models.Model):
     """Something that arrived for a topic and failed validation, kept as it arrived."""
 
     topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="dead_letters", db_index=False)
     raw = models.TextField(help_text="The body as it arrived (text; may not be JSON).")
     errors = models.JSONField(help_text='[{"path": "/payload/x", "message": "..."}]')
+    # Its cause, what the dead-letter workbench groups by: the type it named and its first error.
+    event_type_name = models.CharField(max_length=150, blank=True, help_text="The type its body named, if any.")
+    cause_path = models.CharField(
+        max_length=CAUSE_LENGTH, blank=True, help_text="The first error's JSON pointer, array positions as *."
+    )
+    cause_message = models.CharField(max_length=CAUSE_LENGTH, blank=True, help_text="The first error's rule.")
     source = models.CharField(max_length=16, choices=Source.choices)
     publisher = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -421,6 +431,11 @@ class DeadLetter(models.Model):
         indexes = [
             models.Index(fields=["topic", "status", "received_at"], name="deadletter_topic_status"),
             models.Index(fields=["id"], condition=Q(dlq_stream_id=""), name="deadletter_unsent"),
+            models.Index(
+                fields=["topic", "event_type_name", "cause_path", "cause_message", "received_at"],
+                condition=Q(status="open"),
+                name="deadletter_open_cause",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import Group, User
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, Max, Min, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
+from busapp.dead_letter_causes import Cause
 from busapp.errors import BusInputError, EventRejectedError, FieldError, TopicNotFoundError
 from busapp.models import (
     AuditAction,
@@ -31,6 +33,7 @@ from busapp.models import (
 )
 from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, TOPIC_RIGHTS, VIEW_TOPIC, grant_live, topics_with_right
 from busapp.store import ActiveVersionRow, store
+from busapp.validation import json_parse
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser
@@ -231,52 +234,90 @@ def events_after(*, topics: QuerySet[Topic], envelope_id: str | None, limit: int
     return page[:limit], len(page) > limit
 
 
-# Dead letters grouped for the workbench; only the newest this many open ones are grouped.
+# A bulk action takes at most this many open dead letters, oldest first.
 DEAD_LETTER_GROUPING_LIMIT = 10_000
+# The workbench shows the biggest this many causes, and the values of this many letters of each.
+CAUSES_SHOWN = 50
+VALUES_SAMPLED = 5
+VALUE_SHOWN_LENGTH = 40
 
 
 @dataclass(frozen=True)
 class DeadLetterGroup:
-    """Open dead letters of one topic that share their first error: how many, and since when."""
+    """Open dead letters of one topic with one cause: how many, since when, and values they carried."""
 
     topic: str
-    error: str
+    cause: Cause
     count: int
     oldest: dt.datetime
     newest_id: int
+    values: list[str]
 
 
-def first_error_key(errors: Any) -> str:
-    """What dead letters are grouped by: their first error, as ``path: message``."""
-    first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else None
-    return f"{first.get('path', '')}: {first.get('message', '')}" if first else "(no error recorded)"
-
-
-def dead_letters_matching(*, topic: Topic, error_key: str | None) -> list[DeadLetter]:
-    """A topic's open dead letters, oldest first, all of them or those whose first error is ``error_key``."""
-    letters = (
-        DeadLetter.objects.filter(topic=topic, status=DeadLetterStatus.OPEN)
-        .select_related("topic")
-        .order_by("received_at", "id")[:DEAD_LETTER_GROUPING_LIMIT]
+def _open_with_cause(topic: Topic | str, cause: Cause) -> QuerySet[DeadLetter]:
+    """A topic's open dead letters of one cause (over the ``deadletter_open_cause`` index)."""
+    topic_match = Q(topic__name=topic) if isinstance(topic, str) else Q(topic=topic)
+    return DeadLetter.objects.filter(
+        topic_match,
+        status=DeadLetterStatus.OPEN,
+        event_type_name=cause.event_type,
+        cause_path=cause.path,
+        cause_message=cause.message,
     )
-    return [letter for letter in letters if error_key is None or first_error_key(letter.errors) == error_key]
+
+
+def dead_letters_matching(*, topic: Topic, cause: Cause | None) -> list[DeadLetter]:
+    """A topic's open dead letters, oldest first: all of them, or those of one cause."""
+    if cause is None:
+        letters = DeadLetter.objects.filter(topic=topic, status=DeadLetterStatus.OPEN)
+    else:
+        letters = _open_with_cause(topic, cause)
+    return list(letters.select_related("topic").order_by("received_at", "id")[:DEAD_LETTER_GROUPING_LIMIT])
 
 
 def dead_letter_groups(topics: QuerySet[Topic]) -> list[DeadLetterGroup]:
-    """Open dead letters by topic and first error, biggest group first."""
+    """Open dead letters by topic and cause, biggest group first, each with values its newest letters carried."""
     rows = (
         DeadLetter.objects.filter(topic__in=topics, status=DeadLetterStatus.OPEN)
-        .order_by("-received_at", "-id")
-        .values_list("topic__name", "errors", "received_at", "id")[:DEAD_LETTER_GROUPING_LIMIT]
+        .values_list("topic__name", "event_type_name", "cause_path", "cause_message")
+        .annotate(count=Count("id"), oldest=Min("received_at"), newest=Max("id"))
+        .order_by("-count", "topic__name", "event_type_name", "cause_path", "cause_message")[:CAUSES_SHOWN]
     )
-    groups: dict[tuple[str, str], list[Any]] = {}
-    for topic, errors, received_at, pk in rows:
-        key = (topic, first_error_key(errors))
-        found = groups.setdefault(key, [0, received_at, pk])
-        found[0] += 1
-        found[1] = min(found[1], received_at)
-    ordered = sorted(groups.items(), key=lambda item: (-item[1][0], item[0]))
-    return [DeadLetterGroup(topic, error, count, oldest, newest) for (topic, error), (count, oldest, newest) in ordered]
+    groups = []
+    for topic, event_type, path, message, count, oldest, newest in rows:
+        cause = Cause(event_type, path, message)
+        groups.append(DeadLetterGroup(topic, cause, count, oldest, newest, _values_seen(topic, cause)))
+    return groups
+
+
+def _values_seen(topic: str, cause: Cause) -> list[str]:
+    """The distinct values the newest letters of a cause carried where their first error points, as JSON text."""
+    seen: list[str] = []
+    letters = _open_with_cause(topic, cause).order_by("-received_at").values_list("raw", "errors")
+    for raw, errors in letters[:VALUES_SAMPLED]:
+        value = letter_value_at(raw, errors[0]["path"] if errors else "")
+        if value is not None and value not in seen:
+            seen.append(value)
+    return seen
+
+
+def letter_value_at(raw: str, pointer: str) -> str | None:
+    """What a letter's body holds at a JSON pointer, as short JSON text; None where it holds nothing readable."""
+    if not pointer:
+        return None
+    body, unreadable = json_parse(raw, around=1)
+    if unreadable:
+        return None
+    for part in pointer.split("/")[1:]:
+        key = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(body, dict) and key in body:
+            body = body[key]
+        elif isinstance(body, list) and key.isdigit() and int(key) < len(body):
+            body = body[int(key)]
+        else:
+            return None
+    text = json.dumps(body, ensure_ascii=False)
+    return text if len(text) <= VALUE_SHOWN_LENGTH else text[: VALUE_SHOWN_LENGTH - 1] + "…"
 
 
 def dead_letters_recent(topics: QuerySet[Topic], *, topic: str | None = None, limit: int = 100) -> list[DeadLetter]:

@@ -29,6 +29,7 @@ from rfc3986_validator import validate_rfc3986
 
 from busapp.errors import FieldError, SchemaInvalidError
 from busapp.fast_check import fast_checker, fast_checkers_clear, surely_valid
+from busapp.validation_messages import json_text, plain_message
 
 if TYPE_CHECKING:
     from busapp.models import SchemaVersion
@@ -287,7 +288,7 @@ def _re2_pattern(validator: Any, pattern: Any, instance: Any, schema: Any) -> It
     if refused is not None:
         yield refused
     elif not _regex_search(pattern, instance):
-        yield JsonSchemaError(f"{instance!r} does not match {pattern!r}")
+        yield JsonSchemaError(f"must match the pattern {json_text(pattern)}")
 
 
 def _re2_pattern_properties(
@@ -309,7 +310,8 @@ def _re2_pattern_properties(
 def _additional_properties(validator: Any, additional: Any, instance: Any, schema: Any) -> Iterator[JsonSchemaError]:
     """``additionalProperties``, telling which properties ``patternProperties`` covers with RE2.
 
-    jsonschema's own joins the patterns into one Python regex; the messages here are its messages.
+    jsonschema's own joins the patterns into one Python regex, and names every extra property
+    in one message at the object; here each extra property is refused at its own path.
     """
     if not validator.is_type(instance, "object"):
         return
@@ -324,15 +326,12 @@ def _additional_properties(validator: Any, additional: Any, instance: Any, schem
         for extra in extras:
             yield from validator.descend(instance[extra], additional, path=extra)
     elif not additional and extras:
+        message = "is not a field this schema allows"
         if "patternProperties" in schema:
-            verb = "does" if len(extras) == 1 else "do"
-            joined = ", ".join(repr(each) for each in sorted(extras))
-            listed = ", ".join(repr(each) for each in sorted(schema["patternProperties"]))
-            yield JsonSchemaError(f"{joined} {verb} not match any of the regexes: {listed}")
-        else:
-            names = ", ".join(repr(each) for each in sorted(extras, key=str))
-            verb = "was" if len(extras) == 1 else "were"
-            yield JsonSchemaError(f"Additional properties are not allowed ({names} {verb} unexpected)")
+            listed = ", ".join(json_text(each) for each in sorted(schema["patternProperties"]))
+            message += f": field names must match {listed}"
+        for extra in sorted(extras, key=str):
+            yield JsonSchemaError(message, path=[extra])
 
 
 def _json_key(value: Any) -> Any:
@@ -353,7 +352,7 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> It
     if not unique or not validator.is_type(instance, "array"):
         return
     if len({_json_key(item) for item in instance}) != len(instance):
-        yield JsonSchemaError(f"{instance!r} has non-unique elements")
+        yield JsonSchemaError("must not hold the same item twice")
 
 
 # Every string of the ASCII printable range except space: what a URI may hold unescaped.
@@ -447,7 +446,7 @@ def _decimal_multiple_of(validator: Any, divisor: Any, instance: Any, schema: An
         yield from Draft202012Validator.VALIDATORS["multipleOf"](validator, divisor, instance, schema)
         return
     if remainder != 0:
-        yield JsonSchemaError(f"{instance!r} is not a multiple of {divisor}")
+        yield JsonSchemaError(f"must be a multiple of {json_text(divisor)}")
 
 
 # Keyword evaluations one payload's check may take (a 64 KiB payload of 2,600 objects takes about 21,000):
@@ -786,7 +785,7 @@ def _field_errors(error: JsonSchemaError, prefix: str) -> list[FieldError]:
             return [
                 {"path": json_pointer(prefix, [*parts, name]), "message": "is required but missing"} for name in missing
             ]
-    return [{"path": json_pointer(prefix, parts), "message": error.message}]
+    return [{"path": json_pointer(prefix, parts), "message": plain_message(error)}]
 
 
 def _sorted_errors(errors: Iterator[JsonSchemaError], prefix: str) -> list[FieldError]:

@@ -109,7 +109,7 @@ def world_build() -> World:
     letter = dead_letter_create(
         topic=tax,
         raw=LETTER_BODY,
-        errors=[{"path": "/payload/standard_deduction", "message": "-5 is less than the minimum of 0"}],
+        errors=[{"path": "/payload/standard_deduction", "message": "must be 0 or more"}],
         source=Source.EXTERNAL,
         actor="external",
     )

@@ -90,7 +90,7 @@ def api_schema(admin_credentials: AdminCredentials) -> Any:
         dead_letter_create(
             topic=Topic.objects.get(name="tax-policy"),
             raw=raw,
-            errors=[{"path": "/payload/standard_deduction", "message": "-1 is less than the minimum of 0"}],
+            errors=[{"path": "/payload/standard_deduction", "message": "must be 0 or more"}],
             source=Source.CLI,
             actor="cli:seed",
         )

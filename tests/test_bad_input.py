@@ -220,7 +220,7 @@ def test_a_schema_pattern_that_backtracks_in_python_answers_a_long_payload_at_on
     )
 
     errors = _errors(refused, 422)
-    assert errors == [{"path": "/payload/code", "message": f"'{'a' * 40}!' does not match '^(a+)+$'"}]
+    assert errors == [{"path": "/payload/code", "message": 'must match the pattern "^(a+)+$"'}]
     assert accepted.status_code in (201, 202), accepted.content
     assert json.loads(accepted.content)["event"]["payload"]["code"] == "a" * 40
 

@@ -18,7 +18,12 @@ from hmsadmin.asgi import application
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
 
-ERROR = "/payload/standard_deduction: refused by an older schema"
+# The cause the three JSON letters share (the fourth, not JSON, named no type).
+CAUSE = {
+    "cause_type": "tax_policy.updated",
+    "cause_path": "/payload/standard_deduction",
+    "cause_message": "refused by an older schema",
+}
 
 
 def _letters() -> list[DeadLetter]:
@@ -46,21 +51,34 @@ def _client(username: str) -> Client:
 
 
 def _start(client: Client, kind: str = "replay", **extra: str):
-    return client.post(
-        "/dlq/bulk/", {"topic": "tax-policy", "error": ERROR, "kind": kind, "rate_per_second": "50", **extra}
-    )
+    return client.post("/dlq/bulk/", {"topic": "tax-policy", "kind": kind, "rate_per_second": "50", **extra})
 
 
 def test_the_estimate_says_how_many_match_and_how_many_pass_the_current_schema():
     _letters()
 
-    response = _client("admin").post("/dlq/bulk/estimate/", {"topic": "tax-policy", "error": ERROR, "kind": "replay"})
+    response = _client("admin").post("/dlq/bulk/estimate/", {"topic": "tax-policy", "kind": "replay"})
 
     html = response.content.decode()
     assert response.status_code == 200
     assert "<strong>4</strong> open dead letters match" in html
     assert "<strong>2</strong> pass the current schema" in html
     assert DeadLetter.objects.filter(status=DeadLetterStatus.OPEN).count() == 4  # an estimate changes nothing
+
+
+def test_a_cause_selects_its_letters_only_and_its_run_takes_them_all(bus):
+    letters = _letters()
+    admin = _client("admin")
+
+    estimate = admin.post("/dlq/bulk/estimate/", {"topic": "tax-policy", "kind": "replay", **CAUSE})
+    response = _start(admin, **CAUSE)
+
+    html = estimate.content.decode()
+    assert "<strong>3</strong> open dead letters match the type <code>tax_policy.updated</code>" in html
+    assert 'name="cause_message" value="refused by an older schema"' in html  # the start keeps the cause
+    action = BulkAction.objects.get()
+    assert response["Location"] == f"/dlq/bulk/{action.pk}/"
+    assert action.letter_ids == [letter.pk for letter in letters[:3]]
 
 
 def test_a_bulk_replay_replays_what_passes_skips_the_rest_with_reasons_and_reports_it(bus):
@@ -74,7 +92,7 @@ def test_a_bulk_replay_replays_what_passes_skips_the_rest_with_reasons_and_repor
     assert (action.status, action.handled, action.succeeded, action.skipped) == (BulkActionStatus.DONE, 4, 2, 2)
     outcomes = {line["letter"]: (line["outcome"], line["detail"]) for line in action.report}
     assert outcomes[letters[0].pk][0] == outcomes[letters[1].pk][0] == "replayed"
-    assert outcomes[letters[2].pk] == ("skipped", "/payload/standard_deduction: -5 is less than the minimum of 0")
+    assert outcomes[letters[2].pk] == ("skipped", "/payload/standard_deduction: must be 0 or more")
     assert outcomes[letters[3].pk][0] == "skipped"
     assert "no event type and payload" in outcomes[letters[3].pk][1]
     assert sorted(Event.objects.values_list("payload__standard_deduction", flat=True)) == [100, 200]
@@ -86,7 +104,7 @@ def test_a_bulk_replay_replays_what_passes_skips_the_rest_with_reasons_and_repor
         "dead_letter.bulk_replay.done",
     }
     page = _client("admin").get(f"/dlq/bulk/{action.pk}/").content.decode()
-    assert "-5 is less than the minimum of 0" in page
+    assert "must be 0 or more" in page
 
 
 def test_a_cancelled_bulk_action_stops_and_keeps_what_it_did():
@@ -123,7 +141,7 @@ def test_a_bulk_discard_needs_a_reason_and_a_sane_rate():
 def test_bulk_actions_need_the_manage_right_and_refusals_are_audited():
     _letters()
 
-    response = _client("auditor").post("/dlq/bulk/estimate/", {"topic": "tax-policy", "error": ERROR})
+    response = _client("auditor").post("/dlq/bulk/estimate/", {"topic": "tax-policy", **CAUSE})
 
     assert response.status_code == 403
     assert AuditEntry.objects.filter(action="manage.refused", actor_name="auditor").exists()

@@ -73,9 +73,7 @@ def test_an_invalid_payload_writes_nothing_and_says_every_error(bus):
     with pytest.raises(EventRejectedError) as refused:
         _publish({"standard_deduction": "15000", "extra": 1})
 
-    assert refused.value.errors == [
-        {"path": "/payload/standard_deduction", "message": "'15000' is not of type 'number'"}
-    ]
+    assert refused.value.errors == [{"path": "/payload/standard_deduction", "message": "must be a number"}]
     assert Event.objects.count() == 0
     assert AuditEntry.objects.count() == before
     assert bus.xlen(stream_key("tax-policy")) == 0
@@ -173,7 +171,7 @@ def test_a_batch_publishes_valid_items_and_dead_letters_the_rest_in_one_go(bus):
     assert dict(Event.objects.values_list("envelope_id", "stream_id")) == on_the_stream  # each its own entry
     assert bus.xlen(stream_key("tax-policy.dlq")) == 2
     letters = DeadLetter.objects.order_by("id")
-    assert letters[0].errors == [{"path": "/payload/standard_deduction", "message": "-1 is less than the minimum of 0"}]
+    assert letters[0].errors == [{"path": "/payload/standard_deduction", "message": "must be 0 or more"}]
     assert letters[1].errors[0]["path"] == "/type"
     assert all(letter.dlq_stream_id for letter in letters)
 

@@ -27,7 +27,7 @@ def _letter(deduction=-5, note: str | None = None) -> DeadLetter:
     return dead_letter_create(
         topic=Topic.objects.get(name="tax-policy"),
         raw=json.dumps({"type": "tax_policy.updated", "payload": payload}),
-        errors=[{"path": "/payload/standard_deduction", "message": f"{deduction} is less than the minimum of 0"}],
+        errors=[{"path": "/payload/standard_deduction", "message": "must be 0 or more"}],
         source=Source.CLI,
         actor="cli:test",
     )
@@ -39,18 +39,59 @@ def _replay(client: Client, letter: DeadLetter, deduction: str):
     )
 
 
-def test_open_dead_letters_are_grouped_by_topic_and_error_with_counts():
-    for _ in range(3):
-        _letter(-5)
-    _letter(-7)
+def _groups(html: str) -> list[tuple[str, ...]]:
+    """The cause table's rows: topic, event type, cause, count, values seen."""
+    rows = re.findall(r'<tr class="group">(.*?)</tr>', html, re.S)
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in rows]
+    return [tuple(" ".join(re.sub(r"<[^>]+>", " ", cell).split()) for cell in row[:5]) for row in cells]
+
+
+DEDUCTIONS_SEEN = "-5 , -14600 , -100 …"  # newest first, each once
+
+
+def test_open_dead_letters_are_grouped_by_cause_whatever_values_they_carried():
+    for deduction in (-5, -100, -14600, -5):
+        _letter(deduction)
+    dead_letter_create(
+        topic=Topic.objects.get(name="tax-policy"),
+        raw="not json",
+        errors=[{"path": "", "message": "is not JSON"}],
+        source=Source.EXTERNAL,
+        actor="external",
+    )
 
     html = _client("auditor").get("/dlq/").content.decode()
 
-    rows = re.findall(r"<tr>\s*<td>tax-policy</td>\s*<td><code>(.*?)</code></td>\s*<td class=\"num\">(\d+)</td>", html)
-    assert rows == [
-        ("/payload/standard_deduction: -5 is less than the minimum of 0", "3"),
-        ("/payload/standard_deduction: -7 is less than the minimum of 0", "1"),
+    assert _groups(html) == [
+        (
+            "tax-policy",
+            "tax_policy.updated",
+            "/payload/standard_deduction : must be 0 or more",
+            "4",
+            "-5 , -14600 , -100 …",
+        ),
+        ("tax-policy", "none named", "(the whole message) : is not JSON", "1", "—"),
     ]
+
+
+def test_array_positions_are_one_cause_and_hostile_values_are_shown_as_text():
+    topic = Topic.objects.get(name="tax-policy")
+    for row, value in ((0, HOSTILE), (3, 2)):
+        payload = {"brackets": [{"rate": 0.1}] * row + [{"rate": value}]}
+        dead_letter_create(
+            topic=topic,
+            raw=json.dumps({"type": "tax_policy.updated", "payload": payload}),
+            errors=[{"path": f"/payload/brackets/{row}/rate", "message": "must be 1 or less"}],
+            source=Source.CLI,
+            actor="cli:test",
+        )
+
+    html = _client("auditor").get("/dlq/").content.decode()
+
+    (group,) = _groups(html)
+    assert group[2:4] == ("/payload/brackets/*/rate : must be 1 or less", "2")
+    assert "<img src=x" not in html
+    assert "&lt;img src=x onerror=" in html
 
 
 def test_a_dead_letter_shows_its_body_as_text_its_errors_and_a_form_filled_from_it():
@@ -61,7 +102,7 @@ def test_a_dead_letter_shows_its_body_as_text_its_errors_and_a_form_filled_from_
     assert "<img src=x" not in html
     assert "<script>alert(2)" not in html
     assert "&lt;img src=x onerror=" in html
-    assert "<code>/payload/standard_deduction</code>: -5 is less than the minimum of 0" in html
+    assert "<code>/payload/standard_deduction</code>: must be 0 or more" in html
     assert 'name="/payload/standard_deduction" value="-5"' in html  # the form, filled from what arrived
 
 
@@ -99,7 +140,7 @@ def test_a_replay_that_still_fails_is_refused_with_its_errors_and_stays_open(bus
     letter.refresh_from_db()
     assert response.status_code == 400
     assert re.search(
-        r'id="f-payload-standard_deduction-error" role="alert">-1 is less than the minimum of 0',
+        r'id="f-payload-standard_deduction-error" role="alert">must be 0 or more',
         response.content.decode(),
     )
     assert letter.status == DeadLetterStatus.OPEN

@@ -14,6 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from busapp.audit import Actor, AuditRecord, actor_parts, audit_append
+from busapp.dead_letter_causes import cause_of
 from busapp.errors import (
     ApprovalRequiredError,
     EventRejectedError,
@@ -231,10 +232,14 @@ def dead_letter_build(
         "source": source,
         "topic": topic.name,
     }
+    cause = cause_of(errors, arrived.get("type") if isinstance(arrived, dict) else None)
     return DeadLetter(
         topic=topic,
         raw=raw,
         errors=errors,
+        event_type_name=cause.event_type,
+        cause_path=cause.path,
+        cause_message=cause.message,
         source=source,
         publisher=publisher,
         publisher_name=publisher_name[:150],

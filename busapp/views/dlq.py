@@ -18,6 +18,7 @@ from busapp.actions.dead_letters import (
     dead_letter_discard,
     dead_letter_replay,
 )
+from busapp.dead_letter_causes import Cause
 from busapp.errors import BusInputError, FieldError
 from busapp.models import BulkAction, BulkActionKind, DeadLetter, DeadLetterStatus, SchemaVersion, Topic
 from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC, topic_right_held
@@ -37,7 +38,7 @@ from busapp.views.publish import payload_inputs
 @login_required
 @require_GET
 def dead_letter_list(request: HttpRequest) -> HttpResponse:
-    """Open dead letters grouped by topic and error, and the newest ones (live over /ws/dlq/)."""
+    """Open dead letters grouped by topic and cause, and the newest ones (live over /ws/dlq/)."""
     user = signed_in_user(request)
     topics = topics_visible_to(user)
     names = list(topics.values_list("name", flat=True))
@@ -138,20 +139,25 @@ def dead_letter_discard_view(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("dead-letter", pk=letter.pk)
 
 
-def _selection(request: HttpRequest) -> tuple[Topic, str | None, str]:
-    """The topic (managed by this person), the first-error group (None: every open letter) and the action asked."""
+def _selection(request: HttpRequest) -> tuple[Topic, Cause | None, str]:
+    """The topic (managed by this person), the cause (None: every open letter) and the action asked."""
     topic = topic_with_right(request, request.POST.get("topic", ""), MANAGE_TOPIC)
     kind = request.POST.get("kind", BulkActionKind.REPLAY)
-    return topic, request.POST.get("error") or None, kind if kind in BulkActionKind.values else BulkActionKind.REPLAY
+    cause = None
+    if "cause_message" in request.POST:
+        cause = Cause(
+            request.POST.get("cause_type", ""), request.POST.get("cause_path", ""), request.POST["cause_message"]
+        )
+    return topic, cause, kind if kind in BulkActionKind.values else BulkActionKind.REPLAY
 
 
 @login_required
 @require_POST
 def bulk_estimate_view(request: HttpRequest) -> HttpResponse:
     """Before a bulk action: how many dead letters match, and how many pass the current schema."""
-    topic, error_key, kind = _selection(request)
-    estimate = bulk_estimate(letters=dead_letters_matching(topic=topic, error_key=error_key))
-    context = {"topic": topic, "error_key": error_key or "", "kind": kind, "estimate": estimate, "rate": 50}
+    topic, cause, kind = _selection(request)
+    estimate = bulk_estimate(letters=dead_letters_matching(topic=topic, cause=cause))
+    context = {"topic": topic, "cause": cause, "kind": kind, "estimate": estimate, "rate": 50}
     return render(request, "dlq/bulk_estimate.html", context)
 
 
@@ -159,8 +165,8 @@ def bulk_estimate_view(request: HttpRequest) -> HttpResponse:
 @require_POST
 def bulk_start_view(request: HttpRequest) -> HttpResponse:
     """Start the bulk action over the selection as it is now; the bus worker runs it."""
-    topic, error_key, kind = _selection(request)
-    letters = dead_letters_matching(topic=topic, error_key=error_key)
+    topic, cause, kind = _selection(request)
+    letters = dead_letters_matching(topic=topic, cause=cause)
     try:
         rate = int(request.POST.get("rate_per_second", "50"))
     except ValueError:
@@ -177,7 +183,7 @@ def bulk_start_view(request: HttpRequest) -> HttpResponse:
     except BusInputError as refused:
         context = {
             "topic": topic,
-            "error_key": error_key or "",
+            "cause": cause,
             "kind": kind,
             "estimate": bulk_estimate(letters=letters),
             "rate": request.POST.get("rate_per_second", "50"),

@@ -111,37 +111,41 @@ def test_the_dead_letter_page_goes_live_and_shows_a_new_dead_letter_as_text(
     expect(page.locator("#connection")).to_have_text("live")
 
     # A seed-style publisher's invalid event: the worker's tap dead-letters it and fans it out.
-    envelope = {
-        "id": "bad-1",
-        "type": "tax_policy.updated",
-        "timestamp": 1.0,
-        "payload": {"standard_deduction": "<b>x</b>"},
-    }
+    envelope = {"id": "bad-1", "type": "<b>x</b>", "timestamp": 1.0, "payload": {"standard_deduction": 1}}
     bus.xadd("stream:tax-policy", {"event": json.dumps(envelope)})
 
     row = page.locator("#letters tr.letter.new")
-    expect(row).to_contain_text("/payload/standard_deduction '<b>x</b>' is not of type 'number'")
+    expect(row).to_contain_text("/type unknown event type '<b>x</b>' on topic 'tax-policy'")
     assert row.locator("b").count() == 0
     assert browser_log.errors == []
 
 
-def test_a_bulk_replay_shows_its_progress_bar_reaching_the_end(
+def test_letters_of_one_cause_are_replayed_in_one_bulk_run_once_the_schema_is_fixed(
     page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer
 ):
-    from busapp.actions.dead_letters import dead_letter_create
-    from busapp.errors import FieldError
-    from busapp.models import Source, Topic
+    """A too-strict version dead-letters 30 different values with one cause; one run replays them all."""
+    from busapp.actions.publishing import event_publish_batch
+    from busapp.actions.registry import schema_version_create
+    from busapp.models import EventType
 
-    topic = Topic.objects.get(name="tax-policy")
-    error: list[FieldError] = [{"path": "/payload/standard_deduction", "message": "refused by an older schema"}]
-    for deduction in range(30):
-        body = json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": deduction}})
-        dead_letter_create(topic=topic, raw=body, errors=error, source=Source.EXTERNAL, actor="external")
+    event_type = EventType.objects.get(topic__name="tax-policy", name="tax_policy.updated")
+    schema = json.loads((ROOT / "schemas/tax_policy.json").read_text())
+    too_strict = json.loads(json.dumps(schema))
+    too_strict["properties"]["standard_deduction"]["maximum"] = 100000
+    schema_version_create(event_type=event_type, schema=too_strict, actor="admin", compatibility="none")
+    items = [{"type": "tax_policy.updated", "payload": {"standard_deduction": 150000 + 1000 * n}} for n in range(30)]
+    assert len(event_publish_batch(topic="tax-policy", items=items, actor="external").dead_letters) == 30
+    schema_version_create(event_type=event_type, schema=schema, actor="admin", compatibility="none")
 
     sign_in(page, "admin", base=asgi_url)
     page.goto(f"{asgi_url}/dlq/")
+    group = page.locator("tr.group")
+    expect(group).to_have_count(1)
+    expect(group).to_contain_text("/payload/standard_deduction: must be 100000 or less")
+    expect(group.locator("td.values")).to_contain_text("179000, 178000, 177000")
     page.get_by_role("button", name="Replay all 30…").click()
-    expect(page.locator("p.estimate")).to_contain_text("30 open dead letters match")
+    expect(page.locator("p.estimate")).to_contain_text("30 open dead letters match the type tax_policy.updated")
+    expect(page.locator("p.estimate")).to_contain_text("30 pass the current schema")
     page.fill("#rate_per_second", "20")
     page.locator("#start").click()
 
@@ -150,4 +154,5 @@ def test_a_bulk_replay_shows_its_progress_bar_reaching_the_end(
     expect(bar).to_have_attribute("value", "30")
     expect(bar).to_have_attribute("max", "30")
     expect(page.locator("table.report tbody tr")).to_have_count(30)
+    expect(page.locator("table.report tbody")).not_to_contain_text("skipped")
     assert browser_log.errors == []
