@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 from typing import Any
 
@@ -497,6 +498,13 @@ class BulkAction(models.Model):
         """How many dead letters were selected."""
         return len(self.letter_ids)
 
+    @property
+    def seconds_left(self) -> int:
+        """About how long the letters still to handle take at the action's rate; 0 once it stopped."""
+        if self.status != BulkActionStatus.RUNNING:
+            return 0
+        return math.ceil(max(0, self.total - self.handled) / max(1, self.rate_per_second))
+
     def progress(self) -> dict[str, Any]:
         """What the progress bar shows."""
         return {
@@ -506,6 +514,7 @@ class BulkAction(models.Model):
             "handled": self.handled,
             "succeeded": self.succeeded,
             "skipped": self.skipped,
+            "seconds_left": self.seconds_left,
         }
 
 

@@ -103,6 +103,24 @@ def topic_right_held(user: User | AnonymousUser | ServiceToken, right: str, topi
     return Topic.objects.filter(_granted(user.pk, right), pk=topic.pk).exists()
 
 
+def people_holding(right: str, topic: Topic) -> QuerySet[User]:
+    """The active people who hold ``right`` on ``topic``: by their role, as superusers, or by a live grant.
+
+    The same rule as ``topic_right_held``, asked the other way round: who may, rather than may this one.
+    """
+    from django.contrib.auth.models import User
+
+    live = grant_live(timezone.now())
+    permission = Q(permission__codename=right, permission__content_type__app_label="busapp")
+    to_people = TopicUserGrant.objects.filter(live, permission, content_object=topic).values("user_id")
+    to_groups = TopicGroupGrant.objects.filter(live, permission, content_object=topic).values("group_id")
+    role_wide = Q(groups__permissions__codename=right, groups__permissions__content_type__app_label="busapp") | Q(
+        user_permissions__codename=right, user_permissions__content_type__app_label="busapp"
+    )
+    holding = role_wide | Q(is_superuser=True) | Q(pk__in=to_people) | Q(groups__in=to_groups)
+    return User.objects.filter(holding, is_active=True).distinct().order_by("username")
+
+
 def _granted(person_id: int, right: str) -> Q:
     """Topics with a live grant of ``right`` to the person or one of their groups, read in one query.
 

@@ -275,12 +275,12 @@ def _convert(form_field: FormField, raw: str) -> Any:
         return _number_from_input(raw, whole=form_field.kind == "integer")
     if form_field.kind == "boolean":
         if raw not in ("true", "false"):
-            raise ValueError(f"{raw!r} is not yes or no")
+            raise ValueError("must be yes or no")
         return raw == "true"
     if form_field.kind == "select":
         allowed = {value for value, _ in form_field.choices}
         if raw not in allowed:
-            raise ValueError(f"{raw!r} is not one of the choices")
+            raise ValueError("must be one of the choices")
         return json.loads(raw)
     if form_field.input_type == "datetime-local":
         return _datetime_from_input(raw)
@@ -293,13 +293,13 @@ def _number_from_input(raw: str, *, whole: bool) -> int | float:
         try:
             return int(raw)
         except ValueError:
-            raise ValueError(f"{raw!r} is not a whole number") from None
+            raise ValueError("must be a whole number") from None
     try:
         number = float(raw)
     except ValueError:
-        raise ValueError(f"{raw!r} is not a number") from None
+        raise ValueError("must be a number") from None
     if not math.isfinite(number):
-        raise ValueError(f"{raw!r} is not a finite number")
+        raise ValueError("must be a finite number")
     return int(number) if number.is_integer() and "." not in raw and "e" not in raw.lower() else number
 
 
@@ -308,7 +308,7 @@ def _datetime_from_input(raw: str) -> str:
     try:
         moment = dt.datetime.fromisoformat(raw)
     except ValueError:
-        raise ValueError(f"{raw!r} is not a date and time") from None
+        raise ValueError("must be a date and time like 2027-01-31 09:00") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
@@ -375,6 +375,26 @@ class BoundField:
     def dom_id(self) -> str:
         """An element id for the input's label."""
         return "f" + re.sub(r"[^A-Za-z0-9_-]", "-", self.spec.path)
+
+    @property
+    def as_text(self) -> bool:
+        """Whether the value cannot stand in its input (a browser would empty it): a text input holds it instead."""
+        pattern = _INPUT_VALUES.get(self.spec.input_type)
+        return bool(self.value) and pattern is not None and not pattern.fullmatch(self.value)
+
+    @property
+    def off_the_list(self) -> bool:
+        """Whether a select's value (one that arrived) is none of its choices."""
+        return bool(self.value) and all(self.value != value for value, _ in self.spec.choices)
+
+
+# What each typed input can hold (HTML's value sanitization empties anything else).
+_INPUT_VALUES = {
+    "number": re.compile(r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?"),
+    "date": re.compile(r"\d{4}-\d{2}-\d{2}"),
+    "datetime-local": re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?"),
+    "time": re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?"),
+}
 
 
 @dataclass

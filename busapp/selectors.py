@@ -301,6 +301,37 @@ def _values_seen(topic: str, cause: Cause) -> list[str]:
     return seen
 
 
+def letter_cause(letter: DeadLetter) -> Cause:
+    """The cause a dead letter was kept with."""
+    return Cause(letter.event_type_name, letter.cause_path, letter.cause_message)
+
+
+@dataclass(frozen=True)
+class CauseNeighbours:
+    """Where an open dead letter stands among the open letters of its cause, oldest first."""
+
+    position: int
+    count: int
+    previous_id: int | None
+    next_id: int | None
+
+
+def dead_letter_neighbours(letter: DeadLetter) -> CauseNeighbours | None:
+    """The letter's place in its cause's group and the letters before and after it; None once it is closed."""
+    if letter.status != DeadLetterStatus.OPEN:
+        return None
+    same = _open_with_cause(letter.topic, letter_cause(letter))
+    moment, pk = letter.received_at, letter.pk
+    before = same.filter(Q(received_at__lt=moment) | Q(received_at=moment, id__lt=pk))
+    after = same.filter(Q(received_at__gt=moment) | Q(received_at=moment, id__gt=pk))
+    return CauseNeighbours(
+        position=before.count() + 1,
+        count=same.count(),
+        previous_id=before.order_by("-received_at", "-id").values_list("id", flat=True).first(),
+        next_id=after.order_by("received_at", "id").values_list("id", flat=True).first(),
+    )
+
+
 def letter_value_at(raw: str, pointer: str) -> str | None:
     """What a letter's body holds at a JSON pointer, as short JSON text; None where it holds nothing readable."""
     if not pointer:

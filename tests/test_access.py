@@ -346,3 +346,22 @@ def test_one_check_answers_for_service_tokens_too_scope_and_rights_both_counted(
     assert not topic_right_held(viewer, MANAGE_TOPIC, policy)  # a token never manages
     assert list(topics_with_right(viewer, VIEW_TOPIC)) == [policy]
     assert not topics_with_right(publisher, VIEW_TOPIC).exists()
+
+
+def test_who_holds_a_right_on_a_topic_agrees_with_the_one_check_for_every_person() -> None:
+    """The dead-letter page names who may fix a letter: the same people the per-topic check lets."""
+    from busapp.permissions import people_holding
+
+    admin = _user("admin")
+    grant_create(principal=_user("policy2"), topics=[_topic()], rights=[MANAGE_TOPIC], reason="cover", actor=admin)
+    publishers = Group.objects.get(name=Role.POLICY_PUBLISHERS.value)
+    grant_create(principal=publishers, topics=[_topic()], rights=[PUBLISH_TOPIC], reason="team", actor=admin)
+    gone = _user("auditor")
+    gone.is_active = False
+    gone.save()
+    for topic in Topic.objects.all():
+        for right in (VIEW_TOPIC, PUBLISH_TOPIC, MANAGE_TOPIC):
+            holding = {person.username for person in people_holding(right, topic)}
+            expected = {person.username for person in User.objects.all() if topic_right_held(person, right, topic)}
+            assert holding == expected, (topic, right)
+    assert "policy2" in {person.username for person in people_holding(MANAGE_TOPIC, _topic())}

@@ -1,13 +1,17 @@
 """Bulk replay and discard: an honest estimate first, then the worker's capped run, cancel, and a report."""
 
 import asyncio
+import datetime as dt
 import json
+import re
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing.websocket import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from busapp.actions.dead_letters import bulk_action_step
 from busapp.errors import FieldError
@@ -198,3 +202,47 @@ def test_metrics_say_how_much_bulk_work_remains():
 
     assert "hms_bus_bulk_actions_running 1.0" in text
     assert "hms_bus_bulk_letters_remaining 3.0" in text
+
+
+def test_a_run_keeps_its_rate_one_a_second_included_and_says_how_long_is_left(time_machine: Any):
+    """At 1 a second, 16 letters take 15 seconds after the first, however often the worker steps."""
+    topic = Topic.objects.get(name="tax-policy")
+    body = json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": 1}})
+    error: list[FieldError] = [{"path": "/payload/standard_deduction", "message": "refused by an older schema"}]
+    from busapp.actions.dead_letters import dead_letter_create
+
+    for _ in range(16):
+        dead_letter_create(topic=topic, raw=body, errors=error, source=Source.EXTERNAL, actor="external")
+    start = timezone.now()
+    time_machine.move_to(start, tick=False)
+    response = _start(_client("admin"), kind="discard", reason="a test publisher's noise", rate_per_second="1")
+    action_id = BulkAction.objects.get().pk
+    assert response.status_code == 302
+
+    handled = []
+    for tenth in range(0, 160, 2):  # the worker steps every 200 ms, for 16 seconds
+        time_machine.move_to(start + dt.timedelta(seconds=tenth / 10), tick=False)
+        action = bulk_action_step(action_id=action_id)
+        handled.append((tenth / 10, action.handled, action.seconds_left))
+
+    assert handled[0] == (0.0, 1, 15)  # the first at once, 15 to go at 1 a second
+    assert all(count == min(16, 1 + int(second)) for second, count, _ in handled)
+    assert handled[-1][1:] == (16, 0)
+    assert action.status == BulkActionStatus.DONE
+
+
+def test_when_no_letter_would_pass_the_estimate_offers_to_discard_not_to_replay():
+    topic = Topic.objects.get(name="tax-policy")
+    from busapp.actions.dead_letters import dead_letter_create
+
+    for deduction in (-5, -7):
+        body = json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": deduction}})
+        error: list[FieldError] = [{"path": "/payload/standard_deduction", "message": "must be 0 or more"}]
+        dead_letter_create(topic=topic, raw=body, errors=error, source=Source.EXTERNAL, actor="external")
+
+    html = _client("admin").post("/dlq/bulk/estimate/", {"topic": "tax-policy", "kind": "replay"}).content.decode()
+
+    assert "Nothing would be replayed: none of these 2 letters pass the current schema" in html
+    assert re.search(r'name="kind" value="discard">', html)
+    assert re.search(r'<button type="submit" id="start">Start: discard 2</button>', html)
+    assert "Start: replay" not in html

@@ -2,12 +2,14 @@
 
 import json
 import re
+from html import unescape
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
 from busapp.actions.dead_letters import dead_letter_create
+from busapp.errors import FieldError
 from busapp.models import AuditEntry, DeadLetter, DeadLetterStatus, Event, Source, Topic
 from busapp.publishing import stream_key
 
@@ -181,3 +183,71 @@ def test_replay_and_discard_need_the_manage_right_and_refusals_are_audited(usern
     letter.refresh_from_db()
     assert letter.status == DeadLetterStatus.OPEN
     assert bus.xlen(stream_key("tax-policy")) == 0
+
+
+def _arrived(payload: object, errors: list[FieldError], raw: str | None = None) -> DeadLetter:
+    body = raw if raw is not None else json.dumps({"type": "tax_policy.updated", "payload": payload})
+    return dead_letter_create(
+        topic=Topic.objects.get(name="tax-policy"), raw=body, errors=errors, source=Source.API, actor="service:efile"
+    )
+
+
+def test_a_value_of_the_wrong_type_is_shown_at_its_field_in_a_text_input_with_its_error():
+    letter = _arrived(
+        {"standard_deduction": "15,000"}, [{"path": "/payload/standard_deduction", "message": "must be a number"}]
+    )
+
+    html = _client("admin").get(f"/dlq/{letter.pk}/").content.decode()
+
+    field = re.search(r'<input type="(\w+)" id="f-payload-standard_deduction"[^>]*>', html)
+    assert field is not None
+    assert field[1] == "text"  # a number input would show nothing
+    assert 'value="15,000"' in field[0]
+    assert 'aria-invalid="true"' in field[0]
+    assert re.search(r'id="f-payload-standard_deduction-error" role="alert">must be a number</p>', html)
+
+
+def test_what_arrived_is_indented_and_an_error_about_the_whole_message_says_so():
+    letter = _arrived(
+        None, [{"path": "", "message": "is not JSON"}], raw='{"type":"tax_policy.updated","payload":{"a":1'
+    )
+    indented = _arrived({"standard_deduction": -5}, [{"path": "/payload/standard_deduction", "message": "x"}])
+
+    broken = _client("admin").get(f"/dlq/{letter.pk}/").content.decode()
+    pretty = _client("admin").get(f"/dlq/{indented.pk}/").content.decode()
+
+    assert "<code>(the whole message)</code>: is not JSON" in broken
+    assert '<pre class="json raw" id="arrived">{&quot;type&quot;:&quot;tax_policy.updated&quot;' in broken
+    assert '"payload": {\n    "standard_deduction": -5\n  }' in unescape(pretty)
+    assert "Exactly as it arrived" in pretty
+
+
+def test_a_person_who_may_not_fix_a_letter_is_told_who_may():
+    letter = _letter(-5)
+
+    page = _client("auditor").get(f"/dlq/{letter.pk}/").content.decode()
+
+    notice = re.search(r'<p class="notice" id="who-fixes">(.*?)</p>', page, re.S)
+    assert notice is not None
+    assert "needs the manage right on tax-policy, which admin" in notice[1]
+    assert "auditor" not in notice[1]
+    assert 'id="replay"' not in page
+
+
+def test_a_letter_links_to_the_previous_and_next_open_letters_of_its_cause():
+    first, other_cause, second, third = (
+        _letter(-5),
+        _arrived({}, [{"path": "", "message": "x"}]),
+        _letter(-1),
+        _letter(-9),
+    )
+
+    page = _client("auditor").get(f"/dlq/{second.pk}/").content.decode()
+    last = _client("auditor").get(f"/dlq/{third.pk}/").content.decode()
+
+    assert "Letter 2 of 3 open with this cause" in page
+    assert f'href="/dlq/{first.pk}/" rel="prev"' in page
+    assert f'href="/dlq/{third.pk}/" rel="next"' in page
+    assert f"/dlq/{other_cause.pk}/" not in page
+    assert "Letter 3 of 3" in last
+    assert 'rel="next"' not in last

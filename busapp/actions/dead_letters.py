@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +109,7 @@ def dead_letter_discard(*, letter_id: int, actor: User, reason: str) -> DeadLett
 
 
 BULK_RATE_LIMIT = 500  # dead letters a second, at most, whatever is asked
+BULK_TICK_SECONDS = 0.2  # the bus worker steps every running bulk action this often
 
 
 def dead_letter_contents(letter: DeadLetter) -> tuple[str | None, dict[str, Any] | None]:
@@ -125,6 +128,11 @@ class BulkEstimate:
 
     letter_ids: list[int]
     passing: int
+
+    @property
+    def failing(self) -> int:
+        """How many would be skipped by a replay: they fail the current schema as they are."""
+        return len(self.letter_ids) - self.passing
 
 
 def bulk_estimate(*, letters: Sequence[DeadLetter]) -> BulkEstimate:
@@ -185,8 +193,19 @@ def bulk_action_cancel(*, action_id: int, actor: User) -> BulkAction:
     return action
 
 
-def bulk_action_step(*, action_id: int, budget: int) -> BulkAction:
-    """Handle up to ``budget`` more letters of a running action, its row locked for the step; finish it at the end.
+def bulk_letters_due(action: BulkAction, now: dt.datetime) -> int:
+    """How many more letters the action's rate allows by ``now``: the first at once, then its rate a second.
+
+    Paced from the action's start, so any whole rate is kept, one a second included; after a
+    pause (no worker), it goes on at its rate, never faster.
+    """
+    elapsed = max(0.0, (now - action.requested_at).total_seconds())
+    per_tick_most = math.ceil(action.rate_per_second * BULK_TICK_SECONDS) + 1
+    return max(0, min(per_tick_most, 1 + math.floor(elapsed * action.rate_per_second) - action.handled))
+
+
+def bulk_action_step(*, action_id: int, budget: int | None = None) -> BulkAction:
+    """Handle the letters now due (or up to ``budget``) of a running action, its row locked; finish it at the end.
 
     Each letter is handled in a savepoint of its own. The counts and the report are saved once
     per step, not once per letter: the report grows with every letter, and rewriting it each
@@ -207,6 +226,8 @@ def bulk_action_step(*, action_id: int, budget: int) -> BulkAction:
             return BulkAction.objects.get(pk=action_id)
         if action.status != BulkActionStatus.RUNNING:
             return action
+        if budget is None:
+            budget = bulk_letters_due(action, timezone.now())
         for letter_id in action.letter_ids[action.handled : action.handled + budget]:
             outcome, detail = _bulk_handle(action, letter_id)
             action.handled += 1

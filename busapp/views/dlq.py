@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import messages
@@ -21,18 +22,24 @@ from busapp.actions.dead_letters import (
 from busapp.dead_letter_causes import Cause
 from busapp.errors import BusInputError, FieldError
 from busapp.models import BulkAction, BulkActionKind, DeadLetter, DeadLetterStatus, SchemaVersion, Topic
-from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC, topic_right_held
+from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC, people_holding, topic_right_held
 from busapp.schema_forms import form_layout, submitted_payload
 from busapp.selectors import (
     dead_letter_groups,
+    dead_letter_neighbours,
     dead_letters_matching,
     dead_letters_recent,
     event_types_with_active_versions,
+    letter_cause,
     topic_names_with_right,
     topics_visible_to,
 )
+from busapp.validation import json_parse
 from busapp.views.access import signed_in_user, topic_with_right
 from busapp.views.publish import payload_inputs
+
+# A letter's page names at most this many people who may fix it.
+FIXERS_NAMED = 8
 
 
 @login_required
@@ -63,16 +70,25 @@ def _letter_page(
     refusal: str = "",
     status: int = 200,
 ) -> HttpResponse:
-    """One dead letter: as it arrived, why it failed, and (for managers, while open) the form to fix it."""
+    """One dead letter: as it arrived, why it failed, its cause's group, and (for managers, while open) the fix form.
+
+    Fresh, the form holds what arrived with the letter's own errors at their fields; a person
+    who may not fix it is told who may.
+    """
     topic = letter.topic
     can_manage = topic_right_held(signed_in_user(request), MANAGE_TOPIC, topic)
     arrived_type, arrived_payload = dead_letter_contents(letter)
     types = [(kind, version) for kind, version in event_types_with_active_versions(topic=topic) if version]
     chosen = next((v for kind, v in types if kind.name == (type_name or arrived_type)), types[0][1] if types else None)
+    is_open = letter.status == DeadLetterStatus.OPEN
     context: dict[str, Any] = {
         "letter": letter,
         "topic": topic,
-        "can_fix": can_manage and letter.status == DeadLetterStatus.OPEN and chosen is not None,
+        "cause": letter_cause(letter),
+        "neighbours": dead_letter_neighbours(letter),
+        "arrived": _pretty(letter.raw),
+        "can_fix": can_manage and is_open and chosen is not None,
+        "fixers": [] if can_manage or not is_open else list(people_holding(MANAGE_TOPIC, topic)[:FIXERS_NAMED]),
         "types": types,
         "version": chosen,
         "refusal": refusal,
@@ -80,9 +96,21 @@ def _letter_page(
     if context["can_fix"] and isinstance(chosen, SchemaVersion):
         layout = form_layout(chosen)
         raw_mode = request.POST.get("mode") == "raw" or not layout.drawable
-        fill = None if request.method == "POST" else (arrived_payload or {})
+        fresh = request.method != "POST"
+        if fresh and chosen.event_type.name == arrived_type:  # its errors are about this type's fields
+            errors = [error for error in letter.errors if str(error.get("path", "")).startswith("/payload/")]
+        fill = (arrived_payload or {}) if fresh else None
         context.update(payload_inputs(request, layout, raw_mode=raw_mode, payload=fill, errors=errors))
     return render(request, "dlq/detail.html", context, status=status)
+
+
+def _pretty(raw: str) -> str | None:
+    """The letter's body indented for reading, when it is JSON and indenting changes it; None otherwise."""
+    body, unreadable = json_parse(raw, around=1)
+    if unreadable:
+        return None
+    pretty = json.dumps(body, indent=2, ensure_ascii=False)
+    return pretty if pretty != raw else None
 
 
 @login_required

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -13,7 +14,7 @@ from django.db import DatabaseError, connections
 from redis.exceptions import RedisError
 
 from busapp.actions.access import grants_expire
-from busapp.actions.dead_letters import bulk_action_step, bulk_actions_running
+from busapp.actions.dead_letters import BULK_TICK_SECONDS, bulk_action_step, bulk_actions_running
 from busapp.actions.publishing import idempotency_keys_purge
 from busapp.actions.requests import publish_requests_due
 from busapp.audit import ChainReport, audit_verify
@@ -36,7 +37,6 @@ TIDY_LEASE_SECONDS = 60
 AUDIT_CHECK_EVERY_SECONDS = 60.0
 AUDIT_FULL_CHECK_EVERY_SECONDS = 3600.0
 AUDIT_CHECK_LEASE_SECONDS = 3600
-BULK_TICK_SECONDS = 0.2
 # SQLite: the WAL is copied into the database this often (settings.py: publishers then never do).
 CHECKPOINT_EVERY_SECONDS = 1.0
 
@@ -151,7 +151,7 @@ class BulkTicks:
     async def step(self) -> int:
         """One tick of every running bulk action (not counted: a tick is never worth a log line)."""
         for action_id in await in_db(bulk_actions_running):
-            action = await in_db(_bulk_tick, action_id)
+            action = await in_db(partial(bulk_action_step, action_id=action_id))
             await self._tell_progress(action)
         return 0
 
@@ -163,12 +163,6 @@ class BulkTicks:
             await self.layer.group_send(bulk_group(action.pk), {"type": "bulk.progress", **action.progress()})
         except Exception:  # the progress page is best effort; the action and its report are in the database
             logger.exception("bulk: progress of #%d not sent", action.pk)
-
-
-def _bulk_tick(action_id: int) -> BulkAction:
-    """One tick's share of a bulk action: its rate times the tick, at least one letter."""
-    rate = BulkAction.objects.values_list("rate_per_second", flat=True).get(pk=action_id)
-    return bulk_action_step(action_id=action_id, budget=max(1, round(rate * BULK_TICK_SECONDS)))
 
 
 async def _checkpoint_step() -> int:

@@ -5,6 +5,12 @@ const initial = JSON.parse(document.getElementById("bulk-initial").textContent);
 const bar = document.getElementById("bulk-progress");
 const statusBadge = document.getElementById("bulk-status");
 
+// "about 12 s left", "about 3 min left": the letters still to handle at the action's rate.
+function timeLeft(seconds) {
+  if (seconds < 90) return `about ${seconds} s left`;
+  return `about ${Math.round(seconds / 60)} min left`;
+}
+
 function show(progress) {
   bar.max = Math.max(1, progress.total);
   bar.value = progress.handled;
@@ -13,6 +19,7 @@ function show(progress) {
   document.getElementById("bulk-skipped").textContent = progress.skipped;
   statusBadge.textContent = progress.status;
   statusBadge.className = `status ${progress.status}`;
+  document.getElementById("bulk-left").textContent = progress.status === "running" ? timeLeft(progress.seconds_left) : "";
 }
 
 if (initial.status === "running") {

@@ -47,3 +47,29 @@ def test_an_admin_fixes_a_dead_letter_in_the_form_and_replays_it_to_its_topic(
     assert letter.replay_event.envelope_id == heard["id"]
     assert browser_log.errors == []
     subscriber.close()
+
+
+def test_text_that_arrived_for_a_number_is_shown_at_its_field_with_its_error_and_can_be_fixed(
+    page: Page, browser_log: BrowserLog, bus: redis.Redis
+):
+    letter = dead_letter_create(
+        topic=Topic.objects.get(name="tax-policy"),
+        raw=json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": "15,000"}}),
+        errors=[{"path": "/payload/standard_deduction", "message": "must be a number"}],
+        source=Source.API,
+        actor="service:efile",
+    )
+
+    sign_in(page, "admin")
+    page.goto(f"/dlq/{letter.pk}/")
+    field = page.get_by_label("Standard deduction")
+    expect(field).to_have_value("15,000")  # a number input would have shown nothing
+    expect(field).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#f-payload-standard_deduction-error")).to_have_text("must be a number")
+    field.fill("15000")
+    page.locator("#replay").click()
+
+    expect(page.locator("dl.facts")).to_contain_text(f"dead letter #{letter.pk}")
+    letter.refresh_from_db()
+    assert letter.status == DeadLetterStatus.REPLAYED
+    assert browser_log.errors == []

@@ -156,3 +156,41 @@ def test_letters_of_one_cause_are_replayed_in_one_bulk_run_once_the_schema_is_fi
     expect(page.locator("table.report tbody tr")).to_have_count(30)
     expect(page.locator("table.report tbody")).not_to_contain_text("skipped")
     assert browser_log.errors == []
+
+
+def test_a_bulk_run_at_one_a_second_goes_at_one_a_second_and_says_how_long_is_left(
+    page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer
+):
+    """Counts over time: never more than the first letter plus one a second since the start (and a tick of slack)."""
+    import time
+
+    from busapp.actions.dead_letters import dead_letter_create
+    from busapp.errors import FieldError
+    from busapp.models import Source, Topic
+
+    topic = Topic.objects.get(name="tax-policy")
+    error: list[FieldError] = [{"path": "/payload/standard_deduction", "message": "refused by an older schema"}]
+    for deduction in range(5):
+        body = json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": deduction}})
+        dead_letter_create(topic=topic, raw=body, errors=error, source=Source.EXTERNAL, actor="external")
+
+    sign_in(page, "admin", base=asgi_url)
+    page.goto(f"{asgi_url}/dlq/")
+    page.get_by_role("button", name="Replay all 5…").click()
+    page.fill("#rate_per_second", "1")
+    started = time.monotonic()
+    page.locator("#start").click()
+    expect(page.locator("#bulk-left")).to_contain_text("s left")
+
+    samples = []
+    deadline = started + 20
+    while time.monotonic() < deadline and page.locator("#bulk-status").text_content() == "running":
+        handled = int(page.locator("#bulk-handled").text_content() or "0")
+        samples.append((time.monotonic() - started, handled))
+        page.wait_for_timeout(200)  # a sample every 200 ms: what is measured, not waited for
+
+    expect(page.locator("#bulk-status")).to_have_text("done", timeout=10_000)
+    assert all(handled <= 2 + int(elapsed) for elapsed, handled in samples), samples
+    assert len({handled for _, handled in samples}) >= 3, samples  # seen to move, not all at once
+    expect(page.locator("table.report tbody tr")).to_have_count(5)
+    assert browser_log.errors == []
