@@ -11,8 +11,9 @@ from django.utils import timezone
 
 from busapp.errors import HistoryQueryError
 from busapp.history import HistoryFilter, PayloadCondition, conditions_parse
-from busapp.models import AuditAction, EventStatus, Source
+from busapp.models import AuditAction, EventStatus, SchemaVersion, Source
 from busapp.permissions import TOPIC_RIGHTS, Role
+from busapp.schema_fields import PayloadFields, payload_fields
 from busapp.validation import json_parse, printable
 
 _ANY = [("", "any")]
@@ -46,11 +47,36 @@ class _TimeRangeForm(forms.Form):
         return cleaned
 
 
+# The history's time presets: how far back each reaches from now.
+PERIODS = {
+    "1h": dt.timedelta(hours=1),
+    "24h": dt.timedelta(days=1),
+    "7d": dt.timedelta(days=7),
+    "30d": dt.timedelta(days=30),
+}
+PERIOD_CHOICES = [
+    ("", "any time"),
+    ("1h", "last hour"),
+    ("24h", "last 24 hours"),
+    ("7d", "last 7 days"),
+    ("30d", "last month (30 days)"),
+    ("custom", "custom: since and until"),
+]
+
+
 class EventFilterForm(_TimeRangeForm):
     """What the history page can be narrowed to; every field optional, every value from the URL."""
 
     topic = forms.ChoiceField(required=False)
     type = forms.CharField(required=False, max_length=200, label="Event type")
+    schema = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**31 - 1,
+        label="Schema version",
+        help_text="Like 3: the events checked against version 3 of their type",
+    )
+    period = forms.ChoiceField(required=False, choices=PERIOD_CHOICES, label="When")
     status = forms.ChoiceField(required=False, choices=_ANY + list(EventStatus.choices))
     source = forms.ChoiceField(required=False, choices=_ANY + list(Source.choices))
     publisher = forms.CharField(required=False, max_length=150)
@@ -65,10 +91,23 @@ class EventFilterForm(_TimeRangeForm):
         ),
     )
 
-    field_order = ["topic", "type", "status", "source", "publisher", "since", "until", "envelope", "where"]
+    field_order = [
+        "topic",
+        "type",
+        "schema",
+        "status",
+        "source",
+        "publisher",
+        "period",
+        "since",
+        "until",
+        "envelope",
+        "where",
+    ]
 
     def __init__(self, *args: Any, topic_names: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.topic_names = topic_names
         self.fields["topic"].choices = _ANY + [(name, name) for name in topic_names]  # type: ignore[attr-defined]
 
     def clean_where(self) -> tuple[PayloadCondition, ...]:
@@ -78,12 +117,52 @@ class EventFilterForm(_TimeRangeForm):
         except HistoryQueryError as error:
             raise forms.ValidationError([item["message"] for item in error.errors]) from None
 
+    def clean(self) -> dict[str, Any]:
+        """The fields, and each condition's field checked against the schemas of the chosen topics and type."""
+        cleaned = super().clean()
+        self._period_applied(cleaned)
+        self.notices: list[str] = []
+        conditions = cleaned.get("where") or ()
+        if conditions:
+            fields = self.payload_fields()
+            scope = f"topic {cleaned['topic']}" if cleaned.get("topic") else "your topics"
+            for condition in conditions:
+                if fields.declares(condition.path):
+                    continue
+                if fields.may_hold(condition.path) and not _payload_prefixed(condition, fields):
+                    self.notices.append(undeclared_field_notice(condition, fields, scope))
+                else:
+                    self.add_error("where", unknown_field_message(condition, fields, scope))
+        return cleaned
+
+    def _period_applied(self, cleaned: dict[str, Any]) -> None:
+        """A preset period sets ``since`` to that long ago; it takes no times of its own."""
+        delta = PERIODS.get(cleaned.get("period") or "")
+        if delta is None:
+            return
+        if cleaned.get("since") or cleaned.get("until"):
+            self.add_error("period", "a preset reaches back from now: choose custom to give since and until")
+            return
+        cleaned["since"] = timezone.now() - delta
+
+    def payload_fields(self) -> PayloadFields:
+        """The payload fields of every schema version of the chosen topic (or the offered ones) and type."""
+        data = getattr(self, "cleaned_data", {})
+        topic = data.get("topic") or self.data.get("topic") or ""
+        names = [topic] if topic in self.topic_names else self.topic_names
+        versions = SchemaVersion.objects.filter(event_type__topic__name__in=names)
+        type_name = (data.get("type") or "").strip()
+        if type_name:
+            versions = versions.filter(event_type__name=type_name)
+        return payload_fields(versions.values_list("schema", flat=True))
+
     def history_filter(self) -> HistoryFilter:
         """The valid form as the filter the history module runs."""
         data = self.cleaned_data
         return HistoryFilter(
             topic=data["topic"],
             event_type=data["type"].strip(),
+            schema_version=data["schema"],
             status=data["status"],
             source=data["source"],
             publisher=data["publisher"].strip(),
@@ -92,6 +171,42 @@ class EventFilterForm(_TimeRangeForm):
             envelope_id=data["envelope"].strip(),
             conditions=data["where"],
         )
+
+
+# An unknown field's refusal lists at most this many of the fields there are.
+FIELDS_LISTED = 20
+
+
+def _payload_prefixed(condition: PayloadCondition, fields: PayloadFields) -> bool:
+    """Whether the condition names a declared field with ``payload.`` before it."""
+    path = condition.path
+    return path[0] == "payload" and len(path) > 1 and fields.declares(path[1:])
+
+
+def _fields_shown(fields: PayloadFields) -> str:
+    """The declared fields, the first FIELDS_LISTED of them."""
+    known = fields.listed()
+    if not known:
+        return "they declare no fields"
+    return "the fields are: " + ", ".join(known[:FIELDS_LISTED]) + (", …" if len(known) > FIELDS_LISTED else "")
+
+
+def unknown_field_message(condition: PayloadCondition, fields: PayloadFields, scope: str) -> str:
+    """Why a condition's field is refused: no payload could carry it; what to write instead; the fields there are."""
+    hint = (
+        "conditions are on the payload already: leave out 'payload.'; " if _payload_prefixed(condition, fields) else ""
+    )
+    dotted = ".".join(condition.path)
+    return f"condition '{condition}': no schema of {scope} has a field {dotted}; {hint}{_fields_shown(fields)}"
+
+
+def undeclared_field_notice(condition: PayloadCondition, fields: PayloadFields, scope: str) -> str:
+    """What the page says of a field the schemas allow but do not declare: only events that carry it can match."""
+    dotted = ".".join(condition.path)
+    return (
+        f"No schema of {scope} declares {dotted}: only events that carry it anyway (their schemas allow other"
+        f" fields) can match; {_fields_shown(fields)}"
+    )
 
 
 def audit_action_choices() -> list[tuple[str, Any]]:

@@ -111,6 +111,12 @@ def _condition_value(text: str, raw: str) -> Any:
     except ValueError:
         if raw[0] in "\"'[{":
             raise _condition_error(text, f"{raw} is not a JSON value: write text in double quotes") from None
+        if any(character.isspace() for character in raw):
+            rule = (
+                f"the value {raw} has spaces: did you mean two lines? Write each condition on its own line;"
+                " text with spaces goes in double quotes"
+            )
+            raise _condition_error(text, rule) from None
         value = raw
     except RecursionError:
         raise _condition_error(text, f"the value is nested deeper than {MAX_DEPTH} levels: flatten it") from None
@@ -160,6 +166,7 @@ class HistoryFilter:
 
     topic: str = ""
     event_type: str = ""
+    schema_version: int | None = None
     status: str = ""
     source: str = ""
     publisher: str = ""
@@ -182,6 +189,8 @@ class HistoryFilter:
             )
             if value
         }
+        if self.schema_version:
+            details["schema_version"] = self.schema_version
         if self.since:
             details["since"] = self.since.isoformat()
         if self.until:
@@ -193,18 +202,9 @@ class HistoryFilter:
 
 def events_filtered(history_filter: HistoryFilter, *, topics: QuerySet[Topic] | None) -> QuerySet[Event]:
     """The events the filter selects, among ``topics`` (None: every topic), newest first."""
-    events = Event.objects.all()
+    events = _schema_filtered(Event.objects.all(), history_filter)
     if topics is not None:
         events = events.filter(topic__in=topics)
-    # Topic and type by id (a subquery), not through a join on their names: PostgreSQL's
-    # planner then walks the (topic, timestamp, id) index of that topic (bench/history.py).
-    if history_filter.topic:
-        events = events.filter(topic_id=Subquery(Topic.objects.filter(name=history_filter.topic).values("id")[:1]))
-    if history_filter.event_type:
-        types = EventType.objects.filter(name=history_filter.event_type)
-        if history_filter.topic:
-            types = types.filter(topic__name=history_filter.topic)
-        events = events.filter(event_type_id__in=Subquery(types.values("id")))
     for name in ("status", "source", "publisher_name", "envelope_id"):
         value = getattr(history_filter, "publisher" if name == "publisher_name" else name)
         if value:
@@ -216,6 +216,58 @@ def events_filtered(history_filter: HistoryFilter, *, topics: QuerySet[Topic] | 
     for number, condition in enumerate(history_filter.conditions):
         events = condition.apply(events, f"payload_condition_{number}")
     return events.order_by("-timestamp", "-id")
+
+
+def _schema_filtered(events: QuerySet[Event], history_filter: HistoryFilter) -> QuerySet[Event]:
+    """``events`` of the filter's topic, event type and schema version number.
+
+    Each by id (a subquery), not through a join on names: PostgreSQL's planner then walks the
+    (topic, timestamp, id) index of that topic (bench/history.py).
+    """
+    topic, event_type, number = history_filter.topic, history_filter.event_type, history_filter.schema_version
+    if topic:
+        events = events.filter(topic_id=Subquery(Topic.objects.filter(name=topic).values("id")[:1]))
+    types = EventType.objects.filter(name=event_type)
+    if topic:
+        types = types.filter(topic__name=topic)
+    if event_type:
+        events = events.filter(event_type_id__in=Subquery(types.values("id")))
+    if number:
+        versions = SchemaVersion.objects.filter(version=number)
+        versions = versions.filter(event_type__in=types) if event_type else versions
+        if topic:
+            versions = versions.filter(event_type__topic__name=topic)
+        events = events.filter(schema_version_id__in=Subquery(versions.values("id")))
+    return events
+
+
+# How many matching events the history counts exactly before it says "more than".
+COUNT_EXACT_UP_TO = 1_000
+
+
+@dataclass(frozen=True)
+class MatchCount:
+    """How many events a filter matches: exact, at least (``more``), or the database's estimate."""
+
+    number: int
+    estimated: bool = False
+    more: bool = False
+
+
+def history_count(history_filter: HistoryFilter, *, topics: QuerySet[Topic] | None) -> MatchCount | None:
+    """How many events match, cheap at any size: counted up to COUNT_EXACT_UP_TO, else estimated.
+
+    Payload conditions are never counted (no index serves them): PostgreSQL's estimate, or nothing.
+    """
+    events = events_filtered(history_filter, topics=topics).order_by()
+    if not history_filter.conditions:
+        counted = events[: COUNT_EXACT_UP_TO + 1].count()
+        if counted <= COUNT_EXACT_UP_TO:
+            return MatchCount(counted)
+    estimate = store().rows_estimate(events)
+    if estimate is not None:
+        return MatchCount(estimate, estimated=True)
+    return None if history_filter.conditions else MatchCount(COUNT_EXACT_UP_TO, more=True)
 
 
 # --- keyset pages ---------------------------------------------------------------------------
@@ -293,7 +345,7 @@ def history_page_at(
     What the history page and the API's ``GET /api/events/`` both show; a damaged cursor is
     refused with HistoryQueryError. Payload conditions search SCAN_BUDGET events per page.
     """
-    events = events_filtered(history_filter, topics=topics).select_related("topic", "event_type")
+    events = events_filtered(history_filter, topics=topics).select_related("topic", "event_type", "schema_version")
     scanned = None
     if history_filter.conditions:
         scanned = events_filtered(replace(history_filter, conditions=()), topics=topics)

@@ -110,6 +110,9 @@ def test_a_wrong_condition_filter_or_limit_is_400_naming_each_parameter_and_its_
     out_of_range = _errors(auditor.get("/api/events/", {"since": "0001-01-01T00:00:00+05:00"}), 400)
     assert out_of_range[0]["path"] == "/query/since"
     assert "out of range" in out_of_range[0]["message"]
+    prefixed = _errors(auditor.get("/api/events/", {"where": "payload.standard_deduction >= 1"}), 400)
+    assert prefixed[0]["path"] == "/query/where"
+    assert "leave out 'payload.'" in prefixed[0]["message"]
 
 
 def test_a_tampered_cursor_is_400_not_a_page_elsewhere():

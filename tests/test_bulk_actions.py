@@ -244,5 +244,5 @@ def test_when_no_letter_would_pass_the_estimate_offers_to_discard_not_to_replay(
 
     assert "Nothing would be replayed: none of these 2 letters pass the current schema" in html
     assert re.search(r'name="kind" value="discard">', html)
-    assert re.search(r'<button type="submit" id="start">Start: discard 2</button>', html)
+    assert re.search(r'<button type="submit" class="primary" id="start">Start: discard 2</button>', html)
     assert "Start: replay" not in html

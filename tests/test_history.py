@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from busapp.actions.publishing import event_publish_batch
 from busapp.actions.requests import publish_request_decide
-from busapp.models import AuditEntry, Event, EventStatus, SavedFilter, Source
+from busapp.models import AuditEntry, Event, EventStatus, SavedFilter, SchemaVersion, Source
 from tests.support import approved_withholding_event, withholding_request
 
 pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
@@ -333,3 +333,119 @@ def test_a_nul_in_the_address_is_refused_with_a_400_not_a_database_error(address
     assert "NUL character" in text
     if address.startswith("/api/"):
         assert set(response.json()) == {"errors"}
+
+
+def _refusal(response) -> str:
+    """The history page's errors about its conditions, as text."""
+    assert response.status_code == 400, response.content
+    found = re.findall(r'<p class="error" role="alert">(.*?)</p>', response.content.decode(), re.S)
+    return " ".join(found).replace("&#x27;", "'").replace("&quot;", '"')
+
+
+def test_a_question_asked_wrongly_is_refused_with_what_to_write_not_answered_with_nothing() -> None:
+    _publish({"standard_deduction": 15000})
+    client = _client("auditor")
+
+    joined = _refusal(client.get("/events/", {"where": "standard_deduction >= 15000 and publisher = x"}))
+    prefixed = _refusal(client.get("/events/", {"where": "payload.standard_deduction >= 15000"}))
+    under_a_number = _refusal(client.get("/events/", {"topic": "tax-policy", "where": "standard_deduction.cap > 1"}))
+
+    assert "the value 15000 and publisher = x has spaces: did you mean two lines?" in joined
+    assert "no schema of your topics has a field payload.standard_deduction" in prefixed
+    assert "leave out 'payload.'" in prefixed
+    assert "standard_deduction" in prefixed.split("the fields are:")[1]
+    assert "no schema of topic tax-policy has a field standard_deduction.cap" in under_a_number
+
+
+def test_a_field_the_schemas_allow_but_do_not_declare_is_searched_with_a_word_on_the_page() -> None:
+    (carrying,) = _publish({"standard_deduction": 1, "state": "CA"})
+
+    response = _client("auditor").get("/events/", {"topic": "tax-policy", "where": 'state = "CA"'})
+
+    page = response.content.decode().replace("&#x27;", "'")
+    assert response.status_code == 200
+    assert _listed(response) == [carrying.envelope_id]
+    assert "No schema of topic tax-policy declares state: only events that carry it anyway" in page
+
+
+def test_the_field_picker_offers_the_fields_of_the_chosen_topics_schemas() -> None:
+    page = _client("auditor").get("/events/", {"topic": "tax-policy"}).content.decode()
+
+    picker = re.search(r'<select id="field-picker"[^>]*>(.*?)</select>', page, re.S)
+    assert picker is not None
+    assert re.findall(r"<option>(.*?)</option>", picker[1]) == ["standard_deduction"]
+
+
+def test_the_schema_fields_walk_arrays_combinations_and_open_parts() -> None:
+    from busapp.schema_fields import payload_fields
+
+    fields = payload_fields(
+        [
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "brackets": {"type": "array", "items": {"type": "object", "properties": {"rate": {}}}},
+                    "meta": {"$ref": "#/$defs/meta"},
+                },
+                "allOf": [{"properties": {"year": {"type": "integer"}}}],
+            }
+        ]
+    )
+
+    assert fields.declares(("brackets", "3", "rate"))
+    assert fields.declares(("year",))
+    assert fields.declares(("meta", "anything", "below"))  # a $ref is open: not walked
+    assert not fields.may_hold(("state",))  # the object is closed
+    assert fields.listed() == ["brackets", "brackets.0", "brackets.0.rate", "meta", "year"]
+
+
+def test_events_are_filtered_and_shown_by_the_schema_version_they_were_checked_against() -> None:
+    from busapp.actions.registry import schema_version_create
+    from busapp.models import EventType
+
+    first = _publish({"standard_deduction": 1}, {"standard_deduction": 2})
+    event_type = EventType.objects.get(topic__name="tax-policy", name="tax_policy.updated")
+    schema = json.loads(json.dumps(SchemaVersion.objects.filter(event_type=event_type).order_by("-version")[0].schema))
+    schema["properties"]["note"] = {"type": "string"}
+    newer = schema_version_create(event_type=event_type, schema=schema, actor="admin", compatibility="none")
+    (second,) = _publish({"standard_deduction": 3, "note": "v2"})
+    client = _client("auditor")
+
+    on_newer = client.get("/events/", {"topic": "tax-policy", "type": "tax_policy.updated", "schema": str(newer.version)})
+    everything = client.get("/events/", {"topic": "tax-policy"}).content.decode()
+
+    assert _listed(on_newer) == [second.envelope_id]
+    assert set(_listed(client.get("/events/", {"schema": newer.version - 1}))) == _ids(first)
+    assert re.findall(r'<td class="num">v(\d+)</td>', everything) == [str(newer.version)] + [str(newer.version - 1)] * 2
+
+
+def test_time_presets_reach_back_from_now_and_refuse_times_of_their_own() -> None:
+    recent, old = _publish({"standard_deduction": 1}, {"standard_deduction": 2})
+    Event.objects.filter(pk=old.pk).update(timestamp=timezone.now() - dt.timedelta(hours=2))
+    client = _client("auditor")
+
+    assert _listed(client.get("/events/", {"period": "1h"})) == [recent.envelope_id]
+    assert set(_listed(client.get("/events/", {"period": "24h"}))) == _ids([recent, old])
+    mixed = client.get("/events/", {"period": "7d", "since": "2026-01-01 00:00"})
+    assert "choose custom to give since and until" in _refusal(mixed)
+
+
+def test_the_page_says_how_many_events_match_exactly_up_to_a_limit_then_about_or_more_than(monkeypatch) -> None:
+    import busapp.history
+
+    _publish({"standard_deduction": 1}, {"standard_deduction": 2}, {"standard_deduction": 3})
+    client = _client("auditor")
+
+    exact = client.get("/events/", {"topic": "tax-policy"}).content.decode()
+    monkeypatch.setattr(busapp.history, "COUNT_EXACT_UP_TO", 2)
+    beyond = client.get("/events/", {"topic": "tax-policy"}).content.decode()
+
+    assert '<p class="match-count" id="match-count">3 events match.</p>' in exact
+    said = re.search(r'id="match-count">(.*?)</p>', beyond)
+    assert said is not None
+    if connection.vendor == "postgresql":
+        assert said[1].startswith("About ")
+        assert said[1].endswith("match (the database's estimate).")
+    else:
+        assert said[1] == "More than 2 events match."

@@ -20,7 +20,7 @@ from django.utils import timezone
 from busapp import audit
 from busapp.actions.publishing import event_build, event_publish_batch
 from busapp.audit import AuditRecord, _chain_entries, audit_verify
-from busapp.history import audit_export_lines, export_lines
+from busapp.history import HistoryFilter, audit_export_lines, events_filtered, export_lines
 from busapp.models import AuditAction, AuditEntry, Event, EventStatus, SchemaVersion, Source
 from busapp.selectors import schema_version_active
 from busapp.store import store
@@ -256,3 +256,25 @@ def test_the_published_mark_skips_the_flush_for_its_own_statement_only(demo_comm
     with connection.cursor() as cursor:
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone() == ("on",)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_estimate_is_the_planners_on_postgresql_and_none_where_there_is_none(demo_committed: None) -> None:
+    event_publish_batch(
+        topic="tax-policy",
+        items=[{"type": "tax_policy.updated", "payload": {"standard_deduction": n}} for n in range(300)],
+        actor="test",
+    )
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")  # what autovacuum does in time, for committed rows
+    events = events_filtered(HistoryFilter(topic="tax-policy"), topics=None)
+
+    estimates = _under_each_store(lambda: store().rows_estimate(events))
+
+    assert estimates["orm"] is None
+    if connection.vendor == "postgresql":
+        assert estimates["sql"] is not None
+        assert 150 <= estimates["sql"] <= 600  # an estimate: near the 300 there are
+    else:
+        assert estimates["sql"] is None

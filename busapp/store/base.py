@@ -84,6 +84,9 @@ class Store(Protocol):
     def rows_fetch(self, rows: QuerySet[Any]) -> list[tuple[Any, ...]]:
         """A ``values_list`` query's rows as the database returns them (export: no per-value conversion)."""
 
+    def rows_estimate(self, rows: QuerySet[Any]) -> int | None:
+        """The query planner's estimate of how many rows a query returns; None where the database gives none."""
+
     def events_unvouched(self) -> Iterator[tuple[str, str, str]]:
         """(envelope id, topic, recorded at as text) of every history row no audit entry names, oldest first."""
 

@@ -106,6 +106,10 @@ class OrmStore:
         """The query's rows through the ORM."""
         return list(rows)
 
+    def rows_estimate(self, rows: QuerySet[Any]) -> int | None:
+        """The ORM has no estimates."""
+        return None
+
     def events_unvouched(self) -> Iterator[tuple[str, str, str]]:
         """Every history row, skipping the ids named by single entries and those in a batch entry's list."""
         named = set(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from functools import cache, partial
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
-from django.db.models import Model
+from django.db.models import Model, QuerySet
 
 from busapp.models import AuditEntry, AuditHead, Event, EventStatus
 from busapp.store.driver import driver_cursor
@@ -105,6 +106,15 @@ class PostgresStore(SqlStore):
                 _MARK_MANY_LAZY if lazy else _MARK_MANY,
                 [EventStatus.PUBLISHED.value, rows[0][2], [row[3] for row in rows], [row[1] for row in rows]],
             )
+
+    def rows_estimate(self, rows: QuerySet[Any]) -> int | None:
+        """``EXPLAIN``'s row estimate for the query: the planner's statistics, read in a millisecond at any size."""
+        sql, params = rows.query.sql_with_params()
+        with connections[rows.db].cursor() as cursor:
+            cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+            (plan,) = cursor.fetchone()
+        document = json.loads(plan) if isinstance(plan, str) else plan
+        return int(document[0]["Plan"]["Plan Rows"])
 
     def chain_reading(self) -> AbstractContextManager[Any]:
         """A server-side cursor lives only in a transaction."""

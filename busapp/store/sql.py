@@ -163,6 +163,10 @@ class SqlStore:
             cursor.execute(sql, params)
             return list(cursor.fetchall())
 
+    def rows_estimate(self, rows: QuerySet[Any]) -> int | None:
+        """SQLite's planner gives no row estimates."""
+        return None
+
     def tidy(self) -> tuple[int, int] | None:
         """Nothing to tidy."""
         return None

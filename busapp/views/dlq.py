@@ -186,7 +186,14 @@ def bulk_estimate_view(request: HttpRequest) -> HttpResponse:
     topic, cause, kind = _selection(request)
     estimate = bulk_estimate(letters=dead_letters_matching(topic=topic, cause=cause))
     context = {"topic": topic, "cause": cause, "kind": kind, "estimate": estimate, "rate": 50}
-    return render(request, "dlq/bulk_estimate.html", context)
+    return render(request, "dlq/bulk_estimate.html", _with_start_kind(context))
+
+
+def _with_start_kind(context: dict[str, Any]) -> dict[str, Any]:
+    """The estimate page's context with what its start button does: a replay nothing would pass offers discard."""
+    estimate, kind = context["estimate"], context["kind"]
+    nothing_passes = kind == BulkActionKind.REPLAY and estimate.letter_ids and not estimate.passing
+    return {**context, "start_kind": BulkActionKind.DISCARD if nothing_passes else kind}
 
 
 @login_required
@@ -217,7 +224,7 @@ def bulk_start_view(request: HttpRequest) -> HttpResponse:
             "rate": request.POST.get("rate_per_second", "50"),
             "refusal": str(refused),
         }
-        return render(request, "dlq/bulk_estimate.html", context, status=400)
+        return render(request, "dlq/bulk_estimate.html", _with_start_kind(context), status=400)
     return redirect(action)
 
 

@@ -22,7 +22,7 @@ from busapp.actions import filters
 from busapp.actions.exports import events_export_start
 from busapp.errors import ActionRefusedError, HistoryQueryError
 from busapp.forms import EventFilterForm
-from busapp.history import HistoryPage, history_page_at
+from busapp.history import HistoryPage, history_count, history_page_at
 from busapp.models import AuditAction, Event, SavedFilter, SavedFilterPage, Topic
 from busapp.permissions import EXPORT_TOPIC, VIEW_TOPIC, topics_with_right
 from busapp.selectors import event_audit_entries, event_provenance
@@ -68,7 +68,10 @@ def event_list(request: HttpRequest) -> HttpResponse:
         return history_page_at(form.history_filter(), topics=topics, cursor=cursor)
 
     context, status = filtered_list(request, user, form, page_at, SavedFilterPage.EVENTS)
-    return render(request, "events/list.html", {**context, "can_export": export_allowed(user)}, status=status)
+    context.update(can_export=export_allowed(user), payload_fields=form.payload_fields().listed())
+    if status == 200:
+        context["count"] = history_count(form.history_filter(), topics=topics)
+    return render(request, "events/list.html", context, status=status)
 
 
 def filtered_list(

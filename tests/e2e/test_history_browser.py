@@ -137,3 +137,26 @@ def test_a_malformed_payload_condition_is_shown_under_its_field_and_nothing_brea
     expect(page.locator("#history tbody tr")).to_have_count(3)
     expect(page.locator("p.error")).to_have_count(0)
     assert browser_log.errors == []
+
+
+def test_two_conditions_on_one_line_are_refused_and_the_field_picker_writes_them_one_a_line(
+    page: Page, browser_log: BrowserLog, bus: redis.Redis
+):
+    _publish_deductions()
+    sign_in(page, "auditor")
+    page.goto("/events/?topic=tax-policy")
+
+    _conditions(page).fill("standard_deduction >= 15000 and publisher = x")
+    assert _show(page) == 400
+    error = page.locator(".field", has=_conditions(page)).locator("p.error")
+    expect(error).to_contain_text("did you mean two lines?")
+    expect(page.locator("#history")).to_have_count(0)  # no silent "No events match"
+
+    _conditions(page).fill("")
+    page.select_option("#field-picker", "standard_deduction")
+    expect(_conditions(page)).to_have_value("standard_deduction = ")
+    expect(_conditions(page)).to_be_focused()
+    page.keyboard.type("15000")
+    assert _show(page) == 200
+    expect(page.locator("#history tbody tr")).to_have_count(1)
+    assert browser_log.errors == []
