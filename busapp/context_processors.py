@@ -26,8 +26,8 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
         links.append(("Audit", reverse("audit-log")))
     if user.has_perm("busapp.manage_access"):
         links.append(("Access", reverse("access")))
-    if user.is_staff:
-        links.append(("Admin", reverse("admin:index")))
+    if user.is_superuser:  # everyone else does everything in the product; Django's admin is the advanced site
+        links.append(("Advanced (Django admin)", reverse("admin:index")))
     path = request.path
     current = [(label, href, path == href or (href != "/" and path.startswith(href))) for label, href in links]
     roles = ", ".join(sorted(group.name for group in user.groups.all())) or ("superuser" if user.is_superuser else "")

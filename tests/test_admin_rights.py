@@ -77,3 +77,13 @@ def test_a_person_s_and_a_group_s_global_permissions_are_read_only_in_the_admin(
     assert posted.status_code == 302  # saved: its name, the only field the form has
     assert sorted(publishers.permissions.values_list("codename", flat=True)) == group_before
     assert not User.objects.get(username="policy").has_perm(f"busapp.{MANAGE_TOPIC}")
+
+
+def test_only_superusers_are_shown_the_django_admin_and_it_is_named_the_advanced_site() -> None:
+    """Bus admins and auditors do everything in the product: their top bar has no link to /admin/."""
+    for username in ("admin", "auditor", "policy"):
+        client = Client()
+        client.force_login(User.objects.get(username=username))
+        assert 'href="/admin/"' not in client.get("/").content.decode(), username
+
+    assert '<a href="/admin/">Advanced (Django admin)</a>' in _root().get("/").content.decode()

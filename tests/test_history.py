@@ -412,7 +412,9 @@ def test_events_are_filtered_and_shown_by_the_schema_version_they_were_checked_a
     (second,) = _publish({"standard_deduction": 3, "note": "v2"})
     client = _client("auditor")
 
-    on_newer = client.get("/events/", {"topic": "tax-policy", "type": "tax_policy.updated", "schema": str(newer.version)})
+    on_newer = client.get(
+        "/events/", {"topic": "tax-policy", "type": "tax_policy.updated", "schema": str(newer.version)}
+    )
     everything = client.get("/events/", {"topic": "tax-policy"}).content.decode()
 
     assert _listed(on_newer) == [second.envelope_id]
