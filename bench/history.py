@@ -550,9 +550,11 @@ def _captured_sql(call: Callable[[], Any]) -> tuple[Any, list[str]]:
 
 
 def _plan(sql: str, analyze: bool) -> list[str]:
-    """The database's plan of one statement, as lines."""
+    """The database's plan of one statement, as lines (an estimate's EXPLAIN is its own plan)."""
     from django.db import connection
 
+    if sql.lstrip().upper().startswith("EXPLAIN"):
+        return ["(an EXPLAIN: the planner's estimate, no plan of its own)"]
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
             cursor.execute(f"EXPLAIN QUERY PLAN {sql}")

@@ -8,6 +8,8 @@ from django.contrib.auth.models import User
 from django.http import HttpRequest
 from django.urls import reverse
 
+from busapp.selectors import publish_requests_for_approver_count
+
 
 def navigation(request: HttpRequest) -> dict[str, Any]:
     """The links of the top bar (only what the person's role allows, the current one marked) and their role."""
@@ -15,20 +17,24 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
     # Only people have a frame: a service token's caller (the API docs page, say) gets none.
     if not isinstance(user, User) or not user.is_authenticated:
         return {}
+    # (label, address, badge): the badge counts what waits for this person there.
     links = [
-        ("Dashboard", reverse("dashboard")),
-        ("Topics", reverse("topic-list")),
-        ("Live", reverse("live")),
-        ("Dead letters", reverse("dead-letters")),
-        ("History", reverse("event-list")),
+        ("Dashboard", reverse("dashboard"), 0),
+        ("Topics", reverse("topic-list"), 0),
+        ("Live", reverse("live"), 0),
+        ("Dead letters", reverse("dead-letters"), 0),
+        ("History", reverse("event-list"), 0),
+        ("Requests", reverse("publish-requests"), publish_requests_for_approver_count(user)),
     ]
     if user.has_perm("busapp.view_auditentry"):
-        links.append(("Audit", reverse("audit-log")))
+        links.append(("Audit", reverse("audit-log"), 0))
     if user.has_perm("busapp.manage_access"):
-        links.append(("Access", reverse("access")))
+        links.append(("Access", reverse("access"), 0))
     if user.is_superuser:  # everyone else does everything in the product; Django's admin is the advanced site
-        links.append(("Advanced (Django admin)", reverse("admin:index")))
+        links.append(("Advanced (Django admin)", reverse("admin:index"), 0))
     path = request.path
-    current = [(label, href, path == href or (href != "/" and path.startswith(href))) for label, href in links]
+    current = [
+        (label, href, path == href or (href != "/" and path.startswith(href)), badge) for label, href, badge in links
+    ]
     roles = ", ".join(sorted(group.name for group in user.groups.all())) or ("superuser" if user.is_superuser else "")
     return {"nav_links": current, "nav_role": roles}

@@ -196,15 +196,47 @@ def dead_letters_open_count(topics: Iterable[Topic]) -> int:
     return DeadLetter.objects.filter(topic__in=list(topics), status=DeadLetterStatus.OPEN).count()
 
 
-def publish_requests_for_approver(user: User) -> list[PublishRequest]:
+def event_in_force(*, topic: Topic, event_type: EventType) -> Event | None:
+    """The newest published event of a topic's event type: the value every service should hold now."""
+    return (
+        Event.objects.filter(topic=topic, event_type=event_type, status=EventStatus.PUBLISHED)
+        .order_by("-timestamp", "-id")
+        .first()
+    )
+
+
+def _awaiting(user: User) -> QuerySet[PublishRequest]:
     """Requests waiting for a second person that this person may decide: not their own, on topics they approve."""
     topics = topics_with_right(user, APPROVE_TOPIC)
-    return list(
-        PublishRequest.objects.filter(status=PublishRequestStatus.AWAITING_APPROVAL, topic__in=topics)
-        .exclude(requested_by=user)
-        .select_related("topic", "event_type", "requested_by")
-        .order_by("requested_at")
-    )
+    awaiting = PublishRequest.objects.filter(status=PublishRequestStatus.AWAITING_APPROVAL, topic__in=topics)
+    return awaiting.exclude(requested_by=user)
+
+
+def publish_requests_for_approver(user: User) -> list[PublishRequest]:
+    """The requests this person may decide, oldest first."""
+    return list(_awaiting(user).select_related("topic", "event_type", "requested_by").order_by("requested_at"))
+
+
+def publish_requests_for_approver_count(user: User) -> int:
+    """How many requests wait for this person's decision (the navigation's badge)."""
+    return _awaiting(user).count()
+
+
+# The requests page lists at most this many of a person's own requests, and of decided ones.
+REQUESTS_LISTED = 50
+
+
+def publish_requests_of(user: User) -> list[PublishRequest]:
+    """A person's own requests, newest first."""
+    mine = PublishRequest.objects.filter(requested_by=user).select_related("topic", "event_type", "decided_by")
+    return list(mine.order_by("-requested_at", "-id")[:REQUESTS_LISTED])
+
+
+def publish_requests_decided(topics: QuerySet[Topic]) -> list[PublishRequest]:
+    """Requests decided (approved, rejected, cancelled, published) on these topics, newest decision first."""
+    decided = PublishRequest.objects.filter(topic__in=topics, decided_at__isnull=False)
+    decided = decided.select_related("topic", "event_type", "requested_by", "decided_by")
+    return list(decided.order_by("-decided_at", "-id")[:REQUESTS_LISTED])
 
 
 def publish_requests_open(topics: QuerySet[Topic]) -> list[PublishRequest]:

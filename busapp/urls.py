@@ -12,6 +12,7 @@ urlpatterns = [
     path("topics/<str:name>/publish/", publish.topic_publish, name="topic-publish"),
     path("topics/<str:name>/publish/confirm/", publish.topic_publish_confirm, name="topic-publish-confirm"),
     path("topics/<str:name>/published/<uuid:envelope_id>/", publish.publish_result, name="publish-result"),
+    path("requests/", requests.requests_list, name="publish-requests"),
     path("topics/<str:name>/requests/<int:pk>/", requests.request_page, name="publish-request"),
     path("topics/<str:name>/requests/<int:pk>/decide/", requests.request_decide, name="publish-request-decide"),
     path("topics/<str:name>/requests/<int:pk>/cancel/", requests.request_cancel, name="publish-request-cancel"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 from typing import Any
 
 import pytest
@@ -365,3 +366,17 @@ def test_who_holds_a_right_on_a_topic_agrees_with_the_one_check_for_every_person
             expected = {person.username for person in User.objects.all() if topic_right_held(person, right, topic)}
             assert holding == expected, (topic, right)
     assert "policy2" in {person.username for person in people_holding(MANAGE_TOPIC, _topic())}
+
+
+def test_the_access_page_says_rights_and_holders_as_people_say_them() -> None:
+    """Rights and holders in words: manage, never manage_topic; policy2 (person), never user:policy2."""
+    admin = _user("admin")
+    grant_create(principal=_user("policy2"), topics=[_topic()], rights=[MANAGE_TOPIC], reason="cover", actor=admin)
+
+    page = signed_in("admin").get("/access/").content.decode()
+
+    grants = page[page.index('id="grants"') :]
+    rights = re.findall(r"<td>policy2 \(person\)</td><td>tax-policy</td><td>(\w+)</td>", grants)
+    assert "manage" in rights
+    assert "manage_topic" not in grants
+    assert ">user:policy2<" not in page

@@ -193,6 +193,8 @@ RULES: dict[str, tuple[Case, ...]] = {
     "dead-letters": (get("/dlq/", SIGNED_IN),),
     "dead-letter": (get("/dlq/{w.letter.pk}/", SIGNED_IN),),
     "event-list": (get("/events/", SIGNED_IN),),
+    # Each person's own requests and those they may decide; decided ones on the topics they see.
+    "publish-requests": (get("/requests/", SIGNED_IN),),
     "event-detail": (
         get("/events/{w.event.envelope_id}/", SIGNED_IN),
         get("/events/{w.sensitive_event.envelope_id}/", SIGNED_IN),

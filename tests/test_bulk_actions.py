@@ -135,7 +135,7 @@ def test_a_bulk_discard_needs_a_reason_and_a_sane_rate():
     action = bulk_action_step(action_id=BulkAction.objects.get().pk, budget=100)
 
     assert no_reason.status_code == no_rate.status_code == 400
-    assert "reason: is required to discard" in no_reason.content.decode()
+    assert "reason: is required: say why" in no_reason.content.decode()
     assert "rate_per_second: must be from 1 to 500" in no_rate.content.decode()
     assert started.status_code == 302
     assert (action.status, action.succeeded) == (BulkActionStatus.DONE, 4)

@@ -419,7 +419,10 @@ def test_events_are_filtered_and_shown_by_the_schema_version_they_were_checked_a
 
     assert _listed(on_newer) == [second.envelope_id]
     assert set(_listed(client.get("/events/", {"schema": newer.version - 1}))) == _ids(first)
-    assert re.findall(r'<td class="num">v(\d+)</td>', everything) == [str(newer.version)] + [str(newer.version - 1)] * 2
+    assert (
+        re.findall(r'<td class="num" data-label="Schema">v(\d+)</td>', everything)
+        == [str(newer.version)] + [str(newer.version - 1)] * 2
+    )
 
 
 def test_time_presets_reach_back_from_now_and_refuse_times_of_their_own() -> None:

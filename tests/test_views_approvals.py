@@ -174,7 +174,9 @@ def test_a_scheduled_publish_cancelled_in_time_never_goes_out(bus):
     )
     waiting = PublishRequest.objects.get()
 
-    cancelled = _client("policy").post(f"/topics/tax-policy/requests/{waiting.pk}/cancel/")
+    cancelled = _client("policy").post(
+        f"/topics/tax-policy/requests/{waiting.pk}/cancel/", {"reason": "the date was wrong"}
+    )
 
     assert cancelled.status_code == 302
     assert publish_requests_due(now=timezone.now() + dt.timedelta(minutes=11)) == 0

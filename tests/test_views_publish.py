@@ -121,6 +121,8 @@ def test_confirm_publishes_the_previewed_event_once_even_when_posted_twice(bus):
     assert bus.xlen(stream_key("tax-policy")) == 1
     assert event.envelope_id in first_page.content.decode()
     assert b"<h1>Published</h1>" in first_page.content
+    went_out = f'id="went-out">{event.published_at:%Y-%m-%d %H:%M:%S} UTC</time>'
+    assert went_out in first_page.content.decode()  # when it went out, not only that it did
     assert b"already confirmed; nothing was published twice" in second_page.content
     assert b"already confirmed" not in first_page.content
 

@@ -14,6 +14,7 @@ from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
 from django.utils import timezone
 
+from busapp.actions.reasons import reason_checked
 from busapp.audit import Actor, actor_parts, audit_record
 from busapp.errors import ActionRefusedError
 from busapp.models import AuditAction, Topic, TopicGroupGrant, TopicUserGrant
@@ -28,14 +29,6 @@ def _grants_of(principal: Principal) -> type[TopicUserGrant] | type[TopicGroupGr
     return TopicUserGrant if isinstance(principal, User) else TopicGroupGrant
 
 
-def _reason_checked(reason: str) -> str:
-    """The reason, stripped; refused when empty (every grant and revoke says why)."""
-    text = reason.strip()
-    if not text:
-        raise ActionRefusedError([{"path": "/reason", "message": "is required: say why, for the audit log"}])
-    return text
-
-
 @transaction.atomic
 def grant_create(
     *,
@@ -47,7 +40,7 @@ def grant_create(
     expires_at: dt.datetime | None = None,
 ) -> list[Grant]:
     """Give ``rights`` on ``topics`` to a person or group; a right already held gets the new reason and expiry."""
-    reason = _reason_checked(reason)
+    reason = reason_checked(reason)
     if not topics:
         raise ActionRefusedError([{"path": "/topics", "message": "choose at least one topic"}])
     unknown = sorted(set(rights) - set(TOPIC_RIGHTS))
@@ -101,7 +94,7 @@ def grant_create(
 @transaction.atomic
 def grant_revoke(*, grants: Sequence[Grant], reason: str, actor: Actor) -> int:
     """Take back these grants (one audit entry per person or group); returns how many were taken back."""
-    reason = _reason_checked(reason)
+    reason = reason_checked(reason)
     if not grants:
         raise ActionRefusedError([{"path": "/grants", "message": "choose at least one grant to revoke"}])
     by_principal: dict[str, list[Grant]] = {}
@@ -169,7 +162,7 @@ def last_bus_admin_message(user: User) -> str:
 @transaction.atomic
 def role_member_set(*, user: User, role: Role, member: bool, reason: str, actor: Actor) -> None:
     """Put a person in a role group or take them out; the last active Bus admin cannot be taken out."""
-    reason = _reason_checked(reason)
+    reason = reason_checked(reason)
     # Locking the group row serialises role changes, so two admins cannot remove each other at once.
     group = Group.objects.select_for_update().get(name=role.value)
     is_member = group.user_set.filter(pk=user.pk).exists()

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from busapp.actions.publishing import dead_letter_audit_record, dead_letter_build, event_publish
+from busapp.actions.reasons import reason_checked
 from busapp.audit import Actor, audit_append, audit_record
 from busapp.errors import (
     ActionRefusedError,
@@ -89,14 +90,13 @@ def dead_letter_replay(*, letter_id: int, event_type: str, payload: Any, actor: 
 @transaction.atomic
 def dead_letter_discard(*, letter_id: int, actor: User, reason: str) -> DeadLetter:
     """Close a dead letter without sending anything, saying why."""
-    if not reason.strip():
-        raise ActionRefusedError([{"path": "/reason", "message": "is required: say why, for the audit log"}])
+    reason = reason_checked(reason)
     letter = _open_letter_locked(letter_id)
     letter.status, letter.discarded_by, letter.discarded_at, letter.discard_reason = (
         DeadLetterStatus.DISCARDED,
         actor,
         timezone.now(),
-        reason.strip(),
+        reason,
     )
     letter.save(update_fields=["status", "discarded_by", "discarded_at", "discard_reason"])
     audit_record(
@@ -152,8 +152,8 @@ def bulk_action_start(
     *, topic: Topic, kind: str, letter_ids: list[int], actor: User, rate_per_second: int, reason: str = ""
 ) -> BulkAction:
     """Start a bulk replay or discard; the bus worker runs it at the capped rate."""
-    if kind == BulkActionKind.DISCARD and not reason.strip():
-        raise ActionRefusedError([{"path": "/reason", "message": "is required to discard: say why, for the audit log"}])
+    if kind == BulkActionKind.DISCARD:
+        reason = reason_checked(reason)
     if not 1 <= rate_per_second <= BULK_RATE_LIMIT:
         message = f"must be from 1 to {BULK_RATE_LIMIT} dead letters a second"
         raise ActionRefusedError([{"path": "/rate_per_second", "message": message}])

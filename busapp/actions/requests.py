@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from busapp.actions.publishing import event_publish
+from busapp.actions.reasons import reason_checked
 from busapp.audit import audit_record
 from busapp.errors import (
     ActionRefusedError,
@@ -100,9 +101,7 @@ def publish_request_decide(*, request_id: int, actor: User, approve: bool, reaso
         raise ActionRefusedError([{"path": "/status", "message": "this request needs no approval"}])
     if request.requested_by_id == actor.pk:
         raise RightRefusedError([{"path": "/approval", "message": "nobody may approve or reject their own request"}])
-    if not reason.strip():
-        raise ActionRefusedError([{"path": "/reason", "message": "is required: say why, for the audit log"}])
-    request.decided_by, request.decided_at, request.decision_reason = actor, timezone.now(), reason.strip()
+    request.decided_by, request.decided_at, request.decision_reason = actor, timezone.now(), reason_checked(reason)
     request.status = PublishRequestStatus.REJECTED
     if approve:
         waits = request.effective_at is not None and request.effective_at > timezone.now()
@@ -120,15 +119,15 @@ def publish_request_decide(*, request_id: int, actor: User, approve: bool, reaso
 
 
 @transaction.atomic
-def publish_request_cancel(*, request_id: int, actor: User, reason: str = "") -> PublishRequest:
-    """Withdraw a publish before it goes out: its requester may, and so may whoever may approve on its topic."""
+def publish_request_cancel(*, request_id: int, actor: User, reason: str) -> PublishRequest:
+    """Withdraw a publish before it goes out, saying why: its requester may, and whoever may approve on its topic."""
     request = _open_request_locked(request_id)
     if request.requested_by_id != actor.pk and not topic_right_held(actor, APPROVE_TOPIC, request.topic):
         message = "only its requester or an approver of the topic may cancel a waiting publish"
         raise RightRefusedError([{"path": "/actor", "message": message}])
     request.status = PublishRequestStatus.CANCELLED
     request.decided_by, request.decided_at = actor, timezone.now()
-    request.decision_reason = reason.strip() or "cancelled"
+    request.decision_reason = reason_checked(reason)
     request.save(update_fields=["status", "decided_by", "decided_at", "decision_reason"])
     audit_record(
         actor=actor,

@@ -49,6 +49,11 @@ def export_allowed(user: User) -> bool:
     return exportable is None or exportable.exists()
 
 
+def active_filter_count(request: HttpRequest) -> int:
+    """How many filters the URL sets (the folded filter box says it): non-empty values, the cursor aside."""
+    return sum(1 for name in request.GET if name != "cursor" and any(v.strip() for v in request.GET.getlist(name)))
+
+
 def filter_query(request: HttpRequest) -> str:
     """The query string without the page cursor: what a saved filter, an export or a first page keeps."""
     query = request.GET.copy()
@@ -88,6 +93,7 @@ def filtered_list(
         "form": form,
         "page": page,
         "filter_query": filter_query(request),
+        "active_filters": active_filter_count(request),
         "saved_filters": SavedFilter.objects.filter(owner=user, page=saved),
     }
     return context, status

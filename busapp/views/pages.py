@@ -32,12 +32,15 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     user = signed_in_user(request)
     topics = topics_visible_to(user)
     summaries = topic_summaries(user, topics)
+    to_approve = publish_requests_for_approver(user)
+    mine_to_decide = {waiting.pk for waiting in to_approve}
     context = {
         "summaries": summaries,
         "pending_events": pending_event_count(),
         "open_dead_letters": sum(summary.open_dead_letters for summary in summaries),
-        "to_approve": publish_requests_for_approver(user),
-        "waiting": publish_requests_open(topics),
+        "to_approve": to_approve,
+        # Each request listed once: those waiting for this person's decision are above.
+        "waiting": [waiting for waiting in publish_requests_open(topics) if waiting.pk not in mine_to_decide],
         # Bus admins see every worker's heartbeat and the state of its loops.
         "show_workers": user.has_perm(f"busapp.{MANAGE_ACCESS}"),
     }

@@ -12,10 +12,31 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from busapp.actions.requests import publish_request_cancel, publish_request_decide
-from busapp.errors import BusInputError, RightRefusedError
+from busapp.errors import BusInputError, FieldError, RightRefusedError
 from busapp.models import AuditAction, PublishRequest, PublishRequestStatus, Topic
+from busapp.payload_diff import payload_diff
 from busapp.permissions import APPROVE_TOPIC, VIEW_TOPIC, topic_right_held
+from busapp.selectors import (
+    event_in_force,
+    publish_requests_decided,
+    publish_requests_for_approver,
+    publish_requests_of,
+    topics_visible_to,
+)
 from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
+
+
+@login_required
+@require_GET
+def requests_list(request: HttpRequest) -> HttpResponse:
+    """Publishes that wait or waited: those for me to decide, my own, and the decided ones on my topics."""
+    user = signed_in_user(request)
+    context = {
+        "to_decide": publish_requests_for_approver(user),
+        "mine": publish_requests_of(user),
+        "decided": publish_requests_decided(topics_visible_to(user)),
+    }
+    return render(request, "publish/requests.html", context)
 
 
 @login_required
@@ -33,10 +54,13 @@ def _request_context(request: HttpRequest, topic: Topic, waiting: PublishRequest
     """What the request page shows, and which buttons this person gets."""
     user = signed_in_user(request)
     approver = topic_right_held(user, APPROVE_TOPIC, topic)
+    in_force = event_in_force(topic=topic, event_type=waiting.event_type)
     return {
         "topic": topic,
         "waiting": waiting,
         "payload_json": json.dumps(waiting.payload, indent=2, ensure_ascii=False),
+        "in_force": in_force,
+        "diff": payload_diff(in_force.payload if in_force else {}, waiting.payload),
         "own": waiting.requested_by_id == user.pk,
         "can_decide": approver
         and waiting.status == PublishRequestStatus.AWAITING_APPROVAL
@@ -53,7 +77,7 @@ def request_decide(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     waiting = get_object_or_404(PublishRequest, pk=pk, topic=topic)
     decision = request.POST.get("decision")
     if decision not in ("approve", "reject"):
-        return _request_refused(request, topic, waiting, "choose approve or reject")
+        return _request_refused(request, topic, waiting, [{"path": "/decision", "message": "choose approve or reject"}])
     try:
         decided = publish_request_decide(
             request_id=waiting.pk,
@@ -64,7 +88,7 @@ def request_decide(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     except RightRefusedError as refused:  # four eyes, the service's rule: a right nobody holds on their own
         refuse_audited(request, AuditAction.APPROVAL_REFUSED, f"publish_request:{waiting.pk}", _said(refused))
     except BusInputError as refused:
-        return _request_refused(request, topic, waiting, _said(refused))
+        return _request_refused(request, topic, waiting, refused.errors, form="decide")
     messages.success(request, f"{decided.get_status_display().capitalize()}.")
     return redirect(decided)
 
@@ -83,7 +107,7 @@ def request_cancel(request: HttpRequest, name: str, pk: int) -> HttpResponse:
         target = f"publish_request:{waiting.pk}"
         refuse_audited(request, AuditAction.PUBLISH_REQUEST_CANCEL_REFUSED, target, _said(refused))
     except BusInputError as refused:
-        return _request_refused(request, topic, waiting, _said(refused))
+        return _request_refused(request, topic, waiting, refused.errors, form="cancel")
     messages.success(request, "Cancelled: it will not be published.")
     return redirect(waiting)
 
@@ -93,8 +117,18 @@ def _said(refused: BusInputError) -> str:
     return "; ".join(error["message"] for error in refused.errors)
 
 
-def _request_refused(request: HttpRequest, topic: Topic, waiting: PublishRequest, message: str) -> HttpResponse:
-    """The request page again, with why the action was refused."""
+def _request_refused(
+    request: HttpRequest, topic: Topic, waiting: PublishRequest, errors: list[FieldError], *, form: str = ""
+) -> HttpResponse:
+    """The request page again: a reason's refusal under the reason field of the form sent, with what was typed."""
     waiting.refresh_from_db()
-    context = {**_request_context(request, topic, waiting), "refusal": message}
+    at_reason = [error["message"] for error in errors if error["path"] == "/reason"]
+    others = "; ".join(error["message"] for error in errors if error["path"] != "/reason")
+    context = {
+        **_request_context(request, topic, waiting),
+        "refusal": others,
+        "refused_form": form,
+        "reason_errors": at_reason,
+        "reason_typed": request.POST.get("reason", ""),
+    }
     return render(request, "publish/request.html", context, status=400)

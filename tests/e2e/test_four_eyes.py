@@ -50,3 +50,45 @@ def test_a_sensitive_publish_goes_out_only_when_a_second_person_approves_it(
     assert heard["payload"]["brackets"] == [{"up_to": 11000, "rate": 0.1}]
     assert browser_log.errors == []
     subscriber.close()
+
+
+def test_the_approver_is_counted_in_the_navigation_and_judges_the_change_against_the_event_in_force(
+    page: Page, browser_log: BrowserLog, bus: redis.Redis
+):
+    import uuid
+
+    from django.contrib.auth.models import User
+
+    from busapp.actions.requests import publish_request_create
+    from tests.support import approved_withholding_event
+
+    approved_withholding_event()  # brackets: [{"up_to": 10, "rate": 0.1}]
+    publish_request_create(
+        topic="irs.withholding",
+        event_type="withholding_table.published",
+        payload={"tax_year": 2027, "effective_date": "2027-01-01", "brackets": [{"up_to": 10, "rate": 0.12}]},
+        actor=User.objects.get(username="policy"),
+        envelope_id=uuid.uuid4(),
+    )
+
+    sign_in(page, "policy2")
+    badge = page.locator("#nav-waiting")
+    expect(badge).to_contain_text("1")
+    page.get_by_role("link", name="Requests").click()
+    page.locator("#to-decide").get_by_role("link").first.click()
+
+    changed = page.locator("#diff tr.changed")
+    expect(changed).to_have_count(1)
+    expect(changed).to_contain_text("brackets.0.rate")
+    expect(changed).to_contain_text("0.1")
+    expect(changed).to_contain_text("0.12")
+    expect(page.locator("#diff tr.same")).to_have_count(3)
+
+    page.locator("#cancel").click()  # cancelling asks first: a reason, then a yes
+    expect(page.locator("#cancel-reason")).to_be_visible()
+    page.locator("#cancel-reason").fill("the rate is next year's")
+    page.locator("#cancel-confirm").click()
+    expect(page.locator(".messages")).to_contain_text("Cancelled")
+    expect(page.locator("h1 .status")).to_have_text("cancelled")
+    expect(page.locator("#nav-waiting")).to_have_count(0)  # nothing waits for policy2 any more
+    assert browser_log.errors == []

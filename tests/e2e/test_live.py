@@ -194,3 +194,42 @@ def test_a_bulk_run_at_one_a_second_goes_at_one_a_second_and_says_how_long_is_le
     assert len({handled for _, handled in samples}) >= 3, samples  # seen to move, not all at once
     expect(page.locator("table.report tbody tr")).to_have_count(5)
     assert browser_log.errors == []
+
+
+PHONE_WIDTH = 375
+
+
+def test_the_dead_letters_page_on_a_phone_keeps_its_actions_in_reach(
+    page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer
+):
+    """A phone's screen (375 px): the menu folds, tables become cards, the dead letters' actions stay in reach."""
+    from busapp.actions.dead_letters import dead_letter_create
+    from busapp.models import Source, Topic
+
+    topic = Topic.objects.get(name="tax-policy")
+    for deduction in (-5, -7, -9):
+        body = json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": deduction}})
+        error = [{"path": "/payload/standard_deduction", "message": "must be 0 or more"}]
+        dead_letter_create(topic=topic, raw=body, errors=error, source=Source.API, actor="service:efile")  # type: ignore[arg-type]
+    page.set_viewport_size({"width": PHONE_WIDTH, "height": 740})
+
+    sign_in(page, "admin", base=asgi_url)
+    page.goto(f"{asgi_url}/dlq/")
+
+    nav = page.locator("#main-nav")
+    expect(nav).to_be_hidden()  # folded behind the menu button
+    page.get_by_role("button", name="Menu").click()
+    expect(nav).to_be_visible()
+    expect(page.locator(".menu-toggle")).to_have_attribute("aria-expanded", "true")
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE_WIDTH  # nothing runs off the side
+
+    replay = page.get_by_role("button", name="Replay all 3…")
+    box = replay.bounding_box()
+    assert box is not None
+    assert box["x"] >= 0
+    assert box["x"] + box["width"] <= PHONE_WIDTH  # in reach without scrolling sideways
+    cause = page.locator("tr.group td.cause")
+    assert cause.evaluate("cell => getComputedStyle(cell, '::before').content") == '"Cause: "'  # a card, labelled
+    replay.click()
+    expect(page.locator("p.estimate")).to_contain_text("3 open dead letters match")
+    assert browser_log.errors == []
