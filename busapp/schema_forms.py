@@ -125,7 +125,7 @@ def _resolve(node: Any, root: Any, path: str) -> dict[str, Any]:
 
 def _field(node: Any, root: Any, path: str, *, label: str, required: bool) -> FormField:
     """The form field for one schema node."""
-    node = _resolve(node, root, path)
+    node = _titled_choices(_resolve(node, root, path))
     for keyword in _UNDRAWABLE:
         if keyword in node:
             raise UndrawableSchemaError(f"{path}: '{keyword}' has no form equivalent")
@@ -155,10 +155,29 @@ def _field(node: Any, root: Any, path: str, *, label: str, required: bool) -> Fo
     return _leaf_field(node, kind, path, common)
 
 
+def _titled_choices(node: dict[str, Any]) -> dict[str, Any]:
+    """``oneOf`` (or ``anyOf``) of constants, each with its title: the choices of a select, as an enum with names."""
+    for keyword in ("oneOf", "anyOf"):
+        branches = node.get(keyword)
+        if isinstance(branches, list) and branches and all(_is_titled_constant(branch) for branch in branches):
+            rest = {key: value for key, value in node.items() if key != keyword}
+            names = [str(branch.get("title", branch["const"])) for branch in branches]
+            return {**rest, "enum": [branch["const"] for branch in branches], "x-enumNames": names}
+    return node
+
+
+def _is_titled_constant(branch: Any) -> bool:
+    """A branch that is one constant, with at most its title and description."""
+    return isinstance(branch, dict) and "const" in branch and set(branch) <= {"const", "title", "description"}
+
+
 def _leaf_field(node: dict[str, Any], kind: str, path: str, common: dict[str, Any]) -> FormField:
     """The form field of a node holding one value: a choice, a number, a text or yes/no."""
     if "enum" in node:
-        choices = [(json.dumps(value), str(value)) for value in node["enum"]]
+        names = node.get("x-enumNames")
+        if not (isinstance(names, list) and len(names) == len(node["enum"])):
+            names = node["enum"]
+        choices = [(json.dumps(value), str(name)) for value, name in zip(node["enum"], names, strict=True)]
         return FormField(kind="select", choices=choices, **common)
     if kind in ("number", "integer"):
         return FormField(kind=kind, input_type="number", attrs=_number_attrs(node, kind), **common)
@@ -397,12 +416,53 @@ _INPUT_VALUES = {
 }
 
 
+@dataclass(frozen=True)
+class SummaryLine:
+    """One problem in the error summary at the top of a form: the input it links to, its label, what is wrong."""
+
+    dom_id: str
+    label: str
+    message: str
+
+
 @dataclass
 class BoundForm:
     """The whole generated form as the page shows it, with the errors that belong to no single input."""
 
     fields: list[BoundField]
     errors: list[str]
+
+    @property
+    def summary(self) -> list[SummaryLine]:
+        """Every problem in page order, each named by its field's label (rows by their number)."""
+        lines: list[SummaryLine] = []
+        for bound in self.fields:
+            _summarised(bound, "", lines)
+        return lines
+
+    @property
+    def has_errors(self) -> bool:
+        """Whether anything in the form is refused."""
+        return bool(self.errors or self.summary)
+
+
+def _summarised(bound: BoundField, prefix: str, lines: list[SummaryLine]) -> None:
+    """Add a bound field's problems, then its children's and rows', to ``lines``."""
+    label = f"{prefix}{bound.spec.label}"
+    lines.extend(SummaryLine(bound.dom_id, label, message) for message in bound.errors)
+    for child in bound.children:
+        _summarised(child, f"{label}: ", lines)
+    for number, row in enumerate(bound.rows, start=1):
+        _summarised_row(row, f"{label}, row {number}", lines)
+
+
+def _summarised_row(row: BoundField, label: str, lines: list[SummaryLine]) -> None:
+    """An array row's problems: the row's own under the row's name, its fields' as 'row N: field'."""
+    lines.extend(SummaryLine(row.dom_id, label, message) for message in row.errors)
+    for child in row.children:
+        _summarised(child, f"{label}: ", lines)
+    for number, nested in enumerate(row.rows, start=1):
+        _summarised_row(nested, f"{label}, row {number}", lines)
 
 
 def form_bind(
@@ -471,5 +531,18 @@ def _place(bound: list[BoundField], path: str, messages: list[str]) -> bool:
             stack.extend(candidate.rows)
     if best is None:
         return False
-    best.errors.extend(messages)
+    best.errors.extend(_in_words(best.spec, message) for message in messages)
     return True
+
+
+def _in_words(form_field: FormField, message: str) -> str:
+    """A message as the form says it at its field: a missing value asks for it by the field's label."""
+    if message != "is required but missing":
+        return message
+    label = form_field.label
+    named = label[0].lower() + label[1:] if label[1:2].islower() else label
+    if form_field.kind in ("select", "boolean"):
+        return f"Choose the {named}"
+    if form_field.kind == "array":
+        return f"Add at least one row to {named}"
+    return f"Enter the {named}"

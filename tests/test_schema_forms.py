@@ -162,7 +162,7 @@ def test_errors_land_on_the_deepest_input_they_belong_to_and_the_rest_on_the_for
         by_path[bound.name] = bound.errors
         stack.extend(bound.children + bound.rows)
     assert by_path["/payload/rows/0/rate"] == ["must be 1 or less"]
-    assert by_path["/payload/office/city"] == ["is required but missing"]
+    assert by_path["/payload/office/city"] == ["Enter the city"]  # asked for by its label, in words
     assert by_path["/payload/rows"] == ["[] is too short"]
     assert form.errors == ["somewhere else"]
 
@@ -175,3 +175,33 @@ def test_a_fresh_form_starts_from_the_schemas_defaults_and_required_rows():
     assert [row.name for row in bound["/payload/rows"].rows] == ["/payload/rows/0"]  # minItems 1
     assert bound["/payload/tags"].rows == []
     assert bound["/payload/rows"].row_template.name == "/payload/rows/__index__"
+
+
+def test_choices_are_named_by_their_schema_titles_not_their_codes():
+    fields = _fields(
+        {
+            "type": "object",
+            "properties": {
+                "status": {"oneOf": [{"const": "single", "title": "Single"}, {"const": "married_joint"}]},
+                "state": {"enum": ["CA", "NY"], "x-enumNames": ["California", "New York"]},
+            },
+        }
+    )
+
+    assert fields["/payload/status"].choices == [('"single"', "Single"), ('"married_joint"', "married_joint")]
+    assert fields["/payload/state"].choices == [('"CA"', "California"), ('"NY"', "New York")]
+
+
+def test_a_refused_form_sums_up_its_problems_by_label_with_rows_numbered():
+    layout = form_layout(_version(SCHEMA))
+    errors = [
+        {"path": "/payload/rows/1/rate", "message": "must be 1 or less"},
+        {"path": "/payload/amount", "message": "is required but missing"},
+    ]
+
+    form = form_bind(layout, {"/payload/rows/0/rate": "0.1", "/payload/rows/1/rate": "2"}, errors)
+
+    said = [(line.dom_id, line.label, line.message) for line in form.summary]
+    assert ("f-payload-amount", "Amount (USD)", "Enter the amount (USD)") in said
+    assert ("f-payload-rows-1-rate", "Rows, row 2: Rate", "must be 1 or less") in said
+    assert form.has_errors

@@ -143,7 +143,7 @@ def test_the_envelope_id_shown_in_the_preview_is_the_one_published(bus):
     [
         ("-5", "must be 0 or more"),
         ("abc", "must be a number"),
-        ("", "is required but missing"),
+        ("", "Enter the standard deduction"),
     ],
 )
 def test_a_bad_value_is_shown_next_to_its_field_with_the_value_kept_and_nothing_published(bus, entered, message):
@@ -343,3 +343,14 @@ def test_the_form_lists_fields_in_the_order_the_schema_author_wrote_them():
         "/payload/brackets/0/up_to",
         "/payload/brackets/0/rate",
     ]
+
+
+def test_a_refused_form_opens_on_a_summary_that_links_to_each_field_and_says_error_in_its_title():
+    response = _preview(_client("policy"), "-5")
+
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "<title>Error: Publish to tax-policy · HMS Bus Admin</title>" in page
+    summary = re.search(r'<div class="error-summary" id="error-summary"[^>]*>(.*?)</div>', page, re.S)
+    assert summary is not None
+    assert '<a href="#f-payload-standard_deduction">Standard deduction: must be 0 or more</a>' in summary[1]

@@ -36,15 +36,28 @@ function addRow(array) {
   if (first) first.focus();
 }
 
+// Removing a row keeps the keyboard in the array: on the next row, the previous one, or "Add a row".
+function removeRow(row) {
+  const array = row.closest("fieldset.array");
+  const neighbour = row.nextElementSibling || row.previousElementSibling;
+  row.remove();
+  const target = neighbour ? neighbour.querySelector("input, select, textarea") : array.querySelector(":scope > .add-row");
+  if (target) target.focus();
+}
+
 document.addEventListener("click", (event) => {
   const button = event.target.closest("button");
   if (!button) return;
   if (button.classList.contains("add-row")) {
     addRow(button.closest("fieldset.array"));
   } else if (button.classList.contains("remove-row")) {
-    button.closest("li.row").remove();
+    removeRow(button.closest("li.row"));
   }
 });
+
+// A refused form opens on its error summary, whose links lead to the fields.
+const summary = document.getElementById("error-summary");
+if (summary) summary.focus();
 
 for (const select of document.querySelectorAll("select.autosubmit")) {
   select.addEventListener("change", () => select.form.submit());

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,6 +125,12 @@ def test_an_out_of_range_deduction_is_shown_under_its_field_and_nothing_reaches_
     assert error_box is not None
     assert error_box["y"] >= field_box["y"] + field_box["height"]
     assert error_box["y"] - (field_box["y"] + field_box["height"]) < 60
+    # The page opens on its error summary, titled as an error; its link leads to the field.
+    summary = page.locator("#error-summary")
+    expect(summary).to_be_focused()
+    expect(page).to_have_title("Error: Publish to tax-policy · HMS Bus Admin")
+    summary.get_by_role("link", name="Standard deduction: must be 0 or more").click()
+    expect(page).to_have_url(re.compile(r"#f-payload-standard_deduction$"))
     assert bus.xlen(stream_key("tax-policy")) == 0
     assert subscriber.get_message(timeout=0.5) is None
     assert Event.objects.count() == 0
@@ -153,6 +160,9 @@ def test_bracket_rows_are_added_and_removed_and_the_preview_holds_each_remaining
     expect(rows).to_have_count(2)
     expect(page.locator('[name^="/payload/brackets/1/"]')).to_have_count(0)
     expect(_field(page, "/payload/brackets/2/up_to")).to_be_visible()
+    expect(_field(page, "/payload/brackets/2/up_to")).to_be_focused()  # the keyboard stays in the array
+    numbered = rows.nth(1).evaluate("row => getComputedStyle(row, '::before').content")
+    assert numbered.startswith('"Row "')  # rows are numbered: Row 1, Row 2
     ids = page.eval_on_selector_all("form.publish [id]", "elements => elements.map(element => element.id)")
     assert len(ids) == len(set(ids)), f"duplicate ids after adding rows: {sorted(ids)}"
 
