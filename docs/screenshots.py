@@ -40,6 +40,7 @@ DEMO_DEDUCTIONS = (13850, 14600)
 LATER_DEDUCTIONS = (15750, 16100)
 # The payload condition the history picture is narrowed by: every deduction but 2023's.
 HISTORY_CONDITION = "standard_deduction >= 14000"
+REFUSED_DEDUCTIONS = (-5, -100, -14600)
 
 
 def manage(*args: str, env: dict[str, str]) -> None:
@@ -222,13 +223,20 @@ def main() -> None:
         for deduction in DEMO_DEDUCTIONS:
             payload = f'{{"standard_deduction": {deduction}}}'
             manage("publish", "tax-policy", "tax_policy.updated", payload, "--user", "policy", env=env)
-        refused = '{"standard_deduction": -5}'  # kept as a dead letter, for its page
-        subprocess.run(  # noqa: S603 (our own manage.py, fixed arguments; exits 1 by design)
-            [sys.executable, str(ROOT / "manage.py"), "publish", "tax-policy", "tax_policy.updated", refused],
-            env=env,
-            capture_output=True,
-            check=False,
-        )
+        for refused in REFUSED_DEDUCTIONS:  # kept as dead letters of one cause, grouped on their page
+            subprocess.run(  # noqa: S603 (our own manage.py, fixed arguments; exits 1 by design)
+                [
+                    sys.executable,
+                    str(ROOT / "manage.py"),
+                    "publish",
+                    "tax-policy",
+                    "tax_policy.updated",
+                    f'{{"standard_deduction": {refused}}}',
+                ],
+                env=env,
+                capture_output=True,
+                check=False,
+            )
         with web_app(env) as base_url:
             screenshots(base_url, password, out, env)
     finally:
