@@ -30,11 +30,13 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
         links.append(("Audit", reverse("audit-log"), 0))
     if user.has_perm("busapp.manage_access"):
         links.append(("Access", reverse("access"), 0))
+        links.append(("Service tokens", reverse("access-tokens"), 0))
     if user.is_superuser:  # everyone else does everything in the product; Django's admin is the advanced site
         links.append(("Advanced (Django admin)", reverse("admin:index"), 0))
     path = request.path
-    current = [
-        (label, href, path == href or (href != "/" and path.startswith(href)), badge) for label, href, badge in links
-    ]
+    # The one current link: the longest address the page is at or under (/access/tokens/, not /access/).
+    at = [href for _, href, _ in links if path == href or (href != "/" and path.startswith(href))]
+    here = max(at, key=len, default=None)
+    current = [(label, href, href == here, badge) for label, href, badge in links]
     roles = ", ".join(sorted(group.name for group in user.groups.all())) or ("superuser" if user.is_superuser else "")
     return {"nav_links": current, "nav_role": roles}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import signal
@@ -297,3 +298,17 @@ async def until_in_sync_thread(condition: Callable[[], object], *, what: str, se
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def comma_number_letter() -> Any:
+    """A dead letter on tax-policy whose standard deduction arrived as the text "15,000" (a service's formatting)."""
+    from busapp.actions.dead_letters import dead_letter_create
+    from busapp.models import Source, Topic
+
+    return dead_letter_create(
+        topic=Topic.objects.get(name="tax-policy"),
+        raw=json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": "15,000"}}),
+        errors=[{"path": "/payload/standard_deduction", "message": "must be a number"}],
+        source=Source.API,
+        actor="service:efile",
+    )

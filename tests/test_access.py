@@ -380,3 +380,18 @@ def test_the_access_page_says_rights_and_holders_as_people_say_them() -> None:
     assert "manage" in rights
     assert "manage_topic" not in grants
     assert ">user:policy2<" not in page
+
+
+def test_a_new_token_can_be_copied_and_each_grant_links_to_its_audit_entry() -> None:
+    admin = signed_in("admin")
+    grant_create(
+        principal=_user("policy2"), topics=[_topic()], rights=[MANAGE_TOPIC], reason="cover", actor=_user("admin")
+    )
+
+    issued = admin.post("/access/tokens/", {"name": "efile", "topics": ["tax-policy"], "can_publish": "on"})
+    access = admin.get("/access/").content.decode()
+
+    page = issued.content.decode()
+    assert 'data-copy="token-secret"' in page
+    assert '<a href="/access/tokens/" aria-current="page">Service tokens</a>' in page  # in the navigation, current
+    assert 'href="/audit/?action=access.grant&amp;target=user%3Apolicy2"' in access

@@ -11,6 +11,7 @@ from playwright.sync_api import Page, expect
 from busapp.actions.dead_letters import dead_letter_create
 from busapp.models import DeadLetterStatus, Source, Topic
 from tests.e2e.conftest import BrowserLog, sign_in
+from tests.support import comma_number_letter
 
 pytestmark = pytest.mark.usefixtures("demo_committed")
 
@@ -52,13 +53,7 @@ def test_an_admin_fixes_a_dead_letter_in_the_form_and_replays_it_to_its_topic(
 def test_text_that_arrived_for_a_number_is_shown_at_its_field_with_its_error_and_can_be_fixed(
     page: Page, browser_log: BrowserLog, bus: redis.Redis
 ):
-    letter = dead_letter_create(
-        topic=Topic.objects.get(name="tax-policy"),
-        raw=json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": "15,000"}}),
-        errors=[{"path": "/payload/standard_deduction", "message": "must be a number"}],
-        source=Source.API,
-        actor="service:efile",
-    )
+    letter = comma_number_letter()
 
     sign_in(page, "admin")
     page.goto(f"/dlq/{letter.pk}/")
