@@ -237,6 +237,8 @@ def utc_text(value: dt.datetime | None) -> str:
 
 # The /access/ pages: grants, roles and service tokens. Each form names what it refuses, field by field.
 
+# A time typed as ISO text in UTC; the page shows the local time beside it (frame.js).
+_UTC_TIME_ATTRS = {"data-utc-time": "", "placeholder": "2027-01-31 09:00", "autocomplete": "off"}
 _EXPIRY_HELP = "UTC; leave empty for no expiry. The right stops working at this moment."
 
 
@@ -247,7 +249,10 @@ class _ExpiryForm(forms.Form):
         required=False,
         label="Expires (UTC)",
         help_text=_EXPIRY_HELP,
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        widget=forms.DateTimeInput(
+            attrs={"data-utc-time": "", "placeholder": "2027-01-31 09:00", "autocomplete": "off"},
+            format="%Y-%m-%d %H:%M",
+        ),
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"],
     )
 

@@ -30,7 +30,9 @@ INDEX_PLACEHOLDER = "__index__"
 RAW_JSON_MAX_CHARS = 4 * 64 * 1024
 # Keywords a form cannot express; a schema (or part) using them is published as raw JSON.
 _UNDRAWABLE = ("oneOf", "anyOf", "allOf", "not", "if", "patternProperties", "dependentSchemas", "prefixItems")
-_STRING_INPUTS = {"date": "date", "date-time": "datetime-local", "email": "email", "uri": "url", "time": "time"}
+# A date-time is typed as ISO text in UTC ("datetime": a text input the page shows local time beside):
+# the browser's own picker follows its locale (a 12-hour clock in the US) next to a UTC label.
+_STRING_INPUTS = {"date": "date", "date-time": "datetime", "email": "email", "uri": "url", "time": "time"}
 _layouts: dict[tuple[int, str], FormLayout] = {}
 _layouts_lock = threading.Lock()
 
@@ -301,7 +303,7 @@ def _convert(form_field: FormField, raw: str) -> Any:
         if raw not in allowed:
             raise ValueError("must be one of the choices")
         return json.loads(raw)
-    if form_field.input_type == "datetime-local":
+    if form_field.input_type == "datetime":
         return _datetime_from_input(raw)
     return raw
 
@@ -322,10 +324,21 @@ def _number_from_input(raw: str, *, whole: bool) -> int | float:
     return int(number) if number.is_integer() and "." not in raw and "e" not in raw.lower() else number
 
 
-def _datetime_from_input(raw: str) -> str:
-    """A browser's ``datetime-local`` value as an RFC 3339 date-time in UTC (the form says times are UTC)."""
+def utc_text(value: str) -> str:
+    """An RFC 3339 date-time as the form shows it, in UTC: ``2027-01-31 09:00`` (seconds only when there are some)."""
     try:
-        moment = dt.datetime.fromisoformat(raw)
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return value  # shown as it came, and refused with its rule at the field
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if moment.second or moment.microsecond else "%Y-%m-%d %H:%M")
+
+
+def _datetime_from_input(raw: str) -> str:
+    """A typed time (``2027-01-31 09:00``, UTC as the form says) as an RFC 3339 date-time in UTC."""
+    try:
+        moment = dt.datetime.fromisoformat(raw.strip().removesuffix("UTC").strip())
     except ValueError:
         raise ValueError("must be a date and time like 2027-01-31 09:00") from None
     if moment.tzinfo is None:
@@ -366,8 +379,8 @@ def _input_text(form_field: FormField, value: Any) -> str:
     """How one value is written into its input."""
     if form_field.kind in ("select", "boolean"):
         return json.dumps(value)
-    if form_field.input_type == "datetime-local" and isinstance(value, str):
-        return value.removesuffix("Z")[:19]
+    if form_field.input_type == "datetime" and isinstance(value, str):
+        return utc_text(value)
     return str(value)
 
 
@@ -411,7 +424,6 @@ class BoundField:
 _INPUT_VALUES = {
     "number": re.compile(r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?"),
     "date": re.compile(r"\d{4}-\d{2}-\d{2}"),
-    "datetime-local": re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?"),
     "time": re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?"),
 }
 

@@ -48,6 +48,7 @@ urlpatterns = [
     path("access/", rights.access_page, name="access"),
     path("access/grants/", rights.access_grant, name="access-grant"),
     path("access/revoke/", rights.access_revoke, name="access-revoke"),
+    path("access/revoke/confirm/", rights.access_revoke_confirm, name="access-revoke-confirm"),
     path("access/roles/", rights.access_role, name="access-role"),
     path("access/tokens/", rights.access_tokens, name="access-tokens"),
     path("access/tokens/<str:prefix>/revoke/", rights.access_token_revoke, name="access-token-revoke"),

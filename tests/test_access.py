@@ -395,3 +395,31 @@ def test_a_new_token_can_be_copied_and_each_grant_links_to_its_audit_entry() -> 
     assert 'data-copy="token-secret"' in page
     assert '<a href="/access/tokens/" aria-current="page">Service tokens</a>' in page  # in the navigation, current
     assert 'href="/audit/?action=access.grant&amp;target=user%3Apolicy2"' in access
+
+
+def test_the_matrix_narrows_to_a_person_and_a_topic_and_a_chip_revokes_after_a_confirmation() -> None:
+    admin = signed_in("admin")
+    (grant,) = grant_create(
+        principal=_user("policy2"), topics=[_topic()], rights=[MANAGE_TOPIC], reason="cover", actor=_user("admin")
+    )
+
+    narrowed = admin.get("/access/", {"who": "policy2", "topic": "tax-policy"}).content.decode()
+    rows = re.findall(r'<tr data-principal="([^"]+)">', narrowed)
+    columns = re.findall(r'<td class="rights" data-topic="([^"]+)">', narrowed)
+    chip = re.search(
+        r'<a class="chip-revoke" href="(/access/revoke/confirm/\?grants=[ug]\d+)" '
+        r'aria-label="revoke manage on tax-policy from policy2 \(person\)"',
+        narrowed,
+    )
+    assert rows == ["user:policy2"]
+    assert set(columns) == {"tax-policy"}
+    assert chip is not None
+
+    confirm = admin.get(chip[1]).content.decode()
+    assert re.search(r"<td>policy2 \(person\)</td><td>tax-policy</td><td>manage</td><td[^>]*>cover</td>", confirm)
+    assert TopicUserGrant.objects.filter(pk=grant.pk).exists()  # a confirmation changes nothing
+    key = re.search(r'<input type="hidden" name="grants" value="([ug]\d+)">', confirm)
+    assert key is not None
+    done = admin.post("/access/revoke/", {"grants": [key[1]], "reason": "cover ended"})
+    assert done.status_code == 302
+    assert not topic_right_held(_user("policy2"), MANAGE_TOPIC, _topic())

@@ -193,6 +193,8 @@ RULES: dict[str, tuple[Case, ...]] = {
     "dead-letters": (get("/dlq/", SIGNED_IN),),
     "dead-letter": (get("/dlq/{w.letter.pk}/", SIGNED_IN),),
     "event-list": (get("/events/", SIGNED_IN),),
+    # The confirmation a grant chip's revoke opens (a key no grant has: it says there is nothing to revoke).
+    "access-revoke-confirm": (get("/access/revoke/confirm/?grants=u999999", ADMINS),),
     # Each person's own requests and those they may decide; decided ones on the topics they see.
     "publish-requests": (get("/requests/", SIGNED_IN),),
     "event-detail": (

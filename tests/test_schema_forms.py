@@ -56,7 +56,7 @@ def test_each_schema_construct_becomes_its_input():
     assert fields["/payload/country"].choices == [('"US"', "US"), ('"CA"', "CA")]
     assert fields["/payload/country"].help == "Where it applies."
     assert fields["/payload/starts"].input_type == "date"
-    assert fields["/payload/at"].input_type == "datetime-local"
+    assert fields["/payload/at"].input_type == "datetime"  # ISO text in UTC, never a 12-hour picker
     assert fields["/payload/contact"].input_type == "email"
     assert fields["/payload/code"].attrs == {"minlength": 3, "pattern": "^[A-Z]{3}$"}
     assert fields["/payload/final"].kind == "boolean"
@@ -205,3 +205,11 @@ def test_a_refused_form_sums_up_its_problems_by_label_with_rows_numbered():
     assert ("f-payload-amount", "Amount (USD)", "Enter the amount (USD)") in said
     assert ("f-payload-rows-1-rate", "Rows, row 2: Rate", "must be 1 or less") in said
     assert form.has_errors
+
+
+def test_a_date_time_is_shown_and_read_as_iso_text_in_utc():
+    from busapp.schema_forms import utc_text
+
+    assert utc_text("2027-01-01T05:00:00+05:00") == "2027-01-01 00:00"  # shown in UTC
+    assert utc_text("2027-01-01T00:00:30Z") == "2027-01-01 00:00:30"  # seconds only when there are some
+    assert utc_text("tomorrow") == "tomorrow"  # shown as it came; refused at its field

@@ -7,6 +7,8 @@ from typing import Any
 
 from django import template
 
+from busapp.selectors import grant_key
+
 register = template.Library()
 
 
@@ -50,3 +52,9 @@ def principal_word(label: str) -> str:
     """A principal's label as people say it: ``user:policy2`` is "policy2 (person)", a group's "Auditors (group)"."""
     kind, _, name = label.partition(":")
     return f"{name} ({'person' if kind == 'user' else 'group'})" if name and kind in ("user", "group") else label
+
+
+@register.filter(name="grant_key")
+def grant_key_filter(grant: Any) -> str:
+    """The form key of a grant (``u12``, ``g3``), as the revoke pages take it."""
+    return grant_key(grant)

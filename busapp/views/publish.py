@@ -121,9 +121,10 @@ class _PublishPage:
         if not text:
             return None, []
         try:
-            moment = dt.datetime.fromisoformat(text)
+            moment = dt.datetime.fromisoformat(text.removesuffix("UTC").strip())
         except ValueError:
-            return None, [{"path": EFFECTIVE_AT, "message": f"{text!r} is not a date and time"}]
+            message = "must be a date and time in UTC, like 2027-01-31 09:00"
+            return None, [{"path": EFFECTIVE_AT, "message": message}]
         moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
         too_late = effective_at_error(moment)
         return (None, [too_late]) if too_late else (moment, [])
@@ -142,7 +143,7 @@ class _PublishPage:
         errors = [error for error in errors or [] if error["path"] != EFFECTIVE_AT]
         effective_text = self.request.POST.get("effective_at", "") if submitted else ""
         if effective_at is not None:
-            effective_text = effective_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M")
+            effective_text = effective_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
         context = {
             "topic": self.topic,
             "types": self.types,

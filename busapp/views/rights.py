@@ -72,19 +72,44 @@ def _refused_on(form: forms.Form, refused: BusInputError) -> None:
 
 
 def _matrix_page(request: HttpRequest, *, status: int = 200, **bound: forms.Form) -> HttpResponse:
-    """The access page, with any bound (refused) form in place of its empty one."""
-    topics = list(Topic.objects.order_by("name"))
-    names = [topic.name for topic in topics]
+    """The access page, narrowed to a person or group and a topic (``who``, ``topic``), any refused form bound."""
+    who, shown_topic = request.GET.get("who", "").strip(), request.GET.get("topic", "").strip()
+    every_topic = list(Topic.objects.order_by("name"))
+    names = [topic.name for topic in every_topic]
+    topics = [topic for topic in every_topic if not shown_topic or topic.name == shown_topic]
     grants = grants_listed()
+    listed = [
+        (grant_key(grant), principal_label(grant_principal(grant)), grant)
+        for grant in grants
+        if _named(principal_label(grant_principal(grant)), who) and grant.content_object in topics
+    ]
     context: dict[str, Any] = {
         "topics": topics,
-        "rows": access_matrix(topics),
-        "grants": [(grant_key(grant), principal_label(grant_principal(grant)), grant) for grant in grants],
+        "topic_names": names,
+        "who": who,
+        "shown_topic": shown_topic,
+        "rows": [row for row in access_matrix(topics) if _named(row.label, who)],
+        "grants": listed,
         "grant_form": bound.get("grant_form") or GrantForm(principals=_principal_choices(), topic_names=names),
         "revoke_form": bound.get("revoke_form") or RevokeForm(grant_keys=[grant_key(g) for g in grants]),
         "role_form": bound.get("role_form") or RoleForm(usernames=_usernames()),
     }
     return render(request, "access/matrix.html", context, status=status)
+
+
+def _named(label: str, who: str) -> bool:
+    """Whether a person's or group's label (``user:policy2``) holds the text asked for (any, when none is)."""
+    return who.casefold() in label.split(":", 1)[-1].casefold()
+
+
+@login_required
+@require_GET
+def access_revoke_confirm(request: HttpRequest) -> HttpResponse:
+    """Before revoking from a chip: what would go (each grant named in full), a reason, and a yes."""
+    _admin(request)
+    keys = request.GET.getlist("grants")
+    chosen = [(grant_key(grant), principal_label(grant_principal(grant)), grant) for grant in grants_by_keys(keys)]
+    return render(request, "access/revoke_confirm.html", {"grants": chosen})
 
 
 @login_required

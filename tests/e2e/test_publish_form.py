@@ -246,3 +246,20 @@ def test_the_pages_name_an_icon_the_browser_can_load(page: Page):
     named = page.locator("link[rel~=icon]")
     icon = named.first.get_attribute("href") if named.count() else "/favicon.ico"
     assert page.request.get(icon or "").status == 200, f"{icon} does not load"
+
+
+def test_a_time_is_typed_in_utc_on_a_24_hour_clock_with_the_local_time_said_beside_it(browser: Any, live_server: Any):
+    """Never a 12-hour picker next to a UTC label: ISO text, and what it is in New York for someone there."""
+    context = browser.new_context(base_url=live_server.url, timezone_id="America/New_York", locale="en-US")
+    page = context.new_page()
+    try:
+        sign_in(page, "policy")
+        page.goto(TAX_FORM)
+        when = page.get_by_label("Takes effect at (UTC, 24-hour, optional)")
+        assert when.get_attribute("type") == "text"
+        when.fill("2027-01-01 00:00")
+        expect(page.locator("#effective_at-local")).to_have_text("= 2027-01-01 00:00 UTC, 19:00 on Dec 31 in New York")
+        when.fill("2027-07-01 13:30")
+        expect(page.locator("#effective_at-local")).to_have_text("= 2027-07-01 13:30 UTC, 09:30 in New York")
+    finally:
+        context.close()
