@@ -249,10 +249,14 @@ def _read(form_field: FormField, data: QueryDict, errors: list[FieldError]) -> A
     if form_field.kind == "object":
         return _read_object(form_field.children, data, errors)
     if form_field.kind == "array" and form_field.item is not None:
-        return [
-            _read(form_field.item.at(f"{form_field.path}/{index}"), data, errors)
-            for index in row_indexes(form_field, data)
-        ]
+        rows = []
+        for index in row_indexes(form_field, data):
+            row_path = f"{form_field.path}/{index}"
+            if _left_blank(row_path, data):  # named as such, not as each of its fields missing
+                errors.append({"path": row_path, "message": "is blank: fill it in or remove it"})
+                continue
+            rows.append(_read(form_field.item.at(row_path), data, errors))
+        return rows
     raw = data.get(form_field.path, "").strip()
     if raw == "":
         return _MISSING
@@ -261,6 +265,12 @@ def _read(form_field: FormField, data: QueryDict, errors: list[FieldError]) -> A
     except ValueError as error:
         errors.append({"path": form_field.path, "message": str(error)})
         return raw
+
+
+def _left_blank(row_path: str, data: QueryDict) -> bool:
+    """Whether every input of an array row was left empty."""
+    inputs = [name for name in data if name == row_path or name.startswith(row_path + "/")]
+    return bool(inputs) and all(not value.strip() for name in inputs for value in data.getlist(name))
 
 
 def submitted_payload(layout: FormLayout, data: QueryDict, *, raw_mode: bool) -> FormReading:

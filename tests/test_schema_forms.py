@@ -213,3 +213,15 @@ def test_a_date_time_is_shown_and_read_as_iso_text_in_utc():
     assert utc_text("2027-01-01T05:00:00+05:00") == "2027-01-01 00:00"  # shown in UTC
     assert utc_text("2027-01-01T00:00:30Z") == "2027-01-01 00:00:30"  # seconds only when there are some
     assert utc_text("tomorrow") == "tomorrow"  # shown as it came; refused at its field
+
+
+def test_a_blank_array_row_is_named_as_blank_not_as_each_field_missing():
+    layout = form_layout(_version(SCHEMA))
+    data = QueryDict(mutable=True)
+    data.update({"/payload/amount": "5", "/payload/rows/0/rate": "0.1", "/payload/rows/1/rate": "  "})
+
+    reading = payload_from_form(layout, data)
+
+    assert reading.errors == [{"path": "/payload/rows/1", "message": "is blank: fill it in or remove it"}]
+    summary = [(line.label, line.message) for line in form_bind(layout, data, reading.errors).summary]
+    assert ("Rows, row 2", "is blank: fill it in or remove it") in summary
