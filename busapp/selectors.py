@@ -272,6 +272,7 @@ DEAD_LETTER_GROUPING_LIMIT = 10_000
 CAUSES_SHOWN = 50
 VALUES_SAMPLED = 5
 VALUE_SHOWN_LENGTH = 40
+VALUE_BODY_LIMIT = 256 * 1024  # characters: bodies past the bus's payload limit are not read for their values
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ def dead_letter_neighbours(letter: DeadLetter) -> CauseNeighbours | None:
 
 def letter_value_at(raw: str, pointer: str) -> str | None:
     """What a letter's body holds at a JSON pointer, as short JSON text; None where it holds nothing readable."""
-    if not pointer:
+    if not pointer or len(raw) > VALUE_BODY_LIMIT:  # a document no event could be: not parsed for a page
         return None
     body, unreadable = json_parse(raw, around=1)
     if unreadable:

@@ -246,3 +246,14 @@ def test_when_no_letter_would_pass_the_estimate_offers_to_discard_not_to_replay(
     assert re.search(r'name="kind" value="discard">', html)
     assert re.search(r'<button type="submit" class="primary" id="start">Start: discard 2</button>', html)
     assert "Start: replay" not in html
+
+
+def test_a_cause_posted_with_a_nul_character_is_an_answer_not_a_server_error():
+    _letters()
+
+    response = _client("admin").post(
+        "/dlq/bulk/estimate/", {"topic": "tax-policy", "kind": "replay", **CAUSE, "cause_message": "refused\x00"}
+    )
+
+    assert response.status_code == 200
+    assert "<strong>0</strong> open dead letters match" in response.content.decode()
