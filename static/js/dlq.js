@@ -24,6 +24,9 @@ function arrived(item) {
   textCell(row, item.source ?? "");
   textCell(row, "open");
   textCell(row, (item.errors || []).slice(0, 3).map((error) => `${error.path} ${error.message}`).join("; ")).className = "small";
+  // Labelled as the server's rows are: on a phone each row is a card of "label: value" lines.
+  const labels = [...document.querySelectorAll("#letters thead th")].map((th) => th.textContent);
+  row.querySelectorAll("td").forEach((cell, index) => { cell.dataset.label = labels[index] ?? ""; });
   body.prepend(row);
 }
 

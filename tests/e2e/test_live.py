@@ -116,6 +116,7 @@ def test_the_dead_letter_page_goes_live_and_shows_a_new_dead_letter_as_text(
 
     row = page.locator("#letters tr.letter.new")
     expect(row).to_contain_text("/type unknown event type '<b>x</b>' on topic 'tax-policy'")
+    expect(row.locator("td").nth(2)).to_have_attribute("data-label", "Topic")  # a card on a phone, labelled
     assert row.locator("b").count() == 0
     assert browser_log.errors == []
 
