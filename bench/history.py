@@ -26,7 +26,9 @@ Measured, each sample warm, the page queries taking turns sample by sample:
 - the baseline for pages: the same deep page by OFFSET (``events[250000:250050]``);
 - the page's match count (``history_count``: exact up to 1,000, else the planner's estimate) for
   every event, the range, the quiet topic and a payload condition; and the field picker
-  (``EventFilterForm.payload_fields``, every topic's schema versions walked);
+  (``EventFilterForm.payload_fields``, every topic's schema versions walked); and the page of
+  one topic and type narrowed to the events that changed ``standard_deduction`` (a stretch of
+  20,000 events read, their values compared in order);
 - ``export_lines(events, fmt, newest=export_newest(events))`` as CSV and NDJSON over the whole history, rows/s,
   bytes, and the growth of peak resident memory (``VmHWM``, reset before each run);
 - the baseline for export: ``list()`` of 100,000 model instances, then CSV of them;
@@ -495,6 +497,7 @@ def _page_queries(deep_offset: int) -> tuple[list[PageQuery], Callable[[], Any],
     rare = HistoryFilter(topic=TOPICS[-1])
     selective = HistoryFilter(topic=TOPICS[3], conditions=(condition_parse('state = "WY"'),))
     nothing = HistoryFilter(conditions=(condition_parse('taxpayer.state = "XX"'),))
+    changed = HistoryFilter(topic=TOPICS[1], event_type=ranged_type.name, changed=("standard_deduction",))
     before_deep = events(everything).values_list("timestamp", "id")[deep_offset - 1]
     deep_cursor = Position((before_deep[0], before_deep[1]), older=True)
     facts = {
@@ -526,6 +529,7 @@ def _page_queries(deep_offset: int) -> tuple[list[PageQuery], Callable[[], Any],
         PageQuery(f"count: topic {TOPICS[-1]} (a quiet topic)", lambda: history_count(rare, topics=None), [], []),
         PageQuery("count: where standard_deduction >= 15000", lambda: history_count(wide, topics=None), [], []),
         PageQuery("field picker: every topic's schema fields", lambda: picker(), [], []),
+        PageQuery("topic + type, only where standard_deduction changed", lambda: page(changed), [], []),
     ]
 
     def picker() -> list[str]:

@@ -10,7 +10,7 @@ from django.forms.fields import InvalidJSONInput
 from django.utils import timezone
 
 from busapp.errors import HistoryQueryError
-from busapp.history import HistoryFilter, PayloadCondition, conditions_parse
+from busapp.history import HistoryFilter, PayloadCondition, conditions_parse, field_path_valid
 from busapp.models import AuditAction, EventStatus, SchemaVersion, Source
 from busapp.permissions import TOPIC_RIGHTS, Role
 from busapp.schema_fields import PayloadFields, payload_fields
@@ -91,6 +91,13 @@ class EventFilterForm(_TimeRangeForm):
         ),
     )
 
+    changed = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Only where this field changed",
+        help_text="A field, like standard_deduction: each event whose value differs from its type's event before",
+    )
+
     field_order = [
         "topic",
         "type",
@@ -102,6 +109,7 @@ class EventFilterForm(_TimeRangeForm):
         "since",
         "until",
         "envelope",
+        "changed",
         "where",
     ]
 
@@ -121,6 +129,7 @@ class EventFilterForm(_TimeRangeForm):
         """The fields, and each condition's field checked against the schemas of the chosen topics and type."""
         cleaned = super().clean()
         self._period_applied(cleaned)
+        self._changed_checked(cleaned)
         self.notices: list[str] = []
         conditions = cleaned.get("where") or ()
         if conditions:
@@ -144,6 +153,26 @@ class EventFilterForm(_TimeRangeForm):
             self.add_error("period", "a preset reaches back from now: choose custom to give since and until")
             return
         cleaned["since"] = timezone.now() - delta
+
+    def _changed_checked(self, cleaned: dict[str, Any]) -> None:
+        """The changed-field filter: a field path some payload of the chosen topic and type can hold."""
+        text = (cleaned.get("changed") or "").strip()
+        if not text:
+            cleaned["changed"] = ()
+            return
+        if not (cleaned.get("topic") and (cleaned.get("type") or "").strip()):
+            message = "choose a topic and an event type: a change is against the event before of its type"
+            self.add_error("changed", message)
+            return
+        path = tuple(text.split("."))
+        fields = self.payload_fields()
+        prefixed = path[0] == "payload" and len(path) > 1 and fields.declares(path[1:])
+        if not field_path_valid(text) or not fields.may_hold(path) or prefixed:
+            scope = f"{cleaned['topic']}'s {cleaned['type'].strip()}"
+            hint = "fields are of the payload already: leave out 'payload.'; " if prefixed else ""
+            self.add_error("changed", f"no schema of {scope} has a field {text}; {hint}{_fields_shown(fields)}")
+            return
+        cleaned["changed"] = path
 
     def payload_fields(self) -> PayloadFields:
         """The payload fields of every schema version of the chosen topic (or the offered ones) and type."""
@@ -170,6 +199,7 @@ class EventFilterForm(_TimeRangeForm):
             until=data["until"],
             envelope_id=data["envelope"].strip(),
             conditions=data["where"],
+            changed=data["changed"],
         )
 
 

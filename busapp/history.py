@@ -79,6 +79,11 @@ def _key_transform(path: tuple[str, ...]) -> Any:
     return expression
 
 
+def field_path_valid(text: str) -> bool:
+    """Whether the text is a field path as conditions write them: ``standard_deduction``, ``taxpayer.state``."""
+    return _PATH_RE.fullmatch(text) is not None
+
+
 def condition_parse(text: str) -> PayloadCondition:
     """Parse ``field.path OPERATOR value`` (value as JSON, or a bare word meaning a string)."""
     source = text.strip()
@@ -174,6 +179,7 @@ class HistoryFilter:
     until: dt.datetime | None = None
     envelope_id: str = ""
     conditions: tuple[PayloadCondition, ...] = field(default_factory=tuple)
+    changed: tuple[str, ...] = ()  # a field path: only events whose value there differs from the event before
 
     def as_details(self) -> dict[str, Any]:
         """The filter as the audit log keeps it (an export's entry says what was exported)."""
@@ -197,6 +203,8 @@ class HistoryFilter:
             details["until"] = self.until.isoformat()
         if self.conditions:
             details["where"] = [str(condition) for condition in self.conditions]
+        if self.changed:
+            details["changed"] = ".".join(self.changed)
         return details
 
 
@@ -350,7 +358,39 @@ def history_page_at(
     if history_filter.conditions:
         scanned = events_filtered(replace(history_filter, conditions=()), topics=topics)
     position = HISTORY_KEYSET.decode(cursor) if cursor else None
+    if history_filter.changed:
+        # The type's own history, whatever else narrows the page: a change is against the event before.
+        scanned = events_filtered(
+            HistoryFilter(topic=history_filter.topic, event_type=history_filter.event_type), topics=topics
+        )
+        events = events.filter(id__in=_changed_ids(scanned, history_filter.changed, position))
     return history_page(events, position, size=size, scanned=scanned)
+
+
+def _changed_ids(scope: QuerySet[Event], path: tuple[str, ...], position: Position | None) -> list[int]:
+    """The events of the next SCAN_BUDGET of ``scope`` whose value at ``path`` differs from the one before.
+
+    From ``position`` on; the type's first event holding the field counts as a change. The page
+    reads the same stretch (``history_page``'s scan budget), so a page costs one bounded read.
+    """
+    older = position is None or position.older
+    ahead = scope if position is None else HISTORY_KEYSET.beyond(scope, position.key, older=older)
+    valued = HISTORY_KEYSET.ordered(ahead, older=older).annotate(changed_value=_key_transform(path))
+    stretch = sorted(valued.values_list("timestamp", "id", "changed_value")[:SCAN_BUDGET])
+    if not stretch:
+        return []
+    before = HISTORY_KEYSET.beyond(scope, stretch[0][:2], older=True).annotate(changed_value=_key_transform(path))
+    previous = HISTORY_KEYSET.ordered(before, older=True).values_list("changed_value", flat=True)[:1]
+    last: Any = previous[0] if previous else _NOTHING_BEFORE
+    changed = []
+    for _, pk, value in stretch:
+        if value != last and not (last is _NOTHING_BEFORE and value is None):
+            changed.append(pk)
+        last = value
+    return changed
+
+
+_NOTHING_BEFORE = object()  # the stretch starts at the type's first event
 
 
 # --- export ----------------------------------------------------------------------------------

@@ -454,3 +454,60 @@ def test_the_page_says_how_many_events_match_exactly_up_to_a_limit_then_about_or
         assert said[1].endswith("match (the database's estimate).")
     else:
         assert said[1] == "More than 2 events match."
+
+
+def _publish_in_order(*deductions: int) -> list[Event]:
+    """One event per deduction, a second apart, oldest first: a history of changes and repeats."""
+    events = [_publish({"standard_deduction": deduction})[0] for deduction in deductions]
+    start = timezone.now() - dt.timedelta(hours=1)
+    for offset, event in enumerate(events):
+        Event.objects.filter(pk=event.pk).update(timestamp=start + dt.timedelta(seconds=offset))
+    return events
+
+
+def test_only_events_that_changed_a_field_answer_who_changed_it_and_when() -> None:
+    first, _, raised, _, lowered = _publish_in_order(14600, 14600, 15000, 15000, 14600)
+    params = {"topic": "tax-policy", "type": "tax_policy.updated", "changed": "standard_deduction"}
+
+    response = _client("auditor").get("/events/", params)
+
+    assert response.status_code == 200
+    assert _listed(response) == [lowered.envelope_id, raised.envelope_id, first.envelope_id]  # newest first
+    assert "match-count" not in response.content.decode()  # changes are found a stretch at a time, not counted
+
+
+def test_changes_are_found_across_pages_and_stretches_each_once(monkeypatch) -> None:
+    import busapp.history
+
+    events = _publish_in_order(1, 1, 2, 2, 2, 3, 1, 1)
+    expected = [events[index].envelope_id for index in (6, 5, 2, 0)]  # newest first
+    monkeypatch.setattr(busapp.history, "SCAN_BUDGET", 2)  # a stretch of two events a page: four pages
+    client = _client("auditor")
+    query = "topic=tax-policy&type=tax_policy.updated&changed=standard_deduction"
+
+    found: list[str] = []
+    pages = 0
+    for _ in range(20):  # 8 events in stretches of 2: bounded
+        page = client.get(f"/events/?{query}")
+        found += _listed(page)
+        pages += 1
+        link = _next_link(page.content.decode())
+        if link is None:
+            break
+        query = link
+    assert found == expected  # each change once, its predecessor read across each stretch's edge
+    assert pages >= 4
+
+
+def test_the_changed_filter_needs_a_topic_a_type_and_a_field_they_have_and_is_not_exported() -> None:
+    client = _client("auditor")
+    base = {"topic": "tax-policy", "type": "tax_policy.updated"}
+
+    no_type = client.get("/events/", {"topic": "tax-policy", "changed": "standard_deduction"})
+    unknown = client.get("/events/", {**base, "changed": "payload.standard_deduction"})
+    exported = client.get("/events/export.csv", {**base, "changed": "standard_deduction"})
+
+    assert "choose a topic and an event type" in _refusal(no_type)
+    assert "no schema of tax-policy's tax_policy.updated has a field payload.standard_deduction" in _refusal(unknown)
+    assert exported.status_code == 400
+    assert "leave out 'only where this field changed'" in exported.content.decode()
