@@ -30,6 +30,8 @@ from busapp.validation import MAX_DEPTH, json_value_errors
 PAGE_SIZE = 50
 # Events a page with payload conditions reads at most (bench/history.py: about 50 ms of JSON on SQLite).
 SCAN_BUDGET = 20_000
+# Events a page of "only where this field changed" reads, each with the field's value (bench/history.py).
+CHANGED_STRETCH = 2_000
 EXPORT_CHUNK = 2_000
 MAX_CONDITIONS = 10
 
@@ -307,15 +309,17 @@ def history_page(
     *,
     size: int = PAGE_SIZE,
     scanned: QuerySet[Event] | None = None,
+    budget: int | None = None,
 ) -> HistoryPage:
     """A page of ``events`` at ``position``, stable while new events keep arriving.
 
     With ``scanned`` (the same events before their payload conditions), the page reads at most
-    SCAN_BUDGET of them: a condition no index can serve then costs a bounded time per page,
-    however rarely it matches, and the page says how far it searched.
+    ``budget`` (default SCAN_BUDGET) of them: a condition no index can serve then costs a bounded
+    time per page, however rarely it matches, and the page says how far it searched.
     """
     older = position is None or position.older
-    edge = _scan_edge(scanned, position, older=older) if scanned is not None else None
+    budget = budget or SCAN_BUDGET
+    edge = _scan_edge(scanned, position, older=older, budget=budget) if scanned is not None else None
     if edge is not None:
         events = HISTORY_KEYSET.up_to(events, edge, older=older)
     ahead = events if position is None else HISTORY_KEYSET.beyond(events, position.key, older=older)
@@ -333,15 +337,17 @@ def history_page(
         older=page.older,
         newer=page.newer,
         searched_to=searched_to,
-        searched=SCAN_BUDGET if searched_to else 0,
+        searched=budget if searched_to else 0,
     )
 
 
-def _scan_edge(scanned: QuerySet[Event], position: Position | None, *, older: bool) -> tuple[dt.datetime, int] | None:
+def _scan_edge(
+    scanned: QuerySet[Event], position: Position | None, *, older: bool, budget: int
+) -> tuple[dt.datetime, int] | None:
     """The (timestamp, id) of the last event a page may read in its direction, or None when fewer remain."""
     ahead = scanned if position is None else HISTORY_KEYSET.beyond(scanned, position.key, older=older)
     ordered = HISTORY_KEYSET.ordered(ahead, older=older)
-    found = list(ordered.values_list("timestamp", "id")[SCAN_BUDGET - 1 : SCAN_BUDGET])
+    found = list(ordered.values_list("timestamp", "id")[budget - 1 : budget])
     return found[0] if found else None
 
 
@@ -358,25 +364,28 @@ def history_page_at(
     if history_filter.conditions:
         scanned = events_filtered(replace(history_filter, conditions=()), topics=topics)
     position = HISTORY_KEYSET.decode(cursor) if cursor else None
-    if history_filter.changed:
-        # The type's own history, whatever else narrows the page: a change is against the event before.
-        scanned = events_filtered(
-            HistoryFilter(topic=history_filter.topic, event_type=history_filter.event_type), topics=topics
-        )
-        events = events.filter(id__in=_changed_ids(scanned, history_filter.changed, position))
-    return history_page(events, position, size=size, scanned=scanned)
+    if not history_filter.changed:
+        return history_page(events, position, size=size, scanned=scanned)
+    # The type's own history, whatever else narrows the page: a change is against the event before.
+    own_type = HistoryFilter(topic=history_filter.topic, event_type=history_filter.event_type)
+    scanned = events_filtered(own_type, topics=topics)
+    changed = _changed_ids(scanned, history_filter.changed, position, CHANGED_STRETCH)
+    if history_filter == replace(own_type, changed=history_filter.changed):  # nothing else narrows the page
+        changed = changed[: size + 1]  # the page needs no more of them: a short IN list
+    events = events.filter(id__in=changed)
+    return history_page(events, position, size=size, scanned=scanned, budget=CHANGED_STRETCH)
 
 
-def _changed_ids(scope: QuerySet[Event], path: tuple[str, ...], position: Position | None) -> list[int]:
-    """The events of the next SCAN_BUDGET of ``scope`` whose value at ``path`` differs from the one before.
+def _changed_ids(scope: QuerySet[Event], path: tuple[str, ...], position: Position | None, budget: int) -> list[int]:
+    """The events of the next ``budget`` of ``scope`` whose value at ``path`` differs from the one before.
 
-    From ``position`` on; the type's first event holding the field counts as a change. The page
-    reads the same stretch (``history_page``'s scan budget), so a page costs one bounded read.
+    From ``position`` on, in page order; the type's first event holding the field counts as a
+    change. The page reads the same stretch (``history_page``'s budget): one bounded read a page.
     """
     older = position is None or position.older
     ahead = scope if position is None else HISTORY_KEYSET.beyond(scope, position.key, older=older)
     valued = HISTORY_KEYSET.ordered(ahead, older=older).annotate(changed_value=_key_transform(path))
-    stretch = sorted(valued.values_list("timestamp", "id", "changed_value")[:SCAN_BUDGET])
+    stretch = sorted(valued.values_list("timestamp", "id", "changed_value")[:budget])
     if not stretch:
         return []
     before = HISTORY_KEYSET.beyond(scope, stretch[0][:2], older=True).annotate(changed_value=_key_transform(path))
@@ -387,7 +396,7 @@ def _changed_ids(scope: QuerySet[Event], path: tuple[str, ...], position: Positi
         if value != last and not (last is _NOTHING_BEFORE and value is None):
             changed.append(pk)
         last = value
-    return changed
+    return changed[::-1] if older else changed  # page order: newest first for older pages
 
 
 _NOTHING_BEFORE = object()  # the stretch starts at the type's first event

@@ -482,7 +482,7 @@ def test_changes_are_found_across_pages_and_stretches_each_once(monkeypatch) -> 
 
     events = _publish_in_order(1, 1, 2, 2, 2, 3, 1, 1)
     expected = [events[index].envelope_id for index in (6, 5, 2, 0)]  # newest first
-    monkeypatch.setattr(busapp.history, "SCAN_BUDGET", 2)  # a stretch of two events a page: four pages
+    monkeypatch.setattr(busapp.history, "CHANGED_STRETCH", 2)  # a stretch of two events a page: four pages
     client = _client("auditor")
     query = "topic=tax-policy&type=tax_policy.updated&changed=standard_deduction"
 
