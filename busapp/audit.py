@@ -117,7 +117,8 @@ def audit_append(*, actor: Actor, records: Sequence[AuditRecord], rows: Sequence
 
 def _database_key() -> str:
     """Which database the chain lives in (tests and benchmarks switch databases in one process)."""
-    return f"{connection.vendor}:{connection.settings_dict['NAME']}"
+    settings = connection.settings_dict
+    return f"{settings['ENGINE']}:{settings['NAME']}"
 
 
 def _chain_entries(
