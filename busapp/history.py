@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from django.db.models import Func, Q, QuerySet, Subquery, TextField
+from django.db.models import Func, Q, QuerySet, TextField
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 
@@ -231,23 +231,24 @@ def events_filtered(history_filter: HistoryFilter, *, topics: QuerySet[Topic] | 
 def _schema_filtered(events: QuerySet[Event], history_filter: HistoryFilter) -> QuerySet[Event]:
     """``events`` of the filter's topic, event type and schema version number.
 
-    Each by id (a subquery), not through a join on names: PostgreSQL's planner then walks the
-    (topic, timestamp, id) index of that topic (bench/history.py).
+    Each by ids read first (a small query each), not through a join on names or a subquery:
+    with values it can see, PostgreSQL's planner knows how many events a type within a topic
+    holds (the statistics of migration 0018), and walks the (topic, timestamp, id) index of that
+    topic for a page of them (bench/history.py).
     """
     topic, event_type, number = history_filter.topic, history_filter.event_type, history_filter.schema_version
-    if topic:
-        events = events.filter(topic_id=Subquery(Topic.objects.filter(name=topic).values("id")[:1]))
     types = EventType.objects.filter(name=event_type)
     if topic:
         types = types.filter(topic__name=topic)
+        events = events.filter(topic_id__in=list(Topic.objects.filter(name=topic).values_list("id", flat=True)))
     if event_type:
-        events = events.filter(event_type_id__in=Subquery(types.values("id")))
+        events = events.filter(event_type_id__in=list(types.values_list("id", flat=True)))
     if number:
         versions = SchemaVersion.objects.filter(version=number)
         versions = versions.filter(event_type__in=types) if event_type else versions
         if topic:
             versions = versions.filter(event_type__topic__name=topic)
-        events = events.filter(schema_version_id__in=Subquery(versions.values("id")))
+        events = events.filter(schema_version_id__in=list(versions.values_list("id", flat=True)))
     return events
 
 

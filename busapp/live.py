@@ -3,19 +3,32 @@
 The same shape whether an event comes over the websocket or, after a reconnect, from history
 over HTTP.
 
-Events an outsider put on the bus while their topic was sensitive carry ``"not_approved": true``
-(nobody approved them); other items leave the key out.
+Events an external publisher put on the bus while their topic was sensitive carry
+``"not_approved": true`` (nobody approved them); other items leave the key out. A dead letter
+goes to both feeds once it is on its ``.dlq``: the dead-letter page's item, and on live traffic
+an item of status ``dead-lettered`` that links to it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from busapp.models import Event, EventStatus, Source
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from busapp.models import DeadLetter, Event, EventStatus, Source
+
+logger = logging.getLogger(__name__)
 
 # A payload bigger than this is summarised in live items; the event's record has it whole.
 PAYLOAD_BYTES_SHOWN = 4096
+# A dead letter's body as it arrived, cut to this many characters on live traffic.
+LETTER_TEXT_SHOWN = 160
+DEAD_LETTERED = "dead-lettered"
 
 
 def topic_group(topic: str) -> str:
@@ -43,6 +56,12 @@ def live_message(kind: str, topic: str, items: list[dict[str, Any]]) -> dict[str
     return {"type": kind, "topic": topic, "items": [encode(item) for item in items]}
 
 
+def group_message(group: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The message that carries items to a group of either feed (``topic.<name>`` or ``dlq.<name>``)."""
+    feed, topic = group.split(".", 1)
+    return live_message("bus.events" if feed == "topic" else "bus.dead_letters", topic, items)
+
+
 def live_item(event: Event, *, read_from_bus: bool = False) -> dict[str, Any]:
     """One event as a live page shows it (a large payload only summarised).
 
@@ -65,8 +84,8 @@ def live_item(event: Event, *, read_from_bus: bool = False) -> dict[str, Any]:
 def live_item_read(envelope: dict[str, Any], size: int, *, topic: str, source: str, publisher: str) -> dict[str, Any]:
     """A recorded event as a live page shows it, built from the envelope the tap read off the bus (no row loaded).
 
-    Who published it (source, publisher) comes from its record: an envelope from outside
-    the dashboard need not say. Only such an outsider's event can be unapproved, so only for
+    Who published it (source, publisher) comes from its record: an external publisher's
+    envelope need not say. Only an external publisher's event can be unapproved, so only for
     those is the record asked (the second copy of an event read both off Pub/Sub and its stream).
     """
     not_approved = (
@@ -116,3 +135,41 @@ def _item(
     else:
         item["payload_omitted_bytes"] = envelope_size
     return item
+
+
+def letter_items(letter: DeadLetter) -> dict[str, dict[str, Any]]:
+    """A dead letter's items by Channels group: its row on the dead-letter page, and its line on live traffic."""
+    topic = letter.topic.name
+    cause = f"{letter.cause_path or '(the whole message)'}: {letter.cause_message}"
+    shared = {"letter": letter.pk, "topic": topic, "source": letter.source, "publisher": letter.publisher_name}
+    return {
+        dlq_group(topic): {**shared, "errors": letter.errors[:3], "received_at": letter.received_at.timestamp()},
+        topic_group(topic): {
+            **shared,
+            "type": letter.event_type_name,
+            "timestamp": letter.received_at.timestamp(),
+            "status": DEAD_LETTERED,
+            "cause": cause,
+            "text": letter.raw[:LETTER_TEXT_SHOWN],
+        },
+    }
+
+
+def letters_announce(letters: Sequence[DeadLetter]) -> None:
+    """Tell the live pages about dead letters now on their ``.dlq``: one group message a feed and topic, best effort.
+
+    Called from sync code (a request's commit hook, the worker's database thread), never
+    inside an event loop's own thread. The pages are a view: history and ``/dlq/`` keep them all.
+    """
+    layer = get_channel_layer()
+    if layer is None or not letters:
+        return
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for letter in letters:
+        for group, item in letter_items(letter).items():
+            groups[group].append(item)
+    try:
+        for group, items in groups.items():
+            async_to_sync(layer.group_send)(group, group_message(group, items))
+    except Exception:  # a live view is best effort; the letters are kept and on their .dlq
+        logger.exception("%d dead letter(s) not shown live; /dlq/ has them", len(letters))

@@ -4,7 +4,7 @@ Counting events would scan the history on every scrape, so totals come from the 
 row's id (ids only grow) and the small counts (pending, open dead letters) from their
 partial indexes. The tap's lag is what Redis says its consumer group has yet to read.
 Websocket clients are counted by the web process that holds them; bulk replays by what they
-have left to do; events nobody approved (an outsider's, on a sensitive topic) from their own
+have left to do; events nobody approved (an external publisher's, on a sensitive topic) from their own
 partial index.
 """
 
@@ -114,11 +114,11 @@ def _events_flagged(flag: str, name: str, documentation: str) -> CounterMetricFa
 
 
 def _events_not_approved() -> CounterMetricFamily:
-    """Per topic, events an outsider published while the topic was sensitive (nobody approved them)."""
+    """Per topic, events an external publisher published while the topic was sensitive (nobody approved them)."""
     return _events_flagged(
         "not_approved",
         "hms_bus_events_not_approved",
-        "Events published outside the dashboard on a topic that was sensitive, so approved by nobody",
+        "Events from external publishers on a topic that was sensitive, so approved by nobody",
     )
 
 

@@ -242,7 +242,7 @@ class Event(models.Model):
     )
     not_approved = models.BooleanField(
         default=False,
-        help_text="Put on the bus from outside the dashboard while its topic was sensitive: nobody approved it.",
+        help_text="Put on the bus by an external publisher while its topic was sensitive: nobody approved it.",
     )
 
     class Meta:
@@ -527,8 +527,8 @@ class AuditAction(models.TextChoices):
 
     EVENT_PUBLISH = "event.publish", "event published"
     EVENT_PUBLISH_BATCH = "event.publish_batch", "batch of events published"
-    EVENT_RECORD = "event.record", "event from outside recorded"
-    EVENT_RECORD_BATCH = "event.record_batch", "batch of events from outside recorded"
+    EVENT_RECORD = "event.record", "event from an external publisher recorded"
+    EVENT_RECORD_BATCH = "event.record_batch", "batch of events from external publishers recorded"
     EVENT_RELAY = "event.relay", "held-back event relayed"
     PUBLISH_REFUSED = "publish.refused", "publish refused"
     APPROVAL_REFUSED = "approval.refused", "approval refused"
@@ -662,6 +662,12 @@ class AuditCheck(models.Model):
 
     class Meta:
         ordering = ["-checked_at", "-id"]
+        # The newest check, and the newest of the whole chain, are read on every audit page; the
+        # worker writes a check a minute, for ever.
+        indexes = [
+            models.Index(fields=["-checked_at", "-id"], name="auditcheck_newest"),
+            models.Index(fields=["-checked_at", "-id"], condition=Q(from_seq=1), name="auditcheck_newest_whole"),
+        ]
 
     def __str__(self) -> str:
         state = f"broken at #{self.broken_seq}" if self.broken_seq else f"intact through #{self.through_seq}"

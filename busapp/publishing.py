@@ -24,6 +24,7 @@ from uuid_utils.compat import uuid7
 
 from busapp.audit import AuditRecord, audit_append
 from busapp.errors import BusUnavailableError
+from busapp.live import letters_announce
 from busapp.models import AuditAction, DeadLetter, Event, EventStatus
 from busapp.redis_connections import bus_address, bus_client_new, pool_connection_new
 from busapp.store import store
@@ -327,7 +328,7 @@ def _send_committed(events: Sequence[Event], dead_letters: Sequence[DeadLetter])
 
 
 def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:
-    """Put committed dead letters on ``<topic>.dlq`` (channel and stream); False if Redis is down."""
+    """Put committed dead letters on ``<topic>.dlq`` (channel and stream) and the live pages; False if Redis is down."""
     if not dead_letters:
         return True
     messages = [
@@ -342,6 +343,7 @@ def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:
     for letter, (stream_id, _) in zip(dead_letters, stream_ids, strict=True):
         letter.dlq_stream_id = stream_id
     DeadLetter.objects.bulk_update(dead_letters, ["dlq_stream_id"], batch_size=500)
+    letters_announce(dead_letters)
     return True
 
 

@@ -18,7 +18,7 @@ from busapp.actions.access import grant_create
 from busapp.actions.publishing import event_publish_batch
 from busapp.consumers import SharedRightsReads
 from busapp.live import live_item, live_message
-from busapp.models import Event, Topic
+from busapp.models import DeadLetter, Event, Topic
 from busapp.worker import BusWorker
 from hmsadmin.asgi import application
 from tests.support import session_cookie
@@ -305,3 +305,48 @@ async def test_live_pages_hear_the_bus_again_after_the_layer_redis_restarts(sett
     assert frame is not None, "the page never heard the bus again"
     assert frame["type"] == "events"
     await communicator.disconnect()
+
+
+async def _letters_heard(communicator, count: int) -> list[dict]:
+    heard: list[dict] = []
+    while len(heard) < count:
+        frame = await communicator.receive_json_from(timeout=10)
+        heard.extend(frame["items"])
+        await communicator.send_json_to({"action": "ack", "seq": frame["seq"]})
+    return heard
+
+
+@pytest.mark.usefixtures("sync_thread_connection_closed")
+async def test_dead_letters_reach_live_traffic_and_the_dead_letter_page_from_every_path(bus):
+    traffic, _ = await _connect()
+    await _subscribed(traffic, "tax-policy")
+    letters_page, _ = await _connect("/ws/dlq/")
+    await _subscribed(letters_page, "tax-policy")
+    worker = BusWorker(name="consumer-letters-worker")
+    running = asyncio.create_task(worker.run())
+    try:
+        await worker.tap.refresh_topics()
+        items = [
+            {"type": "tax_policy.updated", "payload": {"standard_deduction": -5}},
+            {"type": "tax_policy.updated", "payload": {"standard_deduction": 15000}},
+        ]
+        outcome = await sync_to_async(event_publish_batch)(topic="tax-policy", items=items, actor="test")
+        bus.publish("tax-policy", "<html>not json</html>")  # an external publisher's, read by the tap
+        traffic_items = await _letters_heard(traffic, 3)
+        page_items = await _letters_heard(letters_page, 2)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, timeout=10)
+        await traffic.disconnect()
+        await letters_page.disconnect()
+
+    letters = await sync_to_async(lambda: list(DeadLetter.objects.order_by("id")))()
+    dead = [item for item in traffic_items if item["status"] == "dead-lettered"]
+    assert [item["id"] for item in traffic_items if "letter" not in item] == [outcome.events[0].envelope_id]
+    assert [item["letter"] for item in dead] == [letter.pk for letter in letters]
+    assert dead[0]["cause"] == "/payload/standard_deduction: must be 0 or more"
+    assert (dead[0]["type"], dead[0]["source"], dead[0]["publisher"]) == ("tax_policy.updated", "api", "test")
+    assert dead[1]["text"] == "<html>not json</html>"  # shown as the text that arrived
+    assert (dead[1]["source"], dead[1]["type"]) == ("external", "")
+    assert [item["letter"] for item in page_items] == [letter.pk for letter in letters]
+    assert page_items[0]["errors"] == [{"path": "/payload/standard_deduction", "message": "must be 0 or more"}]

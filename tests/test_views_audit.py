@@ -13,9 +13,10 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.test import Client
+from django.utils.html import strip_tags
 
 from busapp.audit import AuditRecord, audit_append
 from busapp.models import AuditAction, AuditCheck, AuditEntry
@@ -36,6 +37,12 @@ def _things(count: int, actor: str = "svc:test") -> None:
             actor=actor,
             records=[AuditRecord(AuditAction.USER_CHANGE, f"thing:{n}", {"n": n}) for n in range(count)],
         )
+
+
+def _text(response: HttpResponseBase) -> str:
+    """The page as a reader sees it: tags gone, runs of white space one space."""
+    assert isinstance(response, HttpResponse)
+    return " ".join(strip_tags(response.content.decode()).split())
 
 
 def _body(response: HttpResponseBase) -> str:
@@ -84,9 +91,31 @@ def test_the_page_shows_the_verified_head_to_write_down() -> None:
     call_command("verify_audit_log", stdout=io.StringIO())
     head = AuditEntry.objects.order_by("-seq").first()
     assert head is not None
-    page = client.get("/audit/").content.decode()
-    assert f"Verified through entry #{head.seq}" in page
+    page = _text(client.get("/audit/"))
+    assert f"Entries #1 to #{head.seq} hold: none of them was changed, removed or put out of order." in page
+    assert f"Last check: entries #1 to #{head.seq}, at " in page
+    assert "by the command line (" in page
+    assert "No newer entries: every entry has been checked." in page
     assert head.hash in page
+
+
+def test_the_banner_says_which_entries_each_check_covered_and_what_is_left() -> None:
+    _things(3)
+    call_command("verify_audit_log", stdout=io.StringIO())  # the whole chain
+    whole_through = AuditEntry.objects.order_by("-seq").first().seq  # type: ignore[union-attr]
+    _things(4)
+    client = _client("auditor")
+    page = _text(client.get("/audit/"))
+    assert f"4 newer entries, #{whole_through + 1} on, not checked yet." in page
+
+    client.post("/audit/check/")  # only the new entries
+    head = AuditEntry.objects.order_by("-seq").first().seq  # type: ignore[union-attr]
+    page = _text(client.get("/audit/"))
+    assert f"Entries #1 to #{head} hold" in page
+    assert f"Last check: entries #{whole_through + 1} to #{head}, at " in page
+    assert "by auditor." in page
+    assert f"Last check of the whole chain: entries #1 to #{whole_through}, at " in page
+    assert "by the command line (" in page
 
 
 def test_an_entry_edited_with_raw_sql_is_shown_broken_in_red_after_the_check() -> None:

@@ -20,7 +20,7 @@ from django.utils import timezone
 from busapp.actions.publishing import batch_audit_record, dead_letter_audit_record, dead_letter_build, envelopes_digest
 from busapp.audit import AuditRecord, audit_append
 from busapp.errors import FieldError, survivable
-from busapp.live import dlq_group, live_item, live_item_read, topic_group
+from busapp.live import live_item, live_item_read, topic_group
 from busapp.models import AuditAction, DeadLetter, Event, EventStatus, SchemaVersion, Source, Topic
 from busapp.publishing import INGEST_STREAM, StreamEntry
 from busapp.selectors import ActiveVersions
@@ -79,7 +79,7 @@ def _unprocessable(error: BaseException) -> FieldError:
 
 
 class _ExternalEvents:
-    """A batch's history rows for events published outside the dashboard.
+    """A batch's history rows for events from external publishers.
 
     The first of each schema version is built, the rest are copies of it with their own
     envelope (a model instance cost the tap more than validating its payload).
@@ -186,9 +186,6 @@ def _tap_dead_letter(entry: StreamEntry, error: FieldError) -> TapOutcome:
         logger.exception("entry %s could not be kept as a dead letter; it was %r", entry.origin, entry.body[:2000])
         return outcome
     outcome.dead_letters.append(letter)
-    outcome.groups[dlq_group(topic.name)].append(
-        {"topic": topic.name, "errors": letter.errors, "received_at": letter.received_at.timestamp()}
-    )
     return outcome
 
 
@@ -238,9 +235,6 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
             seen_letters.add(entry.origin)
             letter = _external_dead_letter(entry, topic, errors)
             outcome.dead_letters.append(letter)
-            outcome.groups[dlq_group(topic.name)].append(
-                {"topic": topic.name, "errors": errors, "received_at": letter.received_at.timestamp()}
-            )
     if new_events or outcome.dead_letters:
         with transaction.atomic():
             store().rows_insert(list(new_events.values()))
@@ -325,7 +319,7 @@ def _storable(text: str) -> str:
 
 
 def _record_audit_records(events: list[Event]) -> list[AuditRecord]:
-    """The audit entries that say the tap recorded events published outside the dashboard: one per topic.
+    """The audit entries that say the tap recorded events from external publishers: one per topic.
 
     A lone event has an entry of its own; several of a topic, one entry naming them all with
     their envelopes' digest, as a batch publish has (an entry per event was half the tap's time).
@@ -342,7 +336,7 @@ def _record_audit_records(events: list[Event]) -> list[AuditRecord]:
 
 
 def _record_audit_record(event: Event) -> AuditRecord:
-    """The audit entry that says the tap recorded an event published outside the dashboard."""
+    """The audit entry that says the tap recorded an event from an external publisher."""
     return AuditRecord(
         AuditAction.EVENT_RECORD,
         f"event:{event.envelope_id}",

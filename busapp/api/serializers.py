@@ -250,7 +250,7 @@ class DeadLetterSerializer(serializers.ModelSerializer[DeadLetter]):
     """Something that arrived for a topic and failed validation, as it arrived, and why it failed."""
 
     topic = serializers.CharField(source="topic.name")
-    publisher = serializers.CharField(source="publisher_name", help_text="Empty when it came from outside.")
+    publisher = serializers.CharField(source="publisher_name", help_text="Empty when an external publisher sent it.")
 
     class Meta:
         model = DeadLetter

@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 from functools import cache, partial
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.models import Model, QuerySet
 
@@ -109,7 +110,10 @@ class PostgresStore(SqlStore):
 
     def rows_estimate(self, rows: QuerySet[Any]) -> int | None:
         """``EXPLAIN``'s row estimate for the query: the planner's statistics, read in a millisecond at any size."""
-        sql, params = rows.query.sql_with_params()
+        try:
+            sql, params = rows.query.sql_with_params()
+        except EmptyResultSet:  # an empty IN list: Django knows there is nothing without asking
+            return 0
         with connections[rows.db].cursor() as cursor:
             cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
             (plan,) = cursor.fetchone()

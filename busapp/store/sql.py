@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
 from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model, QuerySet
@@ -158,7 +159,10 @@ class SqlStore:
 
     def rows_fetch(self, rows: QuerySet[Any]) -> list[tuple[Any, ...]]:
         """The query's SQL run on a plain cursor: rows as the driver returns them."""
-        sql, params = rows.query.sql_with_params()
+        try:
+            sql, params = rows.query.sql_with_params()
+        except EmptyResultSet:  # an empty IN list: Django knows there is nothing without asking
+            return []
         with connections[rows.db].cursor() as cursor:
             cursor.execute(sql, params)
             return list(cursor.fetchall())

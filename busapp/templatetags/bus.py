@@ -54,6 +54,15 @@ def principal_word(label: str) -> str:
     return f"{name} ({'person' if kind == 'user' else 'group'})" if name and kind in ("user", "group") else label
 
 
+@register.filter
+def checker_word(checked_by: str) -> str:
+    """Who ran an audit-chain check, as people say it: "the bus worker", "the command line (root)", a login name."""
+    kind, _, name = checked_by.partition(":")
+    if kind == "system":
+        return f"the {name.replace('-', ' ')}"
+    return f"the command line ({name})" if kind == "cli" else checked_by
+
+
 @register.filter(name="grant_key")
 def grant_key_filter(grant: Any) -> str:
     """The form key of a grant (``u12``, ``g3``), as the revoke pages take it."""

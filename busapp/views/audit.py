@@ -31,7 +31,7 @@ def _auditing_user(request: HttpRequest) -> User:
 
 
 def chain_status() -> dict[str, object]:
-    """What the top of the audit page says: the latest check, the entry it found broken, entries since."""
+    """The audit banner: the latest check, the latest of the whole chain, a broken entry, entries since."""
     latest = AuditCheck.objects.first()
     head = AuditHead.objects.filter(pk=1).values_list("seq", flat=True).first() or 0
     broken = None
@@ -39,6 +39,7 @@ def chain_status() -> dict[str, object]:
         broken = AuditEntry.objects.filter(seq=latest.broken_seq).first()
     return {
         "check": latest,
+        "whole": AuditCheck.objects.filter(from_seq=1).first(),
         "broken_entry": broken,
         "head_seq": head,
         "unchecked": max(0, head - latest.through_seq) if latest is not None and latest.intact else None,

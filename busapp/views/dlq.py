@@ -21,7 +21,7 @@ from busapp.actions.dead_letters import (
 )
 from busapp.dead_letter_causes import Cause
 from busapp.errors import BusInputError, FieldError
-from busapp.models import BulkAction, BulkActionKind, DeadLetter, DeadLetterStatus, SchemaVersion, Topic
+from busapp.models import BulkAction, BulkActionKind, DeadLetter, DeadLetterStatus, SchemaVersion, Source, Topic
 from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC, people_holding, topic_right_held
 from busapp.schema_forms import form_layout, submitted_payload
 from busapp.selectors import (
@@ -57,6 +57,8 @@ def dead_letter_list(request: HttpRequest) -> HttpResponse:
         "letters": dead_letters_recent(topics, topic=shown),
         "topics": names,
         "shown": shown,
+        "feed_topics": [shown] if shown in names else names,  # the newest table hears what it shows
+        "source_labels": dict(Source.choices),
     }
     return render(request, "dlq/list.html", context)
 

@@ -8,6 +8,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from busapp.live import live_item
+from busapp.models import Source
 from busapp.selectors import events_after, topics_visible_to
 from busapp.views.access import signed_in_user
 
@@ -19,7 +20,7 @@ GAP_FILL_LIMIT = 500
 def live_traffic(request: HttpRequest) -> HttpResponse:
     """Events as they go over the bus, newest first, for the topics this person may view."""
     topics = list(topics_visible_to(signed_in_user(request)).values_list("name", flat=True))
-    return render(request, "live/traffic.html", {"topics": topics})
+    return render(request, "live/traffic.html", {"topics": topics, "source_labels": dict(Source.choices)})
 
 
 @login_required

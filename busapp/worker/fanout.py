@@ -9,7 +9,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from busapp.live import live_message
+from busapp.live import group_message
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,8 @@ class FanOut:
         self.last_sent[group] = asyncio.get_running_loop().time()
         if not items or self.layer is None:
             return
-        feed, topic = group.split(".", 1)
-        message = live_message("bus.events" if feed == "topic" else "bus.dead_letters", topic, items)
         try:
-            await self.layer.group_send(group, message)
+            await self.layer.group_send(group, group_message(group, items))
         except Exception:  # live view is best effort; history has every event
             logger.exception("fan-out to %s failed (%d items); history has them", group, len(items))
 

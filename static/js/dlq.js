@@ -2,7 +2,7 @@
 // with textContent only (a dead letter is untrusted input by definition). Frames are
 // acknowledged so a slow tab is told what it skipped rather than flooded.
 
-import { openFeed, textCell } from "./feed.js";
+import { openFeed, sourceLabel, statusCell, textCell } from "./feed.js";
 
 const topics = JSON.parse(document.getElementById("dlq-topics").textContent);
 const body = document.querySelector("#letters tbody");
@@ -18,11 +18,14 @@ function arrived(item) {
   body.querySelector("tr.empty")?.remove();
   const row = document.createElement("tr");
   row.className = "letter new";
-  textCell(row, "new");
+  const number = document.createElement("a");
+  number.href = `/dlq/${encodeURIComponent(item.letter)}/`;
+  number.textContent = item.letter;
+  textCell(row, "").append(number);
   textCell(row, new Date(item.received_at * 1000).toISOString().replace("T", " ").slice(0, 19));
   textCell(row, item.topic);
-  textCell(row, item.source ?? "");
-  textCell(row, "open");
+  textCell(row, sourceLabel(item.source));
+  statusCell(row, "open");
   textCell(row, (item.errors || []).slice(0, 3).map((error) => `${error.path} ${error.message}`).join("; ")).className = "small";
   // Labelled as the server's rows are: on a phone each row is a card of "label: value" lines.
   const labels = [...document.querySelectorAll("#letters thead th")].map((th) => th.textContent);

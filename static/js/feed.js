@@ -9,6 +9,23 @@ export function textCell(row, text) {
   return td;
 }
 
+// A status as the server's pages show it: a badge whose class is the status itself.
+export function statusCell(row, status) {
+  const td = document.createElement("td");
+  const badge = document.createElement("span");
+  badge.className = `status ${status}`;
+  badge.textContent = status;
+  td.append(badge);
+  row.appendChild(td);
+  return td;
+}
+
+// Where an item came from, in the words the server's pages use ("external publisher", not "external").
+const sourceLabels = JSON.parse(document.getElementById("source-labels")?.textContent ?? "{}");
+export function sourceLabel(source) {
+  return sourceLabels[source] ?? source ?? "";
+}
+
 export function openFeed({ path, topics, frameType, connection, onOpen, onItems, onNotice }) {
   let retryDelay = 500;
   const show = (state) => {

@@ -1,9 +1,11 @@
-// Live traffic: events from /ws/traffic/, newest first. Every value is written with
-// textContent, never as HTML: payloads are untrusted. Each frame is acknowledged after it
-// is drawn, so a tab that falls behind is sent less and told how many it skipped. After a
-// reconnect the gap is filled from history (/live/events/?after=<last id seen>).
+// Live traffic: events from /ws/traffic/, newest first, and dead letters in red among them.
+// Every value is written with textContent, never as HTML: payloads are untrusted. Each frame is
+// acknowledged after it is drawn, so a tab that falls behind is sent less and told how many it
+// skipped. After a reconnect the gap is filled from history (/live/events/?after=<last id seen>);
+// dead letters missed meanwhile are on /dlq/.
 
-import { openFeed, textCell } from "./feed.js";
+import { topicColor } from "./colors.js";
+import { openFeed, sourceLabel, statusCell, textCell } from "./feed.js";
 
 const topics = JSON.parse(document.getElementById("live-topics").textContent);
 const body = document.querySelector("#live tbody");
@@ -44,28 +46,29 @@ function matches(row) {
 }
 
 function draw(item) {
+  const letter = item.status === "dead-lettered";
   const row = document.createElement("tr");
-  row.className = "event";
-  row.dataset.id = item.id;
+  row.className = letter ? "event dead-lettered" : "event";
+  row.dataset.href = letter ? `/dlq/${encodeURIComponent(item.letter)}/` : `/events/${encodeURIComponent(item.id)}/`;
   row.dataset.topic = item.topic;
   row.dataset.type = item.type;
   textCell(row, new Date(item.timestamp * 1000).toISOString().replace("T", " ").slice(0, 23));
   textCell(row, item.topic);
-  textCell(row, item.type).className = "mono";
+  textCell(row, item.type || "(none named)").className = "mono";
   textCell(row, item.publisher);
-  textCell(row, item.source);
-  const status = textCell(row, item.status);
-  status.className = `status-cell ${item.status}`;
+  textCell(row, sourceLabel(item.source));
+  const status = statusCell(row, item.status);
   if (item.not_approved) {
-    // Put on the bus by an outsider while its topic was sensitive: nobody approved it.
+    // Put on the bus by an external publisher while its topic was sensitive: nobody approved it.
     const mark = document.createElement("span");
     mark.className = "status not-approved";
-    mark.title = "Published outside the dashboard on a sensitive topic: no second person approved it";
+    mark.title = "An external publisher's event on a sensitive topic: no second person approved it";
     mark.textContent = "not approved";
     status.append(" ", mark);
     row.classList.add("not-approved");
   }
-  textCell(row, payloadSummary(item)).className = "mono payload";
+  // A dead letter's body is shown as the text that arrived, after the rule it broke.
+  textCell(row, letter ? `${item.cause} — ${item.text}` : payloadSummary(item)).className = "mono payload";
   row.hidden = !matches(row);
   body.prepend(row);
   while (body.rows.length > ROWS_KEPT) body.deleteRow(body.rows.length - 1);
@@ -80,12 +83,14 @@ function marker(text) {
 }
 
 function arrived(item) {
-  lastId = item.id;
-  // Counted in the second it was published: events read from history after a reconnect
-  // land where they belong, or nowhere if they are older than the sparkline's minute.
-  const counts = perSecond.get(item.topic);
-  const age = Math.max(0, Math.floor(Date.now() / 1000 - item.timestamp));  // a clock behind the server: now
-  if (counts && age < SPARK_SECONDS) counts[SPARK_SECONDS - 1 - age] += 1;
+  if (item.status !== "dead-lettered") {
+    lastId = item.id;  // the gap is filled from history, which holds events only
+    // Counted in the second it was published: events read from history after a reconnect
+    // land where they belong, or nowhere if they are older than the sparkline's minute.
+    const counts = perSecond.get(item.topic);
+    const age = Math.max(0, Math.floor(Date.now() / 1000 - item.timestamp));  // a clock behind the server: now
+    if (counts && age < SPARK_SECONDS) counts[SPARK_SECONDS - 1 - age] += 1;
+  }
   if (paused) {
     heldItems.push(item);
     if (heldItems.length > HELD_KEPT) heldItems.shift();
@@ -132,7 +137,7 @@ function drawSparklines() {
     const peak = Math.max(1, ...counts);
     const context = canvas.getContext("2d");
     context.clearRect(0, 0, canvas.width, canvas.height);
-    context.strokeStyle = "#1f5fbf";
+    context.strokeStyle = topicColor(topic);
     context.beginPath();
     counts.forEach((count, index) => {
       const x = (index / (SPARK_SECONDS - 1)) * (canvas.width - 1);
@@ -159,7 +164,7 @@ pauseButton.addEventListener("click", () => {
 for (const input of Object.values(filters)) input.addEventListener("input", refilter);
 body.addEventListener("click", (event) => {
   const row = event.target.closest("tr.event");
-  if (row) location.href = `/events/${encodeURIComponent(row.dataset.id)}/`;
+  if (row) location.href = row.dataset.href;
 });
 setInterval(drawSparklines, 1000);
 openFeed({
