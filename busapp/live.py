@@ -11,6 +11,7 @@ an item of status ``dead-lettered`` that links to it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import defaultdict
@@ -158,8 +159,9 @@ def letter_items(letter: DeadLetter) -> dict[str, dict[str, Any]]:
 def letters_announce(letters: Sequence[DeadLetter]) -> None:
     """Tell the live pages about dead letters now on their ``.dlq``: one group message a feed and topic, best effort.
 
-    Called from sync code (a request's commit hook, the worker's database thread), never
-    inside an event loop's own thread. The pages are a view: history and ``/dlq/`` keep them all.
+    Called from sync code: a request's commit hook or the worker's database thread (no event
+    loop there: the sends run to the end before it returns), or code run inside a loop's own
+    thread (the sends are left to that loop). The pages are a view: ``/dlq/`` keeps every letter.
     """
     layer = get_channel_layer()
     if layer is None or not letters:
@@ -169,7 +171,22 @@ def letters_announce(letters: Sequence[DeadLetter]) -> None:
         for group, item in letter_items(letter).items():
             groups[group].append(item)
     try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        async_to_sync(_group_sends)(layer, groups, len(letters))
+        return
+    task = loop.create_task(_group_sends(layer, groups, len(letters)))
+    _SENDING.add(task)
+    task.add_done_callback(_SENDING.discard)
+
+
+_SENDING: set[asyncio.Task[None]] = set()  # sends left to a running loop, kept until they finish
+
+
+async def _group_sends(layer: Any, groups: dict[str, list[dict[str, Any]]], letters: int) -> None:
+    """One ``group_send`` a group; a failure is logged, never raised (the letters are kept and on their .dlq)."""
+    try:
         for group, items in groups.items():
-            async_to_sync(layer.group_send)(group, group_message(group, items))
-    except Exception:  # a live view is best effort; the letters are kept and on their .dlq
-        logger.exception("%d dead letter(s) not shown live; /dlq/ has them", len(letters))
+            await layer.group_send(group, group_message(group, items))
+    except Exception:
+        logger.exception("%d dead letter(s) not shown live; /dlq/ has them", letters)

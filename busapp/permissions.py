@@ -25,6 +25,27 @@ APPROVE_TOPIC = "approve_topic"
 MANAGE_TOPIC = "manage_topic"
 EXPORT_TOPIC = "export_topic"
 TOPIC_RIGHTS = (VIEW_TOPIC, PUBLISH_TOPIC, APPROVE_TOPIC, MANAGE_TOPIC, EXPORT_TOPIC)
+# Each per-topic right as people say it, on every page and message.
+RIGHT_WORDS = {
+    VIEW_TOPIC: "view",
+    PUBLISH_TOPIC: "publish",
+    APPROVE_TOPIC: "approve",
+    MANAGE_TOPIC: "manage",
+    EXPORT_TOPIC: "export",
+}
+
+
+def right_word(codename: str) -> str:
+    """A right's codename as people say it: ``manage_topic`` is "manage"."""
+    return RIGHT_WORDS.get(codename, codename)
+
+
+def principal_word(label: str) -> str:
+    """A principal's label as people say it: ``user:policy2`` is "policy2 (person)", a group's "Auditors (group)"."""
+    kind, _, name = label.partition(":")
+    return f"{name} ({'person' if kind == 'user' else 'group'})" if name and kind in ("user", "group") else label
+
+
 # Global only: the /access/ pages (grants, roles, service tokens).
 MANAGE_ACCESS = "manage_access"
 

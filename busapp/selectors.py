@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import Group, User
 from django.db.models import Count, Max, Min, Q, QuerySet
-from django.db.models.functions import TruncMinute
+from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
 from busapp.dead_letter_causes import Cause
@@ -392,22 +392,44 @@ def dead_letters_recent(topics: QuerySet[Topic], *, topic: str | None = None, li
     return list(letters.order_by("-received_at", "-id")[:limit])
 
 
-def events_per_minute(topics: QuerySet[Topic], *, minutes: int = 60) -> tuple[list[dt.datetime], dict[str, list[int]]]:
-    """Events per topic in each of the last ``minutes`` minutes (the current one last), counted by the database."""
-    now = timezone.now().replace(second=0, microsecond=0)
-    first = now - dt.timedelta(minutes=minutes - 1)
-    slots = [first + dt.timedelta(minutes=n) for n in range(minutes)]
-    counts = {name: [0] * minutes for name in topics.values_list("name", flat=True)}
+@dataclass(frozen=True)
+class ChartRange:
+    """A span the dashboard's traffic chart shows, and the bucket it counts events in."""
+
+    buckets: int
+    bucket: type[TruncMinute] | type[TruncHour]
+    title: str
+
+    @property
+    def step(self) -> dt.timedelta:
+        """One bucket's length."""
+        return dt.timedelta(minutes=1) if self.bucket is TruncMinute else dt.timedelta(hours=1)
+
+
+CHART_RANGES = {
+    "1h": ChartRange(60, TruncMinute, "Events per minute, last hour"),
+    "24h": ChartRange(24, TruncHour, "Events per hour, last 24 hours"),
+    "7d": ChartRange(7 * 24, TruncHour, "Events per hour, last 7 days"),
+}
+
+
+def events_per_bucket(topics: QuerySet[Topic], span: ChartRange) -> tuple[list[dt.datetime], dict[str, list[int]]]:
+    """Events per topic in each bucket of the span (the current one last), counted by the database in UTC."""
+    now = timezone.now()
+    current = now - (now - dt.datetime.min.replace(tzinfo=dt.UTC)) % span.step
+    first = current - span.step * (span.buckets - 1)
+    slots = [first + span.step * n for n in range(span.buckets)]
+    counts = {name: [0] * span.buckets for name in topics.values_list("name", flat=True)}
     rows = (
         Event.objects.filter(topic__in=topics, timestamp__gte=first)
-        .annotate(minute=TruncMinute("timestamp"))
-        .values_list("topic__name", "minute")
+        .annotate(slot=span.bucket("timestamp"))
+        .values_list("topic__name", "slot")
         .annotate(count=Count("id"))
         .order_by()
     )
-    for name, minute, count in rows:
-        index = int((minute - first).total_seconds() // 60)
-        if name in counts and 0 <= index < minutes:
+    for name, slot, count in rows:
+        index = int((slot - first) / span.step)
+        if name in counts and 0 <= index < span.buckets:
             counts[name][index] += count
     return slots, counts
 

@@ -1,8 +1,11 @@
 """The live page and the history a reconnecting page reads to fill its gap."""
 
+import datetime as dt
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from busapp.actions.publishing import event_publish
 
@@ -81,7 +84,36 @@ def test_the_dashboard_charts_count_events_per_minute_and_open_dead_letters():
 
     series = _client("auditor").get("/dashboard/series/").json()
 
-    assert len(series["minutes"]) == 60
+    assert (series["range"], series["bucket_seconds"], len(series["buckets"])) == ("1h", 60, 60)
+    assert series["buckets"][-1][16:] == ":00+00:00"  # whole minutes, in UTC
     assert sum(series["events"]["tax-policy"][-2:]) == 3  # this minute (or the last, at a minute boundary)
     assert sum(series["events"]["tax-policy"]) == 3
     assert series["dead_letters_open"] == {"irs.withholding": 1, "tax-policy": 0}
+
+
+@pytest.mark.parametrize(("chosen", "buckets"), [("24h", 24), ("7d", 168)])
+def test_the_traffic_chart_counts_by_hour_over_a_day_or_a_week(chosen: str, buckets: int):
+    from busapp.models import Event
+
+    _publish(1)
+    older = _publish(2)
+    Event.objects.filter(envelope_id=older).update(timestamp=timezone.now() - dt.timedelta(hours=20))
+
+    series = _client("auditor").get("/dashboard/series/", {"range": chosen}).json()
+
+    assert (series["bucket_seconds"], len(series["buckets"])) == (3600, buckets)
+    current = dt.datetime.fromisoformat(series["buckets"][-1])
+    assert current.isoformat()[13:] == ":00:00+00:00"  # whole hours, in UTC
+    assert dt.timedelta(0) <= timezone.now() - current < dt.timedelta(hours=1)  # the current hour, last
+    assert sum(series["events"]["tax-policy"][-2:]) == 1
+    assert sum(series["events"]["tax-policy"]) == 2  # the one from 20 hours ago too
+    assert series["title"] == {"24h": "Events per hour, last 24 hours", "7d": "Events per hour, last 7 days"}[chosen]
+
+
+def test_a_range_the_chart_does_not_have_is_refused_naming_the_ranges():
+    response = _client("auditor").get("/dashboard/series/", {"range": "1y"})
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "errors": [{"path": "/range", "message": "is not a range the chart has: use one of 1h, 24h, 7d"}]
+    }

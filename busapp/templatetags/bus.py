@@ -7,6 +7,7 @@ from typing import Any
 
 from django import template
 
+from busapp.permissions import principal_word, right_word
 from busapp.selectors import grant_key
 
 register = template.Library()
@@ -31,27 +32,8 @@ def payload_summary(value: Any, length: int = 140) -> str:
     return text if len(text) <= length else f"{text[: length - 1]}…"
 
 
-# Each per-topic right as people say it.
-RIGHT_WORDS = {
-    "view_topic": "view",
-    "publish_topic": "publish",
-    "approve_topic": "approve",
-    "manage_topic": "manage",
-    "export_topic": "export",
-}
-
-
-@register.filter
-def right_word(codename: str) -> str:
-    """A right's codename as people say it: ``manage_topic`` is "manage"."""
-    return RIGHT_WORDS.get(codename, codename)
-
-
-@register.filter
-def principal_word(label: str) -> str:
-    """A principal's label as people say it: ``user:policy2`` is "policy2 (person)", a group's "Auditors (group)"."""
-    kind, _, name = label.partition(":")
-    return f"{name} ({'person' if kind == 'user' else 'group'})" if name and kind in ("user", "group") else label
+register.filter("right_word", right_word)
+register.filter("principal_word", principal_word)
 
 
 @register.filter

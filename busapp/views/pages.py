@@ -11,10 +11,11 @@ from busapp.health import health_check, workers_read
 from busapp.permissions import MANAGE_ACCESS, PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.schema_forms import form_layout
 from busapp.selectors import (
+    CHART_RANGES,
     dead_letters_open_by_topic,
     dead_letters_open_count,
     event_types_with_active_versions,
-    events_per_minute,
+    events_per_bucket,
     pending_event_count,
     publish_requests_for_approver,
     publish_requests_open,
@@ -52,12 +53,20 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def dashboard_series(request: HttpRequest) -> JsonResponse:
-    """The dashboard charts' data: events per minute per topic over the last hour, open dead letters per topic."""
+    """The dashboard charts' data: events per topic per bucket over ``range`` (1h, 24h, 7d), open dead letters."""
+    chosen = request.GET.get("range") or "1h"
+    span = CHART_RANGES.get(chosen)
+    if span is None:
+        message = f"is not a range the chart has: use one of {', '.join(CHART_RANGES)}"
+        return JsonResponse({"errors": [{"path": "/range", "message": message}]}, status=400)
     topics = topics_visible_to(signed_in_user(request))
-    minutes, events = events_per_minute(topics)
+    buckets, events = events_per_bucket(topics, span)
     return JsonResponse(
         {
-            "minutes": [minute.isoformat() for minute in minutes],
+            "range": chosen,
+            "title": span.title,
+            "bucket_seconds": int(span.step.total_seconds()),
+            "buckets": [bucket.isoformat() for bucket in buckets],
             "events": events,
             "dead_letters_open": dead_letters_open_by_topic(topics),
         }

@@ -18,7 +18,7 @@ from busapp.actions.tokens import service_token_create, service_token_revoke
 from busapp.errors import BusInputError
 from busapp.forms import GrantForm, RevokeForm, RoleForm, ServiceTokenForm
 from busapp.models import AuditAction, ServiceToken, Topic
-from busapp.permissions import MANAGE_ACCESS, Role
+from busapp.permissions import MANAGE_ACCESS, Role, principal_word, right_word
 from busapp.selectors import (
     access_matrix,
     grant_key,
@@ -142,8 +142,9 @@ def access_grant(request: HttpRequest) -> HttpResponse:
             _refused_on(form, refused)
         else:
             until = f" until {data['expires_at']:%Y-%m-%d %H:%M} UTC" if data["expires_at"] else ""
-            rights, topics = ", ".join(data["rights"]), ", ".join(data["topics"])
-            messages.success(request, f"Granted {rights} on {topics} to {principal_label(principal)}{until}.")
+            rights, topics = ", ".join(map(right_word, data["rights"])), ", ".join(data["topics"])
+            whom = principal_word(principal_label(principal))
+            messages.success(request, f"Granted {rights} on {topics} to {whom}{until}.")
             return redirect("access")
     return _matrix_page(request, status=400, grant_form=form)
 

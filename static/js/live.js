@@ -49,7 +49,13 @@ function draw(item) {
   const letter = item.status === "dead-lettered";
   const row = document.createElement("tr");
   row.className = letter ? "event dead-lettered" : "event";
-  row.dataset.href = letter ? `/dlq/${encodeURIComponent(item.letter)}/` : `/events/${encodeURIComponent(item.id)}/`;
+  if (letter) {
+    row.dataset.letter = item.letter;
+    row.dataset.href = `/dlq/${encodeURIComponent(item.letter)}/`;
+  } else {
+    row.dataset.id = item.id;
+    row.dataset.href = `/events/${encodeURIComponent(item.id)}/`;
+  }
   row.dataset.topic = item.topic;
   row.dataset.type = item.type;
   textCell(row, new Date(item.timestamp * 1000).toISOString().replace("T", " ").slice(0, 23));

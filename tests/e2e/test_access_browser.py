@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 from django.contrib.auth.models import User
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from busapp.actions.access import grant_revoke
 from busapp.models import AuditEntry, Event, TopicUserGrant
@@ -22,6 +22,15 @@ def _policy2_without_publish() -> None:
         user__username="policy2", content_object__name="tax-policy", permission__codename="publish_topic"
     )
     grant_revoke(grants=[grant], reason="browser test starts without it", actor="cli:test")
+
+
+def _policy2_signed_in(browser: Browser, url: str) -> tuple[BrowserContext, Page]:
+    """A browser of policy2's own, signed in, beside the admin's."""
+    context = browser.new_context(base_url=url, viewport=VIEWPORT)
+    context.set_default_timeout(10_000)
+    publisher = context.new_page()
+    sign_in(publisher, "policy2")
+    return context, publisher
 
 
 def _publish_as_policy2(page: Page, amount: int) -> int:
@@ -41,10 +50,7 @@ def test_admin_grants_policy2_publish_with_a_reason_then_revokes_it(
     page: Page, browser: Browser, browser_log: BrowserLog, live_server, bus: redis.Redis
 ) -> None:
     _policy2_without_publish()
-    publisher_context = browser.new_context(base_url=live_server.url, viewport=VIEWPORT)
-    publisher_context.set_default_timeout(10_000)
-    publisher = publisher_context.new_page()
-    sign_in(publisher, "policy2")
+    publisher_context, publisher = _policy2_signed_in(browser, live_server.url)
     assert _publish_as_policy2(publisher, 15000) == 403
 
     sign_in(page, "admin")
@@ -56,7 +62,7 @@ def test_admin_grants_policy2_publish_with_a_reason_then_revokes_it(
     grant_form.get_by_label("publish", exact=True).check()
     grant_form.get_by_label("Reason", exact=True).fill("covers for policy during the filing season")
     grant_form.get_by_role("button", name="Grant").click()
-    expect(page.locator(".message.success")).to_contain_text("Granted publish_topic on tax-policy to user:policy2")
+    expect(page.locator(".message.success")).to_contain_text("Granted publish on tax-policy to policy2 (person)")
     policy2_on_tax_policy = page.locator('tr[data-principal="user:policy2"] td[data-topic="tax-policy"]')
     expect(policy2_on_tax_policy.locator('.chip.grant[data-right="publish_topic"]')).to_have_count(1)
 
@@ -83,5 +89,41 @@ def test_admin_grants_policy2_publish_with_a_reason_then_revokes_it(
     assert trail == ["access.grant", "access.revoke"]
     refused = AuditEntry.objects.filter(actor_name="policy2", action="publish.refused")
     assert refused.count() == 2
+    publisher_context.close()
+    assert browser_log.errors == []
+
+
+def test_a_chip_revokes_its_one_grant_after_a_page_that_names_what_goes(
+    page: Page, browser: Browser, browser_log: BrowserLog, live_server, bus: redis.Redis
+) -> None:
+    grant = TopicUserGrant.objects.get(
+        user__username="policy2", content_object__name="tax-policy", permission__codename="publish_topic"
+    )
+    publisher_context, publisher = _policy2_signed_in(browser, live_server.url)
+    assert _publish_as_policy2(publisher, 15000) == 200
+
+    sign_in(page, "admin")
+    page.goto("/access/")
+    cell = page.locator('tr[data-principal="user:policy2"] td[data-topic="tax-policy"]')
+    cell.get_by_role("link", name="revoke publish on tax-policy from policy2 (person)").click()
+
+    expect(page.locator("h1")).to_have_text("Revoke 1 grant?")
+    revoking = page.locator("#revoking tbody tr")
+    expect(revoking).to_have_count(1)
+    expect(revoking).to_contain_text("policy2 (person)")
+    expect(revoking).to_contain_text("tax-policy")
+    expect(revoking.locator("td").nth(2)).to_have_text("publish")
+    page.get_by_role("button", name="Yes, revoke it").click()  # no reason yet: the browser asks for one
+    expect(page.locator("h1")).to_have_text("Revoke 1 grant?")
+    page.get_by_label("Why (kept in the audit log)").fill("moved to the withholding team")
+    page.get_by_role("button", name="Yes, revoke it").click()
+
+    expect(page.locator(".message.success")).to_contain_text("Revoked 1 grant")
+    expect(cell.locator('.chip.grant[data-right="publish_topic"]')).to_have_count(0)
+    expect(cell.locator('.chip[data-right="view_topic"]')).to_have_count(1)  # only what the page named went
+    assert not TopicUserGrant.objects.filter(pk=grant.pk).exists()
+    entry = AuditEntry.objects.get(action="access.revoke")
+    assert entry.details["reason"] == "moved to the withholding team"
+    assert _publish_as_policy2(publisher, 16000) == 403
     publisher_context.close()
     assert browser_log.errors == []

@@ -66,12 +66,17 @@ def _publish(payload: dict, suite_redis: RedisServer) -> str:
     return done.stdout.split()[0]  # the event id it prints first
 
 
-def test_an_event_published_from_the_command_line_appears_within_a_second(
-    page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer
-):
+def _watching_live(page: Page, asgi_url: str) -> None:
+    """Policy on the live page, its feed connected."""
     sign_in(page, "policy", base=asgi_url)
     page.goto(f"{asgi_url}/live/")
     expect(page.locator("#connection")).to_have_text("live")
+
+
+def test_an_event_published_from_the_command_line_appears_within_a_second(
+    page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer
+):
+    _watching_live(page, asgi_url)
 
     event_id = _publish({"standard_deduction": 15000}, suite_redis)
 
@@ -85,9 +90,7 @@ def test_an_event_published_from_the_command_line_appears_within_a_second(
 def test_markup_in_a_payload_is_shown_as_text_and_never_runs(
     page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer
 ):
-    sign_in(page, "policy", base=asgi_url)
-    page.goto(f"{asgi_url}/live/")
-    expect(page.locator("#connection")).to_have_text("live")
+    _watching_live(page, asgi_url)
     hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
 
     event_id = _publish({"standard_deduction": 1, "note": hostile}, suite_redis)
@@ -233,4 +236,36 @@ def test_the_dead_letters_page_on_a_phone_keeps_its_actions_in_reach(
     assert cause.evaluate("cell => getComputedStyle(cell, '::before').content") == '"Cause: "'  # a card, labelled
     replay.click()
     expect(page.locator("p.estimate")).to_contain_text("3 open dead letters match")
+    assert browser_log.errors == []
+
+
+def test_a_dead_letter_shows_in_red_among_the_events_with_the_same_badges_as_history(
+    page: Page, browser_log: BrowserLog, asgi_url: str, suite_redis: RedisServer
+):
+    _watching_live(page, asgi_url)
+
+    event_id = _publish({"standard_deduction": 15000}, suite_redis)
+    refused = manage(
+        "publish", "tax-policy", "tax_policy.updated", '{"standard_deduction": -5}', redis_url=suite_redis.url(0)
+    )
+    assert refused.returncode != 0  # the command line refuses it, and keeps it as a dead letter
+
+    event_row = page.locator(f'tr.event[data-id="{event_id}"]')
+    expect(event_row.locator("span.status.published")).to_have_text("published")
+    expect(event_row).to_contain_text("command line")  # the source in words, as history says it
+    letter_row = page.locator("tr.event.dead-lettered")
+    expect(letter_row).to_have_count(1)
+    expect(letter_row.locator("span.status.dead-lettered")).to_have_text("dead-lettered")
+    expect(letter_row).to_contain_text("/payload/standard_deduction: must be 0 or more")
+    expect(letter_row).to_contain_text('{"standard_deduction": -5}')
+    red = letter_row.locator("td").first.evaluate("cell => getComputedStyle(cell).backgroundColor")
+    plain = event_row.locator("td").first.evaluate("cell => getComputedStyle(cell).backgroundColor")
+    assert red == "rgb(253, 240, 239)" != plain  # the product's red wash, on the dead letter only
+
+    letter_row.click()
+    expect(page.locator("h1")).to_contain_text("Dead letter")
+    page.goto(f"{asgi_url}/events/?topic=tax-policy")
+    history_badge = page.locator(f'tr:has(a[href="/events/{event_id}/"]) span.status')
+    expect(history_badge).to_have_text("published")
+    expect(history_badge).to_have_class("status published")
     assert browser_log.errors == []
