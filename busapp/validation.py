@@ -763,6 +763,11 @@ def validator_for(version: SchemaVersion) -> Draft202012Validator:
     return validator
 
 
+def schema_accepts(schema: Any, value: Any) -> bool:
+    """Whether a schema without ``$ref``s accepts a value, checked as payloads are (RE2, decimal multipleOf)."""
+    return bool(PayloadValidator(schema, format_checker=_format_checker).is_valid(value))
+
+
 def validator_cache_clear() -> None:
     """Forget compiled validators (tests that recreate the database use it)."""
     with _validators_lock:
@@ -919,9 +924,32 @@ def _envelope_fits(envelope: Any) -> bool:
 
 
 _TYPE_ORDER = ("null", "boolean", "integer", "number", "string", "array", "object")
+# Keywords that never refuse a value: identifiers, comments, definitions (read only through a $ref), notes.
+SCHEMA_ANNOTATIONS = frozenset(
+    {
+        "$schema",
+        "$id",
+        "$anchor",
+        "$dynamicAnchor",
+        "$comment",
+        "$vocabulary",
+        "$defs",
+        "definitions",
+        "title",
+        "description",
+        "default",
+        "examples",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "contentEncoding",
+        "contentMediaType",
+        "contentSchema",
+    }
+)
 
 
-def _types(schema: dict[str, Any]) -> set[str] | None:
+def schema_types(schema: dict[str, Any]) -> set[str] | None:
     """The JSON types a schema allows, or None when it does not say (any type)."""
     declared = schema.get("type")
     if declared is None:
@@ -935,7 +963,7 @@ def _types(schema: dict[str, Any]) -> set[str] | None:
 def _narrowed(old: dict[str, Any], new: dict[str, Any], where: str) -> list[str]:
     """How ``new`` narrows the value itself against ``old``: its type, and its lower and upper limits."""
     problems = []
-    old_types, new_types = _types(old), _types(new)
+    old_types, new_types = schema_types(old), schema_types(new)
     if new_types is not None and (old_types is None or not old_types <= new_types):
         before = "any type" if old_types is None else "/".join(t for t in _TYPE_ORDER if t in old_types)
         after = "/".join(t for t in _TYPE_ORDER if t in new_types)
