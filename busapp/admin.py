@@ -98,7 +98,7 @@ class TopicAdmin(admin.ModelAdmin[Topic]):
 class EventTypeAdmin(admin.ModelAdmin[EventType]):
     """Event types of each topic."""
 
-    list_display = ["name", "topic", "created_at"]
+    list_display = ["name", "topic", "compatibility_mode", "compatibility_policy", "created_at"]
     list_filter = ["topic"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:

@@ -23,35 +23,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
 from referencing import Registry
 from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
+from busapp.models import CompatibilityMode, CompatibilityPolicy
 from busapp.validation import SCHEMA_ANNOTATIONS, regex_compiled, schema_accepts, schema_types
-
-
-class Mode(StrEnum):
-    """What a new version of an event type must keep of the earlier ones (Confluent's compatibility types)."""
-
-    NONE = "NONE"
-    BACKWARD = "BACKWARD"
-    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
-    FORWARD = "FORWARD"
-    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
-    FULL = "FULL"
-    FULL_TRANSITIVE = "FULL_TRANSITIVE"
-    DISABLED = "DISABLED"
-
-
-class Policy(StrEnum):
-    """How an optional property added to an open object counts: a break (STRICT, sound) or not (LENIENT)."""
-
-    STRICT = "STRICT"
-    LENIENT = "LENIENT"
-
 
 BACKWARD_BREAKS = "events valid under v{version} are refused (events already sent, publishers still on it)"
 FORWARD_BREAKS = "subscribers still validating with v{version} refuse events valid under the new version"
@@ -76,8 +56,8 @@ def mode_findings(
     new: Any,
     earlier: Sequence[tuple[int, Any]],
     *,
-    mode: Mode,
-    policy: Policy = Policy.STRICT,
+    mode: CompatibilityMode,
+    policy: CompatibilityPolicy = CompatibilityPolicy.STRICT,
     registry: Registry[Any] | None = None,
     new_uri: str = "urn:hms:schema:new",
     uri_of: Any = None,
@@ -87,9 +67,9 @@ def mode_findings(
     Non-transitive modes compare with the newest earlier version only. ``uri_of(number)`` gives an
     earlier version's URI, under which its relative ``$ref``s resolve in ``registry``.
     """
-    if mode is Mode.NONE or not earlier:
+    if mode == CompatibilityMode.NONE or not earlier:
         return []
-    if mode is Mode.DISABLED:
+    if mode == CompatibilityMode.DISABLED:
         return [Finding("", "MODE_DISABLED", "this event type takes no new versions", "nobody: nothing is saved")]
     compared = earlier if mode.endswith("_TRANSITIVE") else earlier[:1]
     registry = registry or Registry()
@@ -107,7 +87,11 @@ def mode_findings(
 
 
 def refusals(
-    old: Any, new: Any, *, policy: Policy = Policy.STRICT, registry: Registry[Any] | None = None
+    old: Any,
+    new: Any,
+    *,
+    policy: CompatibilityPolicy = CompatibilityPolicy.STRICT,
+    registry: Registry[Any] | None = None,
 ) -> list[Finding]:
     """Ways a value valid under ``old`` may be refused by ``new`` (empty: ``new`` accepts all ``old`` accepts)."""
     pair = _Pair(registry or Registry(), policy, "urn:hms:schema:old", old, "urn:hms:schema:new", new)
@@ -176,9 +160,9 @@ class _Node:
 class _Pair:
     """Two versions of a schema, compared one way or the other."""
 
-    def __init__(self, registry: Registry[Any], policy: Policy, old_uri: str, old: Any, new_uri: str, new: Any) -> None:
-        from referencing.jsonschema import DRAFT202012
-
+    def __init__(
+        self, registry: Registry[Any], policy: CompatibilityPolicy, old_uri: str, old: Any, new_uri: str, new: Any
+    ) -> None:
         registry = registry.with_resources(
             [(old_uri, DRAFT202012.create_resource(old)), (new_uri, DRAFT202012.create_resource(new))]
         )
@@ -196,7 +180,7 @@ class _Pair:
 class _Comparison:
     """One directional comparison: which values ``old`` accepts that ``new`` refuses, keyword by keyword."""
 
-    def __init__(self, registry: Registry[Any], policy: Policy) -> None:
+    def __init__(self, registry: Registry[Any], policy: CompatibilityPolicy) -> None:
         self.registry = registry
         self.policy = policy
         self.assumed: set[tuple[int, int]] = set()
@@ -437,7 +421,7 @@ class _Comparison:
             where = f"{pointer}/properties/{_escaped(name)}"
             if name in old_properties:
                 found += self.refusals(old.at(old_properties[name]), new.at(schema), where)
-            elif self.policy is Policy.STRICT or name in new_required or not _open_for(old_schema, name):
+            elif self.policy == CompatibilityPolicy.STRICT or name in new_required or not _open_for(old_schema, name):
                 found += self._property_added(old, new.at(schema), name, where)
         for name, schema in old_properties.items():
             if name not in new_properties:

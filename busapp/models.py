@@ -122,12 +122,38 @@ class Topic(models.Model):
         return f"{self.name}{DLQ_SUFFIX}"
 
 
+class CompatibilityMode(models.TextChoices):
+    """What a new version of an event type must keep of the earlier ones (Confluent's compatibility types)."""
+
+    NONE = "NONE", "NONE: any change"
+    BACKWARD = "BACKWARD", "BACKWARD: events valid under the last version stay valid"
+    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE", "BACKWARD_TRANSITIVE: events valid under any earlier one stay valid"
+    FORWARD = "FORWARD", "FORWARD: subscribers on the last version accept the new events"
+    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE", "FORWARD_TRANSITIVE: subscribers on any earlier version accept them"
+    FULL = "FULL", "FULL: both, against the last version"
+    FULL_TRANSITIVE = "FULL_TRANSITIVE", "FULL_TRANSITIVE: both, against every earlier version"
+    DISABLED = "DISABLED", "DISABLED: no new versions"
+
+
+class CompatibilityPolicy(models.TextChoices):
+    """How an optional property added to an open object counts: a break (STRICT, sound) or not (LENIENT)."""
+
+    STRICT = "STRICT", "STRICT: every value that could tell the versions apart counts"
+    LENIENT = "LENIENT", "LENIENT: an optional property may be added to an open object"
+
+
 class EventType(models.Model):
     """A kind of event on a topic, such as ``tax_policy.updated``; its shape is in schema versions."""
 
     topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="event_types")
     name = models.CharField(max_length=200, validators=[validate_event_type_name])
     description = models.TextField(blank=True)
+    compatibility_mode = models.CharField(
+        max_length=24, choices=CompatibilityMode.choices, default=CompatibilityMode.BACKWARD
+    )
+    compatibility_policy = models.CharField(
+        max_length=8, choices=CompatibilityPolicy.choices, default=CompatibilityPolicy.STRICT
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -139,7 +165,7 @@ class EventType(models.Model):
 
 
 class Compatibility(models.TextChoices):
-    """What a new schema version must keep of the one before it."""
+    """Whether a new schema version was checked against its event type's mode, or created as a declared break."""
 
     NONE = "none", "none: any change allowed"
     BACKWARD = "backward", "backward: events valid before stay valid"

@@ -923,7 +923,6 @@ def _envelope_fits(envelope: Any) -> bool:
     )
 
 
-_TYPE_ORDER = ("null", "boolean", "integer", "number", "string", "array", "object")
 # Keywords that never refuse a value: identifiers, comments, definitions (read only through a $ref), notes.
 SCHEMA_ANNOTATIONS = frozenset(
     {
@@ -958,44 +957,3 @@ def schema_types(schema: dict[str, Any]) -> set[str] | None:
     if "number" in found:
         found.add("integer")  # every integer is a number
     return found
-
-
-def _narrowed(old: dict[str, Any], new: dict[str, Any], where: str) -> list[str]:
-    """How ``new`` narrows the value itself against ``old``: its type, and its lower and upper limits."""
-    problems = []
-    old_types, new_types = schema_types(old), schema_types(new)
-    if new_types is not None and (old_types is None or not old_types <= new_types):
-        before = "any type" if old_types is None else "/".join(t for t in _TYPE_ORDER if t in old_types)
-        after = "/".join(t for t in _TYPE_ORDER if t in new_types)
-        problems.append(f"{where}: type narrowed from {before} to {after}")
-    for keyword in ("minimum", "exclusiveMinimum", "minLength"):
-        if keyword in new and (keyword not in old or new[keyword] > old[keyword]):
-            problems.append(f"{where}: {keyword} raised from {old.get(keyword, 'none')} to {new[keyword]}")
-    for keyword in ("maximum", "exclusiveMaximum", "maxLength"):
-        if keyword in new and (keyword not in old or new[keyword] < old[keyword]):
-            problems.append(f"{where}: {keyword} lowered from {old.get(keyword, 'none')} to {new[keyword]}")
-    return problems
-
-
-def backward_incompatibilities(old: Any, new: Any, path: str = "") -> list[str]:
-    """Ways in which an event valid under ``old`` could fail ``new`` (types, required, limits, enums).
-
-    A structural check over object properties, not a proof: it catches the changes that
-    break subscribers in practice (a new required field, a narrowed type, range or enum).
-    """
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return []
-    where = path or "the payload"
-    problems = _narrowed(old, new, where)
-    if "enum" in new and ("enum" not in old or any(value not in new["enum"] for value in old["enum"])):
-        problems.append(f"{where}: enum no longer allows every value it allowed")
-    newly_required = sorted(set(new.get("required", [])) - set(old.get("required", [])))
-    for name in newly_required:
-        problems.append(f"{path}/{name}: newly required, and events valid before may lack it")
-    if new.get("additionalProperties") is False and old.get("additionalProperties") is not False:
-        problems.append(f"{where}: additionalProperties now false; properties allowed before are refused")
-    old_properties, new_properties = old.get("properties", {}), new.get("properties", {})
-    for name, old_property in old_properties.items():
-        if name in new_properties:
-            problems.extend(backward_incompatibilities(old_property, new_properties[name], f"{path}/{name}"))
-    return problems

@@ -11,7 +11,17 @@ from django.test import Client
 
 from busapp.actions.dead_letters import dead_letter_create
 from busapp.actions.publishing import event_publish_batch
-from busapp.models import AuditEntry, DeadLetter, DeadLetterStatus, Event, SchemaVersion, Source, Topic
+from busapp.models import (
+    AuditEntry,
+    CompatibilityPolicy,
+    DeadLetter,
+    DeadLetterStatus,
+    Event,
+    EventType,
+    SchemaVersion,
+    Source,
+    Topic,
+)
 from busapp.publishing import stream_key
 from tests.support import approved_withholding_event, signed_in
 from tests.test_api import _errors, _get, _post, _token
@@ -195,6 +205,12 @@ def test_an_event_the_caller_may_not_see_is_404_like_an_unknown_one():
 
 # Schema versions
 
+
+def _lenient_tax_policy() -> None:
+    """The seed's type under the LENIENT policy: an optional property may join its open object."""
+    EventType.objects.filter(name="tax_policy.updated").update(compatibility_policy=CompatibilityPolicy.LENIENT)
+
+
 NOTE_SCHEMA = {
     "type": "object",
     "required": ["standard_deduction"],
@@ -222,6 +238,7 @@ def test_anyone_who_may_view_the_topic_lists_its_types_schema_versions():
 
 
 def test_a_bus_admin_adds_the_next_schema_version_and_it_is_audited_and_in_force():
+    _lenient_tax_policy()
     response = _post(SCHEMAS, {"schema": NOTE_SCHEMA}, client=signed_in("admin"))
 
     assert response.status_code == 201, response.content
@@ -253,6 +270,7 @@ def test_only_a_bus_admin_may_add_a_schema_version_and_refusals_are_audited(who)
 
 
 def test_an_invalid_or_breaking_schema_is_422_with_the_reason_and_saves_nothing():
+    _lenient_tax_policy()  # only the new requirement breaks, not the new optional property
     admin = signed_in("admin")
     broken = {"type": "object", "properties": {"standard_deduction": {"type": "numeric"}}}
     breaking = copy.deepcopy(NOTE_SCHEMA) | {"required": ["standard_deduction", "note"]}
@@ -262,7 +280,10 @@ def test_an_invalid_or_breaking_schema_is_422_with_the_reason_and_saves_nothing(
 
     assert invalid[0]["path"] == "/schema"
     assert "numeric" in invalid[0]["message"]
-    assert "not backward compatible with v1" in incompatible[0]["message"]
+    assert incompatible[0]["message"].startswith(
+        "not compatible under BACKWARD (LENIENT): /required: REQUIRED_ATTRIBUTE_ADDED: 'note' is required now: "
+        "events valid under v1 are refused"
+    )
     assert "/schema" in {error["path"] for error in _errors(_post(SCHEMAS, {"schema": []}, client=admin), 400)}
     assert SchemaVersion.objects.filter(event_type__name="tax_policy.updated").count() == 1
     allowed = _post(SCHEMAS, {"schema": breaking, "compatibility": "none"}, client=admin)

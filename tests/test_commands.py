@@ -131,6 +131,7 @@ def test_sync_schemas_creates_versions_once_and_again_only_when_a_file_changes(t
         "x-hms-event-type": "refund.issued",
         "type": "object",
         "properties": {"amount": {"type": "number"}},
+        "additionalProperties": False,  # closed: a new optional property keeps it backward compatible
     }
     _write_schema(tmp_path, "refund.json", schema)
     out = io.StringIO()

@@ -17,8 +17,10 @@ from typing import Any, Literal
 import jsoncompat
 import pytest
 
-from busapp.compatibility import Mode, Policy, mode_findings, refusals
+from busapp.compatibility import mode_findings, refusals
+from busapp.models import CompatibilityMode, CompatibilityPolicy
 from busapp.validation import schema_accepts
+from tests.oracle_values import generated
 
 TAX_POLICY: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -379,17 +381,17 @@ def test_the_lenient_policy_allows_an_optional_property_on_an_open_object_and_st
         lambda s: (s["properties"].update(credit_cap={"type": "number"}), s["required"].append("credit_cap"))
     )
 
-    assert refusals(TAX_POLICY, added, policy=Policy.LENIENT) == []
+    assert refusals(TAX_POLICY, added, policy=CompatibilityPolicy.LENIENT) == []
     assert [finding.rule for finding in refusals(TAX_POLICY, added)] == ["PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"]
     assert "REQUIRED_ATTRIBUTE_ADDED" in {
-        finding.rule for finding in refusals(TAX_POLICY, required, policy=Policy.LENIENT)
+        finding.rule for finding in refusals(TAX_POLICY, required, policy=CompatibilityPolicy.LENIENT)
     }
 
 
 def test_a_finding_reads_pointer_rule_change_and_whom_it_breaks() -> None:
     added = _evolved(lambda s: s["properties"].update(credit_cap={"type": "number"}))
 
-    [finding] = mode_findings(added, [(1, TAX_POLICY)], mode=Mode.BACKWARD)
+    [finding] = mode_findings(added, [(1, TAX_POLICY)], mode=CompatibilityMode.BACKWARD)
 
     assert str(finding) == (
         "/properties/credit_cap: PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL: earlier events may already carry 'credit_cap' "
@@ -404,17 +406,19 @@ def test_modes_compare_the_directions_and_the_versions_they_name() -> None:
     v3 = _evolved(lambda s: _deduction(s).update(maximum=50000))  # narrower than v2, and than v1
     earlier = [(2, v2), (1, v1)]
 
-    def rules(mode: Mode, new: dict = v3) -> list[tuple[str, str]]:
+    def rules(mode: CompatibilityMode, new: dict = v3) -> list[tuple[str, str]]:
         return [(finding.rule, finding.breaks.split()[3]) for finding in mode_findings(new, earlier, mode=mode)]
 
-    assert rules(Mode.NONE) == []
-    assert rules(Mode.FORWARD) == []  # every v3 value is valid under v2
-    assert rules(Mode.BACKWARD) == [("MAXIMUM_ADDED", "v2")]
-    assert rules(Mode.BACKWARD_TRANSITIVE) == [("MAXIMUM_ADDED", "v2"), ("MAXIMUM_DECREASED", "v1")]
-    assert rules(Mode.FULL, new=v1) == [("MAXIMUM_ADDED", "v2")]
-    assert rules(Mode.FULL_TRANSITIVE, new=v1) == [("MAXIMUM_ADDED", "v2")]  # v1 against itself: nothing
-    assert [finding.rule for finding in mode_findings(v3, earlier, mode=Mode.DISABLED)] == ["MODE_DISABLED"]
-    assert mode_findings(v3, [], mode=Mode.FULL_TRANSITIVE) == []  # the first version
+    assert rules(CompatibilityMode.NONE) == []
+    assert rules(CompatibilityMode.FORWARD) == []  # every v3 value is valid under v2
+    assert rules(CompatibilityMode.BACKWARD) == [("MAXIMUM_ADDED", "v2")]
+    assert rules(CompatibilityMode.BACKWARD_TRANSITIVE) == [("MAXIMUM_ADDED", "v2"), ("MAXIMUM_DECREASED", "v1")]
+    assert rules(CompatibilityMode.FULL, new=v1) == [("MAXIMUM_ADDED", "v2")]
+    assert rules(CompatibilityMode.FULL_TRANSITIVE, new=v1) == [("MAXIMUM_ADDED", "v2")]  # v1 against itself: nothing
+    assert [finding.rule for finding in mode_findings(v3, earlier, mode=CompatibilityMode.DISABLED)] == [
+        "MODE_DISABLED"
+    ]
+    assert mode_findings(v3, [], mode=CompatibilityMode.FULL_TRANSITIVE) == []  # the first version
 
 
 def test_references_to_stored_schemas_are_resolved_and_compared() -> None:
@@ -445,7 +449,7 @@ def test_a_recursive_schema_is_compared_to_its_depth_once() -> None:
             "$ref": "#/$defs/node",
         }
 
-    assert refusals(tree({}), tree({"label": {"type": "string"}}), policy=Policy.LENIENT) == []
+    assert refusals(tree({}), tree({"label": {"type": "string"}}), policy=CompatibilityPolicy.LENIENT) == []
     assert {
         finding.rule for finding in refusals(tree({"n": {"type": "number"}}), tree({"n": {"type": "integer"}}))
     } == {"TYPE_NARROWED"}
@@ -587,17 +591,6 @@ def _pair(seed: int) -> tuple[dict, dict]:
     return old, new
 
 
-def _generated(text: str) -> list[str]:
-    """In the oracle's process: VALUES_PER_SCHEMA values for a schema, as JSON texts (fewer when it gives up)."""
-    values = []
-    for _ in range(VALUES_PER_SCHEMA):
-        try:
-            values.append(jsoncompat.generate_value(text))
-        except Exception:  # noqa: S112 (the generator gives up on some schemas: no value, no witness)
-            continue
-    return values
-
-
 class _Oracle:
     """The oracle's generator in a process of its own, GENERATE_SECONDS a schema (a hard one can take a minute)."""
 
@@ -606,8 +599,9 @@ class _Oracle:
         self.gave_up = 0
 
     def values(self, schema: dict) -> list[Any]:
+        assert self.gave_up <= PAIRS // 20, f"the generator gave up on {self.gave_up} schemas"
         try:
-            texts = self.pool.apply_async(_generated, (json.dumps(schema),)).get(GENERATE_SECONDS)
+            texts = self.pool.apply_async(generated, (json.dumps(schema), VALUES_PER_SCHEMA)).get(GENERATE_SECONDS)
         except multiprocessing.TimeoutError:
             self.gave_up += 1
             self.pool.terminate()

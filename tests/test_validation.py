@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 
 from busapp.actions.registry import schema_version_create
 from busapp.errors import SchemaInvalidError
-from busapp.models import AuditEntry, SchemaVersion
+from busapp.models import AuditEntry, CompatibilityMode, CompatibilityPolicy, SchemaVersion
 from busapp.validation import (
     ENVELOPE_SCHEMA,
     PayloadValidator,
@@ -140,14 +140,31 @@ def test_a_backward_compatible_version_may_widen_but_not_narrow(demo):
     widened = {
         "type": "object",
         "required": ["standard_deduction"],
-        "properties": {"standard_deduction": {"type": "number", "minimum": 0}, "note": {"type": "string"}},
+        "properties": {"standard_deduction": {"type": "number"}, "note": {"type": "string"}},
     }
+    with pytest.raises(SchemaInvalidError, match="/properties/note: PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"):
+        schema_version_create(event_type=event_type, schema=widened, actor="test")  # STRICT: sound
+    event_type.compatibility_policy = CompatibilityPolicy.LENIENT
+    event_type.save()
     assert schema_version_create(event_type=event_type, schema=widened, actor="test").version == 2
 
     narrowed = {**widened, "required": ["standard_deduction", "note"]}
-    with pytest.raises(SchemaInvalidError, match="/note: newly required"):
+    with pytest.raises(SchemaInvalidError, match="/required: REQUIRED_ATTRIBUTE_ADDED: 'note' is required now"):
         schema_version_create(event_type=event_type, schema=narrowed, actor="test")
     assert SchemaVersion.objects.filter(event_type=event_type).count() == 2
+
+
+def test_a_type_whose_mode_is_disabled_takes_no_new_version_even_declared_breaking(demo):
+    event_type = _tax_schema().event_type
+    event_type.compatibility_mode = CompatibilityMode.DISABLED
+    event_type.save()
+
+    for compatibility in ("backward", "none"):
+        with pytest.raises(SchemaInvalidError, match="MODE_DISABLED: this event type takes no new versions"):
+            schema_version_create(
+                event_type=event_type, schema={"type": "object"}, actor="test", compatibility=compatibility
+            )
+    assert SchemaVersion.objects.filter(event_type=event_type).count() == 1
 
 
 def test_an_envelope_missing_its_id_and_with_a_string_timestamp_is_refused():

@@ -12,22 +12,25 @@ from django.db import transaction
 from django.db.models import Model
 
 from busapp.audit import Actor, actor_parts, audit_record
+from busapp.compatibility import mode_findings
 from busapp.errors import (
     SchemaInvalidError,
 )
 from busapp.models import (
     AuditAction,
     Compatibility,
+    CompatibilityMode,
+    CompatibilityPolicy,
     EventType,
     SchemaVersion,
     Topic,
 )
 from busapp.permissions import ROLE_PERMISSIONS
 from busapp.validation import (
-    backward_incompatibilities,
     schema_check,
     schema_fingerprint,
     schema_uri,
+    stored_schema_registry,
 )
 
 
@@ -95,18 +98,36 @@ def event_type_create(*, topic: Topic, name: str, actor: Actor, description: str
     return event_type
 
 
+_DECLARE_A_BREAK = "; to declare a breaking change, create it with compatibility 'none'"
+
+
 def schema_version_check(*, event_type: EventType, schema: Any, compatibility: str) -> int:
-    """Raise SchemaInvalidError when the schema cannot be the next version; return that version's number."""
-    latest = SchemaVersion.objects.filter(event_type=event_type).order_by("-version").first()
-    number = latest.version + 1 if latest else 1
-    schema_check(schema, uri=schema_uri(event_type.topic.name, event_type.name, number))
-    if latest is not None and compatibility == Compatibility.BACKWARD:
-        problems = backward_incompatibilities(latest.schema, schema)
-        if problems:
+    """Raise SchemaInvalidError when the schema cannot be the next version; return that version's number.
+
+    ``compatibility`` 'backward' checks the schema against the event type's mode and policy
+    (busapp/compatibility.py); 'none' declares a breaking change and skips that check. A type
+    whose mode is DISABLED takes no new version either way.
+    """
+    versions = list(SchemaVersion.objects.filter(event_type=event_type).order_by("-version"))
+    number = versions[0].version + 1 if versions else 1
+    topic = event_type.topic.name
+    schema_check(schema, uri=schema_uri(topic, event_type.name, number))
+    mode = event_type.compatibility_mode
+    if versions and (compatibility == Compatibility.BACKWARD or mode == CompatibilityMode.DISABLED):
+        findings = mode_findings(
+            schema,
+            [(version.version, version.schema) for version in versions if not version.deprecated],
+            mode=CompatibilityMode(mode),
+            policy=CompatibilityPolicy(event_type.compatibility_policy),
+            registry=stored_schema_registry(),
+            new_uri=schema_uri(topic, event_type.name, number),
+            uri_of=lambda earlier: schema_uri(topic, event_type.name, earlier),
+        )
+        if findings:
+            waiver = "" if mode == CompatibilityMode.DISABLED else _DECLARE_A_BREAK
+            listed = "; ".join(str(finding) for finding in findings[:10])
             raise SchemaInvalidError(
-                f"not backward compatible with v{latest.version}: "
-                + "; ".join(problems)
-                + " (create it with compatibility 'none' to allow a breaking change)"
+                f"not compatible under {mode} ({event_type.compatibility_policy}): {listed}{waiver}"
             )
     return number
 
