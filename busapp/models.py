@@ -585,6 +585,8 @@ class AuditAction(models.TextChoices):
     TOPIC_SENSITIVITY_REFUSED = "topic.sensitivity_refused", "sensitivity change refused"
     EVENT_TYPE_CREATE = "event_type.create", "event type created"
     EVENT_TYPE_UPDATE = "eventtype.update", "event type changed"
+    EVENT_TYPE_COMPATIBILITY = "event_type.compatibility", "event type's compatibility mode changed"
+    EVENT_TYPE_COMPATIBILITY_REFUSED = "event_type.compatibility.refused", "compatibility change refused"
     SCHEMA_VERSION_CREATE = "schema_version.create", "schema version created"
     SCHEMA_VERSION_CREATE_REFUSED = "schema_version.create.refused", "schema version refused"
     SCHEMA_VERSION_UPDATE = "schemaversion.update", "schema version changed"

@@ -191,6 +191,15 @@ def event_types_with_active_versions(*, topic: Topic) -> list[tuple[EventType, S
     return [(event_type, versions.get(event_type.pk)) for event_type in types]
 
 
+def schema_versions_by_type(types: Iterable[EventType]) -> dict[int, list[SchemaVersion]]:
+    """Every schema version of each type, newest first, with who created it: one query."""
+    found: dict[int, list[SchemaVersion]] = {}
+    rows = SchemaVersion.objects.filter(event_type__in=list(types)).select_related("created_by").order_by("-version")
+    for version in rows:
+        found.setdefault(version.event_type_id, []).append(version)
+    return found
+
+
 def dead_letters_open_count(topics: Iterable[Topic]) -> int:
     """Open dead letters on the given topics."""
     return DeadLetter.objects.filter(topic__in=list(topics), status=DeadLetterStatus.OPEN).count()

@@ -9,6 +9,11 @@ urlpatterns = [
     path("dashboard/series/", pages.dashboard_series, name="dashboard-series"),
     path("topics/", pages.topic_list, name="topic-list"),
     path("topics/<str:name>/", pages.topic_detail, name="topic-detail"),
+    path(
+        "topics/<str:name>/types/<str:type_name>/compatibility/",
+        pages.event_type_compatibility,
+        name="event-type-compatibility",
+    ),
     path("topics/<str:name>/publish/", publish.topic_publish, name="topic-publish"),
     path("topics/<str:name>/publish/confirm/", publish.topic_publish_confirm, name="topic-publish-confirm"),
     path("topics/<str:name>/published/<uuid:envelope_id>/", publish.publish_result, name="publish-result"),

@@ -232,6 +232,14 @@ RULES: dict[str, tuple[Case, ...]] = {
         ),
     ),
     # A topic's sensitive flag: bus admins ask; a second bus admin decides (admin2 asked for these).
+    # An event type's compatibility mode: bus admins set it, with a reason.
+    "event-type-compatibility": (
+        post(
+            "/topics/tax-policy/types/tax_policy.updated/compatibility/",
+            ADMINS,
+            {"mode": "FULL", "policy": "STRICT", "reason": "matrix"},
+        ),
+    ),
     "topic-sensitivity": (
         get("/topics/tax-policy/sensitivity/", ADMINS),
         post("/topics/tax-policy/sensitivity/", ADMINS, {"sensitive": "yes", "reason": "matrix"}),

@@ -7,15 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
 from django.db.models import Model
 
+from busapp.actions.reasons import reason_checked
 from busapp.audit import Actor, actor_parts, audit_record
 from busapp.compatibility import mode_findings
-from busapp.errors import (
-    SchemaInvalidError,
-)
+from busapp.errors import ActionRefusedError, FieldError, RightRefusedError, SchemaInvalidError
 from busapp.models import (
     AuditAction,
     Compatibility,
@@ -98,6 +97,7 @@ def event_type_create(*, topic: Topic, name: str, actor: Actor, description: str
     return event_type
 
 
+CHANGE_EVENT_TYPE = "busapp.change_eventtype"  # the bus admins' right to set a type's compatibility
 _DECLARE_A_BREAK = "; to declare a breaking change, create it with compatibility 'none'"
 
 
@@ -159,3 +159,34 @@ def schema_version_create(
         details={"fingerprint": version.fingerprint, "compatibility": compatibility},
     )
     return version
+
+
+@transaction.atomic
+def event_type_compatibility_set(
+    *, event_type: EventType, mode: str, policy: str, reason: str, actor: User
+) -> EventType:
+    """A bus admin sets what the type's next versions must keep (mode and policy), with a reason; audited."""
+    if not (actor.is_active and actor.has_perm(CHANGE_EVENT_TYPE)):
+        raise RightRefusedError([{"path": "", "message": "only bus admins set an event type's compatibility mode"}])
+    problems: list[FieldError] = []
+    if mode not in CompatibilityMode.values:
+        modes = ", ".join(CompatibilityMode.values)
+        problems.append({"path": "/mode", "message": f"is not a mode: use one of {modes}"})
+    if policy not in CompatibilityPolicy.values:
+        problems.append({"path": "/policy", "message": "is not a policy: use STRICT or LENIENT"})
+    if problems:
+        raise ActionRefusedError(problems)
+    reason = reason_checked(reason)
+    locked = EventType.objects.select_for_update().get(pk=event_type.pk)
+    before = (locked.compatibility_mode, locked.compatibility_policy)
+    if before == (mode, policy):
+        raise ActionRefusedError([{"path": "/mode", "message": f"is {mode} ({policy}) already: nothing to change"}])
+    locked.compatibility_mode, locked.compatibility_policy = mode, policy
+    locked.save(update_fields=["compatibility_mode", "compatibility_policy"])
+    audit_record(
+        actor=actor,
+        action=AuditAction.EVENT_TYPE_COMPATIBILITY,
+        target=f"event_type:{locked}",
+        details={"mode": [before[0], mode], "policy": [before[1], policy], "reason": reason},
+    )
+    return locked

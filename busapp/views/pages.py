@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
+from busapp.actions.registry import CHANGE_EVENT_TYPE, event_type_compatibility_set
+from busapp.errors import BusInputError, FieldError, RightRefusedError
 from busapp.health import health_check, workers_read
+from busapp.models import AuditAction, CompatibilityMode, CompatibilityPolicy, EventType, Topic
 from busapp.permissions import MANAGE_ACCESS, PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.schema_forms import form_layout
 from busapp.selectors import (
@@ -20,10 +24,11 @@ from busapp.selectors import (
     publish_requests_for_approver,
     publish_requests_open,
     recent_events,
+    schema_versions_by_type,
     topic_summaries,
     topics_visible_to,
 )
-from busapp.views.access import signed_in_user, topic_with_right
+from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
 
 
 @login_required
@@ -84,20 +89,63 @@ def topic_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def topic_detail(request: HttpRequest, name: str) -> HttpResponse:
-    """One topic: its event types with their active schema, readable, and its newest events."""
-    topic = topic_with_right(request, name, VIEW_TOPIC)
+    """One topic: its event types with their active schema, readable, their versions, and its newest events."""
+    return _topic_page(request, topic_with_right(request, name, VIEW_TOPIC))
+
+
+def _topic_page(
+    request: HttpRequest, topic: Topic, *, refused: tuple[str, list[FieldError]] | None = None, status: int = 200
+) -> HttpResponse:
+    """The topic page; ``refused`` is (event type, problems) of a compatibility change it shows at its form."""
+    pairs = event_types_with_active_versions(topic=topic)
+    versions = schema_versions_by_type(event_type for event_type, _ in pairs)
     types = [
-        {"event_type": event_type, "version": version, "layout": form_layout(version) if version else None}
-        for event_type, version in event_types_with_active_versions(topic=topic)
+        {
+            "event_type": event_type,
+            "version": version,
+            "layout": form_layout(version) if version else None,
+            "versions": versions.get(event_type.pk, []),
+            "refused": refused[1] if refused and refused[0] == event_type.name else [],
+            "asked": request.POST if refused and refused[0] == event_type.name else {},
+        }
+        for event_type, version in pairs
     ]
+    user = signed_in_user(request)
     context = {
         "topic": topic,
         "types": types,
         "events": recent_events(topic=topic),
-        "can_publish": topic_right_held(signed_in_user(request), PUBLISH_TOPIC, topic),
+        "can_publish": topic_right_held(user, PUBLISH_TOPIC, topic),
         "open_dead_letters": dead_letters_open_count([topic]),
+        "may_set_compatibility": user.has_perm(CHANGE_EVENT_TYPE),
+        "modes": CompatibilityMode.choices,
+        "policies": CompatibilityPolicy.choices,
     }
-    return render(request, "topics/detail.html", context)
+    return render(request, "topics/detail.html", context, status=status)
+
+
+@login_required
+@require_POST
+def event_type_compatibility(request: HttpRequest, name: str, type_name: str) -> HttpResponse:
+    """A bus admin sets an event type's compatibility mode and policy, with a reason (audited)."""
+    topic = topic_with_right(request, name, VIEW_TOPIC)
+    event_type = get_object_or_404(EventType, topic=topic, name=type_name)
+    try:
+        event_type_compatibility_set(
+            event_type=event_type,
+            mode=request.POST.get("mode", ""),
+            policy=request.POST.get("policy", ""),
+            reason=request.POST.get("reason", ""),
+            actor=signed_in_user(request),
+        )
+    except RightRefusedError as refused:
+        target, message = f"event_type:{event_type}", refused.errors[0]["message"]
+        refuse_audited(request, AuditAction.EVENT_TYPE_COMPATIBILITY_REFUSED, target, message)
+    except BusInputError as refused:
+        return _topic_page(request, topic, refused=(event_type.name, refused.errors), status=400)
+    mode, policy = request.POST["mode"], request.POST["policy"]
+    messages.success(request, f"{event_type.name}: new versions are checked under {mode} ({policy}).")
+    return redirect("topic-detail", topic.name)
 
 
 @require_GET
