@@ -30,6 +30,8 @@ PAYLOAD_BYTES_SHOWN = 4096
 # A dead letter's body as it arrived, cut to this many characters on live traffic.
 LETTER_TEXT_SHOWN = 160
 DEAD_LETTERED = "dead-lettered"
+# Seconds the live pages' announcement of new dead letters may take before it is given up.
+ANNOUNCE_SECONDS = 1.0
 
 
 def topic_group(topic: str) -> str:
@@ -184,9 +186,14 @@ _SENDING: set[asyncio.Task[None]] = set()  # sends left to a running loop, kept 
 
 
 async def _group_sends(layer: Any, groups: dict[str, list[dict[str, Any]]], letters: int) -> None:
-    """One ``group_send`` a group; a failure is logged, never raised (the letters are kept and on their .dlq)."""
+    """One ``group_send`` a group, ANNOUNCE_SECONDS in all; a failure is logged, never raised.
+
+    A web process runs its sync views in one thread: a Channels layer whose Redis stopped
+    answering must not hold that thread for the layer's own 10 s timeout.
+    """
     try:
-        for group, items in groups.items():
-            await layer.group_send(group, group_message(group, items))
-    except Exception:
+        async with asyncio.timeout(ANNOUNCE_SECONDS):
+            for group, items in groups.items():
+                await layer.group_send(group, group_message(group, items))
+    except Exception:  # TimeoutError included: the letters are kept, and on their .dlq
         logger.exception("%d dead letter(s) not shown live; /dlq/ has them", letters)
