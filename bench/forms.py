@@ -276,8 +276,8 @@ def _leaves(fields: list[Any]) -> int:
     return count
 
 
-def _setup(database_url: str, redis_url: str, var_dir: str) -> Any:
-    """Production settings on the bench's database and Redis, the demo data, and the 50-field event type."""
+def demo_ready(database_url: str, redis_url: str, var_dir: str) -> None:
+    """Production settings on the bench's database and Redis, migrated, flushed, with the demo data."""
     os.environ.update(
         DJANGO_SETTINGS_MODULE="hmsadmin.settings",
         DATABASE_URL=database_url,
@@ -291,12 +291,19 @@ def _setup(database_url: str, redis_url: str, var_dir: str) -> Any:
     django.setup()
     from django.core.management import call_command
 
-    from busapp.actions.registry import event_type_create, schema_version_create, topic_create
-
     call_command("migrate", verbosity=0)
     call_command("flush", interactive=False, verbosity=0)
     with open(os.devnull, "w") as quiet:
         call_command("load_demo", password="bench-password-123", stdout=quiet)
+
+
+def _setup(database_url: str, redis_url: str, var_dir: str) -> Any:
+    """Production settings on the bench's database and Redis, the demo data, and the 50-field event type."""
+    demo_ready(database_url, redis_url, var_dir)
+    from django.core.management import call_command
+
+    from busapp.actions.registry import event_type_create, schema_version_create, topic_create
+
     call_command("collectstatic", interactive=False, verbosity=0)  # DEBUG=0 serves the hashed manifest's names
     topic = topic_create(name=TOPIC, actor="bench", description="The publish form benchmark's topic.")
     event_type = event_type_create(topic=topic, name=EVENT_TYPE, actor="bench", description="50 fields.")
