@@ -21,7 +21,7 @@ independent oracle of tests/test_compatibility.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
@@ -31,7 +31,7 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from busapp.models import CompatibilityMode, CompatibilityPolicy
-from busapp.validation import SCHEMA_ANNOTATIONS, regex_compiled, schema_accepts, schema_types
+from busapp.validation import SCHEMA_ANNOTATIONS, regex_compiled, schema_acceptor, schema_types
 
 BACKWARD_BREAKS = "events valid under v{version} are refused (events already sent, publishers still on it)"
 FORWARD_BREAKS = "subscribers still validating with v{version} refuse events valid under the new version"
@@ -345,9 +345,8 @@ class _Comparison:
     def _values_refused(self, values: list[Any], old: _Node, new: _Node, pointer: str) -> list[Finding]:
         """Exact: the values ``old`` allows, each validated against ``new``."""
         # A value whose validity a $ref hides counts as allowed before and refused now: the safe side.
-        refused = [
-            value for value in values if self._valid(old, value) is not False and self._valid(new, value) is not True
-        ]
+        before, after = _validity(old), _validity(new)
+        refused = [value for value in values if before(value) is not False and after(value) is not True]
         if not refused:
             return []
         rule = (
@@ -358,12 +357,6 @@ class _Comparison:
             else "VALUE_REFUSED"
         )
         return [Finding(pointer, rule, f"{_listed(refused)} allowed before, refused now")]
-
-    def _valid(self, node: _Node, value: Any) -> bool | None:
-        """Whether ``value`` is valid under the node's schema, as payloads are checked; None if it holds a ``$ref``."""
-        if _references(node.schema):
-            return None
-        return schema_accepts(node.schema, value)
 
     def _alternatives(self, old: _Node, new: _Node, keyword: str, pointer: str) -> list[Finding]:
         """``old`` within one branch of the new ``anyOf``/``oneOf`` (for ``oneOf``, apart from every other)."""
@@ -391,7 +384,8 @@ class _Comparison:
         """True when no value valid under ``old`` is valid under ``other`` (proved by type, values or a tag)."""
         finite = self._finite_values(old)
         if finite is not None:
-            return all(self._valid(other, value) is False for value in finite if self._valid(old, value) is not False)
+            valid_before, valid_there = _validity(old), _validity(other)
+            return all(valid_there(value) is False for value in finite if valid_before(value) is not False)
         if other.schema is False:
             return True
         if not isinstance(other.schema, dict) or "$ref" in other.schema:
@@ -670,6 +664,13 @@ def _limit(bound: tuple[Fraction, bool]) -> str:
 
 
 # --- small helpers ---------------------------------------------------------------------------
+
+
+def _validity(node: _Node) -> Callable[[Any], bool | None]:
+    """Whether a value is valid under the node's schema, as payloads are checked; None for all if it has a ``$ref``."""
+    if _references(node.schema):
+        return lambda value: None
+    return schema_acceptor(node.schema)
 
 
 def _accepts_everything(schema: Any) -> bool:

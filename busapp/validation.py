@@ -11,7 +11,7 @@ import math
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -721,11 +721,12 @@ def _unevaluated_check(graph: _SchemaGraph, start: int) -> None:
                 todo.append(nxt)
 
 
-def schema_check(schema: Any, *, uri: str) -> None:
+def schema_check(schema: Any, *, uri: str, stored: Registry[Any] | None = None) -> None:
     """Refuse a schema that could not be saved or could hurt; each refusal names the JSON pointer and the rule.
 
     Not valid Draft 2020-12, nested over 64 levels, holding NUL or lone surrogates, a ``$ref``
-    outside the stored schemas or in a cycle with no keyword between, or a pattern RE2 refuses.
+    outside the stored schemas (``stored``: ``stored_schema_registry()``, read here if not given)
+    or in a cycle with no keyword between, or a pattern RE2 refuses.
     """
     if not isinstance(schema, dict):
         raise SchemaInvalidError(f"a JSON Schema here must be an object, not {type(schema).__name__}")
@@ -738,7 +739,7 @@ def schema_check(schema: Any, *, uri: str) -> None:
         where = "/" + "/".join(str(part) for part in error.absolute_path) if error.absolute_path else "the root"
         raise SchemaInvalidError(f"not a valid JSON Schema (Draft 2020-12) at {where}: {error.message}") from None
     resource = DRAFT202012.create_resource(schema)
-    registry = stored_schema_registry().with_resource(uri, resource)
+    registry = (stored or stored_schema_registry()).with_resource(uri, resource)
     if isinstance(schema.get("$id"), str):
         registry = registry.with_resource(schema["$id"], resource)
     graph = _schema_graph(schema, registry.resolver(base_uri=uri))
@@ -763,9 +764,9 @@ def validator_for(version: SchemaVersion) -> Draft202012Validator:
     return validator
 
 
-def schema_accepts(schema: Any, value: Any) -> bool:
+def schema_acceptor(schema: Any) -> Callable[[Any], bool]:
     """Whether a schema without ``$ref``s accepts a value, checked as payloads are (RE2, decimal multipleOf)."""
-    return bool(PayloadValidator(schema, format_checker=_format_checker).is_valid(value))
+    return PayloadValidator(schema, format_checker=_format_checker).is_valid  # type: ignore[no-any-return]
 
 
 def validator_cache_clear() -> None:

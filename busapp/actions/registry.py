@@ -111,7 +111,8 @@ def schema_version_check(*, event_type: EventType, schema: Any, compatibility: s
     versions = list(SchemaVersion.objects.filter(event_type=event_type).order_by("-version"))
     number = versions[0].version + 1 if versions else 1
     topic = event_type.topic.name
-    schema_check(schema, uri=schema_uri(topic, event_type.name, number))
+    stored = stored_schema_registry()  # every stored schema, for $refs: read once for both checks
+    schema_check(schema, uri=schema_uri(topic, event_type.name, number), stored=stored)
     mode = event_type.compatibility_mode
     if versions and (compatibility == Compatibility.BACKWARD or mode == CompatibilityMode.DISABLED):
         findings = mode_findings(
@@ -119,7 +120,7 @@ def schema_version_check(*, event_type: EventType, schema: Any, compatibility: s
             [(version.version, version.schema) for version in versions if not version.deprecated],
             mode=CompatibilityMode(mode),
             policy=CompatibilityPolicy(event_type.compatibility_policy),
-            registry=stored_schema_registry(),
+            registry=stored,
             new_uri=schema_uri(topic, event_type.name, number),
             uri_of=lambda earlier: schema_uri(topic, event_type.name, earlier),
         )
