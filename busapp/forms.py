@@ -260,11 +260,6 @@ class AuditFilterForm(_TimeRangeForm):
     field_order = ["actor", "action", "target", "since", "until"]
 
 
-def utc_text(value: dt.datetime | None) -> str:
-    """A time as the filter forms show it."""
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
 # The /access/ pages: grants, roles and service tokens. Each form names what it refuses, field by field.
 
 # A time typed as ISO text in UTC; the page shows the local time beside it (frame.js).
@@ -280,7 +275,7 @@ class _ExpiryForm(forms.Form):
         label="Expires (UTC)",
         help_text=_EXPIRY_HELP,
         widget=forms.DateTimeInput(
-            attrs={"data-utc-time": "", "placeholder": "2027-01-31 09:00", "autocomplete": "off"},
+            attrs=_UTC_TIME_ATTRS,
             format="%Y-%m-%d %H:%M",
         ),
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"],
