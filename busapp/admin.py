@@ -150,29 +150,38 @@ class SchemaVersionAdmin(admin.ModelAdmin[SchemaVersion]):
     """Schema versions: added through ``schema_version_create``, immutable afterwards."""
 
     form = SchemaVersionForm
-    list_display = ["event_type", "version", "compatibility", "deprecated", "created_at"]
-    list_filter = ["deprecated", "event_type__topic"]
+    list_display = ["event_type", "version", "compatibility", "state", "created_at"]
+    list_filter = ["state", "event_type__topic"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        """Everything but the deprecated flag is fixed once saved."""
+        """Everything is fixed once saved; the state changes on the topic page, with a reason."""
         if obj is None:
             return []
-        return ["event_type", "version", "schema", "fingerprint", "compatibility", "created_by", "created_at"]
+        return [
+            "event_type",
+            "version",
+            "schema",
+            "fingerprint",
+            "compatibility",
+            "state",
+            "state_changed_at",
+            "created_by",
+            "created_at",
+        ]
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         """Adding asks for the schema; viewing shows it all."""
         if obj is None:
             return ["event_type", "schema", "compatibility"]
-        return [*self.get_readonly_fields(request, obj), "deprecated"]
+        return self.get_readonly_fields(request, obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """Events point at their schema version: never deleted."""
         return False
 
     def save_model(self, request: HttpRequest, obj: SchemaVersion, form: Any, change: bool) -> None:
-        """Add through the service; a change can only flip the deprecated flag (audited)."""
+        """Add through the service (a saved version has no editable field)."""
         if change:
-            record_change(obj=obj, changed_fields=form.changed_data, actor=request.user)  # type: ignore[arg-type]
             return
         created = schema_version_create(
             event_type=obj.event_type,

@@ -86,6 +86,20 @@ def mode_findings(
     return findings
 
 
+def directional_findings(
+    old: Any,
+    new: Any,
+    *,
+    policy: CompatibilityPolicy,
+    registry: Registry[Any],
+    old_uri: str,
+    new_uri: str,
+) -> tuple[list[Finding], list[Finding]]:
+    """What ``new`` breaks against ``old``: for writers (old events refused) and for readers (new events refused)."""
+    pair = _Pair(registry, policy, old_uri, old, new_uri, new)
+    return pair.refused(old_side="old"), pair.refused(old_side="new")
+
+
 def refusals(
     old: Any,
     new: Any,

@@ -171,12 +171,20 @@ class Compatibility(models.TextChoices):
     BACKWARD = "backward", "backward: events valid before stay valid"
 
 
+class SchemaVersionState(models.TextChoices):
+    """Whether publishers may use a version: freely, with a warning, or not at all. Versions are never deleted."""
+
+    ENABLED = "enabled", "enabled"
+    DEPRECATED = "deprecated", "deprecated: accepted with a warning"
+    DISABLED = "disabled", "disabled: refused"
+
+
 class SchemaVersionQuerySet(models.QuerySet["SchemaVersion"]):
     """Queries over schema versions."""
 
     def active(self) -> SchemaVersionQuerySet:
-        """Versions that may be published against: not deprecated, newest first."""
-        return self.filter(deprecated=False).order_by("-version")
+        """Versions that may be published against (enabled or deprecated), newest first."""
+        return self.exclude(state=SchemaVersionState.DISABLED).order_by("-version")
 
 
 class SchemaVersion(models.Model):
@@ -190,7 +198,8 @@ class SchemaVersion(models.Model):
     source = models.TextField(blank=True, help_text="The schema's JSON as its author wrote it (key order kept).")
     fingerprint = models.CharField(max_length=64, help_text="sha256 of the schema's canonical JSON.")
     compatibility = models.CharField(max_length=16, choices=Compatibility.choices, default=Compatibility.BACKWARD)
-    deprecated = models.BooleanField(default=False)
+    state = models.CharField(max_length=16, choices=SchemaVersionState.choices, default=SchemaVersionState.ENABLED)
+    state_changed_at = models.DateTimeField(null=True, blank=True, help_text="When the state last changed.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -208,8 +217,9 @@ class SchemaVersion(models.Model):
         return f"{self.event_type} v{self.version}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        """Save a new version; afterwards only the deprecated flag may change."""
-        if not _is_new(self) and set(kwargs.get("update_fields") or ()) != {"deprecated"}:
+        """Save a new version; afterwards only its state may change."""
+        fields = set(kwargs.get("update_fields") or ())
+        if not _is_new(self) and not (fields and fields <= {"state", "state_changed_at"}):
             raise ImmutableRecordError("a saved schema version is immutable: create a new version instead")
         super().save(*args, **kwargs)
 
@@ -290,8 +300,8 @@ class Event(models.Model):
         return reverse("event-detail", args=[self.envelope_id])
 
 
-class SensitivityChangeStatus(models.TextChoices):
-    """Where a request to change a topic's ``sensitive`` flag is."""
+class ChangeRequestStatus(models.TextChoices):
+    """Where a bus admin's four-eyes request (a topic's ``sensitive`` flag, a breaking schema version) is."""
 
     AWAITING_APPROVAL = "awaiting_approval", "awaiting a second bus admin"
     APPROVED = "approved", "approved"
@@ -308,7 +318,7 @@ class TopicSensitivityChange(models.Model):
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     requested_at = models.DateTimeField(default=timezone.now)
     status = models.CharField(
-        max_length=24, choices=SensitivityChangeStatus.choices, default=SensitivityChangeStatus.AWAITING_APPROVAL
+        max_length=24, choices=ChangeRequestStatus.choices, default=ChangeRequestStatus.AWAITING_APPROVAL
     )
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -337,7 +347,54 @@ class TopicSensitivityChange(models.Model):
     @property
     def is_open(self) -> bool:
         """True while a second bus admin can still decide it."""
-        return self.status == SensitivityChangeStatus.AWAITING_APPROVAL
+        return self.status == ChangeRequestStatus.AWAITING_APPROVAL
+
+
+class SchemaVersionRequest(models.Model):
+    """A breaking schema version proposed on a sensitive topic; it is saved only when a second bus admin approves."""
+
+    event_type = models.ForeignKey(EventType, on_delete=models.PROTECT, related_name="version_requests")
+    schema = models.JSONField()
+    source = models.TextField(help_text="The schema's JSON as its author wrote it (key order kept).")
+    fingerprint = models.CharField(max_length=64)
+    findings = models.JSONField(help_text="What it breaks, as the check said when it was proposed.")
+    reason = models.TextField(help_text="Why, in the requester's words (kept in the audit log).")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    requested_at = models.DateTimeField(default=timezone.now)
+    status = models.CharField(
+        max_length=24, choices=ChangeRequestStatus.choices, default=ChangeRequestStatus.AWAITING_APPROVAL
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(blank=True)
+    version = models.ForeignKey(
+        SchemaVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+", help_text="Once approved."
+    )
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event_type"],
+                condition=Q(status="awaiting_approval"),
+                name="one_open_version_request_per_type",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"version request #{self.pk}: {self.event_type}"
+
+    @property
+    def is_open(self) -> bool:
+        """Nobody has decided or cancelled it yet."""
+        return self.status == ChangeRequestStatus.AWAITING_APPROVAL
+
+    @property
+    def authored(self) -> Any:
+        """The schema with its keys in the order its author wrote them."""
+        return json.loads(self.source)
 
 
 class PublishRequestStatus(models.TextChoices):
@@ -590,6 +647,12 @@ class AuditAction(models.TextChoices):
     SCHEMA_VERSION_CREATE = "schema_version.create", "schema version created"
     SCHEMA_VERSION_CREATE_REFUSED = "schema_version.create.refused", "schema version refused"
     SCHEMA_VERSION_UPDATE = "schemaversion.update", "schema version changed"
+    SCHEMA_VERSION_STATE = "schema_version.state", "schema version's state changed"
+    SCHEMA_VERSION_STATE_REFUSED = "schema_version.state.refused", "schema version state change refused"
+    SCHEMA_VERSION_REQUEST = "schema_version.request", "breaking schema version proposed"
+    SCHEMA_VERSION_APPROVE = "schema_version.approve", "breaking schema version approved"
+    SCHEMA_VERSION_REJECT = "schema_version.reject", "breaking schema version rejected"
+    SCHEMA_VERSION_CANCEL = "schema_version.cancel", "breaking schema version withdrawn"
     ACCESS_GRANT = "access.grant", "rights granted"
     ACCESS_REVOKE = "access.revoke", "rights revoked"
     ACCESS_EXPIRE = "access.expire", "rights expired"

@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser
 
 # Every publish resolves its schema version (``Store.version_active_row``, one prepared statement),
-# and the immutable schema body is fetched once per version. Topic settings and the deprecated flag are read fresh.
+# and the immutable schema body is fetched once per version. Topic settings and the version's state are read fresh.
 # The version, its event type and topic, built once per distinct row: any change to a
-# column read here (a new version, the deprecated flag, the topic's settings) gives a
+# column read here (a new version, a version's state, the topic's settings) gives a
 # new row and so a fresh object. Callers only read these objects.
 _versions: dict[tuple[Any, ...], SchemaVersion] = {}
 _VERSIONS_KEPT = 1000
@@ -52,7 +52,7 @@ def _version_from_row(topic: str, event_type: str, row: ActiveVersionRow) -> Sch
     key = (topic, event_type, row)
     version = _versions.get(key)
     if version is None:
-        version_id, number, fingerprint, event_type_id, topic_id, sensitive, stream_retention = astuple(row)
+        version_id, number, fingerprint, event_type_id, topic_id, sensitive, stream_retention, state = astuple(row)
         schema, source = SchemaVersion.objects.values_list("schema", "source").get(pk=version_id)
         topic_row = Topic(id=topic_id, name=topic, sensitive=bool(sensitive), stream_retention=stream_retention)
         version = SchemaVersion(
@@ -61,6 +61,7 @@ def _version_from_row(topic: str, event_type: str, row: ActiveVersionRow) -> Sch
             schema=schema,
             source=source,
             fingerprint=fingerprint,
+            state=state,
             event_type=EventType(id=event_type_id, name=event_type, topic=topic_row),
         )
         if len(_versions) >= _VERSIONS_KEPT:
@@ -70,7 +71,7 @@ def _version_from_row(topic: str, event_type: str, row: ActiveVersionRow) -> Sch
 
 
 def schema_version_active(*, topic: str, event_type: str) -> SchemaVersion:
-    """The newest non-deprecated schema version of a topic's event type, or a clear error naming what is unknown."""
+    """The newest schema version of a topic's event type not disabled, or a clear error naming what is unknown."""
     row = store().version_active_row(topic, event_type)
     if row is not None:
         return _version_from_row(topic, event_type, row)
@@ -78,7 +79,7 @@ def schema_version_active(*, topic: str, event_type: str) -> SchemaVersion:
         raise TopicNotFoundError([{"path": "/topic", "message": f"unknown topic {topic!r}"}])
     known = list(EventType.objects.filter(topic__name=topic).values_list("name", flat=True))
     if event_type in known:
-        message = f"event type {event_type!r} on topic {topic!r} has no active schema version"
+        message = f"event type {event_type!r} on topic {topic!r} has no active schema version: every one is disabled"
     else:
         message = f"unknown event type {event_type!r} on topic {topic!r}; known: {', '.join(known) or 'none'}"
     raise EventRejectedError([{"path": "/type", "message": message}])

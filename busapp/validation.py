@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 # How deep arrays and objects may nest in a payload or a schema: deeper JSON is refused before anything
 # recursive (json, jsonschema, the database's JSON functions) sees it.
 MAX_DEPTH = 64
+SCHEMA_MAX_BYTES = 256 * 1024  # a schema's canonical JSON; the largest real one is a few KiB
 # At most this many problems of one value are reported: a payload of 10,000 NUL strings gets 20 lines.
 VALUE_ERRORS_MAX = 20
 # The start of every message json_parse gives to a text that is not JSON at all (the CLI dead-letters those).
@@ -724,7 +725,7 @@ def _unevaluated_check(graph: _SchemaGraph, start: int) -> None:
 def schema_check(schema: Any, *, uri: str, stored: Registry[Any] | None = None) -> None:
     """Refuse a schema that could not be saved or could hurt; each refusal names the JSON pointer and the rule.
 
-    Not valid Draft 2020-12, nested over 64 levels, holding NUL or lone surrogates, a ``$ref``
+    Not valid Draft 2020-12, over 256 KiB, nested over 64 levels, holding NUL or lone surrogates, a ``$ref``
     outside the stored schemas (``stored``: ``stored_schema_registry()``, read here if not given)
     or in a cycle with no keyword between, or a pattern RE2 refuses.
     """
@@ -733,6 +734,11 @@ def schema_check(schema: Any, *, uri: str, stored: Registry[Any] | None = None) 
     problems = json_value_errors(schema, path="")
     if problems:
         raise SchemaInvalidError(f"{_at(problems[0]['path'])}: {problems[0]['message']}")
+    size = len(canonical_json(schema).encode())
+    if size > SCHEMA_MAX_BYTES:
+        raise SchemaInvalidError(
+            f"{_at('')}: the schema is {size / 1024:,.0f} KiB; a schema may be at most {SCHEMA_MAX_BYTES // 1024} KiB"
+        )
     try:
         Draft202012Validator.check_schema(schema, format_checker=_schema_format_checker)
     except SchemaError as error:
@@ -874,12 +880,23 @@ def payload_schema_errors(version: SchemaVersion, payload: Any, *, encoded: str 
         checker = fast_checker((version.pk, version.fingerprint), version.schema)
         if surely_valid(checker, payload, encoded):
             return []
+    return _bounded_errors(validator_for(version), payload, version.version)
+
+
+def draft_payload_checker(schema: Any, *, stored: Registry[Any], number: int) -> Callable[[Any], list[FieldError]]:
+    """Payload errors under a schema not saved yet (the dry run of version ``number``), bounded like any publish."""
+    validator = PayloadValidator(schema, registry=stored, format_checker=_format_checker)
+    return lambda payload: _bounded_errors(validator, payload, number)
+
+
+def _bounded_errors(validator: Draft202012Validator, payload: Any, number: int) -> list[FieldError]:
+    """The validator's errors for a payload, refused instead when they would take too much work or recurse."""
     allowance = _checks_left.set([SCHEMA_CHECKS_MAX])
     try:
-        return _sorted_errors(validator_for(version).iter_errors(payload), "/payload")
+        return _sorted_errors(validator.iter_errors(payload), "/payload")
     except _TooMuchWorkError:
         message = (
-            f"needs more than {SCHEMA_CHECKS_MAX:,} schema checks under version {version.version}: the schema"
+            f"needs more than {SCHEMA_CHECKS_MAX:,} schema checks under version {number}: the schema"
             " repeats a recursive reference, or the payload is too large for it; send IDs, not documents"
         )
         return [{"path": "/payload", "message": message}]
@@ -889,7 +906,7 @@ def payload_schema_errors(version: SchemaVersion, payload: Any, *, encoded: str 
         if not isinstance(error, RecursionError) and type(error).__name__ != "PanicException":
             raise
         message = (
-            f"cannot be checked: schema version {version.version} refers to itself with no keyword between"
+            f"cannot be checked: schema version {number} refers to itself with no keyword between"
             " (a $ref cycle) and recurses for ever; a bus admin must add a fixed version"
         )
         return [{"path": "/payload", "message": message}]

@@ -228,7 +228,7 @@ def test_anyone_who_may_view_the_topic_lists_its_types_schema_versions():
 
     assert (body["topic"], body["type"]) == ("tax-policy", "tax_policy.updated")
     [version] = body["schema_versions"]
-    assert (version["version"], version["compatibility"], version["deprecated"]) == (1, "backward", False)
+    assert (version["version"], version["compatibility"], version["state"]) == (1, "backward", "enabled")
     assert version["schema"]["required"] == ["standard_deduction"]
     assert (
         "unknown event type 'nope'"
@@ -243,7 +243,7 @@ def test_a_bus_admin_adds_the_next_schema_version_and_it_is_audited_and_in_force
 
     assert response.status_code == 201, response.content
     created = response.json()
-    assert (created["version"], created["compatibility"], created["deprecated"]) == (2, "backward", False)
+    assert (created["version"], created["compatibility"], created["state"]) == (2, "backward", "enabled")
     assert created["schema"] == NOTE_SCHEMA
     entry = AuditEntry.objects.get(action="schema_version.create", target="schema:tax-policy/tax_policy.updated/v2")
     assert entry.actor_name == "admin"

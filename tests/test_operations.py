@@ -149,22 +149,19 @@ def test_a_schema_version_added_in_the_admin_is_checked_and_audited(client):
 
 
 @pytest.mark.usefixtures("demo_committed")
-def test_deprecating_a_version_in_the_admin_is_audited_and_publishing_falls_back(client, bus):
-    from busapp.errors import EventRejectedError
+def test_a_versions_state_cannot_be_changed_in_the_admin_only_on_its_topic_page_with_a_reason(client, bus):
     from busapp.models import SchemaVersion
 
     version = SchemaVersion.objects.get(event_type__name="tax_policy.updated")
     client.force_login(get_user_model().objects.get(username="admin"))
 
-    response = client.post(f"/admin/busapp/schemaversion/{version.pk}/change/", {"deprecated": "on"})
+    response = client.post(f"/admin/busapp/schemaversion/{version.pk}/change/", {"state": "disabled"})
 
     assert response.status_code == 302
     version.refresh_from_db()
-    assert version.deprecated
-    entry = AuditEntry.objects.get(action="schemaversion.update")
-    assert (entry.actor_name, entry.details) == ("admin", {"deprecated": "True"})
-    with pytest.raises(EventRejectedError, match="has no active schema version"):
-        publish_deduction(1)
+    assert version.state == "enabled"
+    assert not AuditEntry.objects.filter(action__startswith="schema").exclude(action="schema_version.create").exists()
+    assert publish_deduction(1).schema_version_id == version.pk
 
 
 @pytest.mark.usefixtures("demo_committed")

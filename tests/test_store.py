@@ -109,11 +109,11 @@ def test_publishing_leaves_the_same_rows_and_audit_entries_under_both_stores(
     assert runs["sql"]["chain_intact"]
 
 
-def test_the_active_version_lookup_answers_the_same_for_known_deprecated_and_unknown_types() -> None:
+def test_the_active_version_lookup_answers_the_same_for_known_disabled_and_unknown_types() -> None:
     version = schema_version_active(topic="tax-policy", event_type="tax_policy.updated")
     asked = [("tax-policy", "tax_policy.updated"), ("tax-policy", "no_such.type"), ("no.such-topic", "x")]
     before = _under_each_store(lambda: [store().version_active_row(topic, kind) for topic, kind in asked])
-    SchemaVersion.objects.filter(pk=version.pk).update(deprecated=True)
+    SchemaVersion.objects.filter(pk=version.pk).update(state="disabled")
     after = _under_each_store(lambda: store().version_active_row("tax-policy", "tax_policy.updated"))
 
     assert before["sql"] == before["orm"]

@@ -217,7 +217,7 @@ def test_a_scheduled_publish_whose_schema_was_withdrawn_fails_and_says_why(bus):
         "tax-policy",
         {"type": "tax_policy.updated", "/payload/standard_deduction": "15000", "effective_at": _in(10)},
     )
-    SchemaVersion.objects.filter(event_type__name="tax_policy.updated").update(deprecated=True)
+    SchemaVersion.objects.filter(event_type__name="tax_policy.updated").update(state="disabled")
 
     assert publish_requests_due(now=timezone.now() + dt.timedelta(minutes=11)) == 1
 

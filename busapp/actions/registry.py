@@ -10,27 +10,32 @@ from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
 from django.db.models import Model
+from django.urls import reverse
+from django.utils import timezone
 
 from busapp.actions.reasons import reason_checked
 from busapp.audit import Actor, actor_parts, audit_record
-from busapp.compatibility import mode_findings
 from busapp.errors import ActionRefusedError, FieldError, RightRefusedError, SchemaInvalidError
 from busapp.models import (
     AuditAction,
+    ChangeRequestStatus,
     Compatibility,
     CompatibilityMode,
     CompatibilityPolicy,
     EventType,
     SchemaVersion,
+    SchemaVersionRequest,
+    SchemaVersionState,
     Topic,
 )
-from busapp.permissions import ROLE_PERMISSIONS
+from busapp.permissions import MANAGE_TOPIC, ROLE_PERMISSIONS, topic_right_held
 from busapp.validation import (
     schema_check,
     schema_fingerprint,
     schema_uri,
     stored_schema_registry,
 )
+from busapp.version_drafts import draft_findings, versions_of
 
 
 def roles_ensure() -> None:
@@ -101,32 +106,32 @@ CHANGE_EVENT_TYPE = "busapp.change_eventtype"  # the bus admins' right to set a 
 _DECLARE_A_BREAK = "; to declare a breaking change, create it with compatibility 'none'"
 
 
-def schema_version_check(*, event_type: EventType, schema: Any, compatibility: str) -> int:
+def schema_version_check(*, event_type: EventType, schema: Any, compatibility: str, approved: bool = False) -> int:
     """Raise SchemaInvalidError when the schema cannot be the next version; return that version's number.
 
     ``compatibility`` 'backward' checks the schema against the event type's mode and policy
-    (busapp/compatibility.py); 'none' declares a breaking change and skips that check. A type
-    whose mode is DISABLED takes no new version either way.
+    (busapp/compatibility.py); 'none' declares a breaking change and skips that check, except on
+    a sensitive topic, where a break needs a second bus admin (``approved``: one has approved it).
+    A type whose mode is DISABLED takes no new version either way.
     """
-    versions = list(SchemaVersion.objects.filter(event_type=event_type).order_by("-version"))
+    versions = versions_of(event_type)
     number = versions[0].version + 1 if versions else 1
-    topic = event_type.topic.name
     stored = stored_schema_registry()  # every stored schema, for $refs: read once for both checks
-    schema_check(schema, uri=schema_uri(topic, event_type.name, number), stored=stored)
+    topic = event_type.topic
+    schema_check(schema, uri=schema_uri(topic.name, event_type.name, number), stored=stored)
     mode = event_type.compatibility_mode
-    if versions and (compatibility == Compatibility.BACKWARD or mode == CompatibilityMode.DISABLED):
-        findings = mode_findings(
-            schema,
-            [(version.version, version.schema) for version in versions if not version.deprecated],
-            mode=CompatibilityMode(mode),
-            policy=CompatibilityPolicy(event_type.compatibility_policy),
-            registry=stored,
-            new_uri=schema_uri(topic, event_type.name, number),
-            uri_of=lambda earlier: schema_uri(topic, event_type.name, earlier),
-        )
+    unapproved_break = compatibility == Compatibility.NONE and topic.sensitive and not approved
+    if compatibility == Compatibility.BACKWARD or mode == CompatibilityMode.DISABLED or unapproved_break:
+        findings = draft_findings(event_type, schema, versions=versions, stored=stored)
+        listed = "; ".join(str(finding) for finding in findings[:10])
+        if findings and mode != CompatibilityMode.DISABLED and compatibility == Compatibility.NONE:
+            page = reverse("version-new", args=[topic.name, event_type.name])
+            raise SchemaInvalidError(
+                f"breaks {mode} ({listed}) and {topic.name} is sensitive: a breaking version needs a second"
+                f" bus admin's approval; propose it at {page}"
+            )
         if findings:
             waiver = "" if mode == CompatibilityMode.DISABLED else _DECLARE_A_BREAK
-            listed = "; ".join(str(finding) for finding in findings[:10])
             raise SchemaInvalidError(
                 f"not compatible under {mode} ({event_type.compatibility_policy}): {listed}{waiver}"
             )
@@ -140,26 +145,212 @@ def schema_version_create(
     schema: Any,
     actor: Actor,
     compatibility: str = Compatibility.BACKWARD,
+    source: str | None = None,
+    details: dict[str, Any] | None = None,
+    author: User | None = None,
 ) -> SchemaVersion:
-    """Save the next schema version of an event type; refuse an invalid or (in backward mode) breaking schema."""
-    number = schema_version_check(event_type=event_type, schema=schema, compatibility=compatibility)
+    """Save the next schema version of an event type; refuse an invalid or (in backward mode) breaking schema.
+
+    ``source`` is the schema's text as written (key order kept for forms); ``author`` is who wrote
+    it when a second bus admin saves it by approving it; ``details`` go into the audit entry.
+    """
+    number = schema_version_check(
+        event_type=event_type, schema=schema, compatibility=compatibility, approved=author is not None
+    )
     user, _ = actor_parts(actor)
     version = SchemaVersion.objects.create(
         event_type=event_type,
         version=number,
         schema=schema,
-        source=json.dumps(schema, ensure_ascii=False),
+        source=source if source is not None else json.dumps(schema, ensure_ascii=False),
         fingerprint=schema_fingerprint(schema),
         compatibility=compatibility,
-        created_by=user,
+        created_by=author or user,
     )
     audit_record(
         actor=actor,
         action=AuditAction.SCHEMA_VERSION_CREATE,
         target=f"schema:{event_type}/v{number}",
-        details={"fingerprint": version.fingerprint, "compatibility": compatibility},
+        details={"fingerprint": version.fingerprint, "compatibility": compatibility, **(details or {})},
     )
     return version
+
+
+ADD_SCHEMA_VERSION = "busapp.add_schemaversion"  # the bus admins' right to add versions (and decide breaking ones)
+CHANGE_SCHEMA_VERSION = "busapp.change_schemaversion"  # the bus admins' right to change a version's state
+
+
+def may_add_versions(user: User, topic: Topic) -> bool:
+    """Bus admins who also manage the topic add its versions (as over the API)."""
+    return user.is_active and user.has_perm(ADD_SCHEMA_VERSION) and topic_right_held(user, MANAGE_TOPIC, topic)
+
+
+def _version_author_checked(actor: User, topic: Topic) -> None:
+    """Refuse anyone who may not add versions to the topic."""
+    if not may_add_versions(actor, topic):
+        message = f"adding schema versions to {topic.name} needs a bus admin who manages the topic"
+        raise RightRefusedError([{"path": "", "message": message}])
+
+
+@transaction.atomic
+def schema_version_propose(
+    *, event_type: EventType, schema: Any, source: str, reason: str, declare_break: bool, actor: User
+) -> SchemaVersion | SchemaVersionRequest:
+    """Save a new version from the dashboard, with a reason; a breaking one on a sensitive topic waits for approval.
+
+    A version the type's mode refuses is saved only when ``declare_break`` says so, as a
+    declared break ('none'); on a sensitive topic it becomes a request a second bus admin
+    decides, because one person could otherwise break every subscriber alone.
+    """
+    _version_author_checked(actor, event_type.topic)
+    reason = reason_checked(reason)
+    locked = EventType.objects.select_for_update().select_related("topic").get(pk=event_type.pk)
+    versions = versions_of(locked)
+    number = versions[0].version + 1 if versions else 1
+    stored = stored_schema_registry()
+    schema_check(schema, uri=schema_uri(locked.topic.name, locked.name, number), stored=stored)
+    findings = draft_findings(locked, schema, versions=versions, stored=stored)
+    if locked.compatibility_mode == CompatibilityMode.DISABLED:
+        raise ActionRefusedError([{"path": "/mode", "message": f"{locked} is DISABLED: it takes no new versions"}])
+    if not findings:
+        return schema_version_create(
+            event_type=locked, schema=schema, source=source, actor=actor, details={"reason": reason}
+        )
+    if not declare_break:
+        message = (
+            f"breaks {locked.compatibility_mode} ({len(findings)} finding{'s' if len(findings) > 1 else ''}):"
+            " tick 'declare a breaking change' to save it anyway"
+        )
+        raise ActionRefusedError([{"path": "/declare_break", "message": message}])
+    listed = [str(finding) for finding in findings]
+    if not locked.topic.sensitive:
+        return schema_version_create(
+            event_type=locked,
+            schema=schema,
+            source=source,
+            compatibility=Compatibility.NONE,
+            actor=actor,
+            details={"reason": reason, "findings": listed},
+        )
+    waiting = SchemaVersionRequest.objects.filter(event_type=locked, status=ChangeRequestStatus.AWAITING_APPROVAL)
+    if waiting.exists():
+        message = f"breaking version request #{waiting.get().pk} is already waiting: decide or withdraw it first"
+        raise ActionRefusedError([{"path": "/status", "message": message}])
+    request = SchemaVersionRequest.objects.create(
+        event_type=locked,
+        schema=schema,
+        source=source,
+        fingerprint=schema_fingerprint(schema),
+        findings=listed,
+        reason=reason,
+        requested_by=actor,
+    )
+    audit_record(
+        actor=actor,
+        action=AuditAction.SCHEMA_VERSION_REQUEST,
+        target=f"schema:{locked}/request/{request.pk}",
+        details={"fingerprint": request.fingerprint, "findings": listed, "reason": reason},
+    )
+    return request
+
+
+def _open_request_locked(request_id: int) -> SchemaVersionRequest:
+    """The request (its event type locked first, as a new version locks it), refused unless still open."""
+    type_id = SchemaVersionRequest.objects.values_list("event_type_id", flat=True).get(pk=request_id)
+    EventType.objects.select_for_update().get(pk=type_id)
+    request = (
+        SchemaVersionRequest.objects.select_for_update(of=("self",))
+        .select_related("event_type__topic", "requested_by")
+        .get(pk=request_id)
+    )
+    if not request.is_open:
+        message = f"request #{request.pk} is already {request.get_status_display()}"
+        raise ActionRefusedError([{"path": "/status", "message": message}])
+    return request
+
+
+@transaction.atomic
+def schema_version_request_decide(*, request_id: int, approve: bool, reason: str, actor: User) -> SchemaVersionRequest:
+    """A second bus admin approves (the version is saved now, checked again) or rejects a breaking version."""
+    request = _open_request_locked(request_id)
+    _version_author_checked(actor, request.event_type.topic)
+    if request.requested_by_id == actor.pk:
+        message = "nobody may approve or reject their own request: a second bus admin decides"
+        raise RightRefusedError([{"path": "/approval", "message": message}])
+    reason = reason_checked(reason)
+    requested_by = request.requested_by.get_username()
+    if approve:
+        request.version = schema_version_create(
+            event_type=request.event_type,
+            schema=request.schema,
+            source=request.source,
+            compatibility=Compatibility.NONE,
+            actor=actor,
+            author=request.requested_by,
+            details={"request": request.pk, "requested_by": requested_by, "reason": request.reason},
+        )
+    request.status = ChangeRequestStatus.APPROVED if approve else ChangeRequestStatus.REJECTED
+    request.decided_by, request.decided_at, request.decision_reason = actor, timezone.now(), reason
+    request.save(update_fields=["status", "decided_by", "decided_at", "decision_reason", "version"])
+    audit_record(
+        actor=actor,
+        action=AuditAction.SCHEMA_VERSION_APPROVE if approve else AuditAction.SCHEMA_VERSION_REJECT,
+        target=f"schema:{request.event_type}/request/{request.pk}",
+        details={
+            "requested_by": requested_by,
+            "reason": reason,
+            "version": request.version and request.version.version,
+        },
+    )
+    return request
+
+
+@transaction.atomic
+def schema_version_request_cancel(*, request_id: int, actor: User) -> SchemaVersionRequest:
+    """The requester withdraws a breaking version nobody has decided yet."""
+    request = _open_request_locked(request_id)
+    if request.requested_by_id != actor.pk:
+        message = "only its requester may withdraw it; a second bus admin rejects it instead"
+        raise ActionRefusedError([{"path": "/actor", "message": message}])
+    request.status, request.decided_by, request.decided_at = ChangeRequestStatus.CANCELLED, actor, timezone.now()
+    request.save(update_fields=["status", "decided_by", "decided_at"])
+    audit_record(
+        actor=actor,
+        action=AuditAction.SCHEMA_VERSION_CANCEL,
+        target=f"schema:{request.event_type}/request/{request.pk}",
+        details={},
+    )
+    return request
+
+
+@transaction.atomic
+def schema_version_state_set(*, version: SchemaVersion, state: str, reason: str, actor: User) -> SchemaVersion:
+    """A bus admin enables, deprecates or disables a version, with a reason; one version must stay usable."""
+    if not (actor.is_active and actor.has_perm(CHANGE_SCHEMA_VERSION)):
+        raise RightRefusedError([{"path": "", "message": "only bus admins change a schema version's state"}])
+    if state not in SchemaVersionState.values:
+        states = ", ".join(SchemaVersionState.values)
+        raise ActionRefusedError([{"path": "/state", "message": f"is not a state: use one of {states}"}])
+    reason = reason_checked(reason)
+    EventType.objects.select_for_update().get(pk=version.event_type_id)
+    locked = SchemaVersion.objects.select_related("event_type__topic").get(pk=version.pk)
+    if locked.state == state:
+        raise ActionRefusedError([{"path": "/state", "message": f"v{locked.version} is {state} already"}])
+    if state == SchemaVersionState.DISABLED:
+        usable = locked.event_type.schema_versions.active().exclude(pk=locked.pk)
+        if not usable.exists():
+            message = f"v{locked.version} is the only version publishers may use: add or enable another first"
+            raise ActionRefusedError([{"path": "/state", "message": message}])
+    before = locked.state
+    locked.state, locked.state_changed_at = state, timezone.now()
+    locked.save(update_fields=["state", "state_changed_at"])
+    audit_record(
+        actor=actor,
+        action=AuditAction.SCHEMA_VERSION_STATE,
+        target=f"schema:{locked.event_type}/v{locked.version}",
+        details={"state": [before, state], "reason": reason},
+    )
+    return locked
 
 
 @transaction.atomic

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from busapp.audit import audit_record
 from busapp.errors import ActionRefusedError, RightRefusedError
-from busapp.models import AuditAction, SensitivityChangeStatus, Topic, TopicSensitivityChange
+from busapp.models import AuditAction, ChangeRequestStatus, Topic, TopicSensitivityChange
 
 # Held by the Bus admins role (busapp.permissions.ROLE_PERMISSIONS), and by superusers.
 CHANGE_TOPIC = "busapp.change_topic"
@@ -57,7 +57,7 @@ def topic_sensitivity_request(*, topic: Topic, sensitive: bool, reason: str, act
     if locked.sensitive == sensitive:
         message = f"topic {locked.name!r} is already {sensitivity_label(sensitive)}"
         raise ActionRefusedError([{"path": "/sensitive", "message": message}])
-    waiting = TopicSensitivityChange.objects.filter(topic=locked, status=SensitivityChangeStatus.AWAITING_APPROVAL)
+    waiting = TopicSensitivityChange.objects.filter(topic=locked, status=ChangeRequestStatus.AWAITING_APPROVAL)
     if waiting.exists():
         message = f"change #{waiting.get().pk} is already waiting for a second bus admin: decide or cancel it first"
         raise ActionRefusedError([{"path": "/status", "message": message}])
@@ -94,7 +94,7 @@ def topic_sensitivity_decide(*, change_id: int, actor: User, approve: bool, reas
         message = "nobody may approve or reject their own request: a second bus admin decides"
         raise RightRefusedError([{"path": "/approval", "message": message}])
     reason = _reason_checked(reason)
-    change.status = SensitivityChangeStatus.APPROVED if approve else SensitivityChangeStatus.REJECTED
+    change.status = ChangeRequestStatus.APPROVED if approve else ChangeRequestStatus.REJECTED
     change.decided_by, change.decided_at, change.decision_reason = actor, timezone.now(), reason
     change.save(update_fields=["status", "decided_by", "decided_at", "decision_reason"])
     requested_by = change.requested_by.get_username()
@@ -131,7 +131,7 @@ def topic_sensitivity_cancel(*, change_id: int, actor: User) -> TopicSensitivity
     if change.requested_by_id != actor.pk:
         message = "only its requester may cancel it; a second bus admin rejects it instead"
         raise ActionRefusedError([{"path": "/actor", "message": message}])
-    change.status, change.decided_by, change.decided_at = SensitivityChangeStatus.CANCELLED, actor, timezone.now()
+    change.status, change.decided_by, change.decided_at = ChangeRequestStatus.CANCELLED, actor, timezone.now()
     change.save(update_fields=["status", "decided_by", "decided_at"])
     audit_record(
         actor=actor,

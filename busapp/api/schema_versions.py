@@ -37,7 +37,7 @@ class SchemaVersionsView(APIView):
         responses={200: SchemaVersionListSerializer, **refusals(401, 403, 404)},
     )
     def get(self, request: Request, name: str, event_type: str) -> Response:
-        """Every version of the type, deprecated ones too, newest first."""
+        """Every version of the type, in any state, newest first."""
         topic = topic_for(request, name, VIEW_TOPIC)
         found = event_type_on(topic, event_type)
         versions = found.schema_versions.order_by("-version")

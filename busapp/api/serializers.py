@@ -221,10 +221,10 @@ class EventPageSerializer(serializers.Serializer[Any]):
 
 
 class SchemaVersionRecordSerializer(SchemaVersionSerializer):
-    """A schema version, active or deprecated, with the schema as its author wrote it."""
+    """A schema version in any state (enabled, deprecated, disabled), with the schema as its author wrote it."""
 
     class Meta(SchemaVersionSerializer.Meta):
-        fields = ["version", "schema", "fingerprint", "compatibility", "deprecated", "created_at"]
+        fields = ["version", "schema", "fingerprint", "compatibility", "state", "created_at"]
 
 
 class SchemaVersionListSerializer(serializers.Serializer[Any]):

@@ -44,6 +44,7 @@ class ActiveVersionRow:
     topic_id: int
     sensitive: bool
     stream_retention: int
+    state: str
 
 
 class Store(Protocol):
@@ -76,7 +77,7 @@ class Store(Protocol):
         """Entries ``after_seq + 1`` to ``through_seq`` in seq order, as stored, a page at a time."""
 
     def version_active_row(self, topic: str, event_type: str) -> ActiveVersionRow | None:
-        """The newest non-deprecated version of a topic's event type, or None."""
+        """The newest version of a topic's event type that is not disabled, or None."""
 
     def events_recorded(self, envelope_ids: set[str]) -> dict[str, RecordedEvent]:
         """The events history holds among these envelope ids, by id."""

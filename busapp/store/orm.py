@@ -78,7 +78,7 @@ class OrmStore:
             yield _pages(_chain_row(entry) for entry in entries.iterator(chunk_size=_PAGE_ROWS))
 
     def version_active_row(self, topic: str, event_type: str) -> ActiveVersionRow | None:
-        """The newest non-deprecated version, as ``SchemaVersion.objects.active()`` defines it."""
+        """The newest version not disabled, as ``SchemaVersion.objects.active()`` defines it."""
         row = (
             SchemaVersion.objects.active()
             .filter(event_type__topic__name=topic, event_type__name=event_type)
@@ -90,6 +90,7 @@ class OrmStore:
                 "event_type__topic_id",
                 "event_type__topic__sensitive",
                 "event_type__topic__stream_retention",
+                "state",
             )
             .first()
         )

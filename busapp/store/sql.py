@@ -24,7 +24,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model, QuerySet
 from django.utils import timezone
 
-from busapp.models import AuditEntry, AuditHead, Event, EventStatus, EventType, SchemaVersion, Topic
+from busapp.models import AuditEntry, AuditHead, Event, EventStatus, EventType, SchemaVersion, SchemaVersionState, Topic
 from busapp.store.base import (
     BATCH_VOUCHING_ACTIONS,
     VOUCHING_ACTIONS,
@@ -133,12 +133,14 @@ class SqlStore:
     def version_active_row(self, topic: str, event_type: str) -> ActiveVersionRow | None:
         """One prepared statement: an ORM query's compilation cost more than the query."""
         with driver_cursor() as cursor:
-            cursor.execute(_active_version_sql(), [topic, event_type, False], prepare=True)
+            cursor.execute(_active_version_sql(), [topic, event_type, SchemaVersionState.DISABLED.value], prepare=True)
             row = cursor.fetchone()
         if row is None:
             return None
-        version_id, number, fingerprint, event_type_id, topic_id, sensitive, retention = row
-        return ActiveVersionRow(version_id, number, fingerprint, event_type_id, topic_id, bool(sensitive), retention)
+        version_id, number, fingerprint, event_type_id, topic_id, sensitive, retention, state = row
+        return ActiveVersionRow(
+            version_id, number, fingerprint, event_type_id, topic_id, bool(sensitive), retention, state
+        )
 
     def events_recorded(self, envelope_ids: set[str]) -> dict[str, RecordedEvent]:
         """One indexed query per 500 ids: the tap asks this for every batch it reads."""
@@ -205,11 +207,11 @@ def unvouched_query(in_a_batch: str) -> tuple[str, list[str]]:
 def _active_version_sql() -> str:
     """``SchemaVersion.objects.active()`` for one topic's event type, written out (the ORM store is its oracle)."""
     return (
-        "SELECT sv.id, sv.version, sv.fingerprint, et.id, t.id, t.sensitive, t.stream_retention "  # noqa: S608
+        "SELECT sv.id, sv.version, sv.fingerprint, et.id, t.id, t.sensitive, t.stream_retention, sv.state "  # noqa: S608
         f"FROM {SchemaVersion._meta.db_table} sv "
         f"JOIN {EventType._meta.db_table} et ON et.id = sv.event_type_id "
         f"JOIN {Topic._meta.db_table} t ON t.id = et.topic_id "
-        "WHERE t.name = %s AND et.name = %s AND sv.deprecated = %s ORDER BY sv.version DESC LIMIT 1"
+        "WHERE t.name = %s AND et.name = %s AND sv.state <> %s ORDER BY sv.version DESC LIMIT 1"
     )
 
 
