@@ -300,6 +300,28 @@ class Event(models.Model):
         return reverse("event-detail", args=[self.envelope_id])
 
 
+class VersionEventCount(models.Model):
+    """How many events a schema version accepted, through ``EventCountMark``'s event id (the worker adds to it)."""
+
+    schema_version = models.OneToOneField(
+        SchemaVersion, primary_key=True, on_delete=models.CASCADE, related_name="event_count"
+    )
+    events = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.schema_version}: {self.events} events"
+
+
+class EventCountMark(models.Model):
+    """One row: the newest event id ``VersionEventCount`` has counted; newer events are counted when read."""
+
+    through_event_id = models.BigIntegerField(default=0)
+    counted_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"events counted through #{self.through_event_id}"
+
+
 class ChangeRequestStatus(models.TextChoices):
     """Where a bus admin's four-eyes request (a topic's ``sensitive`` flag, a breaking schema version) is."""
 

@@ -82,7 +82,9 @@ class FormLayout:
 
 
 def form_layout(version: SchemaVersion) -> FormLayout:
-    """The form of a schema version, built once per process (versions never change)."""
+    """The form of a schema version, built once per process (versions never change); a draft's is not kept."""
+    if version.pk is None:
+        return _build_layout(version)
     key = (version.pk, version.fingerprint)
     layout = _layouts.get(key)
     if layout is None:

@@ -19,6 +19,7 @@ from busapp.errors import BusInputError, EventRejectedError, FieldError, TopicNo
 from busapp.models import (
     AuditAction,
     AuditEntry,
+    ChangeRequestStatus,
     DeadLetter,
     DeadLetterStatus,
     Event,
@@ -27,6 +28,8 @@ from busapp.models import (
     PublishRequest,
     PublishRequestStatus,
     SchemaVersion,
+    SchemaVersionRequest,
+    SchemaVersionState,
     Topic,
     TopicGroupGrant,
     TopicUserGrant,
@@ -90,6 +93,7 @@ class ActiveVersions:
 
     def __init__(self) -> None:
         self.found: dict[tuple[str, str], SchemaVersion | list[FieldError]] = {}
+        self.disabled: dict[int, set[int]] = {}
 
     def get(self, topic: str, event_type: str) -> SchemaVersion | list[FieldError]:
         """The version to validate against, or the errors that say why there is none."""
@@ -100,6 +104,18 @@ class ActiveVersions:
             except BusInputError as refused:
                 self.found[key] = refused.errors
         return self.found[key]
+
+    def disabled_errors(self, in_force: SchemaVersion, named: Any) -> list[FieldError]:
+        """A refusal naming the version to use when an envelope names a disabled version of its type."""
+        type_id = in_force.event_type.pk
+        if type_id not in self.disabled:
+            disabled = SchemaVersion.objects.filter(event_type_id=type_id, state=SchemaVersionState.DISABLED)
+            self.disabled[type_id] = set(disabled.values_list("version", flat=True))
+        if named not in self.disabled[type_id]:
+            return []
+        kind = in_force.event_type.name
+        message = f"v{named} of {kind} is disabled: publish against v{in_force.version}"
+        return [{"path": "/schema_version", "message": message}]
 
 
 def topic_get(*, name: str) -> Topic:
@@ -199,6 +215,14 @@ def schema_versions_by_type(types: Iterable[EventType]) -> dict[int, list[Schema
     for version in rows:
         found.setdefault(version.event_type_id, []).append(version)
     return found
+
+
+def version_requests_waiting(topic: Topic) -> dict[int, SchemaVersionRequest]:
+    """The breaking versions waiting for a second bus admin on a topic, by event type id."""
+    waiting = SchemaVersionRequest.objects.filter(
+        event_type__topic=topic, status=ChangeRequestStatus.AWAITING_APPROVAL
+    ).select_related("requested_by")
+    return {request.event_type_id: request for request in waiting}
 
 
 def dead_letters_open_count(topics: Iterable[Topic]) -> int:

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from busapp.views import audit, dlq, history, live, metrics, pages, publish, requests, rights, sensitivity
+from busapp.views import audit, dlq, history, live, metrics, pages, publish, requests, rights, sensitivity, versions
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
@@ -13,6 +13,23 @@ urlpatterns = [
         "topics/<str:name>/types/<str:type_name>/compatibility/",
         pages.event_type_compatibility,
         name="event-type-compatibility",
+    ),
+    path("topics/<str:name>/types/<str:type_name>/versions/new/", versions.version_new, name="version-new"),
+    path("topics/<str:name>/types/<str:type_name>/versions/state/", versions.version_state, name="version-state"),
+    path(
+        "topics/<str:name>/types/<str:type_name>/versions/requests/<int:pk>/",
+        versions.version_request,
+        name="version-request",
+    ),
+    path(
+        "topics/<str:name>/types/<str:type_name>/versions/requests/<int:pk>/decide/",
+        versions.version_request_decide,
+        name="version-request-decide",
+    ),
+    path(
+        "topics/<str:name>/types/<str:type_name>/versions/requests/<int:pk>/cancel/",
+        versions.version_request_cancel,
+        name="version-request-cancel",
     ),
     path("topics/<str:name>/publish/", publish.topic_publish, name="topic-publish"),
     path("topics/<str:name>/publish/confirm/", publish.topic_publish_confirm, name="topic-publish-confirm"),

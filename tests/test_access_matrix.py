@@ -24,6 +24,7 @@ from django.urls import path as url
 
 from busapp.actions.dead_letters import bulk_action_start, dead_letter_create
 from busapp.actions.publishing import event_publish
+from busapp.actions.registry import schema_version_propose, schema_version_request_cancel
 from busapp.actions.sensitivity import topic_sensitivity_cancel, topic_sensitivity_request
 from busapp.actions.tokens import service_token_create
 from busapp.models import (
@@ -31,9 +32,11 @@ from busapp.models import (
     BulkActionKind,
     DeadLetter,
     Event,
+    EventType,
     PublishRequest,
     SavedFilter,
     SavedFilterPage,
+    SchemaVersionRequest,
     Source,
     Topic,
     TopicSensitivityChange,
@@ -62,6 +65,7 @@ NOBODY: frozenset[str] = frozenset()
 WHOLE_NAMESPACES = {"admin"}
 REMOTE = "10.0.0.9"
 LETTER_BODY = json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": -5}})
+WITHHOLDING_VERSIONS = "/topics/irs.withholding/types/withholding_table.published/versions/"
 TAX_EVENT = {"type": "tax_policy.updated", "payload": {"standard_deduction": 100}}
 
 
@@ -92,6 +96,21 @@ class World:
         person.groups.add(Group.objects.get(name=Role.BUS_ADMINS.value))
         person = User.objects.get(pk=person.pk)  # permissions are cached per instance
         return topic_sensitivity_request(topic=tax, sensitive=True, reason="matrix", actor=person)
+
+    def new_version_request(self, requester: str) -> SchemaVersionRequest:
+        """A fresh breaking version of irs.withholding proposed by ``requester`` (a bus admin); open ones withdrawn."""
+        kind = EventType.objects.select_related("topic").get(name="withholding_table.published")
+        for waiting in SchemaVersionRequest.objects.filter(event_type=kind, status="awaiting_approval"):
+            schema_version_request_cancel(request_id=waiting.pk, actor=waiting.requested_by)
+        person, _ = User.objects.get_or_create(username=requester)
+        person.groups.add(Group.objects.get(name=Role.BUS_ADMINS.value))
+        person = User.objects.get(pk=person.pk)  # permissions are cached per instance
+        schema = {"type": "object", "required": ["matrix"], "properties": {"matrix": {"type": "string"}}}
+        proposed = schema_version_propose(
+            event_type=kind, schema=schema, source=json.dumps(schema), reason="matrix", declare_break=True, actor=person
+        )
+        assert isinstance(proposed, SchemaVersionRequest)
+        return proposed
 
     def filter_of(self, role: str) -> SavedFilter:
         """A fresh saved filter of the role's person (policy's for callers without one)."""
@@ -239,6 +258,38 @@ RULES: dict[str, tuple[Case, ...]] = {
             ADMINS,
             {"mode": "FULL", "policy": "STRICT", "reason": "matrix"},
         ),
+    ),
+    # Schema versions: bus admins who manage the topic propose and decide; bus admins set states.
+    "version-new": (
+        get("/topics/tax-policy/types/tax_policy.updated/versions/new/", ADMINS),
+        post(
+            "/topics/tax-policy/types/tax_policy.updated/versions/new/",
+            ADMINS,
+            {"schema": '{"type": "object"}', "action": "check"},
+        ),
+    ),
+    "version-state": (
+        post(
+            "/topics/tax-policy/types/tax_policy.updated/versions/state/",
+            ADMINS,
+            {"version": "1", "state": "deprecated", "reason": "matrix"},
+        ),
+    ),
+    "version-request": (
+        get(
+            lambda w, _: f"{WITHHOLDING_VERSIONS}requests/{w.new_version_request('admin2').pk}/",
+            ADMINS,
+        ),
+    ),
+    "version-request-decide": (
+        post(
+            lambda w, _: f"{WITHHOLDING_VERSIONS}requests/{w.new_version_request('admin2').pk}/decide/",
+            ADMINS,
+            {"decision": "reject", "reason": "matrix"},
+        ),
+    ),
+    "version-request-cancel": (
+        post(lambda w, _: f"{WITHHOLDING_VERSIONS}requests/{w.new_version_request('admin').pk}/cancel/", ADMINS),
     ),
     "topic-sensitivity": (
         get("/topics/tax-policy/sensitivity/", ADMINS),

@@ -225,9 +225,8 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
         if envelope is not None and envelope["id"] in new_events:
             continue  # read twice in one batch (its stream entry and its Pub/Sub copy)
         if envelope is not None:
-            version = versions.get(topic.name, envelope["type"])
-            errors = version if isinstance(version, list) else _payload_errors_of(version, envelope["payload"])
-            if not errors and isinstance(version, SchemaVersion):
+            version, errors = _checked(versions, topic, envelope)
+            if version is not None:
                 event = new_events[envelope["id"]] = external.build(entry, envelope, version)
                 outcome.groups[topic_group(topic.name)].append(live_item(event, read_from_bus=True))
                 continue
@@ -244,6 +243,19 @@ def _tap_record_once(entries: list[StreamEntry]) -> TapOutcome:
             if records:
                 audit_append(actor=EXTERNAL_ACTOR, records=records)
     return outcome
+
+
+def _checked(
+    versions: ActiveVersions, topic: Topic, envelope: dict[str, Any]
+) -> tuple[SchemaVersion | None, list[FieldError]]:
+    """The version an envelope is accepted under, or why not (unknown type, a disabled version, its payload)."""
+    version = versions.get(topic.name, envelope["type"])
+    if isinstance(version, list):
+        return None, version
+    named = envelope.get("schema_version", version.version)
+    errors = versions.disabled_errors(version, named) if named != version.version else []
+    errors = errors or _payload_errors_of(version, envelope["payload"])
+    return (None, errors) if errors else (version, [])
 
 
 def _payload_errors_of(version: SchemaVersion, payload: Any) -> list[FieldError]:

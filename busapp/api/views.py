@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import threading
@@ -33,7 +34,7 @@ from busapp.api.serializers import (
     TopicListSerializer,
     TopicSerializer,
 )
-from busapp.models import AuditAction, Event, EventStatus, Source, Topic
+from busapp.models import AuditAction, Event, EventStatus, SchemaVersion, SchemaVersionState, Source, Topic
 from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
 
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -74,10 +75,45 @@ def query_valid(serializer_class: type[Serializer[Any]], request: Request) -> di
 
 
 def published_answer(event: Event) -> Answer:
-    """201 with the envelope once on the bus; 202 while it waits for Redis."""
+    """201 with the envelope once on the bus; 202 while it waits for Redis; a warning under a deprecated version."""
     published = event.status == EventStatus.PUBLISHED
     body = {"event": json.loads(event.envelope), "id": event.envelope_id, "status": event.status}
+    body.update(_deprecations([event]))
     return Answer(status.HTTP_201_CREATED if published else status.HTTP_202_ACCEPTED, body)
+
+
+def _deprecations(events: list[Event]) -> dict[str, Any]:
+    """A ``deprecated`` entry naming each deprecated schema version the events were accepted under (else nothing)."""
+    deprecated = {
+        event.schema_version.pk: event
+        for event in events
+        if event.schema_version.state == SchemaVersionState.DEPRECATED
+    }
+    if not deprecated:
+        return {}
+    since = dict(SchemaVersion.objects.filter(pk__in=deprecated).values_list("pk", "state_changed_at"))
+    found = []
+    for pk, event in deprecated.items():
+        kind, number = event.event_type.name, event.schema_version.version
+        message = f"schema v{number} of {kind} is deprecated: it is still accepted; ask a bus admin what replaces it"
+        moment = since.get(pk)
+        found.append(
+            {
+                "type": kind,
+                "schema_version": number,
+                "since": moment.isoformat() if moment else None,
+                "message": message,
+            }
+        )
+    return {"deprecated": found}
+
+
+def deprecation_headers(body: dict[str, Any]) -> dict[str, str]:
+    """RFC 9745's ``Deprecation`` header (``@`` and the Unix time it was deprecated) when the answer names one."""
+    moments = [dt.datetime.fromisoformat(entry["since"]) for entry in body.get("deprecated", []) if entry["since"]]
+    if not body.get("deprecated"):
+        return {}
+    return {"Deprecation": f"@{int(min(moments).timestamp())}" if moments else "@0"}
 
 
 def batch_answer(outcome: BatchOutcome) -> Answer:
@@ -96,6 +132,7 @@ def batch_answer(outcome: BatchOutcome) -> Answer:
             "published": len(outcome.events) - pending,
             "pending": pending,
             "dead_lettered": len(outcome.dead_letters),
+            **_deprecations(outcome.events),
         },
     )
 
@@ -134,7 +171,7 @@ class TopicEventsView(APIView):
             ),
             answer=published_answer,
         )
-        return Response(answer.body, status=answer.status)
+        return Response(answer.body, status=answer.status, headers=deprecation_headers(answer.body))
 
 
 @functools.cache
@@ -176,7 +213,7 @@ class TopicEventsBatchView(APIView):
                 ),
                 answer=batch_answer,
             )
-        return Response(answer.body, status=answer.status)
+        return Response(answer.body, status=answer.status, headers=deprecation_headers(answer.body))
 
 
 class TopicListView(APIView):

@@ -114,4 +114,28 @@ class Migration(migrations.Migration):
                 ],
             },
         ),
+        migrations.CreateModel(
+            name="EventCountMark",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("through_event_id", models.BigIntegerField(default=0)),
+                ("counted_at", models.DateTimeField(blank=True, null=True)),
+            ],
+        ),
+        migrations.CreateModel(
+            name="VersionEventCount",
+            fields=[
+                (
+                    "schema_version",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="event_count",
+                        serialize=False,
+                        to="busapp.schemaversion",
+                    ),
+                ),
+                ("events", models.PositiveBigIntegerField(default=0)),
+            ],
+        ),
     ]

@@ -8,10 +8,15 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from busapp.actions.registry import CHANGE_EVENT_TYPE, event_type_compatibility_set
+from busapp.actions.registry import (
+    CHANGE_EVENT_TYPE,
+    CHANGE_SCHEMA_VERSION,
+    event_type_compatibility_set,
+    may_add_versions,
+)
 from busapp.errors import BusInputError, FieldError, RightRefusedError
 from busapp.health import health_check, workers_read
-from busapp.models import AuditAction, CompatibilityMode, CompatibilityPolicy, EventType, Topic
+from busapp.models import AuditAction, CompatibilityMode, CompatibilityPolicy, EventType, SchemaVersionState, Topic
 from busapp.permissions import MANAGE_ACCESS, PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held
 from busapp.schema_forms import form_layout
 from busapp.selectors import (
@@ -27,7 +32,9 @@ from busapp.selectors import (
     schema_versions_by_type,
     topic_summaries,
     topics_visible_to,
+    version_requests_waiting,
 )
+from busapp.version_counts import version_event_counts
 from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
 
 
@@ -99,14 +106,17 @@ def _topic_page(
     """The topic page; ``refused`` is (event type, problems) of a compatibility change it shows at its form."""
     pairs = event_types_with_active_versions(topic=topic)
     versions = schema_versions_by_type(event_type for event_type, _ in pairs)
+    counts = version_event_counts(version for listed in versions.values() for version in listed)
+    waiting = version_requests_waiting(topic)
     types = [
         {
             "event_type": event_type,
             "version": version,
             "layout": form_layout(version) if version else None,
-            "versions": versions.get(event_type.pk, []),
+            "versions": [(version, counts[version.pk]) for version in versions.get(event_type.pk, [])],
             "refused": refused[1] if refused and refused[0] == event_type.name else [],
             "asked": request.POST if refused and refused[0] == event_type.name else {},
+            "waiting": waiting.get(event_type.pk),
         }
         for event_type, version in pairs
     ]
@@ -118,6 +128,9 @@ def _topic_page(
         "can_publish": topic_right_held(user, PUBLISH_TOPIC, topic),
         "open_dead_letters": dead_letters_open_count([topic]),
         "may_set_compatibility": user.has_perm(CHANGE_EVENT_TYPE),
+        "may_add_versions": may_add_versions(user, topic),
+        "may_change_states": user.has_perm(CHANGE_SCHEMA_VERSION),
+        "states": SchemaVersionState.choices,
         "modes": CompatibilityMode.choices,
         "policies": CompatibilityPolicy.choices,
     }

@@ -22,6 +22,7 @@ from busapp.live import bulk_group
 from busapp.models import BulkAction
 from busapp.publishing import relay_pending
 from busapp.store import store
+from busapp.version_counts import COUNT_EVERY_SECONDS, COUNT_LEASE_SECONDS, version_counts_advance
 from busapp.worker.steps import in_db
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,14 @@ def jobs_table(*, layer: Any) -> list[Job]:
             survives=(Exception,),  # a failed check is logged; it must not stop the relay and the tap
         ),
         Job("bulk", BulkTicks(layer).step, BULK_TICK_SECONDS),
+        Job(
+            "version-counts",
+            _in_db_step(version_counts_advance),
+            COUNT_EVERY_SECONDS,
+            did="counted %d event(s) under their schema versions",
+            again_at_once=True,
+            lease_seconds=COUNT_LEASE_SECONDS,
+        ),
     ]
     if store().tidies:
         table.append(Job("checkpoint", _checkpoint_step, CHECKPOINT_EVERY_SECONDS))
