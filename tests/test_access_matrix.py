@@ -346,6 +346,11 @@ RULES: dict[str, tuple[Case, ...]] = {
     # The JSON API: 401 without credentials, 403 without the right; the token holds view and publish on tax-policy.
     "api-schema": (get("/api/schema/", CALLERS),),
     "api-docs": (get("/api/docs/", CALLERS), get("/api/docs/?script", CALLERS)),
+    # AsyncAPI: the document of the topics the caller may see, its page, and the page's sandboxed renderer frame.
+    "api-asyncapi-json": (get("/api/asyncapi.json", CALLERS),),
+    "api-asyncapi-yaml": (get("/api/asyncapi.yaml", CALLERS),),
+    "api-asyncapi-docs": (get("/api/asyncapi/", CALLERS),),
+    "api-asyncapi-frame": (get("/api/asyncapi/frame/", CALLERS),),
     "api-topic-list": (get("/api/topics/", CALLERS),),
     "api-topic-detail": (get("/api/topics/tax-policy/", CALLERS), get("/api/topics/irs.withholding/", SIGNED_IN)),
     "api-event-publish": (

@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from busapp.api import dead_letters, events, schema_versions, views
+from busapp.api import asyncapi, dead_letters, events, schema_versions, views
 
 urlpatterns = [
     path("topics/", views.TopicListView.as_view(), name="api-topic-list"),
@@ -21,5 +21,10 @@ urlpatterns = [
     path("schema/", views.SchemaView.as_view(), name="api-schema"),
     # The split view serves its start-up script as a file: the pages' CSP allows no inline script.
     path("docs/", views.DocsView.as_view(url_name="api-schema"), name="api-docs"),
+    # AsyncAPI 3.0, generated from the database; the page renders it in a sandboxed frame (see busapp/api/asyncapi.py).
+    path("asyncapi.json", asyncapi.AsyncApiJsonView.as_view(), name="api-asyncapi-json"),
+    path("asyncapi.yaml", asyncapi.AsyncApiYamlView.as_view(), name="api-asyncapi-yaml"),
+    path("asyncapi/", asyncapi.AsyncApiDocsView.as_view(), name="api-asyncapi-docs"),
+    path("asyncapi/frame/", asyncapi.AsyncApiFrameView.as_view(), name="api-asyncapi-frame"),
     re_path(r"^(?P<path>.*)$", views.not_found),
 ]
