@@ -18,7 +18,7 @@ from django.db.models import QuerySet
 from redis.connection import parse_url
 
 from busapp.api.selectors import topics_with_schemas
-from busapp.models import EventType, SchemaVersion, Source, Topic
+from busapp.models import EventType, SchemaVersion, SchemaVersionState, Source, Topic
 from busapp.publishing import stream_key
 from busapp.validation import schema_fingerprint, schema_uri
 
@@ -150,10 +150,10 @@ def event_type_message(topic: Topic, event_type: EventType, stored: _StoredSchem
     else:
         active = versions[0]
         message["x-schema-version"] = active.version
-        earlier = ", ".join(f"v{version.version}" for version in versions[1:])
-        message["description"] = f"Schema v{active.version} in force" + (
-            f"; events checked against {earlier} are still accepted." if earlier else "."
-        )
+        message["description"] = f"Schema v{active.version} in force: every publish is checked against it."
+        if active.state == SchemaVersionState.DEPRECATED:
+            message["deprecated"] = True
+            message["description"] = f"Schema v{active.version} in force, deprecated: still accepted, being retired."
         payload_schema = payload_schema_bundled(
             active.authored, uri=schema_uri(topic.name, event_type.name, active.version), stored=stored
         )

@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.validators import validator_for
 
 from busapp.actions.dead_letters import dead_letter_create
-from busapp.actions.registry import event_type_create, schema_version_create, topic_create
+from busapp.actions.registry import event_type_create, schema_version_create, schema_version_state_set, topic_create
 from busapp.asyncapi import SCHEMA_FORMAT, asyncapi_document
 from busapp.models import Compatibility, SchemaVersion, Source, Topic
 from busapp.validation import schema_uri
@@ -119,7 +119,7 @@ def test_an_envelope_published_on_redis_matches_its_message_and_a_wrong_one_does
         Draft202012Validator(schema).validate({**envelope, "payload": {"standard_deduction": -5}})
 
 
-def test_a_new_version_is_shown_once_saved_and_the_earlier_one_once_it_is_deprecated() -> None:
+def test_a_new_version_is_shown_once_saved_marked_when_deprecated_and_the_earlier_one_once_it_is_disabled() -> None:
     event_type = active_version(TAX, TAX_TYPE).event_type
     schema = {**active_version(TAX, TAX_TYPE).schema, "title": "Tax policy updated, v2"}
     newer = schema_version_create(event_type=event_type, schema=schema, actor=User.objects.get(username="admin"))
@@ -129,10 +129,13 @@ def test_a_new_version_is_shown_once_saved_and_the_earlier_one_once_it_is_deprec
     )
     assert document_as("admin")["channels"][TAX]["messages"][TAX_TYPE]["x-schema-version"] == newer.version
 
-    newer.deprecated = True
-    newer.save(update_fields=["deprecated"])
+    admin = User.objects.get(username="admin")
+    schema_version_state_set(version=newer, state="deprecated", reason="v3 is coming", actor=admin)
+    assert document_as("admin")["channels"][TAX]["messages"][TAX_TYPE]["deprecated"] is True
 
-    assert document_as("admin")["channels"][TAX]["messages"][TAX_TYPE]["x-schema-version"] == newer.version - 1
+    schema_version_state_set(version=newer, state="disabled", reason="withdrawn", actor=admin)
+    message = document_as("admin")["channels"][TAX]["messages"][TAX_TYPE]
+    assert (message["x-schema-version"], "deprecated" in message) == (newer.version - 1, False)
 
 
 def test_a_type_without_an_active_version_is_a_deprecated_message_that_accepts_no_payload() -> None:
