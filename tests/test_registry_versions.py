@@ -345,3 +345,21 @@ def test_publishing_with_every_version_disabled_says_so() -> None:
 
     with pytest.raises(EventRejectedError, match="every one is disabled"):
         publish_deduction(1)
+
+
+def test_the_worker_counts_a_slice_at_a_time_and_never_events_younger_than_the_horizon(
+    bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import busapp.version_counts
+
+    monkeypatch.setattr(busapp.version_counts, "COUNT_SLICE", 2)
+    v1 = SchemaVersion.objects.get(event_type=_tax())
+    for deduction in range(5):
+        publish_deduction(deduction)
+
+    assert version_counts_advance() == 0  # every event is younger than two minutes
+    later = timezone.now() + dt.timedelta(minutes=5)
+    steps = [version_counts_advance(now=later) for _ in range(4)]
+
+    assert steps == [2, 2, 1, 0]
+    assert version_event_counts([v1]) == {v1.pk: 5}
