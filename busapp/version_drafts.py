@@ -60,8 +60,8 @@ class DraftCheck:
 
     @property
     def mode(self) -> str:
-        """The type's compatibility mode the draft was checked under."""
-        return self.event_type.compatibility_mode
+        """The compatibility mode the draft was checked under (``checked_mode``)."""
+        return checked_mode(self.event_type)
 
     @property
     def breaking(self) -> bool:
@@ -72,6 +72,17 @@ class DraftCheck:
     def saveable(self) -> bool:
         """Valid, and the type takes new versions at all."""
         return not self.invalid and self.event_type.compatibility_mode != CompatibilityMode.DISABLED
+
+
+def checked_mode(event_type: EventType) -> CompatibilityMode:
+    """The mode drafts are checked under: the type's, but BACKWARD at least on a sensitive topic.
+
+    A break on a sensitive topic needs a second bus admin; mode NONE would let one admin skip that.
+    """
+    mode = CompatibilityMode(event_type.compatibility_mode)
+    if mode == CompatibilityMode.NONE and event_type.topic.sensitive:
+        return CompatibilityMode.BACKWARD
+    return mode
 
 
 def versions_of(event_type: EventType) -> list[SchemaVersion]:
@@ -90,7 +101,7 @@ def draft_findings(
     return mode_findings(
         schema,
         [(version.version, version.schema) for version in versions if version.state != SchemaVersionState.DISABLED],
-        mode=CompatibilityMode(event_type.compatibility_mode),
+        mode=checked_mode(event_type),
         policy=CompatibilityPolicy(event_type.compatibility_policy),
         registry=stored,
         new_uri=schema_uri(topic, event_type.name, number),

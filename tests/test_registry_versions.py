@@ -363,3 +363,22 @@ def test_the_worker_counts_a_slice_at_a_time_and_never_events_younger_than_the_h
 
     assert steps == [2, 2, 1, 0]
     assert version_event_counts([v1]) == {v1.pk: 5}
+
+
+def test_mode_none_on_a_sensitive_topic_still_sends_a_breaking_version_to_a_second_bus_admin() -> None:
+    admin = User.objects.get(username="admin")
+    EventType.objects.filter(pk=_withholding().pk).update(compatibility_mode="NONE")
+
+    with pytest.raises(SchemaInvalidError, match="not compatible under BACKWARD"):
+        schema_version_create(event_type=_withholding(), schema=_breaking_withholding(), actor="cli:test")
+    proposed = schema_version_propose(
+        event_type=_withholding(),
+        schema=_breaking_withholding(),
+        source=json.dumps(_breaking_withholding()),
+        reason="status required",
+        declare_break=True,
+        actor=admin,
+    )
+
+    assert isinstance(proposed, SchemaVersionRequest)
+    assert SchemaVersion.objects.filter(event_type=_withholding()).count() == 1

@@ -35,7 +35,7 @@ from busapp.validation import (
     schema_uri,
     stored_schema_registry,
 )
-from busapp.version_drafts import draft_findings, versions_of
+from busapp.version_drafts import checked_mode, draft_findings, versions_of
 
 
 def roles_ensure() -> None:
@@ -134,7 +134,7 @@ def schema_version_check(*, event_type: EventType, schema: Any, compatibility: s
     stored = stored_schema_registry()  # every stored schema, for $refs: read once for both checks
     topic = event_type.topic
     schema_check(schema, uri=schema_uri(topic.name, event_type.name, number), stored=stored)
-    mode = event_type.compatibility_mode
+    mode = checked_mode(event_type)
     unapproved_break = compatibility == Compatibility.NONE and topic.sensitive and not approved
     if compatibility == Compatibility.BACKWARD or mode == CompatibilityMode.DISABLED or unapproved_break:
         findings = draft_findings(event_type, schema, versions=versions, stored=stored)
@@ -233,7 +233,7 @@ def schema_version_propose(
         )
     if not declare_break:
         message = (
-            f"breaks {locked.compatibility_mode} ({len(findings)} finding{'s' if len(findings) > 1 else ''}):"
+            f"breaks {checked_mode(locked)} ({len(findings)} finding{'s' if len(findings) > 1 else ''}):"
             " tick 'declare a breaking change' to save it anyway"
         )
         raise ActionRefusedError([{"path": "/declare_break", "message": message}])
