@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jsonschema_rs
@@ -90,14 +90,15 @@ def _checker_new(schema: Any) -> Any:
         return None
 
 
-def _plain(node: Any) -> bool:
-    """Whether one (sub)schema uses only plain keywords or ``x-`` extensions."""
+def _plain(node: Any, also: frozenset[str] = frozenset()) -> bool:
+    """Whether one (sub)schema uses only plain keywords (and ``also``) or ``x-`` extensions."""
     if isinstance(node, bool):
         return True
     if not isinstance(node, dict):
         return False
     return all(
-        name in _PLAIN or name in _ONE or name in _LIST or name in _NAMED or name.startswith("x-") for name in node
+        name in _PLAIN or name in _ONE or name in _LIST or name in _NAMED or name in also or name.startswith("x-")
+        for name in node
     )
 
 
@@ -118,6 +119,44 @@ def _subschemas(schema: Any) -> Iterator[Any]:
                 stack.extend(value.values())
             elif name in _LIST or name in _NAMED:
                 yield value  # not the shape the keyword takes: _plain refuses it
+
+
+# Keywords jsonschema-rs reads differently from us, which an exact checker takes as ours (``keywords``).
+_OURS = frozenset({"pattern", "multipleOf", "uniqueItems", "format"})
+
+
+def exact_checker(schema: Any, *, keywords: dict[str, type], format_of: Callable[[str], Callable[[str], bool]]) -> Any:
+    """A jsonschema-rs validator whose yes and no are ours, or None: plain keywords, ours called back from Rust.
+
+    ``keywords`` are our ``pattern``, ``multipleOf`` and ``uniqueItems`` as jsonschema-rs custom
+    keywords; ``format_of(name)`` our check of a format. Used where many payloads meet one schema
+    not saved yet (a dry run); its numbers are trusted only as ``surely_valid`` trusts them.
+    """
+    if not isinstance(schema, dict) or schema.get("$schema", _DRAFT_2020_12) != _DRAFT_2020_12:
+        return None
+    nodes = list(_subschemas(schema))
+    if not all(_plain(node, also=_OURS) for node in nodes):
+        return None
+    formats = {node["format"] for node in nodes if isinstance(node, dict) and isinstance(node.get("format"), str)}
+    try:
+        return jsonschema_rs.Draft202012Validator(
+            schema,
+            validate_formats=True,
+            formats={name: format_of(name) for name in formats},
+            keywords={name: keyword for name, keyword in keywords.items() if name in _OURS},
+        )
+    except Exception:  # anything it will not compile, the Python validator checks
+        return None
+
+
+def exact_answer(checker: Any, payload: Any, encoded: str) -> bool | None:
+    """An exact checker's yes or no, or None where Python must decide (long numbers, a value Rust cannot take)."""
+    if checker is None or _LONG_DIGITS.search(encoded) is not None:
+        return None
+    try:
+        return bool(checker.is_valid(payload))
+    except Exception:  # a value it cannot take: the Python validator decides
+        return None
 
 
 def surely_valid(checker: Any, payload: Any, encoded: str) -> bool:

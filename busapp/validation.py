@@ -28,7 +28,7 @@ from referencing.jsonschema import DRAFT202012
 from rfc3986_validator import validate_rfc3986
 
 from busapp.errors import FieldError, SchemaInvalidError
-from busapp.fast_check import fast_checker, fast_checkers_clear, surely_valid
+from busapp.fast_check import exact_answer, exact_checker, fast_checker, fast_checkers_clear, surely_valid
 from busapp.validation_messages import json_text, plain_message
 
 if TYPE_CHECKING:
@@ -883,10 +883,79 @@ def payload_schema_errors(version: SchemaVersion, payload: Any, *, encoded: str 
     return _bounded_errors(validator_for(version), payload, version.version)
 
 
-def draft_payload_checker(schema: Any, *, stored: Registry[Any], number: int) -> Callable[[Any], list[FieldError]]:
-    """Payload errors under a schema not saved yet (the dry run of version ``number``), bounded like any publish."""
-    validator = PayloadValidator(schema, registry=stored, format_checker=_format_checker)
-    return lambda payload: _bounded_errors(validator, payload, number)
+class DraftChecker:
+    """Payloads against a schema not saved yet (a dry run): yes or no in Rust where that answer is ours, else Python."""
+
+    def __init__(self, schema: Any, *, stored: Registry[Any], number: int) -> None:
+        self.validator = PayloadValidator(schema, registry=stored, format_checker=_format_checker)
+        self.number = number
+        self.rust = exact_checker(schema, keywords=_RUST_KEYWORDS, format_of=_format_conforms)
+
+    def accepts(self, payload: Any, encoded: str) -> bool:
+        """Whether the payload (``encoded``: its JSON text, or any text holding it) is valid under the draft."""
+        answer = exact_answer(self.rust, payload, encoded)
+        return not self.errors(payload) if answer is None else answer
+
+    def errors(self, payload: Any) -> list[FieldError]:
+        """Every error, with its path, bounded like any publish's check."""
+        return _bounded_errors(self.validator, payload, self.number)
+
+
+# Answers one exact checker keeps per keyword and format: a dry run meets the same codes and dates again and again.
+_REMEMBERED = 4096
+
+
+def _format_conforms(name: str) -> Callable[[str], bool]:
+    """Our check of one format, for jsonschema-rs to call, remembering its answers for the texts it met."""
+    seen: dict[str, bool] = {}
+
+    def conforms(text: str) -> bool:
+        answer = seen.get(text)
+        if answer is None:
+            answer = _format_checker.conforms(text, name)
+            if len(seen) < _REMEMBERED:
+                seen[text] = answer
+        return answer
+
+    return conforms
+
+
+class _RustKeyword:
+    """One of our keyword functions as a jsonschema-rs custom keyword (RE2 patterns, decimal multipleOf ...)."""
+
+    function: Callable[..., Iterator[JsonSchemaError]]
+
+    def __init__(self, parent_schema: Any, value: Any, schema_path: Any) -> None:
+        self.parent_schema, self.value = parent_schema, value
+        self.refusals: dict[tuple[type, Any], str] = {}  # by the value's type too: True == 1 in Python
+
+    def validate(self, instance: Any) -> None:
+        """Raise for the first error our function finds (an answer for a string or number is remembered)."""
+        key = (type(instance), instance) if isinstance(instance, str | int | float) else None
+        if key is not None and key in self.refusals:
+            if self.refusals[key]:
+                raise ValueError(self.refusals[key])
+            return
+        message = next((error.message for error in self._errors(instance)), "")
+        if key is not None and len(self.refusals) < _REMEMBERED:
+            self.refusals[key] = message
+        if message:
+            raise ValueError(message)
+
+    def _errors(self, instance: Any) -> Iterator[JsonSchemaError]:
+        """Our function's errors for the value."""
+        return type(self).function(_TYPES, self.value, instance, self.parent_schema)
+
+
+_TYPES = Draft202012Validator({})  # the type checks our keyword functions ask their validator for
+_RUST_KEYWORDS: dict[str, type] = {
+    name: type(f"Rust_{name}", (_RustKeyword,), {"function": staticmethod(function)})
+    for name, function in (
+        ("pattern", _re2_pattern),
+        ("multipleOf", _decimal_multiple_of),
+        ("uniqueItems", _unique_items),
+    )
+}
 
 
 def _bounded_errors(validator: Draft202012Validator, payload: Any, number: int) -> list[FieldError]:

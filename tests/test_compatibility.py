@@ -651,3 +651,10 @@ def test_the_checker_never_calls_compatible_what_the_oracle_tells_apart() -> Non
     # Where jsoncompat's own verdict differs, it is the stricter checker's call (ours: every rule named);
     # the pairs are listed so a reader can judge them (pytest -rA shows this).
     print(f"{len(disagreements)} of {2 * PAIRS} verdicts differ from jsoncompat.check_compat: {disagreements[:10]}")
+
+
+def test_schemas_equal_to_python_but_not_to_json_are_still_compared() -> None:
+    """``{"const": true} == {"const": 1}`` in Python; the shortcut for unchanged subschemas must not take it."""
+    assert [str(finding) for finding in refusals({"const": True}, {"const": 1})] == [
+        "/: VALUE_REFUSED: true allowed before, refused now"
+    ]
