@@ -53,7 +53,15 @@ PAGES = {
         "{request}",
     ],
     "auditor": ["/events/", "/events/?where=standard_deduction+%3E%3D+1", "{event}", "/audit/", "/dlq/", "/live/"],
-    "admin": ["{letter}", "/access/", "/access/tokens/", "/no-such-page/"],
+    "admin": [
+        "{letter}",
+        "/access/",
+        "/access/tokens/",
+        "/no-such-page/",
+        "/topics/new/",
+        "/topics/tax-policy/",
+        "/topics/tax-policy/edit/",
+    ],
 }
 
 
