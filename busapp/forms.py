@@ -481,6 +481,7 @@ class TopicCreateForm(_TopicFieldsForm):
     schema = SchemaTextField(
         label="Its first schema (JSON Schema, Draft 2020-12)",
         widget=forms.Textarea(attrs={"rows": 16, "spellcheck": "false"}),
+        error_messages={"required": "is required: a JSON Schema object describing the payload ({} describes nothing)"},
         help_text="Version 1 of the event type's payload. Checked before anything is saved.",
     )
 

@@ -134,8 +134,9 @@ def test_the_form_starts_with_the_default_retention_and_an_example_schema_that_w
         ('{"type": "string", "pattern": "(a+)+(?=b)"}', "pattern"),
         ("[" * 70 + "]" * 70, "64"),
         ('{"type": "object",', "JSON"),
+        ("{}", "describes nothing"),
     ],
-    ids=["invalid", "ref-outside", "regex-refused", "too-deep", "not-json"],
+    ids=["invalid", "ref-outside", "regex-refused", "too-deep", "not-json", "empty"],
 )
 def test_a_schema_that_cannot_be_saved_is_shown_at_its_field_and_leaves_nothing_behind(schema: str, said: str) -> None:
     """Refused at the schema field, 400, with the text kept; no topic, no type, no version, no audit entry."""

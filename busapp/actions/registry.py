@@ -144,8 +144,8 @@ def topic_create(
     return topic
 
 
-def _new_topic_problems(*, topic: Topic, type_name: str, schema: Any) -> list[FieldError]:
-    """Every reason the topic, its first type or that type's schema v1 cannot be created, each at its field."""
+def _new_topic_problems(*, topic: Topic, type_name: str) -> list[FieldError]:
+    """Every reason the topic or its first type cannot be created, each at its field (the schema: when saved)."""
     problems: list[FieldError] = []
     try:
         topic.full_clean(validate_unique=False)
@@ -159,10 +159,6 @@ def _new_topic_problems(*, topic: Topic, type_name: str, schema: Any) -> list[Fi
         validate_event_type_name(type_name)
     except ValidationError as error:
         problems += _validation_problems(error, "/type_name")
-    try:
-        schema_check(schema, uri=schema_uri(topic.name, type_name, 1))
-    except SchemaInvalidError as error:
-        problems.append({"path": "/schema", "message": str(error)})
     return problems
 
 
@@ -182,7 +178,8 @@ def topic_create_with_type(
 ) -> Topic:
     """A bus admin creates a topic with its first event type and that type's schema v1, each audited, or nothing.
 
-    Every problem (name, retention, type name, schema) is refused at once, each at its field.
+    The topic's and the type's problems are refused at once, each at its field; a schema that
+    cannot be saved is refused at ``/schema`` and takes the topic and type back with it.
     ``sensitive`` may be set either way here: a new topic has no events and no subscribers yet,
     so nobody can switch approval off behind anyone; later it changes only by four eyes.
     """
@@ -194,7 +191,7 @@ def topic_create_with_type(
     draft = Topic(
         name=name, description=description, sensitive=sensitive, stream_retention=stream_retention, owner=owner
     )
-    problems = _new_topic_problems(topic=draft, type_name=type_name, schema=schema)
+    problems = _new_topic_problems(topic=draft, type_name=type_name)
     if problems:
         raise ActionRefusedError(problems)
     try:
