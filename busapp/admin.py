@@ -29,6 +29,7 @@ from busapp.actions.registry import (
     schema_version_check,
     schema_version_create,
     topic_create,
+    topic_update,
 )
 from busapp.errors import SchemaInvalidError
 from busapp.forms import CarriedJSONField
@@ -58,7 +59,7 @@ class ReadOnlyAdmin(admin.ModelAdmin[_M]):
 class TopicAdmin(admin.ModelAdmin[Topic]):
     """Topics: created and described here; rights at /access/, the sensitive flag on the topic's four-eyes page."""
 
-    list_display = ["name", "sensitive", "stream_retention", "created_at"]
+    list_display = ["name", "owner", "sensitive", "stream_retention", "created_at"]
     search_fields = ["name", "description"]
 
     def get_urls(self) -> list[URLPattern]:
@@ -80,15 +81,23 @@ class TopicAdmin(admin.ModelAdmin[Topic]):
         return False
 
     def save_model(self, request: HttpRequest, obj: Topic, form: Any, change: bool) -> None:
-        """New topics go through ``topic_create`` so they are audited; edits are audited here."""
+        """New topics go through ``topic_create``, edits through ``topic_update``, as on the dashboard: audited."""
         if change:
-            record_change(obj=obj, changed_fields=form.changed_data, actor=request.user)  # type: ignore[arg-type]
+            if form.changed_data:
+                topic_update(
+                    topic=obj,
+                    description=obj.description,
+                    owner=obj.owner,
+                    stream_retention=obj.stream_retention,
+                    actor=request.user,  # type: ignore[arg-type]
+                )
             return
         created = topic_create(
             name=obj.name,
             description=obj.description,
             sensitive=obj.sensitive,
             stream_retention=obj.stream_retention,
+            owner=obj.owner,
             actor=request.user,  # type: ignore[arg-type]
         )
         obj.pk = created.pk

@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any, cast
 
 from django import forms
+from django.conf import settings
+from django.contrib.auth.models import Group
 from django.forms.fields import InvalidJSONInput
 from django.utils import timezone
 
-from busapp.errors import HistoryQueryError
+from busapp.actions.registry import topic_name_problem
+from busapp.errors import HistoryQueryError, SchemaInvalidError
 from busapp.history import HistoryFilter, PayloadCondition, conditions_parse, field_path_valid
-from busapp.models import AuditAction, EventStatus, SchemaVersion, Source
+from busapp.models import (
+    STREAM_RETENTION_MAX,
+    STREAM_RETENTION_MIN,
+    TOPIC_NAME_EXAMPLE,
+    AuditAction,
+    EventStatus,
+    SchemaVersion,
+    Source,
+    Topic,
+    validate_event_type_name,
+    validate_stream_retention,
+)
 from busapp.permissions import TOPIC_RIGHTS, Role
 from busapp.schema_fields import PayloadFields, payload_fields
-from busapp.validation import json_parse, printable
+from busapp.validation import json_parse, printable, schema_check, schema_uri
 
 _ANY = [("", "any")]
 _TIME_HELP = "UTC, like 2026-11-27 07:00"
@@ -384,3 +399,144 @@ class CarriedJSONField(forms.JSONField):
         if not self.disabled and isinstance(data, str) and json_parse(data)[1]:
             return InvalidJSONInput(printable(data))
         return super().bound_data(data, initial)
+
+
+# Topics in the dashboard: created with their first event type and schema, edited on the topic page.
+
+# What the schema box holds at first: a small object schema the author edits.
+EXAMPLE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "effective_date": {"type": "string", "format": "date", "description": "When the change takes effect"},
+        "amount": {"type": "integer", "minimum": 0, "description": "The new amount, in whole dollars"},
+    },
+    "required": ["effective_date", "amount"],
+    "additionalProperties": False,
+}
+
+
+class SchemaTextField(CarriedJSONField):
+    """A JSON Schema typed in a box: refused like any carried JSON, shown back indented."""
+
+    def prepare_value(self, value: Any) -> Any:
+        """The schema as indented JSON text (what was typed, when it could not be read)."""
+        if isinstance(value, InvalidJSONInput):
+            return value
+        return json.dumps(value, ensure_ascii=False, indent=2)
+
+
+class _TopicFieldsForm(forms.Form):
+    """What a topic's editor sets: description, owner, stream retention."""
+
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    owner = forms.ModelChoiceField(
+        queryset=Group.objects.order_by("name"),
+        required=False,
+        empty_label="(no owner)",
+        help_text="The group that answers for the topic. It grants no right: rights are granted at /access/.",
+    )
+    stream_retention = forms.IntegerField(
+        label="Stream retention (events)",
+        validators=[validate_stream_retention],
+        help_text=(
+            f"Events kept in the topic's Redis stream, between {STREAM_RETENTION_MIN:,} and {STREAM_RETENTION_MAX:,}."
+        ),
+    )
+
+
+class TopicCreateForm(_TopicFieldsForm):
+    """A new topic with its first event type and that type's first schema."""
+
+    field_order = [
+        "name",
+        "description",
+        "owner",
+        "sensitive",
+        "stream_retention",
+        "type_name",
+        "type_description",
+        "schema",
+    ]
+
+    name = forms.CharField(
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "none"}),
+        help_text=(
+            f"agency.domain.event, like {TOPIC_NAME_EXAMPLE}: lowercase letters, digits, '.', '-' and '_'. "
+            "It is the Redis channel subscribers listen on, and never changes."
+        ),
+    )
+    sensitive = forms.BooleanField(
+        required=False,
+        label="Sensitive: every publish needs a second person's approval",
+        help_text="Set here freely (no events yet); later it changes only when a second bus admin approves.",
+    )
+    type_name = forms.CharField(
+        label="First event type",
+        validators=[validate_event_type_name],
+        help_text="Dotted lowercase words, like tax_policy.updated.",
+    )
+    type_description = forms.CharField(
+        label="Event type description", required=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+    schema = SchemaTextField(
+        label="Its first schema (JSON Schema, Draft 2020-12)",
+        widget=forms.Textarea(attrs={"rows": 16, "spellcheck": "false"}),
+        error_messages={"required": "is required: a JSON Schema object describing the payload ({} describes nothing)"},
+        help_text="Version 1 of the event type's payload. Checked before anything is saved.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["stream_retention"].initial = settings.BUS_STREAM_MAXLEN
+        self.fields["schema"].initial = EXAMPLE_SCHEMA
+
+    def clean_name(self) -> str:
+        """The name, if it follows the naming rule and no topic has it yet."""
+        name: str = self.cleaned_data["name"]
+        problem = topic_name_problem(name)
+        if problem:
+            raise forms.ValidationError(problem)
+        return name
+
+    def clean(self) -> dict[str, Any]:
+        """The schema checked too, so that every problem is shown at once (the action checks it all again)."""
+        cleaned = super().clean() or {}
+        if "schema" in cleaned:
+            uri = schema_uri(self.data.get("name", ""), self.data.get("type_name", ""), 1)
+            try:
+                schema_check(cleaned["schema"], uri=uri)
+            except SchemaInvalidError as error:
+                self.add_error("schema", str(error))
+        return cleaned
+
+
+class TopicEditForm(_TopicFieldsForm):
+    """A topic's description, owner and stream retention; its name and ``sensitive`` are not fields here."""
+
+    field_order = ["description", "owner", "stream_retention", "reason"]
+
+    reason = forms.CharField(
+        required=False, max_length=500, label="Why (optional, kept in the audit log)", widget=forms.TextInput()
+    )
+
+    def __init__(self, *args: Any, topic: Topic, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "edit_%s")  # unique ids: the topic page has other forms
+        kwargs.setdefault(
+            "initial",
+            {"description": topic.description, "owner": topic.owner_id, "stream_retention": topic.stream_retention},
+        )
+        super().__init__(*args, **kwargs)
+        self.topic = topic
+
+    def clean(self) -> dict[str, Any]:
+        """Refuse a posted name or ``sensitive``: the name never changes, and the flag changes only by four eyes."""
+        cleaned = super().clean() or {}
+        topic = self.topic
+        if "name" in self.data and self.data["name"] != topic.name:
+            self.add_error(None, "name: a topic's name never changes (subscribers listen on it); create a new topic")
+        if "sensitive" in self.data:
+            self.add_error(
+                None,
+                f"sensitive: changes only when a second bus admin approves it, at /topics/{topic.name}/sensitivity/",
+            )
+        return cleaned

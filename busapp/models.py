@@ -21,6 +21,14 @@ EVENT_TYPE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 # Channels group names must stay under 100 characters and the topic's group is "topic.<name>".
 TOPIC_NAME_MAX_LENGTH = 80
 DLQ_SUFFIX = ".dlq"
+# The seed's naming tip (agency.domain.event), shown wherever a topic is named.
+TOPIC_NAME_EXAMPLE = "irs.tax_policy.updated"
+# /topics/new/ is the page that creates topics: a topic of that name could never be opened.
+TOPIC_NAMES_RESERVED = frozenset({"new"})
+# A stream shorter than this loses events a consumer that restarts has not read yet; a longer
+# one (events up to 64 KiB each) fills Redis's memory before anyone reads that far back.
+STREAM_RETENTION_MIN = 100
+STREAM_RETENTION_MAX = 10_000_000
 
 
 def _is_new(obj: models.Model) -> bool:
@@ -39,7 +47,10 @@ class ImmutableRecordError(Exception):
 
 def validate_topic_name(name: str) -> None:
     """Refuse a topic name that breaks the naming rule, saying which part."""
-    example = "use lowercase letters, digits, '.', '-' and '_', starting with a letter, like 'irs.tax_policy'"
+    example = (
+        "use lowercase letters, digits, '.', '-' and '_', starting with a letter, "
+        f"as agency.domain.event, like '{TOPIC_NAME_EXAMPLE}'"
+    )
     if len(name) > TOPIC_NAME_MAX_LENGTH:
         raise ValidationError(f"topic name is {len(name)} characters; the limit is {TOPIC_NAME_MAX_LENGTH}")
     if not TOPIC_NAME_RE.match(name):
@@ -48,6 +59,18 @@ def validate_topic_name(name: str) -> None:
         raise ValidationError(f"topic name {name!r} ends with '{DLQ_SUFFIX}', which is reserved for dead letters")
     if ".." in name or name.endswith((".", "-", "_")):
         raise ValidationError(f"topic name {name!r} has an empty part or a trailing separator: {example}")
+    if name in TOPIC_NAMES_RESERVED:
+        raise ValidationError(f"topic name {name!r} is reserved: /topics/{name}/ is the page that creates topics")
+
+
+def validate_stream_retention(count: int) -> None:
+    """Refuse a stream retention outside the bounds a topic's Redis stream can sensibly keep."""
+    if not STREAM_RETENTION_MIN <= count <= STREAM_RETENTION_MAX:
+        raise ValidationError(
+            f"{count:,} events is out of bounds: a topic's stream keeps between {STREAM_RETENTION_MIN:,} and "
+            f"{STREAM_RETENTION_MAX:,} events (fewer loses events a restarting consumer has not read yet; more fills "
+            "Redis's memory)"
+        )
 
 
 def validate_event_type_name(name: str) -> None:
@@ -76,7 +99,19 @@ class Topic(models.Model):
     description = models.TextField(blank=True)
     sensitive = models.BooleanField(default=False, help_text="Publishing needs a second person's approval (four-eyes).")
     stream_retention = models.PositiveIntegerField(
-        default=100_000, help_text="Events kept in the topic's Redis stream (XADD MAXLEN ~ N)."
+        default=100_000,
+        validators=[validate_stream_retention],
+        help_text="Events kept in the topic's Redis stream (XADD MAXLEN ~ N).",
+    )
+    # Who answers for the topic; it grants no right (rights are granted at /access/). PROTECT: a
+    # group that owns topics is not deleted until they are given another owner, each change audited.
+    owner = models.ForeignKey(
+        "auth.Group",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="owned_topics",
+        help_text="The group that answers for the topic (informational: it grants no right).",
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -157,7 +157,7 @@ def topic_summaries(user: User, topics_query: QuerySet[Topic]) -> list[TopicSumm
 
     Each figure is read over the (topic, time) indexes, never by counting the whole history.
     """
-    topics = list(topics_query)
+    topics = list(topics_query.select_related("owner"))
     since = timezone.now() - dt.timedelta(days=1)
     recent = dict(
         Event.objects.filter(topic__in=topics, timestamp__gte=since)

@@ -2,12 +2,28 @@
 
 from django.urls import path
 
-from busapp.views import audit, dlq, history, live, metrics, pages, publish, requests, rights, sensitivity, versions
+from busapp.views import (
+    audit,
+    dlq,
+    history,
+    live,
+    metrics,
+    pages,
+    publish,
+    requests,
+    rights,
+    sensitivity,
+    topics,
+    versions,
+)
 
 urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
     path("dashboard/series/", pages.dashboard_series, name="dashboard-series"),
     path("topics/", pages.topic_list, name="topic-list"),
+    # Before topics/<name>/: "new" is reserved by the naming rule, so no topic is shadowed.
+    path("topics/new/", topics.topic_new, name="topic-new"),
+    path("topics/new/name-check/", topics.topic_name_check, name="topic-name-check"),
     path("topics/<str:name>/", pages.topic_detail, name="topic-detail"),
     path(
         "topics/<str:name>/types/<str:type_name>/compatibility/",
@@ -31,6 +47,7 @@ urlpatterns = [
         versions.version_request_cancel,
         name="version-request-cancel",
     ),
+    path("topics/<str:name>/edit/", topics.topic_edit, name="topic-edit"),
     path("topics/<str:name>/publish/", publish.topic_publish, name="topic-publish"),
     path("topics/<str:name>/publish/confirm/", publish.topic_publish_confirm, name="topic-publish-confirm"),
     path("topics/<str:name>/published/<uuid:envelope_id>/", publish.publish_result, name="publish-result"),

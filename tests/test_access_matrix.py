@@ -291,6 +291,30 @@ RULES: dict[str, tuple[Case, ...]] = {
     "version-request-cancel": (
         post(lambda w, _: f"{WITHHOLDING_VERSIONS}requests/{w.new_version_request('admin').pk}/cancel/", ADMINS),
     ),
+    # Topics in the dashboard: bus admins create them (and ask the live name check); bus admins, or people
+    # managing the topic, edit it (nobody in the demo manages one by grant).
+    "topic-new": (
+        get("/topics/new/", ADMINS),
+        post(
+            "/topics/new/",
+            ADMINS,
+            {
+                "name": "matrix.topic.created",
+                "stream_retention": "1000",
+                "type_name": "matrix.created",
+                "schema": '{"type": "object"}',
+            },
+        ),
+    ),
+    "topic-name-check": (get("/topics/new/name-check/?name=matrix.topic", ADMINS),),
+    "topic-edit": (
+        get("/topics/tax-policy/edit/", ADMINS),
+        post(
+            "/topics/tax-policy/edit/",
+            ADMINS,
+            {"description": "matrix", "stream_retention": "100000", "owner": ""},
+        ),
+    ),
     "topic-sensitivity": (
         get("/topics/tax-policy/sensitivity/", ADMINS),
         post("/topics/tax-policy/sensitivity/", ADMINS, {"sensitive": "yes", "reason": "matrix"}),

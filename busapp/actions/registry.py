@@ -8,7 +8,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.urls import reverse
 from django.utils import timezone
@@ -27,6 +28,9 @@ from busapp.models import (
     SchemaVersionRequest,
     SchemaVersionState,
     Topic,
+    validate_event_type_name,
+    validate_stream_retention,
+    validate_topic_name,
 )
 from busapp.permissions import MANAGE_TOPIC, ROLE_PERMISSIONS, topic_right_held
 from busapp.validation import (
@@ -48,7 +52,7 @@ def roles_ensure() -> None:
 
 @transaction.atomic
 def record_change(*, obj: Model, changed_fields: Sequence[str], actor: Actor) -> None:
-    """Save an edit of some fields (a topic's description, a version's deprecated flag) with its audit entry."""
+    """Save a Django admin edit of an event type's fields with its audit entry (topics: ``topic_update``)."""
     if not changed_fields:
         return
     obj.save(update_fields=list(changed_fields))
@@ -61,6 +65,47 @@ def record_change(*, obj: Model, changed_fields: Sequence[str], actor: Actor) ->
     )
 
 
+ADD_TOPIC = "busapp.add_topic"  # the bus admins' right to create topics
+CHANGE_TOPIC = "busapp.change_topic"  # the bus admins' right to edit any topic
+
+
+def may_create_topics(user: User) -> bool:
+    """Active bus admins create topics."""
+    return user.is_active and user.has_perm(ADD_TOPIC)
+
+
+def may_edit_topic(user: User, topic: Topic) -> bool:
+    """Bus admins, and people holding manage on the topic, edit its description, owner and stream retention."""
+    return user.is_active and (user.has_perm(CHANGE_TOPIC) or topic_right_held(user, MANAGE_TOPIC, topic))
+
+
+def _taken_message(name: str) -> str:
+    """Why a name another topic has is refused."""
+    return f"topic name {name!r} is taken: another topic is already called that; choose another name"
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why a new topic may not be called ``name`` (the naming rule, or taken), or None when it may."""
+    try:
+        validate_topic_name(name)
+    except ValidationError as error:
+        return error.messages[0]
+    if Topic.objects.filter(name=name).exists():
+        return _taken_message(name)
+    return None
+
+
+def _validation_problems(error: ValidationError, path: str = "") -> list[FieldError]:
+    """A Django ValidationError as the bus's problems, each at ``/<field>`` (or ``path`` when it names none)."""
+    if hasattr(error, "error_dict"):
+        return [
+            {"path": f"/{field}" if field != "__all__" else path, "message": message}
+            for field, messages in error.message_dict.items()
+            for message in messages
+        ]
+    return [{"path": path, "message": message} for message in error.messages]
+
+
 @transaction.atomic
 def topic_create(
     *,
@@ -69,6 +114,7 @@ def topic_create(
     description: str = "",
     sensitive: bool = False,
     stream_retention: int | None = None,
+    owner: Group | None = None,
 ) -> Topic:
     """Create a topic after checking its name against the naming rule (retention default: BUS_STREAM_MAXLEN)."""
     user, _ = actor_parts(actor)
@@ -79,6 +125,7 @@ def topic_create(
         description=description,
         sensitive=sensitive,
         stream_retention=stream_retention,
+        owner=owner,
         created_by=user,
     )
     topic.full_clean()
@@ -87,9 +134,129 @@ def topic_create(
         actor=actor,
         action=AuditAction.TOPIC_CREATE,
         target=f"topic:{name}",
-        details={"description": description, "sensitive": sensitive, "stream_retention": stream_retention},
+        details={
+            "description": description,
+            "sensitive": sensitive,
+            "stream_retention": stream_retention,
+            **({"owner": owner.name} if owner else {}),
+        },
     )
     return topic
+
+
+def _new_topic_problems(*, topic: Topic, type_name: str) -> list[FieldError]:
+    """Every reason the topic or its first type cannot be created, each at its field (the schema: when saved)."""
+    problems: list[FieldError] = []
+    try:
+        topic.full_clean(validate_unique=False)
+    except ValidationError as error:
+        problems += _validation_problems(error)
+    if not any(problem["path"] == "/name" for problem in problems):
+        taken = topic_name_problem(topic.name)
+        if taken:
+            problems.append({"path": "/name", "message": taken})
+    try:
+        validate_event_type_name(type_name)
+    except ValidationError as error:
+        problems += _validation_problems(error, "/type_name")
+    return problems
+
+
+@transaction.atomic
+def topic_create_with_type(
+    *,
+    name: str,
+    actor: User,
+    type_name: str,
+    schema: Any,
+    source: str | None = None,
+    description: str = "",
+    owner: Group | None = None,
+    sensitive: bool = False,
+    stream_retention: int | None = None,
+    type_description: str = "",
+) -> Topic:
+    """A bus admin creates a topic with its first event type and that type's schema v1, each audited, or nothing.
+
+    The topic's and the type's problems are refused at once, each at its field; a schema that
+    cannot be saved is refused at ``/schema`` and takes the topic and type back with it.
+    ``sensitive`` may be set either way here: a new topic has no events and no subscribers yet,
+    so nobody can switch approval off behind anyone; later it changes only by four eyes.
+    """
+    if not may_create_topics(actor):
+        message = f"{actor.get_username()} is not a bus admin: only bus admins create topics"
+        raise RightRefusedError([{"path": "", "message": message}])
+    if stream_retention is None:
+        stream_retention = settings.BUS_STREAM_MAXLEN
+    draft = Topic(
+        name=name, description=description, sensitive=sensitive, stream_retention=stream_retention, owner=owner
+    )
+    problems = _new_topic_problems(topic=draft, type_name=type_name)
+    if problems:
+        raise ActionRefusedError(problems)
+    try:
+        with transaction.atomic():
+            topic = topic_create(
+                name=name,
+                description=description,
+                sensitive=sensitive,
+                stream_retention=stream_retention,
+                owner=owner,
+                actor=actor,
+            )
+    except IntegrityError:  # created by someone else since the check
+        raise ActionRefusedError([{"path": "/name", "message": _taken_message(name)}]) from None
+    event_type = event_type_create(topic=topic, name=type_name, description=type_description, actor=actor)
+    try:
+        schema_version_create(event_type=event_type, schema=schema, source=source, actor=actor)
+    except SchemaInvalidError as error:  # leaving this block rolls the topic and its type back too
+        raise ActionRefusedError([{"path": "/schema", "message": str(error)}]) from None
+    return topic
+
+
+def _shown(value: Any) -> Any:
+    """A field's value as the audit log keeps it: a group by its name."""
+    return value.name if isinstance(value, Group) else value
+
+
+@transaction.atomic
+def topic_update(
+    *,
+    topic: Topic,
+    actor: User,
+    description: str,
+    owner: Group | None,
+    stream_retention: int,
+    reason: str = "",
+) -> Topic:
+    """Change a topic's description, owner or stream retention; one audit entry holds each change's before and after.
+
+    The name never changes (subscribers listen on it) and ``sensitive`` changes only by four eyes
+    (``busapp.actions.sensitivity``): neither is a parameter here.
+    """
+    if not may_edit_topic(actor, topic):
+        message = f"{actor.get_username()} may not edit {topic.name}: bus admins, or people who manage the topic, may"
+        raise RightRefusedError([{"path": "", "message": message}])
+    locked = Topic.objects.select_for_update().get(pk=topic.pk)
+    asked = {"description": description, "owner": owner, "stream_retention": stream_retention}
+    before = {field: getattr(locked, field) for field in asked}
+    changed = {field: (before[field], value) for field, value in asked.items() if before[field] != value}
+    if not changed:
+        message = "nothing changed: the description, owner and stream retention are as they were"
+        raise ActionRefusedError([{"path": "", "message": message}])
+    if "stream_retention" in changed:  # only what changes is checked: an older topic stays editable
+        try:
+            validate_stream_retention(stream_retention)
+        except ValidationError as error:
+            raise ActionRefusedError(_validation_problems(error, "/stream_retention")) from None
+    for field, (_, value) in changed.items():
+        setattr(locked, field, value)
+    locked.save(update_fields=list(changed))
+    details: dict[str, Any] = {field: [_shown(before), _shown(after)] for field, (before, after) in changed.items()}
+    if reason.strip():
+        details["reason"] = reason.strip()
+    audit_record(actor=actor, action=AuditAction.TOPIC_UPDATE, target=f"topic:{locked.name}", details=details)
+    return locked
 
 
 @transaction.atomic

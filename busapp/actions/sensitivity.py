@@ -14,12 +14,10 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from busapp.actions.registry import CHANGE_TOPIC
 from busapp.audit import audit_record
 from busapp.errors import ActionRefusedError, RightRefusedError
 from busapp.models import AuditAction, ChangeRequestStatus, Topic, TopicSensitivityChange
-
-# Held by the Bus admins role (busapp.permissions.ROLE_PERMISSIONS), and by superusers.
-CHANGE_TOPIC = "busapp.change_topic"
 
 
 def sensitivity_label(sensitive: bool) -> str:

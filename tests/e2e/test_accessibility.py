@@ -58,7 +58,9 @@ PAGES = {
         "/access/",
         "/access/tokens/",
         "/no-such-page/",
+        "/topics/new/",
         "/topics/tax-policy/",
+        "/topics/tax-policy/edit/",
         "/topics/tax-policy/types/tax_policy.updated/versions/new/",
     ],
 }
