@@ -398,7 +398,7 @@ RULES: dict[str, tuple[Case, ...]] = {
     "api-dead-letter-list": (get("/api/dlq/", CALLERS),),
     "api-dead-letter-replay": (post("/api/dlq/{w.letter.pk}/replay/", ADMINS),),
     # Any other path under /api/: 404 in the error shape, whoever asks.
-    "unnamed: api/^(?P<path>.*)$": (get("/api/no-such-endpoint/", EVERYONE, answers=404),),
+    "unnamed: api/^(?P<path>(?s:.*))$": (get("/api/no-such-endpoint/", EVERYONE, answers=404),),
 }
 
 

@@ -571,3 +571,8 @@ def test_the_openapi_document_describes_every_registry_operation() -> None:
         "version_state_set",
     } <= operations
 
+
+def test_a_path_that_matches_no_route_is_404_in_the_error_shape_even_with_a_newline_in_it() -> None:
+    response = _post("/api/topics/tax-policy/types/a%0Ab/versions/1.5/state/", {}, client=_admin())
+
+    assert "no API endpoint at" in _errors(response, 404)[0]["message"]

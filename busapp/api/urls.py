@@ -48,5 +48,6 @@ urlpatterns = [
     path("asyncapi.yaml", asyncapi.AsyncApiYamlView.as_view(), name="api-asyncapi-yaml"),
     path("asyncapi/", asyncapi.AsyncApiDocsView.as_view(), name="api-asyncapi-docs"),
     path("asyncapi/frame/", asyncapi.AsyncApiFrameView.as_view(), name="api-asyncapi-frame"),
-    re_path(r"^(?P<path>.*)$", views.not_found),
+    # Any other path, newlines included (a typed segment that does not match sends them here): 404 in JSON.
+    re_path(r"^(?P<path>(?s:.*))$", views.not_found),
 ]
