@@ -46,6 +46,10 @@ class ActionRefusedError(BusInputError):
     """An action the record's state does not allow (already decided, already replayed) or missing its reason."""
 
 
+class RecordInvalidError(BusInputError):
+    """A topic or event type the registry refuses: a name against its rule, a name taken, a schema it cannot save."""
+
+
 class PayloadTooLargeError(BusInputError):
     """A batch holding a payload over the bus's size limit: refused whole, before anything is written."""
 

@@ -427,6 +427,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "EventStatusEnum": "busapp.models.EventStatus",
         "DeadLetterStatusEnum": "busapp.models.DeadLetterStatus",
+        # The registry's event types (model fields) and its bodies (choice fields) share these.
+        "CompatibilityModeEnum": "busapp.models.CompatibilityMode",
+        "CompatibilityPolicyEnum": "busapp.models.CompatibilityPolicy",
     },
 }
 

@@ -67,6 +67,8 @@ REMOTE = "10.0.0.9"
 LETTER_BODY = json.dumps({"type": "tax_policy.updated", "payload": {"standard_deduction": -5}})
 WITHHOLDING_VERSIONS = "/topics/irs.withholding/types/withholding_table.published/versions/"
 TAX_EVENT = {"type": "tax_policy.updated", "payload": {"standard_deduction": 100}}
+TAX_TYPE_API = "/api/topics/tax-policy/types/tax_policy.updated/"
+WITHHOLDING_TYPE_API = "/api/topics/irs.withholding/types/withholding_table.published/"
 
 
 @dataclass
@@ -375,7 +377,7 @@ RULES: dict[str, tuple[Case, ...]] = {
     "api-asyncapi-yaml": (get("/api/asyncapi.yaml", CALLERS),),
     "api-asyncapi-docs": (get("/api/asyncapi/", CALLERS),),
     "api-asyncapi-frame": (get("/api/asyncapi/frame/", CALLERS),),
-    "api-topic-list": (get("/api/topics/", CALLERS),),
+    "api-topic-list": (get("/api/topics/", CALLERS), post("/api/topics/", ADMINS, {"name": "matrix.topic"})),
     "api-topic-detail": (get("/api/topics/tax-policy/", CALLERS), get("/api/topics/irs.withholding/", SIGNED_IN)),
     "api-event-publish": (
         post("/api/topics/tax-policy/events/", PUBLISHERS | {TOKEN}, TAX_EVENT),
@@ -391,6 +393,27 @@ RULES: dict[str, tuple[Case, ...]] = {
         get("/api/topics/irs.withholding/types/withholding_table.published/schemas/", SIGNED_IN),
         post("/api/topics/tax-policy/types/tax_policy.updated/schemas/", ADMINS),
     ),
+    # The registry: reads and the check of a draft for whoever may view the topic; writes for bus admins.
+    "api-event-types": (
+        get("/api/topics/tax-policy/types/", CALLERS),
+        get("/api/topics/irs.withholding/types/", SIGNED_IN),
+        post("/api/topics/tax-policy/types/", ADMINS, {"name": "tax_policy.matrix"}),
+    ),
+    "api-versions": (
+        get(f"{TAX_TYPE_API}versions/", CALLERS),
+        get(f"{WITHHOLDING_TYPE_API}versions/", SIGNED_IN),
+        post(f"{TAX_TYPE_API}versions/", ADMINS, {"schema": {"type": "object"}, "reason": "matrix"}),
+    ),
+    "api-version-check": (
+        post(f"{TAX_TYPE_API}versions/check/", CALLERS, {"schema": {"type": "object"}}),
+        post(f"{WITHHOLDING_TYPE_API}versions/check/", SIGNED_IN, {"schema": {"type": "object"}}),
+    ),
+    "api-version-state": (
+        post(f"{TAX_TYPE_API}versions/1/state/", ADMINS, {"state": "deprecated", "reason": "matrix"}),
+    ),
+    "api-event-type-compatibility": (
+        post(f"{TAX_TYPE_API}compatibility/", ADMINS, {"mode": "FULL", "policy": "STRICT", "reason": "matrix"}),
+    ),
     "api-event-list": (get("/api/events/", CALLERS),),
     "api-event-detail": (
         get("/api/events/{w.event.envelope_id}/", CALLERS),
@@ -399,7 +422,7 @@ RULES: dict[str, tuple[Case, ...]] = {
     "api-dead-letter-list": (get("/api/dlq/", CALLERS),),
     "api-dead-letter-replay": (post("/api/dlq/{w.letter.pk}/replay/", ADMINS),),
     # Any other path under /api/: 404 in the error shape, whoever asks.
-    "unnamed: api/^(?P<path>.*)$": (get("/api/no-such-endpoint/", EVERYONE, answers=404),),
+    "unnamed: api/^(?P<path>(?s:.*))$": (get("/api/no-such-endpoint/", EVERYONE, answers=404),),
 }
 
 

@@ -37,6 +37,11 @@ CHECKS: list[Callable[..., Any]] = [
 ]
 # Operations a service token is always refused: they are fuzzed as a signed-in bus admin.
 PERSON_ONLY = {
+    ("POST", "/api/topics/"),
+    ("POST", "/api/topics/{name}/types/"),
+    ("POST", "/api/topics/{name}/types/{event_type}/versions/"),
+    ("POST", "/api/topics/{name}/types/{event_type}/versions/{number}/state/"),
+    ("POST", "/api/topics/{name}/types/{event_type}/compatibility/"),
     ("POST", "/api/topics/{name}/types/{event_type}/schemas/"),
     ("POST", "/api/dlq/{letter_id}/replay/"),
 }
@@ -106,6 +111,7 @@ def api_schema(admin_credentials: AdminCredentials) -> Any:
         "letter_id": [letter.pk for letter in letters],
         "name": ["tax-policy"],
         "event_type": ["tax_policy.updated"],
+        "number": [1],
     }
 
     @schema.hook("flatmap_path_parameters")

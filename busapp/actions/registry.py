@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.urls import reverse
@@ -16,7 +16,13 @@ from django.utils import timezone
 
 from busapp.actions.reasons import reason_checked
 from busapp.audit import Actor, actor_parts, audit_record
-from busapp.errors import ActionRefusedError, FieldError, RightRefusedError, SchemaInvalidError
+from busapp.errors import (
+    ActionRefusedError,
+    FieldError,
+    RecordInvalidError,
+    RightRefusedError,
+    SchemaInvalidError,
+)
 from busapp.models import (
     AuditAction,
     ChangeRequestStatus,
@@ -282,6 +288,67 @@ def event_type_create(
         details={"mode": mode, "policy": policy},
     )
     return event_type
+
+
+def _record_errors(error: ValidationError, path: str) -> list[FieldError]:
+    """A model's validation errors as paths under ``path`` (a record-wide one, like a name taken, at its name)."""
+    return [
+        {"path": f"{path}/{'name' if field == NON_FIELD_ERRORS else field}", "message": message}
+        for field, messages in error.message_dict.items()
+        for message in messages
+    ]
+
+
+@transaction.atomic
+def event_type_register(
+    *, topic: Topic, name: str, actor: Actor, description: str = "", schema: Any = None, path: str = ""
+) -> EventType:
+    """An event type and, given ``schema``, its first version: both or neither; refusals name paths under ``path``."""
+    try:
+        event_type = event_type_create(topic=topic, name=name, description=description, actor=actor)
+    except ValidationError as error:
+        raise RecordInvalidError(_record_errors(error, path)) from None
+    if schema is not None:
+        try:
+            schema_version_create(event_type=event_type, schema=schema, actor=actor)
+        except SchemaInvalidError as error:
+            raise RecordInvalidError([{"path": f"{path}/schema", "message": str(error)}]) from None
+    return event_type
+
+
+@transaction.atomic
+def topic_register(
+    *,
+    name: str,
+    actor: Actor,
+    description: str = "",
+    sensitive: bool = False,
+    stream_retention: int | None = None,
+    event_type: str | None = None,
+    event_type_description: str = "",
+    schema: Any = None,
+) -> Topic:
+    """A topic with, optionally, its first event type and that type's first version: all of them or nothing.
+
+    Refusals name the path of the member at fault (``/name``, ``/event_type/name``,
+    ``/event_type/schema``), as the registry API's body has them.
+    """
+    try:
+        topic = topic_create(
+            name=name, description=description, sensitive=sensitive, stream_retention=stream_retention, actor=actor
+        )
+    except ValidationError as error:
+        raise RecordInvalidError(_record_errors(error, "")) from None
+    if event_type is not None:
+        event_type_register(
+            topic=topic,
+            name=event_type,
+            description=event_type_description,
+            schema=schema,
+            actor=actor,
+            path="/event_type",
+        )
+    return topic
 
 
 CHANGE_EVENT_TYPE = "busapp.change_eventtype"  # the bus admins' right to set a type's compatibility

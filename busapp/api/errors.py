@@ -25,6 +25,7 @@ from busapp.errors import (
     FieldError,
     HistoryQueryError,
     PayloadTooLargeError,
+    RecordInvalidError,
     RightRefusedError,
     TopicNotFoundError,
     errors_joined,
@@ -40,6 +41,7 @@ BUS_ERROR_STATUS: dict[type[BusInputError], int] = {
     RightRefusedError: status.HTTP_403_FORBIDDEN,
     ActionRefusedError: status.HTTP_409_CONFLICT,
     EventRejectedError: status.HTTP_422_UNPROCESSABLE_ENTITY,
+    RecordInvalidError: status.HTTP_422_UNPROCESSABLE_ENTITY,
     PayloadTooLargeError: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
 }
 

@@ -26,6 +26,15 @@ from busapp.models import AuditAction
 from busapp.permissions import MANAGE_TOPIC, VIEW_TOPIC
 
 
+def versions_answer(request: Request, name: str, event_type: str) -> Response:
+    """Every version of the type, in any state, newest first, for whoever may view the topic."""
+    topic = topic_for(request, name, VIEW_TOPIC)
+    found = event_type_on(topic, event_type)
+    versions = found.schema_versions.order_by("-version")
+    answer = {"topic": topic.name, "type": found.name, "schema_versions": versions}
+    return Response(SchemaVersionListSerializer(answer).data)
+
+
 class SchemaVersionsView(APIView):
     """GET and POST /api/topics/<name>/types/<event_type>/schemas/: an event type's schema versions."""
 
@@ -38,11 +47,7 @@ class SchemaVersionsView(APIView):
     )
     def get(self, request: Request, name: str, event_type: str) -> Response:
         """Every version of the type, in any state, newest first."""
-        topic = topic_for(request, name, VIEW_TOPIC)
-        found = event_type_on(topic, event_type)
-        versions = found.schema_versions.order_by("-version")
-        answer = {"topic": topic.name, "type": found.name, "schema_versions": versions}
-        return Response(SchemaVersionListSerializer(answer).data)
+        return versions_answer(request, name, event_type)
 
     @extend_schema(
         operation_id="schema_version_create",

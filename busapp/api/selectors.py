@@ -1,4 +1,4 @@
-"""Reads for the API: topics with their schemas, one event's record, pages of open dead letters."""
+"""Reads for the API: topics with their schemas, event types and versions, one event's record, open dead letters."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.contrib.auth.models import User
-from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Max, OuterRef, Prefetch, Q, QuerySet, Subquery
 from rest_framework import exceptions
 
 from busapp.api.authentication import ServiceCaller
 from busapp.errors import HistoryQueryError
-from busapp.models import DeadLetter, DeadLetterStatus, Event, EventType, SchemaVersion, Topic
+from busapp.models import DeadLetter, DeadLetterStatus, Event, EventType, SchemaVersion, SchemaVersionState, Topic
 from busapp.paging import DAMAGED_LINK, Keyset
 from busapp.permissions import PUBLISH_TOPIC
 from busapp.selectors import topic_names_with_right
@@ -39,6 +39,18 @@ def event_type_on(topic: Topic, name: str) -> EventType:
         known = ", ".join(EventType.objects.filter(topic=topic).order_by("name").values_list("name", flat=True))
         raise exceptions.NotFound(f"unknown event type {name!r} on topic {topic.name!r}; known: {known or 'none'}")
     return event_type
+
+
+def event_types_with_version_in_force(topic: Topic) -> QuerySet[EventType]:
+    """The topic's event types by name, each with ``version_in_force``: its newest version not disabled (or None)."""
+    usable = ~Q(schema_versions__state=SchemaVersionState.DISABLED)
+    in_force = Max("schema_versions__version", filter=usable)
+    return (
+        EventType.objects.filter(topic=topic)
+        .select_related("topic")
+        .annotate(version_in_force=in_force)
+        .order_by("name")
+    )
 
 
 def event_record(*, envelope_id: str, topics: QuerySet[Topic]) -> Event | None:
@@ -78,3 +90,14 @@ def dead_letters_open_page(
         raise HistoryQueryError([{"path": "cursor", "message": DAMAGED_LINK}])
     page = DEAD_LETTER_KEYSET.page(letters, position, size=size)
     return DeadLetterPage(page.rows, page.older)
+
+
+def schema_version_on(event_type: EventType, number: int) -> SchemaVersion:
+    """The type's version ``number``; 404 naming the numbers there are."""
+    version = event_type.schema_versions.filter(version=number).first()
+    if version is None:
+        known = ", ".join(
+            f"v{n}" for n in event_type.schema_versions.order_by("version").values_list("version", flat=True)
+        )
+        raise exceptions.NotFound(f"{event_type} has no version {number}; it has {known or 'none'}")
+    return version

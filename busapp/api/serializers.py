@@ -9,15 +9,19 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from busapp.actions.reasons import REASON_MAX_CHARACTERS
 from busapp.history import PAGE_SIZE
 from busapp.models import (
     TOPIC_NAME_MAX_LENGTH,
     Compatibility,
+    CompatibilityMode,
+    CompatibilityPolicy,
     DeadLetter,
     Event,
     EventStatus,
     EventType,
     SchemaVersion,
+    SchemaVersionState,
     Topic,
 )
 
@@ -224,7 +228,7 @@ class SchemaVersionRecordSerializer(SchemaVersionSerializer):
     """A schema version in any state (enabled, deprecated, disabled), with the schema as its author wrote it."""
 
     class Meta(SchemaVersionSerializer.Meta):
-        fields = ["version", "schema", "fingerprint", "compatibility", "state", "created_at"]
+        fields = ["version", "schema", "fingerprint", "compatibility", "state", "state_changed_at", "created_at"]
 
 
 class SchemaVersionListSerializer(serializers.Serializer[Any]):
@@ -287,3 +291,171 @@ class ReplayedSerializer(PublishedSerializer):
     """The answer to a replay: the new event, and the dead letter it closed."""
 
     dead_letter = serializers.IntegerField(help_text="The dead letter, now replayed.")
+
+
+# The registry: topics, event types, versions, the check of a draft, modes and states.
+
+INTEGER_MAX = 2_147_483_647  # the largest value every database's positive integer column holds
+
+
+class EventTypeInSerializer(serializers.Serializer[Any]):
+    """A new event type, and optionally its first schema version."""
+
+    name = serializers.CharField(max_length=200, help_text="Like 'tax_policy.updated'.")
+    description = serializers.CharField(required=False, default="", allow_blank=True)
+    schema = serializers.DictField(required=False, help_text="Its first JSON Schema (Draft 2020-12), if any.")
+
+
+class TopicInSerializer(serializers.Serializer[Any]):
+    """A new topic, and optionally its first event type (with its first schema version)."""
+
+    name = serializers.CharField(max_length=TOPIC_NAME_MAX_LENGTH, help_text="Its Pub/Sub channel, fixed once made.")
+    description = serializers.CharField(required=False, default="", allow_blank=True)
+    sensitive = serializers.BooleanField(
+        required=False, default=False, help_text="Every publish needs a second person's approval."
+    )
+    stream_retention = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=INTEGER_MAX,
+        help_text="Events kept in the topic's Redis stream; default: the server's BUS_STREAM_MAXLEN.",
+    )
+    event_type = EventTypeInSerializer(required=False, help_text="Made with the topic, or nothing is made.")
+
+
+class EventTypeRecordSerializer(serializers.ModelSerializer[EventType]):
+    """An event type: what its next versions must keep, and the version publishers get (null before any)."""
+
+    topic = serializers.CharField(source="topic.name")
+    version_in_force = serializers.IntegerField(allow_null=True, help_text="Its newest version not disabled.")
+
+    class Meta:
+        model = EventType
+        fields = [
+            "topic",
+            "name",
+            "description",
+            "compatibility_mode",
+            "compatibility_policy",
+            "version_in_force",
+            "created_at",
+        ]
+
+
+class EventTypeListSerializer(serializers.Serializer[Any]):
+    """A topic's event types, by name."""
+
+    topic = serializers.CharField()
+    event_types = EventTypeRecordSerializer(many=True)
+
+
+class VersionProposalInSerializer(serializers.Serializer[Any]):
+    """A new version, as the dashboard saves it: the schema, why, and whether a break is meant."""
+
+    schema = serializers.DictField(help_text="A JSON Schema (Draft 2020-12) for the payload.")
+    reason = serializers.CharField(max_length=REASON_MAX_CHARACTERS, help_text="Why, for the audit log.")
+    declare_break = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Save it even though it breaks the type's mode (compatibility 'none'); on a sensitive "
+        "topic it then waits for a second bus admin's approval (202).",
+    )
+
+
+class VersionRequestSerializer(serializers.Serializer[Any]):
+    """A breaking version on a sensitive topic, waiting for a second bus admin: nothing is saved yet."""
+
+    request = serializers.IntegerField(help_text="The request's id.")
+    status = serializers.CharField(help_text="awaiting_approval")
+    topic = serializers.CharField()
+    type = serializers.CharField()
+    findings = serializers.ListField(child=serializers.CharField(), help_text="What it breaks.")
+    reason = serializers.CharField()
+    requested_at = serializers.DateTimeField()
+    decide_at = serializers.CharField(help_text="The dashboard page where a second bus admin decides it.")
+
+
+class DraftCheckInSerializer(serializers.Serializer[Any]):
+    """A draft to check as the type's next version, and the version to diff it against."""
+
+    schema = serializers.DictField(help_text="A JSON Schema (Draft 2020-12) for the payload.")
+    against = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=INTEGER_MAX,
+        help_text="The version to diff against; default: the one in force.",
+    )
+
+
+class FindingSerializer(serializers.Serializer[Any]):
+    """One way the draft breaks the type's mode: where in the schema, the rule, what changed, whom it breaks."""
+
+    pointer = serializers.CharField(allow_blank=True)
+    rule = serializers.CharField()
+    change = serializers.CharField()
+    breaks = serializers.CharField(allow_blank=True)
+    undecided = serializers.BooleanField(help_text="The checker could not decide (two patterns): counted as a break.")
+    text = serializers.CharField(help_text="All of it on one line, as the refusals say it.")
+
+
+class DiffRowSerializer(serializers.Serializer[Any]):
+    """One keyword that differs from the version compared against: its JSON text before and after."""
+
+    pointer = serializers.CharField()
+    before = serializers.CharField(allow_null=True)
+    after = serializers.CharField(allow_null=True)
+    change = serializers.CharField(help_text="added, removed or changed")
+    breaks = serializers.CharField(allow_blank=True, help_text="writers, readers, both, or empty: nobody.")
+
+
+class RefusedExampleSerializer(serializers.Serializer[Any]):
+    """An accepted event the draft would refuse, and its first error."""
+
+    id = serializers.CharField(help_text="The event's envelope id.")
+    error = serializers.CharField()
+
+
+class DryRunSerializer(serializers.Serializer[Any]):
+    """The draft tried on the type's newest open dead letters and accepted events (up to 1,000 of each)."""
+
+    letters = serializers.IntegerField()
+    letters_passing = serializers.IntegerField(help_text="Open dead letters the draft would accept.")
+    events = serializers.IntegerField()
+    events_refused = serializers.IntegerField(help_text="Accepted events the draft would refuse.")
+    refused_examples = RefusedExampleSerializer(many=True)
+
+
+class DraftCheckSerializer(serializers.Serializer[Any]):
+    """The verdict on a draft; nothing is saved. An invalid draft has ``valid`` false and the reason in ``invalid``."""
+
+    topic = serializers.CharField()
+    type = serializers.CharField()
+    number = serializers.IntegerField(help_text="The number it would be saved as.")
+    valid = serializers.BooleanField(help_text="Valid Draft 2020-12 that the bus can use.")
+    invalid = serializers.CharField(allow_blank=True, help_text="Why not: the pointer and the rule; empty if valid.")
+    mode = serializers.ChoiceField(choices=CompatibilityMode.choices)
+    policy = serializers.ChoiceField(choices=CompatibilityPolicy.choices)
+    compatible = serializers.BooleanField(help_text="Valid, and the type's mode takes it as it is.")
+    needs_declared_break = serializers.BooleanField(help_text="Valid, but saving it declares a breaking change.")
+    needs_approval = serializers.BooleanField(help_text="A declared break here waits for a second bus admin.")
+    findings = FindingSerializer(many=True)
+    against = serializers.IntegerField(allow_null=True, help_text="The version the diff compares with.")
+    diff = DiffRowSerializer(many=True)
+    dry_run = DryRunSerializer(allow_null=True, help_text="Null for an invalid draft.")
+
+
+class CompatibilityInSerializer(serializers.Serializer[Any]):
+    """What the type's next versions must keep, and why it changes."""
+
+    mode = serializers.ChoiceField(choices=CompatibilityMode.choices)
+    policy = serializers.ChoiceField(
+        choices=CompatibilityPolicy.choices, required=False, help_text="Default: the type's policy as it is."
+    )
+    reason = serializers.CharField(max_length=REASON_MAX_CHARACTERS, help_text="Why, for the audit log.")
+
+
+class VersionStateInSerializer(serializers.Serializer[Any]):
+    """A version's new state, and why."""
+
+    state = serializers.ChoiceField(choices=SchemaVersionState.choices)
+    reason = serializers.CharField(max_length=REASON_MAX_CHARACTERS, help_text="Why, for the audit log.")

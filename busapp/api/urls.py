@@ -2,13 +2,35 @@
 
 from django.urls import path, re_path
 
-from busapp.api import asyncapi, dead_letters, events, schema_versions, views
+from busapp.api import asyncapi, dead_letters, events, registry, schema_versions, views
 
 urlpatterns = [
     path("topics/", views.TopicListView.as_view(), name="api-topic-list"),
     path("topics/<str:name>/", views.TopicDetailView.as_view(), name="api-topic-detail"),
     path("topics/<str:name>/events/", views.TopicEventsView.as_view(), name="api-event-publish"),
     path("topics/<str:name>/events/batch/", views.TopicEventsBatchView.as_view(), name="api-event-publish-batch"),
+    # The registry (busapp/api/registry.py); schemas/ above its versions/ stays for the callers that use it.
+    path("topics/<str:name>/types/", registry.EventTypesView.as_view(), name="api-event-types"),
+    path(
+        "topics/<str:name>/types/<str:event_type>/versions/",
+        registry.VersionsView.as_view(),
+        name="api-versions",
+    ),
+    path(
+        "topics/<str:name>/types/<str:event_type>/versions/check/",
+        registry.VersionCheckView.as_view(),
+        name="api-version-check",
+    ),
+    path(
+        "topics/<str:name>/types/<str:event_type>/versions/<int:number>/state/",
+        registry.VersionStateView.as_view(),
+        name="api-version-state",
+    ),
+    path(
+        "topics/<str:name>/types/<str:event_type>/compatibility/",
+        registry.CompatibilityView.as_view(),
+        name="api-event-type-compatibility",
+    ),
     path(
         "topics/<str:name>/types/<str:event_type>/schemas/",
         schema_versions.SchemaVersionsView.as_view(),
@@ -26,5 +48,6 @@ urlpatterns = [
     path("asyncapi.yaml", asyncapi.AsyncApiYamlView.as_view(), name="api-asyncapi-yaml"),
     path("asyncapi/", asyncapi.AsyncApiDocsView.as_view(), name="api-asyncapi-docs"),
     path("asyncapi/frame/", asyncapi.AsyncApiFrameView.as_view(), name="api-asyncapi-frame"),
-    re_path(r"^(?P<path>.*)$", views.not_found),
+    # Any other path, newlines included (a typed segment that does not match sends them here): 404 in JSON.
+    re_path(r"^(?P<path>(?s:.*))$", views.not_found),
 ]

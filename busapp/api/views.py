@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from django.conf import settings
+from django.db import IntegrityError
 from django.http import HttpRequest, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -21,7 +22,15 @@ from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from busapp.actions.publishing import BatchOutcome, event_publish, event_publish_batch
-from busapp.api.authentication import caller, caller_actor, caller_name, topic_for, topics_for
+from busapp.actions.registry import topic_register
+from busapp.api.authentication import (
+    caller,
+    caller_actor,
+    caller_name,
+    person_with_permission,
+    topic_for,
+    topics_for,
+)
 from busapp.api.errors import ApiError, body_too_large, detail_errors, refusals
 from busapp.api.idempotency import Answer, publish_once, request_sha256
 from busapp.api.parsers import StrictJSONParser
@@ -31,6 +40,7 @@ from busapp.api.serializers import (
     BatchResultSerializer,
     EventInSerializer,
     PublishedSerializer,
+    TopicInSerializer,
     TopicListSerializer,
     TopicSerializer,
 )
@@ -217,7 +227,9 @@ class TopicEventsBatchView(APIView):
 
 
 class TopicListView(APIView):
-    """GET /api/topics/: the topics the caller may see, with event types and active schema versions."""
+    """GET /api/topics/: the topics the caller may see; POST: a bus admin creates one (with a first type)."""
+
+    parser_classes = [StrictJSONParser]
 
     @extend_schema(operation_id="topic_list", responses={200: TopicListSerializer, **refusals(401)})
     def get(self, request: Request) -> Response:
@@ -225,6 +237,39 @@ class TopicListView(APIView):
         topics = list(topics_with_schemas(topics_for(request)))
         context = {"publishable": topic_names_publishable(caller(request), topics)}
         return Response({"topics": TopicSerializer(topics, many=True, context=context).data})
+
+    @extend_schema(
+        operation_id="topic_create",
+        request=TopicInSerializer,
+        responses={201: TopicSerializer, **refusals(400, 401, 403, 409, 413, 415, 422)},
+    )
+    def post(self, request: Request) -> Response:
+        """Create a topic, and its first event type and version if given: all of them or nothing (bus admins)."""
+        body_checked(request, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or settings.BUS_MAX_PAYLOAD_BYTES)
+        person_with_permission(request, "busapp.add_topic", "create topics")
+        data = input_valid(TopicInSerializer, request)
+        first = data.get("event_type") or {}
+        if first:
+            person_with_permission(request, "busapp.add_eventtype", "create event types")
+        if "schema" in first:
+            person_with_permission(request, "busapp.add_schemaversion", "add schema versions")
+        try:
+            topic = topic_register(
+                name=data["name"],
+                description=data["description"],
+                sensitive=data["sensitive"],
+                stream_retention=data.get("stream_retention"),
+                event_type=first.get("name"),
+                event_type_description=first.get("description", ""),
+                schema=first.get("schema"),
+                actor=caller_actor(request),
+            )
+        except IntegrityError:  # the same name, made at the same moment
+            message = f"topic {data['name']!r} was created by another request at the same moment"
+            raise ApiError([{"path": "/name", "message": message}], status.HTTP_409_CONFLICT) from None
+        created = topics_with_schemas(Topic.objects.filter(pk=topic.pk)).get()
+        context = {"publishable": topic_names_publishable(caller(request), [created])}
+        return Response(TopicSerializer(created, context=context).data, status=status.HTTP_201_CREATED)
 
 
 class TopicDetailView(APIView):
