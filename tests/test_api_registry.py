@@ -146,7 +146,7 @@ def test_a_topic_name_against_the_rule_or_taken_is_422_naming_it_and_a_malformed
 
     assert [error["path"] for error in bad] == ["/name"]
     assert [error["path"] for error in taken] == ["/name"]
-    assert "already exists" in taken[0]["message"]
+    assert "is taken" in taken[0]["message"]
     assert [error["path"] for error in malformed] == ["/stream_retention"]
     assert "not valid JSON" in not_json[0]["message"]
     assert Topic.objects.count() == 2

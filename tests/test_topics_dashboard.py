@@ -12,7 +12,7 @@ from django.test import Client
 
 from busapp.actions.access import grant_create
 from busapp.actions.registry import topic_create_with_type, topic_update
-from busapp.errors import ActionRefusedError, RightRefusedError
+from busapp.errors import RecordInvalidError, RightRefusedError
 from busapp.models import (
     STREAM_RETENTION_MAX,
     STREAM_RETENTION_MIN,
@@ -158,7 +158,7 @@ def test_a_schema_that_cannot_be_saved_is_shown_at_its_field_and_leaves_nothing_
 def test_the_action_refuses_an_invalid_schema_whole_even_when_called_directly() -> None:
     seq = _last_seq()
 
-    with pytest.raises(ActionRefusedError) as refused:
+    with pytest.raises(RecordInvalidError) as refused:
         topic_create_with_type(
             name="irs.estimated_tax.updated",
             type_name="estimated_tax.updated",
@@ -183,7 +183,7 @@ def test_a_version_refused_after_the_topic_is_written_takes_the_topic_and_type_b
     monkeypatch.setattr(registry, "schema_version_create", refused)
     seq = _last_seq()
 
-    with pytest.raises(ActionRefusedError, match="refused at the last step"):
+    with pytest.raises(RecordInvalidError, match="refused at the last step"):
         topic_create_with_type(
             name="irs.estimated_tax.updated", type_name="estimated_tax.updated", schema=SCHEMA, actor=_person("admin")
         )
@@ -250,7 +250,7 @@ def test_stream_retention_is_bounded(retention: int, accepted: bool) -> None:
 
 
 def test_the_action_checks_the_bounds_and_the_name_itself() -> None:
-    with pytest.raises(ActionRefusedError) as refused:
+    with pytest.raises(RecordInvalidError) as refused:
         topic_create_with_type(
             name="tax-policy", type_name="x.y", schema=SCHEMA, stream_retention=10**9, actor=_person("admin")
         )

@@ -101,11 +101,11 @@ def topic_name_problem(name: str) -> str | None:
     return None
 
 
-def _validation_problems(error: ValidationError, path: str = "") -> list[FieldError]:
-    """A Django ValidationError as the bus's problems, each at ``/<field>`` (or ``path`` when it names none)."""
+def _validation_problems(error: ValidationError, path: str = "", *, prefix: str = "") -> list[FieldError]:
+    """A Django ValidationError as the bus's problems, each at ``<prefix>/<field>`` (``path`` when it names none)."""
     if hasattr(error, "error_dict"):
         return [
-            {"path": f"/{field}" if field != "__all__" else path, "message": message}
+            {"path": f"{prefix}/{field}" if field != NON_FIELD_ERRORS else path, "message": message}
             for field, messages in error.message_dict.items()
             for message in messages
         ]
@@ -150,7 +150,7 @@ def topic_create(
     return topic
 
 
-def _new_topic_problems(*, topic: Topic, type_name: str) -> list[FieldError]:
+def _new_topic_problems(*, topic: Topic, type_name: str | None) -> list[FieldError]:
     """Every reason the topic or its first type cannot be created, each at its field (the schema: when saved)."""
     problems: list[FieldError] = []
     try:
@@ -161,10 +161,11 @@ def _new_topic_problems(*, topic: Topic, type_name: str) -> list[FieldError]:
         taken = topic_name_problem(topic.name)
         if taken:
             problems.append({"path": "/name", "message": taken})
-    try:
-        validate_event_type_name(type_name)
-    except ValidationError as error:
-        problems += _validation_problems(error, "/type_name")
+    if type_name is not None:
+        try:
+            validate_event_type_name(type_name)
+        except ValidationError as error:
+            problems += _validation_problems(error, "/type_name")
     return problems
 
 
@@ -173,8 +174,8 @@ def topic_create_with_type(
     *,
     name: str,
     actor: User,
-    type_name: str,
-    schema: Any,
+    type_name: str | None = None,
+    schema: Any = None,
     source: str | None = None,
     description: str = "",
     owner: Group | None = None,
@@ -182,10 +183,11 @@ def topic_create_with_type(
     stream_retention: int | None = None,
     type_description: str = "",
 ) -> Topic:
-    """A bus admin creates a topic with its first event type and that type's schema v1, each audited, or nothing.
+    """A bus admin creates a topic, with its first event type and that type's schema v1 if given: all, or nothing.
 
-    The topic's and the type's problems are refused at once, each at its field; a schema that
-    cannot be saved is refused at ``/schema`` and takes the topic and type back with it.
+    The topic's and the type's problems are refused at once, each at its field (``/name``,
+    ``/type_name`` ...); a schema that cannot be saved is refused at ``/schema`` and takes the
+    topic and type back with it. Each record writes its audit entry.
     ``sensitive`` may be set either way here: a new topic has no events and no subscribers yet,
     so nobody can switch approval off behind anyone; later it changes only by four eyes.
     """
@@ -199,7 +201,7 @@ def topic_create_with_type(
     )
     problems = _new_topic_problems(topic=draft, type_name=type_name)
     if problems:
-        raise ActionRefusedError(problems)
+        raise RecordInvalidError(problems)
     try:
         with transaction.atomic():
             topic = topic_create(
@@ -212,11 +214,14 @@ def topic_create_with_type(
             )
     except IntegrityError:  # created by someone else since the check
         raise ActionRefusedError([{"path": "/name", "message": _taken_message(name)}]) from None
+    if type_name is None:
+        return topic
     event_type = event_type_create(topic=topic, name=type_name, description=type_description, actor=actor)
-    try:
-        schema_version_create(event_type=event_type, schema=schema, source=source, actor=actor)
-    except SchemaInvalidError as error:  # leaving this block rolls the topic and its type back too
-        raise ActionRefusedError([{"path": "/schema", "message": str(error)}]) from None
+    if schema is not None:
+        try:
+            schema_version_create(event_type=event_type, schema=schema, source=source, actor=actor)
+        except SchemaInvalidError as error:  # leaving this block rolls the topic and its type back too
+            raise RecordInvalidError([{"path": "/schema", "message": str(error)}]) from None
     return topic
 
 
@@ -290,15 +295,6 @@ def event_type_create(
     return event_type
 
 
-def _record_errors(error: ValidationError, path: str) -> list[FieldError]:
-    """A model's validation errors as paths under ``path`` (a record-wide one, like a name taken, at its name)."""
-    return [
-        {"path": f"{path}/{'name' if field == NON_FIELD_ERRORS else field}", "message": message}
-        for field, messages in error.message_dict.items()
-        for message in messages
-    ]
-
-
 @transaction.atomic
 def event_type_register(
     *, topic: Topic, name: str, actor: Actor, description: str = "", schema: Any = None, path: str = ""
@@ -307,48 +303,13 @@ def event_type_register(
     try:
         event_type = event_type_create(topic=topic, name=name, description=description, actor=actor)
     except ValidationError as error:
-        raise RecordInvalidError(_record_errors(error, path)) from None
+        raise RecordInvalidError(_validation_problems(error, f"{path}/name", prefix=path)) from None
     if schema is not None:
         try:
             schema_version_create(event_type=event_type, schema=schema, actor=actor)
         except SchemaInvalidError as error:
             raise RecordInvalidError([{"path": f"{path}/schema", "message": str(error)}]) from None
     return event_type
-
-
-@transaction.atomic
-def topic_register(
-    *,
-    name: str,
-    actor: Actor,
-    description: str = "",
-    sensitive: bool = False,
-    stream_retention: int | None = None,
-    event_type: str | None = None,
-    event_type_description: str = "",
-    schema: Any = None,
-) -> Topic:
-    """A topic with, optionally, its first event type and that type's first version: all of them or nothing.
-
-    Refusals name the path of the member at fault (``/name``, ``/event_type/name``,
-    ``/event_type/schema``), as the registry API's body has them.
-    """
-    try:
-        topic = topic_create(
-            name=name, description=description, sensitive=sensitive, stream_retention=stream_retention, actor=actor
-        )
-    except ValidationError as error:
-        raise RecordInvalidError(_record_errors(error, "")) from None
-    if event_type is not None:
-        event_type_register(
-            topic=topic,
-            name=event_type,
-            description=event_type_description,
-            schema=schema,
-            actor=actor,
-            path="/event_type",
-        )
-    return topic
 
 
 CHANGE_EVENT_TYPE = "busapp.change_eventtype"  # the bus admins' right to set a type's compatibility

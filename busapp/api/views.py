@@ -9,7 +9,6 @@ import threading
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError
 from django.http import HttpRequest, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -22,7 +21,7 @@ from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from busapp.actions.publishing import BatchOutcome, event_publish, event_publish_batch
-from busapp.actions.registry import topic_register
+from busapp.actions.registry import topic_create_with_type
 from busapp.api.authentication import (
     caller,
     caller_actor,
@@ -44,6 +43,7 @@ from busapp.api.serializers import (
     TopicListSerializer,
     TopicSerializer,
 )
+from busapp.errors import BusInputError, FieldError
 from busapp.models import AuditAction, Event, EventStatus, SchemaVersion, SchemaVersionState, Source, Topic
 from busapp.permissions import PUBLISH_TOPIC, VIEW_TOPIC
 
@@ -246,7 +246,7 @@ class TopicListView(APIView):
     def post(self, request: Request) -> Response:
         """Create a topic, and its first event type and version if given: all of them or nothing (bus admins)."""
         body_checked(request, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or settings.BUS_MAX_PAYLOAD_BYTES)
-        person_with_permission(request, "busapp.add_topic", "create topics")
+        person = person_with_permission(request, "busapp.add_topic", "create topics")
         data = input_valid(TopicInSerializer, request)
         first = data.get("event_type") or {}
         if first:
@@ -254,22 +254,33 @@ class TopicListView(APIView):
         if "schema" in first:
             person_with_permission(request, "busapp.add_schemaversion", "add schema versions")
         try:
-            topic = topic_register(
+            topic = topic_create_with_type(
                 name=data["name"],
                 description=data["description"],
                 sensitive=data["sensitive"],
                 stream_retention=data.get("stream_retention"),
-                event_type=first.get("name"),
-                event_type_description=first.get("description", ""),
+                type_name=first.get("name"),
+                type_description=first.get("description", ""),
                 schema=first.get("schema"),
-                actor=caller_actor(request),
+                actor=person,
             )
-        except IntegrityError:  # the same name, made at the same moment
-            message = f"topic {data['name']!r} was created by another request at the same moment"
-            raise ApiError([{"path": "/name", "message": message}], status.HTTP_409_CONFLICT) from None
+        except BusInputError as refused:  # the dashboard's fields, named as this body names them
+            moved: list[FieldError] = [
+                {"path": _BODY_PATHS.get(error["path"], error["path"]), "message": error["message"]}
+                for error in refused.errors
+            ]
+            raise type(refused)(moved) from None
         created = topics_with_schemas(Topic.objects.filter(pk=topic.pk)).get()
         context = {"publishable": topic_names_publishable(caller(request), [created])}
         return Response(TopicSerializer(created, context=context).data, status=status.HTTP_201_CREATED)
+
+
+# Where the topic form's fields are in the API's body.
+_BODY_PATHS = {
+    "/type_name": "/event_type/name",
+    "/type_description": "/event_type/description",
+    "/schema": "/event_type/schema",
+}
 
 
 class TopicDetailView(APIView):
