@@ -194,7 +194,7 @@ def main() -> None:
         found = whole()
         assert found.against is not None
         assert (found.invalid, found.findings, found.against.version) == ("", [], VERSIONS)
-        assert [row.pointer for row in found.diff] == [f"/properties/note_{VERSIONS + 1}"]
+        assert [row.path for row in found.diff] == [f"/properties/note_{VERSIONS + 1}"]
         assert found.dry_run is not None
         assert (found.dry_run.events, found.dry_run.events_refused) == (DRY_RUN, 0)
         assert (found.dry_run.letters, found.dry_run.letters_passing) == (DRY_RUN, 0)

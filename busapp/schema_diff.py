@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from busapp.compatibility import Finding
-from busapp.payload_diff import ADDED, CHANGED, REMOVED
+from busapp.payload_diff import DiffRow
 
 # Keywords whose value is one subschema, a map of names to subschemas, or a list of subschemas.
 _ONE_SCHEMA = {
@@ -37,20 +37,10 @@ WRITERS, READERS, BOTH, NOBODY = "writers", "readers", "writers and readers", ""
 
 
 @dataclass(frozen=True)
-class SchemaDiffRow:
-    """One keyword that differs: where, its JSON text before and after (None where absent), and whom it breaks."""
+class SchemaDiffRow(DiffRow):
+    """One keyword that differs: its JSON pointer (``path``), its JSON text before and after, and whom it breaks."""
 
-    pointer: str
-    before: str | None
-    after: str | None
     breaks: str = NOBODY
-
-    @property
-    def change(self) -> str:
-        """Added, removed or changed."""
-        if self.before is None:
-            return ADDED
-        return REMOVED if self.after is None else CHANGED
 
 
 def schema_diff(

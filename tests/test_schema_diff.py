@@ -10,7 +10,7 @@ from busapp.schema_diff import schema_diff
 
 
 def _rows(before: object, after: object, **marks: list[Finding]) -> list[tuple[str, str | None, str | None, str]]:
-    return [(row.pointer, row.before, row.after, row.breaks) for row in schema_diff(before, after, **marks)]
+    return [(row.path, row.before, row.after, row.breaks) for row in schema_diff(before, after, **marks)]
 
 
 def test_nested_properties_are_compared_keyword_by_keyword_not_as_one_changed_object() -> None:
@@ -52,6 +52,6 @@ def test_rows_are_marked_by_the_direction_the_checker_finds_them_breaking() -> N
         new_uri="urn:test:new",
     )
 
-    rows = {row.pointer: row.breaks for row in schema_diff(before, after, writers=writers, readers=readers)}
+    rows = {row.path: row.breaks for row in schema_diff(before, after, writers=writers, readers=readers)}
 
     assert rows == {"/properties/rate/maximum": "readers", "/required": "writers"}

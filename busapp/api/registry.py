@@ -238,7 +238,7 @@ def draft_check_answer(check: DraftCheck) -> dict[str, Any]:
         "against": check.against.version if check.against else None,
         "diff": [
             {
-                "pointer": row.pointer,
+                "pointer": row.path,
                 "before": row.before,
                 "after": row.after,
                 "change": row.change,
