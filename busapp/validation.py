@@ -694,14 +694,72 @@ def _patterns_check(graph: _SchemaGraph) -> None:
             found += [(f"{pointer}/patternProperties/{_pointer_part(p)}", p) for p in node["patternProperties"]]
         for where, pattern in found:
             reason = regex_error(pattern)
+            shown = printable(pattern if len(pattern) <= 80 else pattern[:80] + "...")
             if reason is not None:
-                shown = printable(pattern if len(pattern) <= 80 else pattern[:80] + "...")
                 raise SchemaInvalidError(
                     f"{where}: {shown!r} is not allowed: payloads are matched by RE2, a linear-time engine, which"
                     f" refuses it ({reason}); write it without backreferences or lookaround"
                 )
+            if nested_repetition(pattern):
+                raise SchemaInvalidError(
+                    f"{where}: {shown!r} is not allowed: a repeated group holds a repetition, like (a+)+, which the"
+                    " backtracking engines subscribers validate with (JavaScript, Python's re, Java) can take"
+                    " exponential time over; repeat the group's contents once, e.g. (a+)+ as a+"
+                )
         if "unevaluatedProperties" in node:
             _unevaluated_check(graph, key)
+
+
+def nested_repetition(pattern: str) -> bool:
+    r"""True when a group repeated without bound holds a repetition without bound: star height over 1.
+
+    The rule of safe-regex (npm), the usual lint for catastrophic backtracking: ``(a+)+``,
+    ``(\w*\s?)*`` and ``((ab)*)+`` are refused; ``(ab)+``, ``a+b+`` and ``(a{1,3})+`` are not.
+    """
+    holds = [False]  # for each open group: whether it holds an unbounded repetition so far
+    closed: bool | None = None  # the group just closed, if the last token was ``)``: did it hold one?
+    position = 0
+    while position < len(pattern):
+        char = pattern[position]
+        step, repeats = 1, False
+        if char == "\\":
+            step = 2
+        elif char == "[":
+            step = _class_length(pattern, position)
+        elif char == "(":
+            holds.append(False)
+        elif char == ")" and len(holds) > 1:
+            inner = holds.pop()
+            holds[-1] = holds[-1] or inner
+            position += 1
+            closed = inner
+            continue
+        elif char in "*+":
+            repeats = True
+        elif char == "{" and (match := _UNBOUNDED_BRACE.match(pattern, position)):
+            step, repeats = len(match.group(0)), True
+        if repeats:
+            if closed:
+                return True
+            holds[-1] = True
+        closed = None
+        position += step
+    return False
+
+
+_UNBOUNDED_BRACE = re.compile(r"\{[0-9]+,\}")
+
+
+def _class_length(pattern: str, start: int) -> int:
+    """How many characters the character class opening at ``start`` takes, brackets included."""
+    position = start + 1
+    if position < len(pattern) and pattern[position] == "^":
+        position += 1
+    if position < len(pattern) and pattern[position] == "]":
+        position += 1
+    while position < len(pattern) and pattern[position] != "]":
+        position += 2 if pattern[position] == "\\" else 1
+    return position + 1 - start
 
 
 def _unevaluated_check(graph: _SchemaGraph, start: int) -> None:

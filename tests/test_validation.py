@@ -384,8 +384,21 @@ def _saved(demo_schema: dict) -> SchemaVersion:
     return schema_version_create(event_type=event_type, schema=demo_schema, actor="test", compatibility="none")
 
 
+def _saved_before_the_rule(schema: dict) -> SchemaVersion:
+    """A version saved before nested repetitions were refused (as old databases hold): stored as it was."""
+    event_type = _tax_schema().event_type
+    return SchemaVersion.objects.create(
+        event_type=event_type, version=2, schema=schema, source=json.dumps(schema), fingerprint="old"
+    )
+
+
+def test_a_nested_repetition_is_refused_at_its_pointer_but_one_saved_before_is_still_matched_by_re2(demo):
+    with pytest.raises(SchemaInvalidError, match=r"/properties/code/pattern: '\^\(a\+\)\+\$' is not allowed"):
+        _saved({"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}}})
+
+
 def test_patterns_are_matched_by_re2_in_pattern_pattern_properties_and_additional_properties(demo):
-    version = _saved(
+    version = _saved_before_the_rule(
         {
             "type": "object",
             "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}, "digits": {"pattern": "^\\d+$"}},
