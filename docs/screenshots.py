@@ -14,6 +14,7 @@ Everything it started is stopped again; nothing outside the output directory is 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -40,6 +41,15 @@ DEMO_DEDUCTIONS = (13850, 14600)
 LATER_DEDUCTIONS = (15750, 16100)
 # The payload condition the history picture is narrowed by: every deduction but 2023's.
 HISTORY_CONDITION = "standard_deduction >= 14000"
+# A proposed tax_policy.updated v2 that breaks BACKWARD three ways: whole dollars, and a new required field.
+REGISTRY_DRAFT = {
+    "type": "object",
+    "required": ["standard_deduction", "credit_cap"],
+    "properties": {
+        "standard_deduction": {"type": "integer", "minimum": 0, "title": "Standard deduction"},
+        "credit_cap": {"type": "number", "minimum": 0, "title": "Credit cap"},
+    },
+}
 REFUSED_DEDUCTIONS = (-5, -100, -14600)
 
 
@@ -170,7 +180,21 @@ def screenshots(base_url: str, password: str, out: Path, env: dict[str, str]) ->
         page.set_default_timeout(15_000)
         sign_in(page, base_url, password, "admin")
         access(page, base_url, out)
+        registry(page, base_url, out)
         browser.close()
+
+
+def registry(page: Page, base_url: str, out: Path) -> None:
+    """As the admin: a breaking draft checked (findings, diff, preview, dry run), the versions on the topic page."""
+    page.goto(f"{base_url}/topics/tax-policy/types/tax_policy.updated/versions/new/")
+    page.locator("#schema").fill(json.dumps(REGISTRY_DRAFT, indent=2))
+    page.locator("#check").click()
+    page.locator("#verdict").wait_for()
+    take(page, out, "registry-check", full_page=True)
+
+    page.goto(f"{base_url}/topics/tax-policy/")
+    page.locator("details.versions").first.evaluate("details => { details.open = true; }")
+    take(page, out, "topic", full_page=True)
 
 
 def access(page: Page, base_url: str, out: Path) -> None:
