@@ -15,7 +15,7 @@ from typing import Any
 
 from referencing import Registry
 
-from busapp.actions.dead_letters import dead_letter_contents
+from busapp.actions.dead_letters import body_contents
 from busapp.compatibility import Finding, directional_findings, mode_findings
 from busapp.errors import SchemaInvalidError
 from busapp.models import (
@@ -34,6 +34,7 @@ from busapp.validation import DraftChecker, schema_check, schema_uri, stored_sch
 DRY_RUN_EVENTS = 1000  # the newest accepted events of the type a draft is tried on
 DRY_RUN_LETTERS = 1000  # the newest open dead letters of the type
 REFUSED_SHOWN = 5  # events a dry run names as refused
+DRY_RUN_CHUNK = 200  # rows read at a time
 
 
 @dataclass(frozen=True)
@@ -155,20 +156,21 @@ def _diff(
 def _dry_run(event_type: EventType, schema: Any, number: int, stored: Registry[Any]) -> DryRun:
     """Try the draft on the type's newest open dead letters and accepted events."""
     checker = DraftChecker(schema, stored=stored, number=number)
+    # Rows streamed, not cached: 2,000 bodies kept alive at once made Python's full collections (0.1 s) run.
     letters = DeadLetter.objects.filter(
         topic_id=event_type.topic_id, status=DeadLetterStatus.OPEN, event_type_name=event_type.name
     ).order_by("-received_at")[:DRY_RUN_LETTERS]
     letters_checked = passing = 0
-    for letter in letters.only("raw"):
+    for raw in letters.values_list("raw", flat=True).iterator(chunk_size=DRY_RUN_CHUNK):
         letters_checked += 1
-        _, payload = dead_letter_contents(letter)
-        passing += payload is not None and checker.accepts(payload, letter.raw)
+        _, payload = body_contents(raw)
+        passing += payload is not None and checker.accepts(payload, raw)
     events = Event.objects.filter(topic_id=event_type.topic_id, event_type_id=event_type.pk).order_by(
         "-timestamp", "-id"
     )[:DRY_RUN_EVENTS]
     events_checked = refused_count = 0
     refused: list[tuple[str, str]] = []
-    for envelope_id, envelope in events.values_list("envelope_id", "envelope"):
+    for envelope_id, envelope in events.values_list("envelope_id", "envelope").iterator(chunk_size=DRY_RUN_CHUNK):
         events_checked += 1
         payload = json.loads(envelope)["payload"]  # the exact JSON we put on the bus
         if checker.accepts(payload, envelope):

@@ -114,7 +114,12 @@ BULK_TICK_SECONDS = 0.2  # the bus worker steps every running bulk action this o
 
 def dead_letter_contents(letter: DeadLetter) -> tuple[str | None, dict[str, Any] | None]:
     """The event type and payload a dead letter carried, where its body says (None where it was not JSON)."""
-    body, unreadable = json_parse(letter.raw, around=1)
+    return body_contents(letter.raw)
+
+
+def body_contents(raw: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The event type and payload a body that arrived names, where it says (None where it was not JSON)."""
+    body, unreadable = json_parse(raw, around=1)
     if unreadable or not isinstance(body, dict):
         return None, None
     kind = body.get("type") if isinstance(body.get("type"), str) else None
