@@ -26,6 +26,8 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
         ("History", reverse("event-list"), 0),
         ("Requests", reverse("publish-requests"), publish_requests_for_approver_count(user)),
     ]
+    if user.has_perm("busapp.view_subscriber"):
+        links.append(("Subscribers", reverse("subscribers"), 0))
     if user.has_perm("busapp.view_auditentry"):
         links.append(("Audit", reverse("audit-log"), 0))
     if user.has_perm("busapp.manage_access"):

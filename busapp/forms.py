@@ -16,13 +16,16 @@ from busapp.actions.registry import topic_name_problem
 from busapp.errors import HistoryQueryError, SchemaInvalidError
 from busapp.history import HistoryFilter, PayloadCondition, conditions_parse, field_path_valid
 from busapp.models import (
+    APPLY_DEADLINE_DEFAULT,
     STREAM_RETENTION_MAX,
     STREAM_RETENTION_MIN,
     TOPIC_NAME_EXAMPLE,
     AuditAction,
     EventStatus,
+    EventType,
     SchemaVersion,
     Source,
+    Subscriber,
     Topic,
     validate_event_type_name,
     validate_stream_retention,
@@ -540,3 +543,40 @@ class TopicEditForm(_TopicFieldsForm):
                 f"sensitive: changes only when a second bus admin approves it, at /topics/{topic.name}/sensitivity/",
             )
         return cleaned
+
+
+class SubscriberForm(forms.Form):
+    """A service to register: its name (its consumer group's too), what it does, its team and who to call."""
+
+    name = forms.CharField(max_length=64, help_text="Lowercase letters, digits and hyphens, like e-file.")
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    owner = forms.ModelChoiceField(queryset=Group.objects.order_by("name"), required=False, label="Owner (a team)")
+    contact = forms.CharField(max_length=200, required=False, help_text="Who to call when it drifts.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "subscriber_%s")  # unique ids: the forms share a page
+        super().__init__(*args, **kwargs)
+
+
+class FollowForm(forms.Form):
+    """A topic a subscriber follows (some types, or all) and its apply deadline."""
+
+    subscriber = forms.ModelChoiceField(queryset=Subscriber.objects.all())
+    topic = forms.ModelChoiceField(queryset=Topic.objects.order_by("name"), to_field_name="name")
+    event_types = forms.ModelMultipleChoiceField(
+        queryset=EventType.objects.select_related("topic"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every type of the topic.",
+    )
+    apply_deadline = forms.IntegerField(
+        min_value=1,
+        max_value=7 * 24 * 3600,
+        initial=APPLY_DEADLINE_DEFAULT,
+        label="Apply deadline (seconds)",
+        help_text="From publish to the subscriber's receipt; later, it counts as overdue.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "follow_%s")
+        super().__init__(*args, **kwargs)

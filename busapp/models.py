@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
@@ -333,6 +334,54 @@ class Event(models.Model):
     def get_absolute_url(self) -> str:
         """The event's full record."""
         return reverse("event-detail", args=[self.envelope_id])
+
+
+SUBSCRIBER_NAME = RegexValidator(
+    r"^[a-z][a-z0-9-]{1,62}[a-z0-9]$",
+    "3 to 64 lowercase letters, digits and hyphens, starting with a letter (it names its Redis consumer group)",
+)
+APPLY_DEADLINE_DEFAULT = 60  # seconds a subscriber has to apply an event before it counts as overdue
+
+
+class Subscriber(models.Model):
+    """A service expected to apply the events of the topics it follows, such as e-file or the withholding calculator."""
+
+    name = models.CharField(max_length=64, unique=True, validators=[SUBSCRIBER_NAME])
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        "auth.Group", null=True, blank=True, on_delete=models.PROTECT, related_name="+", help_text="The team."
+    )
+    contact = models.CharField(max_length=200, blank=True, help_text="Who to call when it drifts.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SubscriberFollow(models.Model):
+    """A topic a subscriber follows (some of its event types, or all), and how long it has to apply each event."""
+
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="follows")
+    topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="followers")
+    event_types = models.ManyToManyField(EventType, blank=True, related_name="+", help_text="None: every type.")
+    apply_deadline = models.PositiveIntegerField(
+        default=APPLY_DEADLINE_DEFAULT,
+        validators=[MinValueValidator(1), MaxValueValidator(7 * 24 * 3600)],
+        help_text="Seconds from publish to the subscriber's receipt before it counts as overdue.",
+    )
+
+    class Meta:
+        ordering = ["subscriber__name", "topic__name"]
+        constraints = [models.UniqueConstraint(fields=["subscriber", "topic"], name="one_follow_per_topic")]
+
+    def __str__(self) -> str:
+        return f"{self.subscriber} follows {self.topic.name}"
 
 
 class VersionEventCount(models.Model):
@@ -704,6 +753,9 @@ class AuditAction(models.TextChoices):
     SCHEMA_VERSION_CREATE = "schema_version.create", "schema version created"
     SCHEMA_VERSION_CREATE_REFUSED = "schema_version.create.refused", "schema version refused"
     SCHEMA_VERSION_UPDATE = "schemaversion.update", "schema version changed"
+    SUBSCRIBER_CREATE = "subscriber.create", "subscriber registered"
+    SUBSCRIBER_FOLLOW = "subscriber.follow", "subscriber follows a topic"
+    SUBSCRIBER_UNFOLLOW = "subscriber.unfollow", "subscriber stops following a topic"
     SCHEMA_VERSION_STATE = "schema_version.state", "schema version's state changed"
     SCHEMA_VERSION_STATE_REFUSED = "schema_version.state.refused", "schema version state change refused"
     SCHEMA_VERSION_REQUEST = "schema_version.request", "breaking schema version proposed"

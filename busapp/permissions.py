@@ -59,7 +59,7 @@ class Role(StrEnum):
 
 
 _READ_SCHEMAS = ("view_eventtype", "view_schemaversion")
-_READ_EVERYTHING = (VIEW_TOPIC, *_READ_SCHEMAS, "view_event", "view_deadletter", "view_auditentry")
+_READ_EVERYTHING = (VIEW_TOPIC, *_READ_SCHEMAS, "view_event", "view_deadletter", "view_auditentry", "view_subscriber")
 
 # Global (all-topic) permissions of each role, as busapp codenames.
 ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
@@ -75,7 +75,9 @@ ROLE_PERMISSIONS: dict[Role, tuple[str, ...]] = {
         "add_eventtype",
         "change_eventtype",
         "add_schemaversion",
-        "change_schemaversion",  # only the deprecated flag can change
+        "change_schemaversion",  # only its state can change
+        "add_subscriber",
+        "change_subscriber",
         MANAGE_ACCESS,
     ),
 }

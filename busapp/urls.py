@@ -13,6 +13,7 @@ from busapp.views import (
     requests,
     rights,
     sensitivity,
+    subscribers,
     topics,
     versions,
 )
@@ -65,6 +66,13 @@ urlpatterns = [
         "topics/<str:name>/sensitivity/<int:pk>/cancel/",
         sensitivity.topic_sensitivity_withdraw,
         name="topic-sensitivity-cancel",
+    ),
+    path("subscribers/", subscribers.subscriber_list, name="subscribers"),
+    path("subscribers/follows/", subscribers.subscriber_follows, name="subscriber-follow"),
+    path(
+        "subscribers/<str:name>/follows/<str:topic>/stop/",
+        subscribers.subscriber_unfollows,
+        name="subscriber-unfollow",
     ),
     path("live/", live.live_traffic, name="live"),
     path("live/events/", live.live_events_after, name="live-events"),

@@ -38,6 +38,7 @@ from busapp.models import (
     SavedFilterPage,
     SchemaVersionRequest,
     Source,
+    Subscriber,
     Topic,
     TopicSensitivityChange,
     TopicUserGrant,
@@ -113,6 +114,10 @@ class World:
         )
         assert isinstance(proposed, SchemaVersionRequest)
         return proposed
+
+    def subscriber_pk(self) -> int:
+        """A fresh subscriber's key, for a follow that is always a change."""
+        return Subscriber.objects.create(name=f"matrix-follow-{next(self._names)}").pk
 
     def filter_of(self, role: str) -> SavedFilter:
         """A fresh saved filter of the role's person (policy's for callers without one)."""
@@ -345,6 +350,19 @@ RULES: dict[str, tuple[Case, ...]] = {
     "bulk-cancel": (post("/dlq/bulk/{w.bulk.pk}/cancel/", ADMINS),),
     # Exports and the audit log: auditors and bus admins.
     "event-export": (get("/events/export.csv", AUDITORS),),
+    # Subscribers: auditors and bus admins see them; bus admins register them and say what they follow.
+    "subscribers": (
+        get("/subscribers/", AUDITORS),
+        post(lambda w, role: "/subscribers/", ADMINS, lambda w: {"name": f"matrix-{next(w._names)}"}),
+    ),
+    "subscriber-follow": (
+        post(
+            "/subscribers/follows/",
+            ADMINS,
+            lambda w: {"subscriber": w.subscriber_pk(), "topic": "irs.withholding", "apply_deadline": "90"},
+        ),
+    ),
+    "subscriber-unfollow": (post("/subscribers/e-file/follows/tax-policy/stop/", ADMINS),),
     "audit-log": (get("/audit/", AUDITORS),),
     "audit-check": (post("/audit/check/", AUDITORS),),
     "audit-export": (get("/audit/export.csv", AUDITORS),),

@@ -10,13 +10,25 @@ from django.db import transaction
 
 from busapp.actions.access import grant_create, user_create, user_password_set
 from busapp.actions.registry import roles_ensure, topic_create
-from busapp.models import Topic
+from busapp.actions.subscribers import subscriber_create, subscriber_follow
+from busapp.models import Subscriber, Topic
 from busapp.permissions import APPROVE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, Role
 
 ACTOR = "cli:load_demo"
 TOPICS = [
     ("tax-policy", "Tax policy numbers every service must agree on, such as the standard deduction.", False),
     ("irs.withholding", "Federal withholding tables. Sensitive: a second person approves each publish.", True),
+]
+# The seed's subscribing services: name, what it does, the topics it follows with their apply deadlines (seconds).
+SUBSCRIBERS = [
+    ("e-file", "The e-file service: computes returns with the numbers in force.", {"tax-policy": 60}),
+    (
+        "withholding-calculator",
+        "Employers' withholding calculator.",
+        {"tax-policy": 60, "irs.withholding": 300},
+    ),
+    ("mobile-tax-app", "The citizens' mobile tax app.", {"tax-policy": 60}),
+    ("analytics-dashboard", "Analytics: charts the numbers in force.", {"tax-policy": 300}),
 ]
 # username, role, staff (may open the Django admin)
 USERS = [
@@ -44,6 +56,7 @@ class Command(BaseCommand):
                 if not Topic.objects.filter(name=name).exists():
                     topic_create(name=name, description=description, sensitive=sensitive, actor=ACTOR)
         call_command("sync_schemas", settings.BASE_DIR / "schemas", actor=ACTOR, stdout=self.stdout)
+        self._subscribers()
         password = options["password"] or secrets.token_urlsafe(12)
         created: list[str] = []
         reset: list[str] = []
@@ -61,6 +74,18 @@ class Command(BaseCommand):
             self.stdout.write(f"demo password for {', '.join(created + reset)}: {password}")
         else:
             self.stdout.write("demo users exist; passwords unchanged (pass --password to reset them)")
+
+    @transaction.atomic
+    def _subscribers(self) -> None:
+        """The seed's four services and what they follow (those not registered yet)."""
+        for name, description, follows in SUBSCRIBERS:
+            if Subscriber.objects.filter(name=name).exists():
+                continue
+            subscriber = subscriber_create(name=name, description=description, actor=ACTOR)
+            for topic, deadline in follows.items():
+                subscriber_follow(
+                    subscriber=subscriber, topic=Topic.objects.get(name=topic), apply_deadline=deadline, actor=ACTOR
+                )
 
     def _user(self, username: str, role: Role, staff: bool, password: str) -> tuple[Any, bool]:
         """Create a demo user in its role group with its per-topic rights, auditing each grant."""
