@@ -356,6 +356,52 @@ def subscribers_count(channel: str) -> int | None:
     return int(count)
 
 
+@dataclass(frozen=True)
+class GroupReading:
+    """One consumer group on a stream, as ``XINFO GROUPS`` and ``CONSUMERS`` say, and its oldest undelivered entry."""
+
+    name: str
+    lag: int | None  # entries not yet delivered to the group; None where Redis cannot tell (entries deleted)
+    pending: int  # delivered, not acknowledged
+    last_delivered_id: str
+    oldest_undelivered_id: str | None
+    consumers: list[tuple[str, int, int]]  # name, pending, idle milliseconds
+
+
+def stream_groups(channel: str) -> list[GroupReading] | None:
+    """Every consumer group on a channel's stream; None when the stream does not exist (deleted, Redis emptied)."""
+    client, key = bus_redis(), stream_key(channel)
+    try:
+        groups = client.xinfo_groups(key)
+    except redis.ResponseError:  # "no such key"
+        return None
+    readings = []
+    for group in groups:
+        name, last = _text(group["name"]), _text(group["last-delivered-id"])
+        consumers = [
+            (_text(consumer["name"]), int(consumer["pending"]), int(consumer["idle"]))
+            for consumer in client.xinfo_consumers(key, name)
+        ]
+        following = client.xrange(key, min=f"({last}", count=1)
+        lag = group.get("lag")
+        readings.append(
+            GroupReading(
+                name=name,
+                lag=None if lag is None else int(lag),
+                pending=int(group["pending"]),
+                last_delivered_id=last,
+                oldest_undelivered_id=_text(following[0][0]) if following else None,
+                consumers=consumers,
+            )
+        )
+    return readings
+
+
+def _text(value: Any) -> str:
+    """A reply's bytes as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def bus_reachable() -> bool:
     """True when Redis answers a PING."""
     try:

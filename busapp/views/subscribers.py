@@ -16,6 +16,7 @@ from busapp.actions.subscribers import (
     subscriber_follow,
     subscriber_unfollow,
 )
+from busapp.delivery import deliveries
 from busapp.errors import BusInputError
 from busapp.forms import FollowForm, SubscriberForm
 from busapp.models import AuditAction, Subscriber, SubscriberFollow, Topic
@@ -51,6 +52,7 @@ def _page(
         "may_manage": may_manage_subscribers(signed_in_user(request)),
         "subscriber_form": subscriber_form or SubscriberForm(),
         "follow_form": follow_form or FollowForm(),
+        "deliveries": deliveries(),
     }
     return render(request, "subscribers/list.html", context, status=status)
 
