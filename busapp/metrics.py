@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from busapp.delivery import deliveries
 from busapp.health import workers_read
 from busapp.models import BulkAction, BulkActionStatus, DeadLetter, DeadLetterStatus, Event, EventStatus, Topic
 from busapp.publishing import TAP_GROUP, bus_redis, stream_key
@@ -77,7 +78,30 @@ class BusCollector(Collector):
             up.add_metric([], 0)
         yield lag
         yield up
+        yield from _subscriber_families()
         yield from _worker_families()
+
+
+def _subscriber_families() -> Iterator[Metric]:
+    """Each registered subscriber's consumer group on each topic it follows: lag in entries and seconds."""
+    entries = GaugeMetricFamily(
+        "hms_subscriber_lag_entries",
+        "Stream entries not yet delivered to the subscriber's consumer group (absent: no group, or unknown)",
+        labels=["subscriber", "topic"],
+    )
+    seconds = GaugeMetricFamily(
+        "hms_subscriber_lag_seconds",
+        "Age of the oldest stream entry not yet delivered to the subscriber's consumer group",
+        labels=["subscriber", "topic"],
+    )
+    for delivery in deliveries():
+        for name, state in delivery.followers.items():
+            if state.lag_entries is not None:
+                entries.add_metric([name, delivery.topic.name], state.lag_entries)
+            if state.lag_seconds is not None:
+                seconds.add_metric([name, delivery.topic.name], state.lag_seconds)
+    yield entries
+    yield seconds
 
 
 def _worker_families() -> Iterator[Metric]:

@@ -71,3 +71,13 @@ def test_the_subscribers_page_shows_the_groups_the_unregistered_one_and_a_missin
     assert "mystery-reader unregistered 3" in page
     assert "withholding-calculator no consumer group on the stream yet" in page
     assert "stream:irs.withholding does not exist" in page  # nothing published there in this test
+
+
+def test_metrics_export_each_subscribers_lag(bus: redis.Redis) -> None:
+    _stream_with_known_positions(bus)
+
+    text = signed_in("admin").get("/metrics").content.decode()
+
+    assert 'hms_subscriber_lag_entries{subscriber="e-file",topic="tax-policy"} 1.0' in text
+    assert 'hms_subscriber_lag_entries{subscriber="mobile-tax-app",topic="tax-policy"} 0.0' in text
+    assert 'subscriber="withholding-calculator",topic="tax-policy"' not in text  # no group: no figure
