@@ -21,6 +21,7 @@ from django.db.models import Func, Q, QuerySet, TextField
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 
+from busapp.cloudevents import cloudevent_from_envelope, schema_version_uri, topic_uri
 from busapp.errors import HistoryQueryError
 from busapp.models import AuditEntry, Event, EventType, SchemaVersion, Topic
 from busapp.paging import Keyset, Page, Position
@@ -33,6 +34,7 @@ SCAN_BUDGET = 20_000
 # Events a page of "only where this field changed" reads, each with the field's value (bench/history.py).
 CHANGED_STRETCH = 2_000
 EXPORT_CHUNK = 2_000
+CLOUDEVENTS_NDJSON = "cloudevents.ndjson"  # the export format of one CloudEvents 1.0 structured event a line
 MAX_CONDITIONS = 10
 
 # What a person may write between a field path and a value, and the lookup it becomes.
@@ -472,13 +474,18 @@ def events_through(events: QuerySet[Event], newest: tuple[dt.datetime, int] | No
     return events.filter(timestamp__lte=newest[0]).exclude(timestamp=newest[0], id__gt=newest[1])
 
 
-def export_lines(events: QuerySet[Event], fmt: str, *, newest: tuple[dt.datetime, int] | None) -> Iterator[str]:
-    """The filtered history from ``newest`` down, as CSV or NDJSON, in chunks of text, a chunk of rows at a time.
+def export_lines(
+    events: QuerySet[Event], fmt: str, *, newest: tuple[dt.datetime, int] | None, base_url: str = ""
+) -> Iterator[str]:
+    """The filtered history from ``newest`` down, as CSV, NDJSON or CloudEvents NDJSON, a chunk of rows at a time.
 
     Rows are read by keyset (never OFFSET, never all at once), so a million rows take the
     memory of one chunk; starting at the newest event of the moment the export began, events
-    that arrive while it runs are not half-included.
+    that arrive while it runs are not half-included. CloudEvents name their topic and schema
+    version by absolute URL: ``base_url`` is the scheme and host to write them with.
     """
+    if fmt == CLOUDEVENTS_NDJSON and not base_url:
+        raise ValueError("a CloudEvents export needs base_url (the scheme and host its URLs start with)")
     names = _Names.load()
     rows = events.annotate(
         timestamp_text=UtcText("timestamp"),
@@ -503,6 +510,9 @@ def export_lines(events: QuerySet[Event], fmt: str, *, newest: tuple[dt.datetime
         "payload_text",
     )
     chunks = _raw_chunks(rows, newest)
+    if fmt == CLOUDEVENTS_NDJSON:
+        yield from _cloudevents_lines(chunks, names, base_url)
+        return
     yield from (_csv_lines if fmt == "csv" else _ndjson_lines)(chunks, names)
 
 
@@ -617,6 +627,33 @@ def _ndjson_lines(chunks: Iterator[list[tuple[Any, ...]]], names: _Names) -> Ite
             )
             # The envelope is spliced in as stored: the bytes the services received, not a re-encoding.
             lines.append(f'{record[:-1]},"envelope":{envelope}}}\n')
+        yield "".join(lines)
+
+
+def _cloudevents_lines(chunks: Iterator[list[tuple[Any, ...]]], names: _Names, base_url: str) -> Iterator[str]:
+    """One CloudEvents 1.0 structured JSON event a line, built from the envelope as it went on the bus."""
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    uris: dict[tuple[int, int, int], tuple[str, str]] = {}  # few versions: their URLs are reversed once each
+    for chunk in chunks:
+        lines = []
+        for _, _, topic_id, type_id, version_id, *_, envelope, _, _, _, _ in chunk:
+            topic, kind, version = names.topics[topic_id], names.types[type_id], names.versions[version_id]
+            key = (topic_id, type_id, version_id)
+            if key not in uris:
+                uris[key] = (
+                    topic_uri(base_url=base_url, topic=topic),
+                    schema_version_uri(base_url=base_url, topic=topic, event_type=kind, version=version),
+                )
+            source, dataschema = uris[key]
+            event = cloudevent_from_envelope(
+                json.loads(envelope),
+                source=source,
+                dataschema=dataschema,
+                topic=topic,
+                event_type=kind,
+                version=version,
+            )
+            lines.append(dumps(event) + "\n")
         yield "".join(lines)
 
 

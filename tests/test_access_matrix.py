@@ -349,7 +349,6 @@ RULES: dict[str, tuple[Case, ...]] = {
     "bulk-start": (post("/dlq/bulk/", ADMINS, {"topic": "tax-policy", "kind": "replay", "rate_per_second": "50"}),),
     "bulk-cancel": (post("/dlq/bulk/{w.bulk.pk}/cancel/", ADMINS),),
     # Exports and the audit log: auditors and bus admins.
-    "event-export": (get("/events/export.csv", AUDITORS),),
     # Subscribers: auditors and bus admins see them; bus admins register them and say what they follow.
     "subscribers": (
         get("/subscribers/", AUDITORS),
@@ -363,6 +362,7 @@ RULES: dict[str, tuple[Case, ...]] = {
         ),
     ),
     "subscriber-unfollow": (post("/subscribers/e-file/follows/tax-policy/stop/", ADMINS),),
+    "event-export": (get("/events/export.csv", AUDITORS), get("/events/export.cloudevents.ndjson", AUDITORS)),
     "audit-log": (get("/audit/", AUDITORS),),
     "audit-check": (post("/audit/check/", AUDITORS),),
     "audit-export": (get("/audit/export.csv", AUDITORS),),
@@ -425,6 +425,10 @@ RULES: dict[str, tuple[Case, ...]] = {
     "api-version-check": (
         post(f"{TAX_TYPE_API}versions/check/", CALLERS, {"schema": {"type": "object"}}),
         post(f"{WITHHOLDING_TYPE_API}versions/check/", SIGNED_IN, {"schema": {"type": "object"}}),
+    ),
+    "api-version-detail": (
+        get(f"{TAX_TYPE_API}versions/1/", CALLERS),
+        get(f"{WITHHOLDING_TYPE_API}versions/1/", SIGNED_IN),
     ),
     "api-version-state": (
         post(f"{TAX_TYPE_API}versions/1/state/", ADMINS, {"state": "deprecated", "reason": "matrix"}),

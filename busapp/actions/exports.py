@@ -32,7 +32,7 @@ class Export:
 
 
 def events_export_start(
-    *, actor: User, fmt: str, history_filter: HistoryFilter, topics: QuerySet[Topic] | None
+    *, actor: User, fmt: str, history_filter: HistoryFilter, topics: QuerySet[Topic] | None, base_url: str = ""
 ) -> Export:
     """The filtered history up to its newest event now, with an ``events.export`` entry naming filter and rows."""
     events = events_filtered(history_filter, topics=topics)
@@ -45,7 +45,7 @@ def events_export_start(
             target="events",
             details={"format": fmt, "filter": history_filter.as_details(), "rows": rows},
         )
-    return Export(export_lines(events, fmt, newest=newest), rows)
+    return Export(export_lines(events, fmt, newest=newest, base_url=base_url), rows)
 
 
 def audit_export_start(*, actor: User, fmt: str, filters: dict[str, Any]) -> Export:

@@ -8,6 +8,7 @@ from django import forms
 from django.http import QueryDict
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -15,7 +16,15 @@ from rest_framework.views import APIView
 from busapp.api.authentication import topics_viewable
 from busapp.api.errors import ApiError, detail_errors, refusals
 from busapp.api.selectors import event_record
-from busapp.api.serializers import EventDetailSerializer, EventPageSerializer, PageQuerySerializer
+from busapp.api.serializers import (
+    CloudEventSerializer,
+    EventDetailSerializer,
+    EventPageSerializer,
+    PageQuerySerializer,
+)
+from busapp.api.views import JSONRefusalsMixin
+from busapp.cloudevents import MEDIA_TYPE as CLOUDEVENTS_MEDIA_TYPE
+from busapp.cloudevents import base_url_of, cloudevent_of
 from busapp.errors import FieldError
 from busapp.forms import EventFilterForm
 from busapp.history import history_page_at
@@ -92,13 +101,32 @@ class EventListView(APIView):
         return Response(EventPageSerializer(body).data)
 
 
-class EventDetailView(APIView):
-    """GET /api/events/<envelope_id>/: one event's record."""
+class CloudEventRenderer(JSONRenderer):
+    """JSON as ``application/cloudevents+json``: chosen only when the caller's Accept names it."""
 
-    @extend_schema(operation_id="event_detail", responses={200: EventDetailSerializer, **refusals(401, 403, 404)})
+    media_type = CLOUDEVENTS_MEDIA_TYPE
+    format = "cloudevents"
+
+
+class EventDetailView(JSONRefusalsMixin, APIView):
+    """GET /api/events/<envelope_id>/: one event's record, or the event as a CloudEvents 1.0 structured event."""
+
+    # JSON first: it stays the answer to callers that send no Accept, or */*; refusals are JSON whatever was asked.
+    renderer_classes = [JSONRenderer, CloudEventRenderer]
+
+    @extend_schema(
+        operation_id="event_detail",
+        responses={
+            (200, "application/json"): EventDetailSerializer,
+            (200, CLOUDEVENTS_MEDIA_TYPE): CloudEventSerializer,
+            **{(code, "application/json"): answer for code, answer in refusals(401, 403, 404).items()},
+        },
+    )
     def get(self, request: Request, envelope_id: str) -> Response:
         """The event, if it is on a topic the caller may see: an unknown id and a hidden one are both 404."""
         event = event_record(envelope_id=envelope_id, topics=topics_viewable(request))
         if event is None:
             raise exceptions.NotFound(f"no event {envelope_id!r} in the history you may see")
+        if request.accepted_renderer.media_type == CLOUDEVENTS_MEDIA_TYPE:
+            return Response(cloudevent_of(event, base_url=base_url_of(request)))
         return Response(EventDetailSerializer(event).data)

@@ -312,6 +312,20 @@ class CompatibilityView(APIView):
         return Response(event_type_answer(topic, found))
 
 
+class VersionDetailView(APIView):
+    """GET /api/topics/<name>/types/<event_type>/versions/<number>/: one schema version (a CloudEvent's dataschema)."""
+
+    @extend_schema(
+        operation_id="version_detail",
+        responses={200: SchemaVersionRecordSerializer, **refusals(401, 403, 404)},
+    )
+    def get(self, request: Request, name: str, event_type: str, number: int) -> Response:
+        """The version in any state, with its schema, for whoever may view the topic."""
+        topic = topic_for(request, name, VIEW_TOPIC)
+        version = schema_version_on(event_type_on(topic, event_type), number)
+        return Response(SchemaVersionRecordSerializer(version).data)
+
+
 class VersionStateView(APIView):
     """POST /api/topics/<name>/types/<event_type>/versions/<number>/state/: enable, deprecate or disable a version."""
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from busapp.actions.reasons import REASON_MAX_CHARACTERS
@@ -210,6 +210,27 @@ class EventDetailSerializer(EventRecordSerializer):
 
     class Meta(EventRecordSerializer.Meta):
         fields = [*EventRecordSerializer.Meta.fields, "schema_version", "replayed_from"]
+
+
+# A CloudEvents 1.0 structured JSON event (``Accept: application/cloudevents+json``). Built by inline_serializer:
+# its attributes ``source`` and ``data`` are names a Serializer class body already uses.
+CloudEventSerializer = inline_serializer(
+    name="CloudEvent",
+    fields={
+        "specversion": serializers.CharField(help_text="Always 1.0."),
+        "id": serializers.CharField(help_text="The envelope id."),
+        "source": serializers.URLField(help_text="The topic's URL in this API."),
+        "type": serializers.CharField(help_text="The event type's name."),
+        "time": serializers.DateTimeField(required=False, help_text="The envelope's timestamp, RFC 3339 in UTC."),
+        "datacontenttype": serializers.CharField(help_text="Always application/json."),
+        "dataschema": serializers.URLField(help_text="The URL of the schema version the payload was checked against."),
+        "hmstopic": serializers.CharField(help_text="Extension: the topic's name."),
+        "hmsschemaversion": serializers.IntegerField(help_text="Extension: the schema version's number."),
+        "hmspublisher": serializers.CharField(help_text="Extension: who published it (a person, or service:<name>)."),
+        "hmspublishedvia": serializers.CharField(help_text="Extension: the envelope's source (api, form, cli...)."),
+        "data": serializers.JSONField(help_text="The envelope's payload."),
+    },
+)
 
 
 class EventPageSerializer(serializers.Serializer[Any]):

@@ -22,6 +22,11 @@ urlpatterns = [
         name="api-version-check",
     ),
     path(
+        "topics/<str:name>/types/<str:event_type>/versions/<int:number>/",
+        registry.VersionDetailView.as_view(),
+        name="api-version-detail",
+    ),
+    path(
         "topics/<str:name>/types/<str:event_type>/versions/<int:number>/state/",
         registry.VersionStateView.as_view(),
         name="api-version-state",

@@ -20,15 +20,18 @@ from django.views.decorators.http import require_GET, require_POST
 
 from busapp.actions import filters
 from busapp.actions.exports import events_export_start
+from busapp.cloudevents import base_url_of
 from busapp.errors import ActionRefusedError, HistoryQueryError
 from busapp.forms import EventFilterForm
-from busapp.history import HistoryPage, history_count, history_page_at
+from busapp.history import CLOUDEVENTS_NDJSON, HistoryPage, history_count, history_page_at
 from busapp.models import AuditAction, Event, SavedFilter, SavedFilterPage, Topic
 from busapp.permissions import EXPORT_TOPIC, VIEW_TOPIC, topics_with_right
 from busapp.selectors import event_audit_entries, event_provenance
 from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
 
 EXPORT_FORMATS = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson; charset=utf-8"}
+# The history has one more: CloudEvents 1.0 structured events, one a line (the audit log has no events to write).
+EVENT_EXPORT_FORMATS = {**EXPORT_FORMATS, CLOUDEVENTS_NDJSON: "application/x-ndjson; charset=utf-8"}
 
 
 def topics_for(user: User, right: str) -> QuerySet[Topic] | None:
@@ -122,10 +125,11 @@ def event_detail(request: HttpRequest, envelope_id: str) -> HttpResponse:
 @login_required
 @require_GET
 def event_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
-    """The filtered history as CSV or NDJSON, streamed; for holders of the export right, and audited."""
+    """The filtered history as CSV, NDJSON or CloudEvents NDJSON, streamed; for holders of the export right, audited."""
     user = signed_in_user(request)
-    if fmt not in EXPORT_FORMATS:
-        return HttpResponse(f"unknown export format {fmt!r}: use csv or ndjson", status=404, content_type="text/plain")
+    if fmt not in EVENT_EXPORT_FORMATS:
+        message = f"unknown export format {fmt!r}: use {', '.join(EVENT_EXPORT_FORMATS)}"
+        return HttpResponse(message, status=404, content_type="text/plain")
     exportable = topics_for(user, EXPORT_TOPIC)
     if exportable is not None and not exportable.exists():
         message = "exporting history needs the export right (auditors and bus admins hold it)"
@@ -137,14 +141,20 @@ def event_export(request: HttpRequest, fmt: str) -> HttpResponseBase:
     if form.cleaned_data["changed"]:  # read a stretch at a time, for pages; an export would read the whole type
         message = "an export takes every event of the filter: leave out 'only where this field changed'"
         return HttpResponse(message, status=400, content_type="text/plain")
-    export = events_export_start(actor=user, fmt=fmt, history_filter=form.history_filter(), topics=exportable)
+    export = events_export_start(
+        actor=user,
+        fmt=fmt,
+        history_filter=form.history_filter(),
+        topics=exportable,
+        base_url=base_url_of(request),
+    )
     return export_response(request, export.lines, fmt=fmt, rows=export.rows, name="events")
 
 
 def export_response(request: HttpRequest, lines: Iterator[str], *, fmt: str, rows: int, name: str) -> HttpResponseBase:
     """The export as a streamed download named ``hms-<name>-<time>.<fmt>``, its row count in a header."""
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-    response = StreamingHttpResponse(streamed(request, lines), content_type=EXPORT_FORMATS[fmt])
+    response = StreamingHttpResponse(streamed(request, lines), content_type=EVENT_EXPORT_FORMATS[fmt])
     response["Content-Disposition"] = f'attachment; filename="hms-{name}-{stamp}.{fmt}"'
     response["X-Export-Rows"] = str(rows)
     return response
