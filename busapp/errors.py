@@ -58,6 +58,10 @@ class EventRejectedError(BusInputError):
     """The event breaks the envelope, its type is unknown, or its payload breaks the schema."""
 
 
+class CatchUpRefusedError(BusInputError):
+    """A catch-up from an event its topic never carried, or of a type the topic does not have."""
+
+
 class HistoryQueryError(BusInputError):
     """A filter, condition or page link that cannot be used; each error names its field and the rule."""
 

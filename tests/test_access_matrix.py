@@ -6,6 +6,7 @@ fails ``test_every_route_has_a_rule_and_every_rule_a_route``: give a new URL its
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -13,14 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import time_machine
 from asgiref.sync import sync_to_async
 from channels.testing.websocket import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.http import HttpResponse
 from django.http.response import HttpResponseBase
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, include, re_path
 from django.urls import path as url
+from django.utils import timezone
 
 from busapp.actions.dead_letters import bulk_action_start, dead_letter_create
 from busapp.actions.publishing import event_publish
@@ -44,6 +48,7 @@ from busapp.models import (
     TopicUserGrant,
 )
 from busapp.permissions import Role
+from busapp.publishing import relay_pending
 from busapp.routing import websocket_urlpatterns
 from busapp.selectors import grant_key
 from hmsadmin.asgi import application
@@ -118,6 +123,13 @@ class World:
     def subscriber_pk(self) -> int:
         """A fresh subscriber's key, for a follow that is always a change."""
         return Subscriber.objects.create(name=f"matrix-follow-{next(self._names)}").pk
+
+    def on_the_bus(self, path: str) -> str:
+        """``path``, once the world's events are published: these tests never commit, so the relay sends them."""
+        later = timezone.now() + dt.timedelta(seconds=settings.BUS_RELAY_GRACE_SECONDS + 1)
+        with time_machine.travel(later, tick=False):
+            relay_pending()
+        return path
 
     def filter_of(self, role: str) -> SavedFilter:
         """A fresh saved filter of the role's person (policy's for callers without one)."""
@@ -401,6 +413,14 @@ RULES: dict[str, tuple[Case, ...]] = {
         post("/api/topics/tax-policy/events/", PUBLISHERS | {TOKEN}, TAX_EVENT),
         # A minimal body: 400 once the right is checked (a valid one is refused on a sensitive topic anyway).
         post("/api/topics/irs.withholding/events/", PUBLISHERS),
+        # GET is the catch-up of a service that was down: whoever may view the topic (the token: its scope only).
+        get("/api/topics/tax-policy/events/", CALLERS),
+        get("/api/topics/irs.withholding/events/", SIGNED_IN),
+    ),
+    # The event in force, read at start-up: whoever may view the topic.
+    "api-event-in-force": (
+        get(lambda w, _: w.on_the_bus(f"{TAX_TYPE_API}latest/"), CALLERS),
+        get(lambda w, _: w.on_the_bus(f"{WITHHOLDING_TYPE_API}latest/"), SIGNED_IN),
     ),
     "api-event-publish-batch": (
         post("/api/topics/tax-policy/events/batch/", PUBLISHERS | {TOKEN}, {"events": [TAX_EVENT]}),

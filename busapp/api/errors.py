@@ -21,6 +21,7 @@ from busapp.errors import (
     ActionRefusedError,
     ApprovalRequiredError,
     BusInputError,
+    CatchUpRefusedError,
     EventRejectedError,
     FieldError,
     HistoryQueryError,
@@ -42,6 +43,7 @@ BUS_ERROR_STATUS: dict[type[BusInputError], int] = {
     ActionRefusedError: status.HTTP_409_CONFLICT,
     EventRejectedError: status.HTTP_422_UNPROCESSABLE_ENTITY,
     RecordInvalidError: status.HTTP_422_UNPROCESSABLE_ENTITY,
+    CatchUpRefusedError: status.HTTP_422_UNPROCESSABLE_ENTITY,
     PayloadTooLargeError: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
 }
 

@@ -1,4 +1,7 @@
-"""The history over the API: the filtered, keyset-paged list of the page /events/, and one event's record."""
+"""The history over the API: the filtered, keyset-paged list of /events/, one event's record, a type's event in force.
+
+A service starting up reads the event in force here; it catches up on the rest with GET on a topic's events/.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +16,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from busapp.api.authentication import topics_viewable
+from busapp.api.authentication import topic_for, topics_viewable
 from busapp.api.errors import ApiError, detail_errors, refusals
-from busapp.api.selectors import event_record
+from busapp.api.selectors import event_record, event_type_on
 from busapp.api.serializers import (
     CloudEventSerializer,
     EventDetailSerializer,
+    EventInForceSerializer,
     EventPageSerializer,
     PageQuerySerializer,
 )
@@ -28,6 +32,8 @@ from busapp.cloudevents import base_url_of, cloudevent_of
 from busapp.errors import FieldError
 from busapp.forms import EventFilterForm
 from busapp.history import history_page_at
+from busapp.permissions import VIEW_TOPIC
+from busapp.selectors import event_in_force
 
 # Query parameters that may be repeated; their values are joined as the page's text box joins lines.
 REPEATED = ("where",)
@@ -130,3 +136,18 @@ class EventDetailView(JSONRefusalsMixin, APIView):
         if request.accepted_renderer.media_type == CLOUDEVENTS_MEDIA_TYPE:
             return Response(cloudevent_of(event, base_url=base_url_of(request)))
         return Response(EventDetailSerializer(event).data)
+
+
+class EventInForceView(APIView):
+    """GET /api/topics/<name>/types/<event_type>/latest/: the type's newest published event, read at start-up."""
+
+    @extend_schema(operation_id="event_in_force", responses={200: EventInForceSerializer, **refusals(401, 403, 404)})
+    def get(self, request: Request, name: str, event_type: str) -> Response:
+        """The event in force with its envelope as sent; pending events are not on the bus yet, so never in force."""
+        topic = topic_for(request, name, VIEW_TOPIC)
+        found = event_type_on(topic, event_type)
+        event = event_in_force(topic=topic, event_type=found)
+        if event is None:
+            message = f"no event of {found.name} has been published yet"
+            raise ApiError([{"path": "/type", "message": message}], status.HTTP_404_NOT_FOUND)
+        return Response(EventInForceSerializer(event).data)

@@ -1,4 +1,4 @@
-"""Reads for the API: topics with their schemas, event types and versions, one event's record, open dead letters."""
+"""Reads for the API: topics with their schemas, event types and versions, events, open dead letters."""
 
 from __future__ import annotations
 
@@ -11,8 +11,17 @@ from django.db.models import Max, OuterRef, Prefetch, Q, QuerySet, Subquery
 from rest_framework import exceptions
 
 from busapp.api.authentication import ServiceCaller
-from busapp.errors import HistoryQueryError
-from busapp.models import DeadLetter, DeadLetterStatus, Event, EventType, SchemaVersion, SchemaVersionState, Topic
+from busapp.errors import CatchUpRefusedError, HistoryQueryError
+from busapp.models import (
+    DeadLetter,
+    DeadLetterStatus,
+    Event,
+    EventStatus,
+    EventType,
+    SchemaVersion,
+    SchemaVersionState,
+    Topic,
+)
 from busapp.paging import DAMAGED_LINK, Keyset
 from busapp.permissions import PUBLISH_TOPIC
 from busapp.selectors import topic_names_with_right
@@ -64,6 +73,59 @@ def event_record(*, envelope_id: str, topics: QuerySet[Topic]) -> Event | None:
         .annotate(replayed_from_letter=Subquery(letters))
         .first()
     )
+
+
+# A catch-up reads a topic oldest first by (timestamp, id): the index event_topic_time after its topic, from a key.
+# Its positions are envelope ids the caller names, not signed links: the salt is never used.
+CATCH_UP_KEYSET = Keyset((("timestamp", dt.datetime), ("id", int)), salt="busapp.api.catch_up")
+
+
+@dataclass
+class CatchUpPage:
+    """A topic's published events after a position, oldest first; where the next page starts, and if one is there."""
+
+    events: list[Event]
+    next: str | None
+    more: bool
+
+
+def events_published_after(*, topic: Topic, after: str | None, type_name: str | None) -> QuerySet[Event]:
+    """The topic's published events after the event ``after`` (None: from the oldest), of one type if named.
+
+    In the envelopes' order (timestamp, then id), by a range on the index event_topic_time,
+    never a sort of the topic. ``after`` may be any event of the topic, pending ones too; one
+    the topic never carried, and a type it does not have, are refused naming the parameter.
+    """
+    events = Event.objects.filter(topic=topic, status=EventStatus.PUBLISHED).only("envelope_id", "envelope")
+    if type_name is not None:
+        events = events.filter(event_type=_query_event_type(topic, type_name))
+    if after is not None:
+        events = CATCH_UP_KEYSET.beyond(events, _catch_up_position(topic, after), older=False)
+    return CATCH_UP_KEYSET.ordered(events, older=False)
+
+
+def catch_up_page(*, topic: Topic, after: str | None, type_name: str | None, size: int) -> CatchUpPage:
+    """A page of ``events_published_after``: ``next`` is its last envelope id (``after`` when it is empty)."""
+    found = list(events_published_after(topic=topic, after=after, type_name=type_name)[: size + 1])
+    page = found[:size]
+    return CatchUpPage(page, next=page[-1].envelope_id if page else after, more=len(found) > size)
+
+
+def _catch_up_position(topic: Topic, envelope_id: str) -> tuple[dt.datetime, int]:
+    """The key of the topic's event ``envelope_id``; 422 at /query/after when the topic has none (another's: none)."""
+    key = Event.objects.filter(topic=topic, envelope_id=envelope_id).values_list("timestamp", "id").first()
+    if key is None:
+        message = f"topic {topic.name!r} has no event {envelope_id!r}: send an envelope id this topic carried"
+        raise CatchUpRefusedError([{"path": "/query/after", "message": message}])
+    return key
+
+
+def _query_event_type(topic: Topic, name: str) -> EventType:
+    """The topic's event type called ``name``; 422 at /query/type naming the types there are."""
+    try:
+        return event_type_on(topic, name)
+    except exceptions.NotFound as missing:
+        raise CatchUpRefusedError([{"path": "/query/type", "message": str(missing.detail)}]) from None
 
 
 # Open dead letters go by (received_at, id), newest first.

@@ -245,6 +245,65 @@ class EventPageSerializer(serializers.Serializer[Any]):
     )
 
 
+CATCH_UP_PAGE_SIZE = 100
+CATCH_UP_LIMIT_MAX = 500  # a page of 500 envelopes of at most 64 KiB each stays under 32 MiB
+
+
+class CatchUpQuerySerializer(serializers.Serializer[Any]):
+    """Where a catch-up starts (after an envelope id), of which type, and how many per page."""
+
+    after = serializers.CharField(
+        required=False,
+        max_length=128,
+        help_text="The envelope id of the last event heard (or the `next` of the page before); "
+        "without it, from the topic's oldest event.",
+    )
+    type = serializers.CharField(required=False, max_length=200, help_text="Only events of this type.")
+    limit = serializers.IntegerField(
+        required=False,
+        default=CATCH_UP_PAGE_SIZE,
+        min_value=1,
+        max_value=CATCH_UP_LIMIT_MAX,
+        help_text="How many per page.",
+    )
+
+
+@extend_schema_field(OpenApiTypes.OBJECT)
+class EnvelopeField(serializers.Field[Any, Any, Any, Any]):
+    """An event's envelope (read only), parsed from the JSON that went on the bus and otherwise unchanged."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(read_only=True, **kwargs)
+
+    def to_representation(self, value: Event) -> Any:
+        """The envelope: id, type, timestamp, topic, schema_version, source, publisher, payload."""
+        return json.loads(value.envelope)
+
+
+class CatchUpPageSerializer(serializers.Serializer[Any]):
+    """A topic's published envelopes after a position, oldest first, and where the next page starts."""
+
+    events = serializers.ListField(
+        child=EnvelopeField(), help_text="Envelopes as they went on the bus, in (timestamp, id) order."
+    )
+    next = serializers.CharField(
+        allow_null=True,
+        help_text="Send as `after` for the next page: the last envelope id here (the `after` sent, when empty).",
+    )
+    more = serializers.BooleanField(help_text="More events were already there: ask again at once with `next`.")
+
+
+class EventInForceSerializer(serializers.ModelSerializer[Event]):
+    """The event in force of a type: its envelope as it went on the bus, and when."""
+
+    event = EnvelopeField(source="*", help_text="The envelope, as subscribers heard it.")
+    id = serializers.CharField(source="envelope_id", help_text="The envelope id: send it as `after` to catch up.")
+
+    class Meta:
+        model = Event
+        fields = ["event", "id", "status", "timestamp", "published_at"]
+
+
 class SchemaVersionRecordSerializer(SchemaVersionSerializer):
     """A schema version in any state (enabled, deprecated, disabled), with the schema as its author wrote it."""
 

@@ -7,6 +7,7 @@ from busapp.api import asyncapi, dead_letters, events, registry, schema_versions
 urlpatterns = [
     path("topics/", views.TopicListView.as_view(), name="api-topic-list"),
     path("topics/<str:name>/", views.TopicDetailView.as_view(), name="api-topic-detail"),
+    # POST publishes; GET catches up on what was published (the name stays: callers reverse it).
     path("topics/<str:name>/events/", views.TopicEventsView.as_view(), name="api-event-publish"),
     path("topics/<str:name>/events/batch/", views.TopicEventsBatchView.as_view(), name="api-event-publish-batch"),
     # The registry (busapp/api/registry.py); schemas/ above its versions/ stays for the callers that use it.
@@ -30,6 +31,11 @@ urlpatterns = [
         "topics/<str:name>/types/<str:event_type>/versions/<int:number>/state/",
         registry.VersionStateView.as_view(),
         name="api-version-state",
+    ),
+    path(
+        "topics/<str:name>/types/<str:event_type>/latest/",
+        events.EventInForceView.as_view(),
+        name="api-event-in-force",
     ),
     path(
         "topics/<str:name>/types/<str:event_type>/compatibility/",

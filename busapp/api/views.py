@@ -33,10 +33,12 @@ from busapp.api.authentication import (
 from busapp.api.errors import ApiError, body_too_large, detail_errors, refusals
 from busapp.api.idempotency import Answer, publish_once, request_sha256
 from busapp.api.parsers import StrictJSONParser
-from busapp.api.selectors import topic_names_publishable, topics_with_schemas
+from busapp.api.selectors import catch_up_page, topic_names_publishable, topics_with_schemas
 from busapp.api.serializers import (
     BatchInSerializer,
     BatchResultSerializer,
+    CatchUpPageSerializer,
+    CatchUpQuerySerializer,
     EventInSerializer,
     PublishedSerializer,
     TopicInSerializer,
@@ -148,7 +150,7 @@ def batch_answer(outcome: BatchOutcome) -> Answer:
 
 
 class TopicEventsView(APIView):
-    """POST /api/topics/<name>/events/: publish one event."""
+    """POST /api/topics/<name>/events/: publish one event; GET: the published ones after an envelope id (catch up)."""
 
     parser_classes = [StrictJSONParser]
     refusal_action, refusal_target = AuditAction.PUBLISH_REFUSED, "topic:{name}"
@@ -182,6 +184,18 @@ class TopicEventsView(APIView):
             answer=published_answer,
         )
         return Response(answer.body, status=answer.status, headers=deprecation_headers(answer.body))
+
+    @extend_schema(
+        operation_id="event_catch_up",
+        parameters=[CatchUpQuerySerializer],
+        responses={200: CatchUpPageSerializer, **refusals(400, 401, 403, 404, 422)},
+    )
+    def get(self, request: Request, name: str) -> Response:
+        """What a service missed while down (Pub/Sub is at-most-once): envelopes after ``after``, oldest first."""
+        topic = topic_for(request, name, VIEW_TOPIC)
+        query = query_valid(CatchUpQuerySerializer, request)
+        page = catch_up_page(topic=topic, after=query.get("after"), type_name=query.get("type"), size=query["limit"])
+        return Response(CatchUpPageSerializer(page).data)
 
 
 @functools.cache
