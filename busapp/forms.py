@@ -13,7 +13,7 @@ from django.forms.fields import InvalidJSONInput
 from django.utils import timezone
 
 from busapp.actions.registry import topic_name_problem
-from busapp.errors import HistoryQueryError, SchemaInvalidError
+from busapp.errors import FieldError, HistoryQueryError, SchemaInvalidError
 from busapp.history import HistoryFilter, PayloadCondition, conditions_parse, field_path_valid
 from busapp.models import (
     APPLY_DEADLINE_DEFAULT,
@@ -580,3 +580,13 @@ class FollowForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("auto_id", "follow_%s")
         super().__init__(*args, **kwargs)
+
+
+def problems_shown(form: forms.Form, problems: list[FieldError]) -> None:
+    """Put each of an action's problems at its field (``/name`` at name), the rest above the form."""
+    for problem in problems:
+        field = problem["path"].lstrip("/").split("/")[0]
+        if field in form.fields:
+            form.add_error(field, problem["message"])
+        else:
+            form.add_error(None, problem["message"])

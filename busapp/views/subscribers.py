@@ -18,7 +18,7 @@ from busapp.actions.subscribers import (
 )
 from busapp.delivery import deliveries
 from busapp.errors import BusInputError
-from busapp.forms import FollowForm, SubscriberForm
+from busapp.forms import FollowForm, SubscriberForm, problems_shown
 from busapp.models import AuditAction, Subscriber, SubscriberFollow, Topic
 from busapp.views.access import refuse_audited, signed_in_user
 
@@ -77,9 +77,7 @@ def subscriber_list(request: HttpRequest) -> HttpResponse:
                 actor=signed_in_user(request),
             )
         except BusInputError as refused:
-            for error in refused.errors:
-                field = error["path"].lstrip("/")
-                form.add_error(field if field in form.fields else None, error["message"])
+            problems_shown(form, refused.errors)
         else:
             messages.success(request, f"{data['name']} registered: say which topics it follows.")
             return redirect("subscribers")
@@ -104,9 +102,7 @@ def subscriber_follows(request: HttpRequest) -> HttpResponse:
                 actor=signed_in_user(request),
             )
         except BusInputError as refused:
-            for error in refused.errors:
-                field = error["path"].lstrip("/")
-                form.add_error(field if field in form.fields else None, error["message"])
+            problems_shown(form, refused.errors)
         else:
             messages.success(request, f"{data['subscriber']} follows {data['topic'].name}.")
             return redirect("subscribers")

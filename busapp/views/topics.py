@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -19,8 +18,8 @@ from busapp.actions.registry import (
     topic_update,
 )
 from busapp.actions.sensitivity import may_change_sensitivity
-from busapp.errors import BusInputError, FieldError, RightRefusedError
-from busapp.forms import TopicCreateForm, TopicEditForm
+from busapp.errors import BusInputError, RightRefusedError
+from busapp.forms import TopicCreateForm, TopicEditForm, problems_shown
 from busapp.models import TOPIC_NAME_EXAMPLE, AuditAction, Topic
 from busapp.views.access import refuse_audited, signed_in_user
 
@@ -35,16 +34,6 @@ def _topic_creator(request: HttpRequest) -> User:
     if request.method == "POST":
         refuse_audited(request, AuditAction.MANAGE_REFUSED, "topic:new", _NOT_CREATOR)
     raise PermissionDenied(_NOT_CREATOR)
-
-
-def _problems_shown(form: forms.Form, problems: list[FieldError]) -> None:
-    """Put each of an action's problems at its field (``/name`` at name), the rest above the form."""
-    for problem in problems:
-        field = problem["path"].lstrip("/").split("/")[0]
-        if field in form.fields:
-            form.add_error(field, problem["message"])
-        else:
-            form.add_error(None, problem["message"])
 
 
 @login_required
@@ -69,7 +58,7 @@ def topic_new(request: HttpRequest) -> HttpResponse:
                 actor=user,
             )
         except BusInputError as refused:
-            _problems_shown(form, refused.errors)
+            problems_shown(form, refused.errors)
         else:
             messages.success(request, f"Created {topic.name} with {data['type_name']} and its schema v1.")
             return redirect("topic-detail", topic.name)
@@ -117,7 +106,7 @@ def topic_edit(request: HttpRequest, name: str) -> HttpResponse:
         except RightRefusedError as refused:  # the right went away since the page was opened
             refuse_audited(request, AuditAction.MANAGE_REFUSED, f"topic:{name}", refused.errors[0]["message"])
         except BusInputError as refused:
-            _problems_shown(form, refused.errors)
+            problems_shown(form, refused.errors)
         else:
             messages.success(request, f"Saved {topic.name}: the change is in the audit log.")
             return redirect("topic-detail", topic.name)
