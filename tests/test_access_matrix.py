@@ -89,6 +89,7 @@ class World:
     bulk: BulkAction
     waiting: PublishRequest
     grant: str
+    subscriber: int = 0  # the newest subscriber fresh_subscriber made
     _names: Iterator[int] = field(default_factory=itertools.count)
 
     def new_request(self) -> PublishRequest:
@@ -120,9 +121,10 @@ class World:
         assert isinstance(proposed, SchemaVersionRequest)
         return proposed
 
-    def subscriber_pk(self) -> int:
-        """A fresh subscriber's key, for a follow that is always a change."""
-        return Subscriber.objects.create(name=f"matrix-follow-{next(self._names)}").pk
+    def fresh_subscriber(self, path: str) -> str:
+        """``path``, once a fresh subscriber (``self.subscriber``) exists: a follow of it is always a change."""
+        self.subscriber = Subscriber.objects.create(name=f"matrix-follow-{next(self._names)}").pk
+        return path
 
     def on_the_bus(self, path: str) -> str:
         """``path``, once the world's events are published: these tests never commit, so the relay sends them."""
@@ -368,9 +370,9 @@ RULES: dict[str, tuple[Case, ...]] = {
     ),
     "subscriber-follow": (
         post(
-            "/subscribers/follows/",
+            lambda w, _: w.fresh_subscriber("/subscribers/follows/"),
             ADMINS,
-            lambda w: {"subscriber": w.subscriber_pk(), "topic": "irs.withholding", "apply_deadline": "90"},
+            lambda w: {"subscriber": w.subscriber, "topic": "irs.withholding", "apply_deadline": "90"},
         ),
     ),
     "subscriber-unfollow": (post("/subscribers/e-file/follows/tax-policy/stop/", ADMINS),),
