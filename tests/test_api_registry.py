@@ -576,3 +576,11 @@ def test_a_path_that_matches_no_route_is_404_in_the_error_shape_even_with_a_newl
     response = _post("/api/topics/tax-policy/types/a%0Ab/versions/1.5/state/", {}, client=_admin())
 
     assert "no API endpoint at" in _errors(response, 404)[0]["message"]
+
+
+def test_the_check_names_the_mode_it_ran_under_backward_on_a_sensitive_topic_set_to_none() -> None:
+    EventType.objects.filter(name="withholding_table.published").update(compatibility_mode="NONE")
+
+    body = _check({"schema": WITHHOLDING_BREAK}, base=WITHHOLDING).json()
+
+    assert (body["mode"], body["needs_declared_break"], body["needs_approval"]) == ("BACKWARD", True, True)

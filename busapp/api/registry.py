@@ -219,7 +219,7 @@ def draft_check_answer(check: DraftCheck) -> dict[str, Any]:
         "number": check.number,
         "valid": not check.invalid,
         "invalid": check.invalid,
-        "mode": kind.compatibility_mode,
+        "mode": check.mode,  # the mode it was checked under: BACKWARD at least on a sensitive topic
         "policy": kind.compatibility_policy,
         "compatible": check.saveable and not check.breaking,
         "needs_declared_break": check.saveable and check.breaking,
