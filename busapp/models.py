@@ -375,6 +375,9 @@ class SubscriberFollow(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(7 * 24 * 3600)],
         help_text="Seconds from publish to the subscriber's receipt before it counts as overdue.",
     )
+    since = models.DateTimeField(
+        default=timezone.now, help_text="When it began to follow: its deadlines count from here at the earliest."
+    )
 
     class Meta:
         ordering = ["subscriber__name", "topic__name"]
@@ -382,6 +385,79 @@ class SubscriberFollow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subscriber} follows {self.topic.name}"
+
+
+class ReceiptStatus(models.TextChoices):
+    """What a subscriber did with an event."""
+
+    APPLIED = "applied", "applied"
+    REJECTED = "rejected", "rejected"
+    IGNORED = "ignored", "ignored: not for this service"
+
+
+class ReceiptVia(models.TextChoices):
+    """How a receipt reached the bus."""
+
+    API = "api", "JSON API"
+    STREAM = "stream", "receipts stream"
+
+
+RECEIPT_DETAIL_MAX_BYTES = 4096
+
+
+class Receipt(models.Model):
+    """A subscriber's word on one event: applied, rejected (with why) or ignored; one per event and subscriber."""
+
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="receipts", db_index=False)
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.PROTECT, related_name="receipts")
+    status = models.CharField(max_length=16, choices=ReceiptStatus.choices)
+    detail = models.TextField(blank=True, help_text="The subscriber's words, at most 4 KiB (why it rejected).")
+    received_at = models.DateTimeField(help_text="When the bus received it (a stream entry's own time).")
+    via = models.CharField(max_length=16, choices=ReceiptVia.choices)
+
+    class Meta:
+        ordering = ["event_id", "subscriber_id"]
+        constraints = [models.UniqueConstraint(fields=["event", "subscriber"], name="one_receipt_per_subscriber")]
+
+    def __str__(self) -> str:
+        return f"{self.subscriber_id} {self.status} event #{self.event_id}"
+
+
+class DriftReason(models.TextChoices):
+    """Why a subscriber is behind on an event type."""
+
+    OVERDUE = "overdue", "no receipt by its deadline"
+    REJECTED = "rejected", "rejected the value in force"
+
+
+class Drift(models.Model):
+    """A stretch of time a subscriber was not on an event type's value in force: opened, then cleared.
+
+    The bus worker opens it when the deadline passes without an applied receipt (or on a
+    rejection) and clears it when the subscriber applies the value then in force; each
+    change has its audit entry (``subscriber.overdue``, ``subscriber.caught_up``).
+    """
+
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.PROTECT, related_name="drifts")
+    topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="+")
+    event_type = models.ForeignKey(EventType, on_delete=models.PROTECT, related_name="+")
+    event = models.ForeignKey(
+        Event, on_delete=models.PROTECT, related_name="+", help_text="The value in force it has not applied (newest)."
+    )
+    reason = models.CharField(max_length=16, choices=DriftReason.choices)
+    since = models.DateTimeField(help_text="When its deadline passed, or it rejected.")
+    cleared_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-since"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscriber", "event_type"], condition=models.Q(cleared_at__isnull=True), name="one_open_drift"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subscriber_id} behind on {self.event_type_id} since {self.since}"
 
 
 class VersionEventCount(models.Model):
@@ -756,6 +832,10 @@ class AuditAction(models.TextChoices):
     SUBSCRIBER_CREATE = "subscriber.create", "subscriber registered"
     SUBSCRIBER_FOLLOW = "subscriber.follow", "subscriber follows a topic"
     SUBSCRIBER_UNFOLLOW = "subscriber.unfollow", "subscriber stops following a topic"
+    SUBSCRIBER_OVERDUE = "subscriber.overdue", "subscriber behind on a value in force"
+    SUBSCRIBER_CAUGHT_UP = "subscriber.caught_up", "subscriber caught up"
+    RECEIPT_RECORD = "receipt.record", "subscriber's receipt recorded"
+    RECEIPT_RECORD_BATCH = "receipt.record_batch", "batch of subscribers' receipts recorded"
     SCHEMA_VERSION_STATE = "schema_version.state", "schema version's state changed"
     SCHEMA_VERSION_STATE_REFUSED = "schema_version.state.refused", "schema version state change refused"
     SCHEMA_VERSION_REQUEST = "schema_version.request", "breaking schema version proposed"
@@ -941,6 +1021,14 @@ class ServiceToken(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     last_used_at = models.DateTimeField(null=True, blank=True)
+    subscriber = models.ForeignKey(
+        Subscriber,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="tokens",
+        help_text="The subscriber whose receipts it posts (and no other's).",
+    )
 
     class Meta:
         ordering = ["name", "-created_at"]

@@ -36,7 +36,11 @@ STREAM_PREFIX = "stream:"
 # hears here (the first to hear a message, once); the workers read it through the consumer
 # group like a topic stream.
 INGEST_STREAM = "hms:tap:ingest"
-# The bus workers' consumer group on every topic stream and the ingest stream.
+# Subscribers' receipts, for rates the API is not for: ``XADD hms:receipts * receipt <json>`` with
+# ``{"event": <envelope id>, "subscriber": <name>, "status": ..., "detail": ...}``; workers record them.
+RECEIPTS_STREAM = "hms:receipts"
+RECEIPT_FIELD = "receipt"
+# The bus workers' consumer group on every topic stream, the ingest stream and the receipts stream.
 TAP_GROUP = "hms-bus-admin"
 RELAY_BATCH = 500
 MAX_BACKOFF_SECONDS = 60
@@ -500,6 +504,8 @@ def entries_from_reply(reply: Any) -> list[StreamEntry]:
             if stream == INGEST_STREAM:
                 channel = fields.get(b"channel", b"").decode(errors="replace")
                 body = fields.get(b"data", b"")
+            elif stream == RECEIPTS_STREAM:
+                channel, body = "", fields.get(RECEIPT_FIELD.encode(), b"")
             else:
                 channel = stream.removeprefix(STREAM_PREFIX)
                 body = fields.get(b"event", b"")

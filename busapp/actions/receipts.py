@@ -1,0 +1,266 @@
+"""Receipts: what each subscriber did with an event, recorded once per (event, subscriber), with its audit entries.
+
+Receipts arrive over the API (one, or a batch, with a token bound to the subscriber) or on
+the receipts stream, which the bus worker records in bulk. Either way they pass the same
+checks here: the event exists, the subscriber follows its topic and type, the status is
+one of three, the detail fits in 4 KiB. A second receipt that says the same is answered
+with the first (idempotent); one that says something else is refused: a receipt is final.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from busapp.audit import Actor, AuditRecord, audit_append
+from busapp.errors import BusInputError, FieldError
+from busapp.models import (
+    RECEIPT_DETAIL_MAX_BYTES,
+    AuditAction,
+    Event,
+    Receipt,
+    ReceiptStatus,
+    ReceiptVia,
+    Subscriber,
+    SubscriberFollow,
+)
+
+ENVELOPE_ID_MAX = 128  # as ``Event.envelope_id``
+# Two writers recording the same (event, subscriber) at once: the loser reads the winner's and tries again.
+RECORD_ATTEMPTS = 3
+
+
+class ReceiptRefusal(StrEnum):
+    """Why a receipt was not recorded; the API answers each with its own status."""
+
+    INVALID = "invalid"  # a field breaks its rule (400)
+    UNKNOWN_SUBSCRIBER = "unknown_subscriber"  # no such registered subscriber (404)
+    UNKNOWN_EVENT = "unknown_event"  # no such event in the history (404)
+    NOT_FOLLOWED = "not_followed"  # the subscriber does not follow the event's topic or type (403)
+    CONFLICT = "conflict"  # the subscriber's receipt for the event says something else already (409)
+
+
+class ReceiptRefusedError(BusInputError):
+    """Receipts the bus refuses: every problem at its field, and why (the first refusal's kind)."""
+
+    def __init__(self, errors: list[FieldError], refusal: ReceiptRefusal) -> None:
+        super().__init__(errors)
+        self.refusal = refusal
+
+
+@dataclass(frozen=True)
+class ReceiptIn:
+    """A receipt as it arrived, nothing checked yet: ``event``, ``status`` and ``detail`` are whatever was sent."""
+
+    subscriber: str
+    event: Any
+    status: Any
+    detail: Any
+    received_at: dt.datetime
+    via: ReceiptVia
+
+
+@dataclass
+class ReceiptOutcome:
+    """One receipt's fate: recorded now, recorded already (the same words), or refused and why."""
+
+    receipt: Receipt | None = None
+    created: bool = False
+    refusal: ReceiptRefusal | None = None
+    errors: list[FieldError] = field(default_factory=list)
+
+
+def receipts_record(receipts: Sequence[ReceiptIn], *, actor: Actor, whole: bool) -> list[ReceiptOutcome]:
+    """Check and record receipts in one transaction with their audit entries; one outcome per receipt, in order.
+
+    ``whole``: all or nothing (the API's batch): any refusal raises ``ReceiptRefusedError`` with
+    every problem at ``/<index>/<field>`` and nothing is written. Otherwise (the receipts stream)
+    the good ones are recorded and each refused one says why in its outcome.
+    """
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                return _record_once(receipts, actor=actor, whole=whole)
+        except IntegrityError:
+            if attempt == RECORD_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def receipt_record(receipt: ReceiptIn, *, actor: Actor) -> ReceiptOutcome:
+    """Check and record one receipt; a refusal raises ``ReceiptRefusedError`` with its problems at ``/<field>``."""
+    outcome = receipts_record([receipt], actor=actor, whole=False)[0]
+    if outcome.refusal is not None:
+        raise ReceiptRefusedError(outcome.errors, outcome.refusal)
+    return outcome
+
+
+def _record_once(receipts: Sequence[ReceiptIn], *, actor: Actor, whole: bool) -> list[ReceiptOutcome]:
+    """One attempt: read what the checks need in four queries, then insert what is new."""
+    known = _Known.read(receipts)
+    outcomes: list[ReceiptOutcome] = []
+    new: dict[tuple[int, int], Receipt] = {}
+    for receipt in receipts:
+        outcome = known.checked(receipt, new)
+        if outcome.receipt is not None and outcome.created:
+            new[(outcome.receipt.event_id, outcome.receipt.subscriber_id)] = outcome.receipt
+        outcomes.append(outcome)
+    refused = [(index, outcome) for index, outcome in enumerate(outcomes) if outcome.refusal is not None]
+    if whole and refused:
+        errors = [
+            _at(f"/{index}{error['path']}", error["message"]) for index, outcome in refused for error in outcome.errors
+        ]
+        raise ReceiptRefusedError(errors, refused[0][1].refusal or ReceiptRefusal.INVALID)
+    if new:
+        audit_append(actor=actor, records=_audit_records(list(new.values())), rows=list(new.values()))
+    return outcomes
+
+
+@dataclass
+class _Known:
+    """What the database holds for a batch of receipts: their events, subscribers, follows and earlier receipts."""
+
+    events: dict[str, Event]
+    subscribers: dict[str, Subscriber]
+    follows: dict[tuple[int, int], SubscriberFollow]  # by (subscriber id, topic id)
+    followed_types: dict[int, set[int]]  # follow id -> event type ids (empty: every type)
+    earlier: dict[tuple[int, int], Receipt]  # by (event id, subscriber id)
+
+    @classmethod
+    def read(cls, receipts: Sequence[ReceiptIn]) -> _Known:
+        """Read them in a handful of queries, however many receipts there are."""
+        ids = {receipt.event for receipt in receipts if isinstance(receipt.event, str) and receipt.event}
+        names = {receipt.subscriber for receipt in receipts}
+        rows = Event.objects.filter(envelope_id__in=ids).select_related("topic", "event_type").only(*_EVENT_FIELDS)
+        events = {event.envelope_id: event for event in rows}
+        subscribers = {subscriber.name: subscriber for subscriber in Subscriber.objects.filter(name__in=names)}
+        follows = {
+            (follow.subscriber_id, follow.topic_id): follow
+            for follow in SubscriberFollow.objects.filter(subscriber__in=subscribers.values())
+        }
+        followed_types: dict[int, set[int]] = defaultdict(set)
+        for follow_id, type_id in SubscriberFollow.event_types.through.objects.filter(
+            subscriberfollow__in=follows.values()
+        ).values_list("subscriberfollow_id", "eventtype_id"):
+            followed_types[follow_id].add(type_id)
+        earlier = {
+            (receipt.event_id, receipt.subscriber_id): receipt
+            for receipt in Receipt.objects.filter(
+                event__in=[event.pk for event in events.values()], subscriber__in=subscribers.values()
+            )
+        }
+        return cls(events, subscribers, follows, followed_types, earlier)
+
+    def checked(self, receipt: ReceiptIn, new: dict[tuple[int, int], Receipt]) -> ReceiptOutcome:
+        """The receipt's outcome: a new row to insert, the earlier one it repeats, or why it is refused."""
+        problems = _field_problems(receipt)
+        if problems:
+            return ReceiptOutcome(refusal=ReceiptRefusal.INVALID, errors=problems)
+        subscriber = self.subscribers.get(receipt.subscriber)
+        if subscriber is None:
+            message = f"no subscriber is registered as {receipt.subscriber!r}"
+            return ReceiptOutcome(refusal=ReceiptRefusal.UNKNOWN_SUBSCRIBER, errors=[_at("/subscriber", message)])
+        event = self.events.get(receipt.event)
+        if event is None:
+            message = f"no event {receipt.event!r} in the history"
+            return ReceiptOutcome(refusal=ReceiptRefusal.UNKNOWN_EVENT, errors=[_at("/event", message)])
+        follow = self.follows.get((subscriber.pk, event.topic_id))
+        types = self.followed_types.get(follow.pk, set()) if follow else set()
+        if follow is None or (types and event.event_type_id not in types):
+            what = f"topic {event.topic.name}" if follow is None else f"type {event.event_type.name}"
+            message = f"{subscriber.name} does not follow {what}: its receipts are not expected there"
+            return ReceiptOutcome(refusal=ReceiptRefusal.NOT_FOLLOWED, errors=[_at("/event", message)])
+        key = (event.pk, subscriber.pk)
+        earlier = self.earlier.get(key) or new.get(key)
+        if earlier is not None:
+            return _repeated(earlier, receipt)
+        row = Receipt(
+            event=event,
+            subscriber=subscriber,
+            status=receipt.status,
+            detail=receipt.detail or "",
+            received_at=receipt.received_at,
+            via=receipt.via,
+        )
+        return ReceiptOutcome(receipt=row, created=True)
+
+
+# An event's envelope and payload (up to 64 KiB each) are not needed to check a receipt.
+_EVENT_FIELDS = ("envelope_id", "topic__name", "event_type__name", "published_at", "timestamp")
+
+
+def _at(path: str, message: str) -> FieldError:
+    """One problem at a field."""
+    return {"path": path, "message": message}
+
+
+def _field_problems(receipt: ReceiptIn) -> list[FieldError]:
+    """Each field against its rule: an envelope id, one of three statuses, a detail of at most 4 KiB of text."""
+    problems = []
+    if not isinstance(receipt.event, str) or not receipt.event:
+        problems.append(_at("/event", "is required: the envelope id of the event, as a string"))
+    elif len(receipt.event) > ENVELOPE_ID_MAX:
+        problems.append(_at("/event", f"is longer than {ENVELOPE_ID_MAX} characters: no envelope id is"))
+    if receipt.status not in ReceiptStatus.values:
+        statuses = ", ".join(repr(value) for value in ReceiptStatus.values)
+        problems.append(_at("/status", f"{str(receipt.status)[:40]!r} is not one of {statuses}"))
+    if receipt.detail is not None and not isinstance(receipt.detail, str):
+        problems.append(_at("/detail", "must be text"))
+    elif receipt.detail:
+        problems.extend(_detail_problems(receipt.detail))
+    return problems
+
+
+def _detail_problems(detail: str) -> list[FieldError]:
+    """A detail must be storable text of at most 4 KiB."""
+    if "\x00" in detail:
+        return [_at("/detail", "must not contain NUL characters")]
+    try:
+        size = len(detail.encode())
+    except UnicodeEncodeError:
+        return [_at("/detail", "holds a lone surrogate: it is not text")]
+    if size > RECEIPT_DETAIL_MAX_BYTES:
+        return [_at("/detail", f"is {size} bytes: at most {RECEIPT_DETAIL_MAX_BYTES} (4 KiB) are kept")]
+    return []
+
+
+def _repeated(earlier: Receipt, receipt: ReceiptIn) -> ReceiptOutcome:
+    """The same receipt again is answered with the first; a different one is refused, since a receipt is final."""
+    if earlier.status == receipt.status and earlier.detail == (receipt.detail or ""):
+        return ReceiptOutcome(receipt=earlier)
+    message = (
+        f"{earlier.subscriber.name} already said {earlier.status!r} for this event: a receipt is final, "
+        "and a different second one is refused"
+    )
+    return ReceiptOutcome(refusal=ReceiptRefusal.CONFLICT, errors=[_at("/status", message)])
+
+
+def _audit_records(receipts: list[Receipt]) -> list[AuditRecord]:
+    """One entry per subscriber: a lone receipt names its event; several are listed by status."""
+    by_subscriber: dict[str, list[Receipt]] = defaultdict(list)
+    for receipt in receipts:
+        by_subscriber[receipt.subscriber.name].append(receipt)
+    records = []
+    for name, group in by_subscriber.items():
+        if len(group) == 1:
+            receipt = group[0]
+            details: dict[str, Any] = {"subscriber": name, "status": receipt.status, "via": receipt.via}
+            if receipt.detail:
+                details["detail"] = receipt.detail
+            records.append(AuditRecord(AuditAction.RECEIPT_RECORD, f"event:{receipt.event.envelope_id}", details))
+            continue
+        by_status: dict[str, list[str]] = defaultdict(list)
+        for receipt in group:
+            by_status[receipt.status].append(receipt.event.envelope_id)
+        rejected = {r.event.envelope_id: r.detail for r in group if r.status == ReceiptStatus.REJECTED and r.detail}
+        details = {"count": len(group), "via": group[0].via, "events": dict(by_status)}
+        if rejected:
+            details["rejected_details"] = rejected
+        records.append(AuditRecord(AuditAction.RECEIPT_RECORD_BATCH, f"subscriber:{name}", details))
+    return records
