@@ -21,7 +21,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from busapp.models import DeadLetter, Event, EventStatus, Source
+from busapp.models import DeadLetter, Event, EventStatus, Receipt, Source
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ def dlq_group(topic: str) -> str:
     return f"dlq.{topic}"
 
 
+def subscribers_group(topic: str) -> str:
+    """The Channels group that pages following a topic's subscribers join: receipts and drift, as they happen."""
+    return f"subscribers.{topic}"
+
+
 def bulk_group(action_id: int) -> str:
     """The Channels group the progress page of one bulk action joins."""
     return f"bulk.{action_id}"
@@ -62,7 +67,10 @@ def live_message(kind: str, topic: str, items: list[dict[str, Any]]) -> dict[str
 def group_message(group: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     """The message that carries items to a group of either feed (``topic.<name>`` or ``dlq.<name>``)."""
     feed, topic = group.split(".", 1)
-    return live_message("bus.events" if feed == "topic" else "bus.dead_letters", topic, items)
+    return live_message(_FEED_MESSAGES[feed], topic, items)
+
+
+_FEED_MESSAGES = {"topic": "bus.events", "dlq": "bus.dead_letters", "subscribers": "bus.subscribers"}
 
 
 def live_item(event: Event, *, read_from_bus: bool = False) -> dict[str, Any]:
@@ -138,6 +146,27 @@ def _item(
     else:
         item["payload_omitted_bytes"] = envelope_size
     return item
+
+
+# A rejected receipt's detail, cut to this many characters on live pages (the event's record has it whole).
+RECEIPT_DETAIL_SHOWN = 300
+
+
+def receipt_item(receipt: Receipt) -> dict[str, Any]:
+    """A receipt as the live pages show it: who said what about which event, and how long after its publish."""
+    event = receipt.event
+    latency = (receipt.received_at - event.published_at).total_seconds() if event.published_at else None
+    return {
+        "kind": "receipt",
+        "event": event.envelope_id,
+        "topic": event.topic.name,
+        "type": event.event_type.name,
+        "subscriber": receipt.subscriber.name,
+        "status": receipt.status,
+        "detail": receipt.detail[:RECEIPT_DETAIL_SHOWN],
+        "received_at": receipt.received_at.timestamp(),
+        "latency": latency,
+    }
 
 
 def letter_items(letter: DeadLetter) -> dict[str, dict[str, Any]]:

@@ -360,6 +360,27 @@ def subscribers_count(channel: str) -> int | None:
     return int(count)
 
 
+# Receipts the workers refused off the stream, counted by reason (the API answers its own refusals).
+RECEIPTS_REFUSED_KEY = "hms:receipts:refused"
+
+
+async def receipts_refused_count(client: aioredis.Redis, counts: dict[str, int]) -> None:
+    """Add refused stream receipts to their reasons' counts, for /metrics."""
+    async with client.pipeline(transaction=False) as pipe:
+        for reason, count in counts.items():
+            pipe.hincrby(RECEIPTS_REFUSED_KEY, reason, count)
+        await pipe.execute()
+
+
+def receipts_refused_counts() -> dict[str, int]:
+    """Refused stream receipts so far, by reason (empty when Redis does not answer)."""
+    try:
+        raw = bus_redis().hgetall(RECEIPTS_REFUSED_KEY)
+    except redis.RedisError:
+        return {}
+    return {_text(reason): int(count) for reason, count in raw.items()}
+
+
 @dataclass(frozen=True)
 class GroupReading:
     """One consumer group on a stream, as ``XINFO GROUPS`` and ``CONSUMERS`` say, and its oldest undelivered entry."""

@@ -10,6 +10,7 @@ with the first (idempotent); one that says something else is refused: a receipt 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from busapp.models import (
     Subscriber,
     SubscriberFollow,
 )
+from busapp.publishing import StreamEntry
 
 ENVELOPE_ID_MAX = 128  # as ``Event.envelope_id``
 # Two writers recording the same (event, subscriber) at once: the loser reads the winner's and tries again.
@@ -264,3 +266,73 @@ def _audit_records(receipts: list[Receipt]) -> list[AuditRecord]:
             details["rejected_details"] = rejected
         records.append(AuditRecord(AuditAction.RECEIPT_RECORD_BATCH, f"subscriber:{name}", details))
     return records
+
+
+# The receipts stream: a JSON object per entry, recorded by the bus workers in bulk.
+
+STREAM_ACTOR = "system:receipts-stream"
+# An entry bigger than this is no receipt (4 KiB of detail and an id): refused unread.
+STREAM_ENTRY_MAX_BYTES = 16 * 1024
+
+
+@dataclass
+class StreamReceipts:
+    """What one batch of the receipts stream came to: recorded, waiting for their event, refused by reason."""
+
+    recorded: list[Receipt] = field(default_factory=list)
+    waiting: list[StreamEntry] = field(default_factory=list)
+    refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    first_problem: str = ""
+
+
+def receipts_stream_record(entries: Sequence[StreamEntry], *, wait_until: dt.datetime) -> StreamReceipts:
+    """Record the receipts of a batch of stream entries; never raises for what an entry holds.
+
+    A receipt can come before its event is in history (the tap records an external publisher's
+    event a moment after the subscriber read it): one for an unknown event that was put on the
+    stream after ``wait_until`` waits, unacknowledged, for the next batch; an older one is refused.
+    """
+    result = StreamReceipts()
+    decoded: list[tuple[StreamEntry, ReceiptIn]] = []
+    for entry in entries:
+        receipt = _stream_receipt(entry)
+        if isinstance(receipt, ReceiptIn):
+            decoded.append((entry, receipt))
+        else:
+            _refused(result, ReceiptRefusal.INVALID, entry, receipt)
+    outcomes = receipts_record([receipt for _, receipt in decoded], actor=STREAM_ACTOR, whole=False)
+    for (entry, receipt), outcome in zip(decoded, outcomes, strict=True):
+        if outcome.refusal is None:
+            if outcome.created and outcome.receipt is not None:
+                result.recorded.append(outcome.receipt)
+        elif outcome.refusal == ReceiptRefusal.UNKNOWN_EVENT and receipt.received_at > wait_until:
+            result.waiting.append(entry)
+        else:
+            _refused(result, outcome.refusal, entry, outcome.errors[0])
+    return result
+
+
+def _stream_receipt(entry: StreamEntry) -> ReceiptIn | FieldError:
+    """The receipt an entry holds, or the problem with it."""
+    if len(entry.body) > STREAM_ENTRY_MAX_BYTES:
+        return _at("", f"is {len(entry.body)} bytes: no receipt is over {STREAM_ENTRY_MAX_BYTES}")
+    try:
+        body = json.loads(entry.body)
+    except (ValueError, RecursionError):
+        return _at("", "is not JSON: a receipt is a JSON object")
+    if not isinstance(body, dict):
+        return _at("", "is not a JSON object")
+    subscriber = body.get("subscriber")
+    if not isinstance(subscriber, str) or not subscriber:
+        return _at("/subscriber", "is required: the subscriber's registered name")
+    received_at = dt.datetime.fromtimestamp(int(entry.entry_id.split("-")[0]) / 1000, tz=dt.UTC)
+    return ReceiptIn(
+        subscriber[:64], body.get("event"), body.get("status"), body.get("detail"), received_at, ReceiptVia.STREAM
+    )
+
+
+def _refused(result: StreamReceipts, refusal: ReceiptRefusal, entry: StreamEntry, problem: FieldError) -> None:
+    """Count a refused entry; the first problem of a batch is kept for the log."""
+    result.refused[refusal.value] += 1
+    if not result.first_problem:
+        result.first_problem = f"{entry.origin}{problem['path']}: {problem['message']}"

@@ -2,9 +2,10 @@
 
 One asyncio loop; every database step runs in Django's sync thread (``steps.in_db``). Its parts:
 ``tap`` reads the topic streams and the ingest stream through the workers' consumer group and
-has ``busapp.actions.tap`` write what it read into history; ``listener`` copies what seed-style publishers
-``PUBLISH`` into the ingest stream; ``fanout`` feeds live pages; ``jobs`` is the table of
-periodic jobs (relay, scheduler, tidying, the audit check, bulk actions, the SQLite checkpoint).
+has ``busapp.actions.tap`` write what it read into history; ``receipts`` records what subscribers
+put on the receipts stream; ``listener`` copies what seed-style publishers ``PUBLISH`` into the
+ingest stream; ``fanout`` feeds live pages; ``jobs`` is the table of periodic jobs (relay,
+scheduler, tidying, the audit check, bulk actions, drift, the SQLite checkpoint).
 Several workers may run: they share the streams through the group and the leased jobs by lease.
 """
 
@@ -39,6 +40,7 @@ from busapp.redis_connections import bus_async_client_new
 from busapp.worker.fanout import FanOut
 from busapp.worker.jobs import OUTAGES, Job, jobs_table
 from busapp.worker.listener import Listener
+from busapp.worker.receipts import ReceiptsReader
 from busapp.worker.steps import LoopStates, pause
 from busapp.worker.tap import Tap
 
@@ -72,6 +74,14 @@ class BusWorker:
             loops=self.loops,
         )
         self.listener = Listener(redis=self.redis, tap=self.tap, stopping=self.stopping, loops=self.loops)
+        self.receipts = ReceiptsReader(
+            redis=self.redis,
+            name=self.name,
+            claim_idle_ms=self.tap.claim_idle_ms,
+            fanout=self.fanout,
+            stopping=self.stopping,
+            loops=self.loops,
+        )
         self.started_at = time.time()
 
     def stop(self) -> None:
@@ -83,6 +93,7 @@ class BusWorker:
         loops: dict[str, Callable[[], Awaitable[None]]] = {
             "tap": self.tap.run,
             "listener": self.listener.run,
+            "receipts": self.receipts.run,
             "heartbeat": self._heartbeat_loop,
         }
         for job in jobs_table(layer=self.fanout.layer):
