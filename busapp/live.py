@@ -21,7 +21,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from busapp.models import DeadLetter, Event, EventStatus, Receipt, Source
+from busapp.models import DeadLetter, Drift, Event, EventStatus, Receipt, Source
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,20 @@ def receipt_item(receipt: Receipt) -> dict[str, Any]:
         "detail": receipt.detail[:RECEIPT_DETAIL_SHOWN],
         "received_at": receipt.received_at.timestamp(),
         "latency": latency,
+    }
+
+
+def drift_item(drift: Drift) -> dict[str, Any]:
+    """A drift opened or cleared, as the live pages show it: who, on which type's value in force, since when."""
+    return {
+        "kind": "drift",
+        "subscriber": drift.subscriber.name,
+        "topic": drift.topic.name,
+        "type": drift.event_type.name,
+        "state": "cleared" if drift.cleared_at else "open",
+        "reason": drift.reason,
+        "since": drift.since.timestamp(),
+        "event": drift.event.envelope_id,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -15,10 +16,11 @@ from redis.exceptions import RedisError
 
 from busapp.actions.access import grants_expire
 from busapp.actions.dead_letters import BULK_TICK_SECONDS, bulk_action_step, bulk_actions_running
+from busapp.actions.drift import drift_advance
 from busapp.actions.publishing import idempotency_keys_purge
 from busapp.actions.requests import publish_requests_due
 from busapp.audit import ChainReport, audit_verify
-from busapp.live import bulk_group
+from busapp.live import bulk_group, drift_item, group_message, subscribers_group
 from busapp.models import BulkAction
 from busapp.publishing import relay_pending
 from busapp.store import store
@@ -38,6 +40,9 @@ TIDY_LEASE_SECONDS = 60
 AUDIT_CHECK_EVERY_SECONDS = 60.0
 AUDIT_FULL_CHECK_EVERY_SECONDS = 3600.0
 AUDIT_CHECK_LEASE_SECONDS = 3600
+# Drift is looked for every second (a drift shows on open pages within 2 s of its deadline).
+DRIFT_EVERY_SECONDS = 1.0
+DRIFT_LEASE_SECONDS = 30
 # SQLite: the WAL is copied into the database this often (settings.py: publishers then never do).
 CHECKPOINT_EVERY_SECONDS = 1.0
 
@@ -103,6 +108,15 @@ def jobs_table(*, layer: Any) -> list[Job]:
             lease_seconds=COUNT_LEASE_SECONDS,
         ),
     ]
+    table.append(
+        Job(
+            "drift",
+            DriftChecks(layer).step,
+            DRIFT_EVERY_SECONDS,
+            did="opened or cleared %d drift(s)",
+            lease_seconds=DRIFT_LEASE_SECONDS,
+        )
+    )
     if store().tidies:
         table.append(Job("checkpoint", _checkpoint_step, CHECKPOINT_EVERY_SECONDS))
     return table
@@ -149,6 +163,27 @@ def _audit_check(resume: bool) -> ChainReport:
         return audit_verify(resume=resume, checked_by="system:bus-worker")
     finally:
         connections.close_all()
+
+
+class DriftChecks:
+    """Subscribers' drift: opened past a deadline, cleared on a receipt, each change told to its topic's pages."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+
+    async def step(self) -> int:
+        """One check; how many drifts it opened or cleared."""
+        changes = await in_db(drift_advance)
+        if changes and self.layer is not None:
+            groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for drift in [*changes.opened, *(drift for drift, _ in changes.cleared)]:
+                groups[subscribers_group(drift.topic.name)].append(drift_item(drift))
+            for group, items in groups.items():
+                try:
+                    await self.layer.group_send(group, group_message(group, items))
+                except Exception:  # the pages are a view: the topic page and the audit log have every drift
+                    logger.exception("drift: %d change(s) not shown live on %s", len(items), group)
+        return len(changes)
 
 
 class BulkTicks:
