@@ -10,6 +10,7 @@ partial index.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import redis
@@ -20,8 +21,26 @@ from prometheus_client.registry import Collector
 
 from busapp.delivery import deliveries
 from busapp.health import workers_read
-from busapp.models import BulkAction, BulkActionStatus, DeadLetter, DeadLetterStatus, Event, EventStatus, Topic
-from busapp.publishing import TAP_GROUP, bus_redis, stream_key
+from busapp.models import (
+    BulkAction,
+    BulkActionStatus,
+    DeadLetter,
+    DeadLetterStatus,
+    Drift,
+    Event,
+    EventStatus,
+    ReceiptStatus,
+    SubscriberFollow,
+    Topic,
+)
+from busapp.publishing import (
+    RECEIPTS_RECORDED_KEY,
+    RECEIPTS_REFUSED_KEY,
+    TAP_GROUP,
+    bus_redis,
+    receipts_counts,
+    stream_key,
+)
 
 registry = CollectorRegistry()  # not auto_describe: that would query the database at import
 websocket_clients = Gauge(
@@ -102,6 +121,35 @@ def _subscriber_families() -> Iterator[Metric]:
                 seconds.add_metric([name, delivery.topic.name], state.lag_seconds)
     yield entries
     yield seconds
+    yield from _receipt_families()
+
+
+def _receipt_families() -> Iterator[Metric]:
+    """Receipts recorded by status and refused by reason, and which subscribers are behind on a value in force."""
+    recorded = CounterMetricFamily(
+        "hms_event_receipts", "Subscribers' receipts recorded, by status (API and stream)", labels=["status"]
+    )
+    counts = receipts_counts(RECEIPTS_RECORDED_KEY)
+    for status in ReceiptStatus.values:
+        recorded.add_metric([status], counts.get(status, 0))
+    yield recorded
+    refused = CounterMetricFamily(
+        "hms_event_receipts_refused",
+        "Receipts the workers refused off the receipts stream, by reason",
+        labels=["reason"],
+    )
+    for reason, count in sorted(receipts_counts(RECEIPTS_REFUSED_KEY).items()):
+        refused.add_metric([reason], count)
+    yield refused
+    overdue = GaugeMetricFamily(
+        "hms_subscriber_overdue",
+        "Event types whose value in force the subscriber has not applied past its deadline, or rejected",
+        labels=["subscriber", "topic"],
+    )
+    behind = Counter(Drift.objects.filter(cleared_at__isnull=True).values_list("subscriber__name", "topic__name"))
+    for follow in SubscriberFollow.objects.values_list("subscriber__name", "topic__name"):
+        overdue.add_metric(list(follow), behind.get(follow, 0))
+    yield overdue
 
 
 def _worker_families() -> Iterator[Metric]:

@@ -362,6 +362,19 @@ def subscribers_count(channel: str) -> int | None:
 
 # Receipts the workers refused off the stream, counted by reason (the API answers its own refusals).
 RECEIPTS_REFUSED_KEY = "hms:receipts:refused"
+# Receipts recorded, by status, however they came: /metrics' counter (reset with an empty Redis, as counters may).
+RECEIPTS_RECORDED_KEY = "hms:receipts:recorded"
+
+
+def receipts_recorded_count(counts: dict[str, int]) -> None:
+    """Add recorded receipts to their statuses' counts (best effort: the receipts table has them all)."""
+    try:
+        with bus_redis().pipeline(transaction=False) as pipe:
+            for status, count in counts.items():
+                pipe.hincrby(RECEIPTS_RECORDED_KEY, status, count)
+            pipe.execute()
+    except redis.RedisError as error:
+        logger.warning("receipts recorded but not counted for /metrics: %s", error)
 
 
 async def receipts_refused_count(client: aioredis.Redis, counts: dict[str, int]) -> None:
@@ -372,13 +385,13 @@ async def receipts_refused_count(client: aioredis.Redis, counts: dict[str, int])
         await pipe.execute()
 
 
-def receipts_refused_counts() -> dict[str, int]:
-    """Refused stream receipts so far, by reason (empty when Redis does not answer)."""
+def receipts_counts(key: str) -> dict[str, int]:
+    """Recorded (``RECEIPTS_RECORDED_KEY``) or refused receipts so far, by status or reason; empty if Redis is down."""
     try:
-        raw = bus_redis().hgetall(RECEIPTS_REFUSED_KEY)
+        raw = bus_redis().hgetall(key)
     except redis.RedisError:
         return {}
-    return {_text(reason): int(count) for reason, count in raw.items()}
+    return {_text(name): int(count) for name, count in raw.items()}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from busapp.actions.drift import drift_advance
 from busapp.actions.receipts import ReceiptIn, receipt_record
 from busapp.actions.subscribers import subscriber_create, subscriber_follow, subscriber_unfollow
 from busapp.models import AuditAction, AuditEntry, Drift, Event, ReceiptVia, Subscriber, Topic
-from tests.support import publish_deduction
+from tests.support import publish_deduction, signed_in
 
 pytestmark = pytest.mark.usefixtures("demo")
 
@@ -139,3 +139,24 @@ def test_a_subscriber_that_stops_following_stops_drifting(time_machine: Any, pub
     assert ("mobile-tax-app", "overdue") not in _open()
     entry = AuditEntry.objects.filter(action=AuditAction.SUBSCRIBER_CAUGHT_UP).get()
     assert entry.details["why"] == "no longer follows it"
+
+
+def test_metrics_count_receipts_by_status_and_the_event_types_each_subscriber_is_behind_on(
+    time_machine: Any, publish: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    event = publish(15000)
+    said = [("e-file", "applied"), ("withholding-calculator", "rejected"), ("analytics-dashboard", "ignored")]
+    with django_capture_on_commit_callbacks(execute=True):
+        for name, status in said:
+            _receipt(event, name, status, "over our cap" if status == "rejected" else "")
+    time_machine.move_to(event.published_at + dt.timedelta(seconds=61))
+    drift_advance()
+
+    text = signed_in("admin").get("/metrics").content.decode()
+
+    assert 'hms_subscriber_overdue{subscriber="mobile-tax-app",topic="tax-policy"} 1.0' in text
+    assert 'hms_subscriber_overdue{subscriber="withholding-calculator",topic="tax-policy"} 1.0' in text
+    assert 'hms_subscriber_overdue{subscriber="e-file",topic="tax-policy"} 0.0' in text
+    assert 'hms_subscriber_overdue{subscriber="analytics-dashboard",topic="tax-policy"} 0.0' in text
+    for status in ("applied", "rejected", "ignored"):
+        assert f'hms_event_receipts_total{{status="{status}"}} 1.0' in text

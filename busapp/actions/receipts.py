@@ -31,7 +31,7 @@ from busapp.models import (
     Subscriber,
     SubscriberFollow,
 )
-from busapp.publishing import StreamEntry
+from busapp.publishing import StreamEntry, receipts_recorded_count
 
 ENVELOPE_ID_MAX = 128  # as ``Event.envelope_id``
 # Two writers recording the same (event, subscriber) at once: the loser reads the winner's and tries again.
@@ -121,6 +121,10 @@ def _record_once(receipts: Sequence[ReceiptIn], *, actor: Actor, whole: bool) ->
         raise ReceiptRefusedError(errors, refused[0][1].refusal or ReceiptRefusal.INVALID)
     if new:
         audit_append(actor=actor, records=_audit_records(list(new.values())), rows=list(new.values()))
+        counts: dict[str, int] = defaultdict(int)
+        for row in new.values():
+            counts[row.status] += 1
+        transaction.on_commit(lambda: receipts_recorded_count(counts))
     return outcomes
 
 
