@@ -10,85 +10,26 @@ value then in force, the row is cleared with a ``subscriber.caught_up`` entry.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
+from busapp.applied import Expected, expectations, last_applied
 from busapp.audit import AuditRecord, audit_append
 from busapp.models import (
     AuditAction,
     Drift,
     DriftReason,
-    Event,
-    EventType,
     Receipt,
     ReceiptStatus,
     SubscriberFollow,
 )
-from busapp.selectors import event_in_force
 
 DRIFT_ACTOR = "system:drift-check"
 # Statuses that put a subscriber on the value in force: it applied it, or said it is not for it.
 SETTLED = (ReceiptStatus.APPLIED, ReceiptStatus.IGNORED)
-
-
-@dataclass(frozen=True)
-class Expected:
-    """What one subscriber owes one event type now: the value in force, its deadline, and what it said."""
-
-    follow: SubscriberFollow
-    event_type: EventType
-    event: Event  # the value in force
-    due_at: dt.datetime
-    receipt: Receipt | None
-
-    def drifting(self, now: dt.datetime) -> tuple[DriftReason, dt.datetime] | None:
-        """Why and since when it is behind at ``now``, or None when it is on the value in force (or still in time)."""
-        if self.receipt is not None:
-            if self.receipt.status == ReceiptStatus.REJECTED:
-                return DriftReason.REJECTED, self.receipt.received_at
-            return None
-        if now >= self.due_at:
-            return DriftReason.OVERDUE, self.due_at
-        return None
-
-
-def expectations(follows: Iterable[SubscriberFollow]) -> list[Expected]:
-    """For each follow and each type it follows that has a value in force: what the subscriber owes."""
-    follows = list(follows)
-    types_of_topic: dict[int, list[EventType]] = defaultdict(list)
-    for kind in EventType.objects.filter(topic__in={follow.topic_id for follow in follows}).order_by("name"):
-        types_of_topic[kind.topic_id].append(kind)
-    in_force: dict[int, Event | None] = {}
-    pairs: list[tuple[SubscriberFollow, EventType, Event]] = []
-    for follow in follows:
-        chosen = list(follow.event_types.all()) or types_of_topic[follow.topic_id]
-        for kind in chosen:
-            if kind.pk not in in_force:
-                in_force[kind.pk] = event_in_force(topic=follow.topic, event_type=kind)
-            event = in_force[kind.pk]
-            if event is not None:
-                pairs.append((follow, kind, event))
-    receipts = {
-        (receipt.event_id, receipt.subscriber_id): receipt
-        for receipt in Receipt.objects.filter(
-            event__in={event.pk for _, _, event in pairs}, subscriber__in={follow.subscriber_id for follow in follows}
-        )
-    }
-    return [
-        Expected(
-            follow,
-            kind,
-            event,
-            max(event.published_at or event.created_at, follow.since) + dt.timedelta(seconds=follow.apply_deadline),
-            receipts.get((event.pk, follow.subscriber_id)),
-        )
-        for follow, kind, event in pairs
-    ]
 
 
 @dataclass
@@ -126,7 +67,7 @@ def drift_advance(*, now: dt.datetime | None = None) -> DriftChanges:
                 topic=owed.follow.topic,
                 event_type=owed.event_type,
                 event=owed.event,
-                reason=reason,
+                reason=DriftReason(reason),
                 since=since,
             )
             changes.opened.append(drift)
@@ -148,19 +89,6 @@ def drift_advance(*, now: dt.datetime | None = None) -> DriftChanges:
     return changes
 
 
-def _last_applied(owed: Expected) -> Event | None:
-    """The newest event of the type the subscriber applied: the value it is still on."""
-    return (
-        Event.objects.filter(
-            event_type=owed.event_type,
-            receipts__subscriber=owed.follow.subscriber,
-            receipts__status=ReceiptStatus.APPLIED,
-        )
-        .order_by("-timestamp", "-id")
-        .first()
-    )
-
-
 def _overdue_record(drift: Drift, owed: Expected) -> AuditRecord:
     """The entry that says a subscriber is behind on a value in force, and on which value it still is."""
     details: dict[str, Any] = {
@@ -171,7 +99,7 @@ def _overdue_record(drift: Drift, owed: Expected) -> AuditRecord:
         "since": drift.since.isoformat(),
         "apply_deadline": owed.follow.apply_deadline,
     }
-    still_on = _last_applied(owed)
+    still_on = last_applied(owed.follow.subscriber, owed.event_type)
     if still_on is not None:
         details["still_on"] = still_on.envelope_id
     if owed.receipt is not None and owed.receipt.detail:
