@@ -181,14 +181,22 @@ def next_due_in(rows: Iterable[ServiceOnEvent], now: dt.datetime) -> float | Non
 
 
 @dataclass(frozen=True)
+class Behind:
+    """A service not on the value in force: the value it is still on, and the fields where the two differ."""
+
+    service: ServiceOnEvent
+    still_on: Event | None
+    changes: list[tuple[str, str | None, str | None]]  # (field path, its value there, its value in force)
+
+
+@dataclass(frozen=True)
 class ValueInForce:
     """An event type's value in force on a topic, and every following subscriber on it."""
 
     event_type: EventType
     event: Event | None
     services: list[ServiceOnEvent]
-    # Per drifting service: the fields where the value it is still on differs from the one in force.
-    still_on: dict[str, tuple[Event | None, list[tuple[str, str | None, str | None]]]]
+    behind: list[Behind]
 
 
 def topic_values_in_force(topic: Topic, *, now: dt.datetime | None = None) -> list[ValueInForce]:
@@ -198,24 +206,22 @@ def topic_values_in_force(topic: Topic, *, now: dt.datetime | None = None) -> li
     for kind in EventType.objects.filter(topic=topic).order_by("name"):
         event = event_in_force(topic=topic, event_type=kind)
         services = event_services(event, now=now) if event is not None else []
-        still_on = {
-            service.name: _still_on(service, event)
+        behind = [
+            _behind(service, event)
             for service in services
             if event is not None and service.state in (OVERDUE, ReceiptStatus.REJECTED)
-        }
-        values.append(ValueInForce(kind, event, services, still_on))
+        ]
+        values.append(ValueInForce(kind, event, services, behind))
     return values
 
 
-def _still_on(
-    service: ServiceOnEvent, in_force: Event
-) -> tuple[Event | None, list[tuple[str, str | None, str | None]]]:
+def _behind(service: ServiceOnEvent, in_force: Event) -> Behind:
     """The newest value of the type the service applied, and the fields where it differs from the one in force."""
     applied = last_applied(service.expected.follow.subscriber, in_force.event_type)
     if applied is None:
-        return None, []
-    changed = [(row.path, row.before, row.after) for row in payload_diff(applied.payload, in_force.payload)]
-    return applied, [row for row in changed if row[1] != row[2]]
+        return Behind(service, None, [])
+    rows = payload_diff(applied.payload, in_force.payload)
+    return Behind(service, applied, [(row.path, row.before, row.after) for row in rows if row.before != row.after])
 
 
 def last_applied(subscriber: Subscriber, event_type: EventType) -> Event | None:

@@ -49,3 +49,22 @@ def checker_word(checked_by: str) -> str:
 def grant_key_filter(grant: Any) -> str:
     """The form key of a grant (``u12``, ``g3``), as the revoke pages take it."""
     return grant_key(grant)
+
+
+@register.filter
+def duration(seconds: float | None) -> str:
+    """Seconds as people say them: '0.8 s', '45 s', '4 min', '2 h 5 min', '3 d 2 h'."""
+    if seconds is None:
+        return ""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
