@@ -4,7 +4,8 @@ One asyncio loop; every database step runs in Django's sync thread (``steps.in_d
 ``tap`` reads the topic streams and the ingest stream through the workers' consumer group and
 has ``busapp.actions.tap`` write what it read into history; ``listener`` copies what seed-style publishers
 ``PUBLISH`` into the ingest stream; ``fanout`` feeds live pages; ``jobs`` is the table of
-periodic jobs (relay, scheduler, tidying, the audit check, bulk actions, the SQLite checkpoint).
+periodic jobs (relay, scheduler, tidying, the audit check, bulk actions, Pub/Sub listener
+samples, the SQLite checkpoint).
 Several workers may run: they share the streams through the group and the leased jobs by lease.
 """
 
