@@ -5,7 +5,8 @@ row's id (ids only grow) and the small counts (pending, open dead letters) from 
 partial indexes. The tap's lag is what Redis says its consumer group has yet to read.
 Websocket clients are counted by the web process that holds them; bulk replays by what they
 have left to do; events nobody approved (an external publisher's, on a sensitive topic) from their own
-partial index.
+partial index. Pub/Sub listeners are counted by Redis (``PUBSUB NUMSUB``) at scrape time;
+their history is the scraper's (the dashboard's own is in ``busapp.delivery``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from busapp.publishing import (
     bus_redis,
     receipts_counts,
     stream_key,
+    subscribers_counts,
 )
 
 registry = CollectorRegistry()  # not auto_describe: that would query the database at import
@@ -88,14 +90,23 @@ class BusCollector(Collector):
         lag = GaugeMetricFamily(
             "hms_bus_tap_lag_entries", "Stream entries the bus worker has not yet recorded", labels=["topic"]
         )
+        listeners = GaugeMetricFamily(
+            "hms_pubsub_listeners",
+            "Clients listening on the topic's Pub/Sub channel now (PUBSUB NUMSUB; the bus workers' own included)",
+            labels=["topic"],
+        )
         up = GaugeMetricFamily("hms_bus_redis_up", "1 when Redis answered this scrape")
         try:
-            for topic in Topic.objects.values_list("name", flat=True):
+            topics = list(Topic.objects.order_by("name").values_list("name", flat=True))
+            for topic in topics:
                 lag.add_metric([topic], _tap_lag(topic))
+            for topic, count in subscribers_counts(topics).items():
+                listeners.add_metric([topic], count)
             up.add_metric([], 1)
         except redis.RedisError:
             up.add_metric([], 0)
         yield lag
+        yield listeners
         yield up
         yield from _subscriber_families()
         yield from _worker_families()

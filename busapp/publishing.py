@@ -354,10 +354,16 @@ def dead_letters_send(dead_letters: Sequence[DeadLetter]) -> bool:
 def subscribers_count(channel: str) -> int | None:
     """How many clients listen on a Pub/Sub channel right now (``PUBSUB NUMSUB``); None when Redis is down."""
     try:
-        [(_, count)] = bus_redis().pubsub_numsub(channel)
+        return subscribers_counts([channel])[channel]
     except redis.RedisError:
         return None
-    return int(count)
+
+
+def subscribers_counts(channels: Sequence[str]) -> dict[str, int]:
+    """Clients listening on each Pub/Sub channel now, in one ``PUBSUB NUMSUB`` (raises when Redis is down)."""
+    if not channels:
+        return {}
+    return {_text(channel): int(count) for channel, count in bus_redis().pubsub_numsub(*channels)}
 
 
 # Receipts the workers refused off the stream, counted by reason (the API answers its own refusals).
@@ -403,6 +409,8 @@ class GroupReading:
     pending: int  # delivered, not acknowledged
     last_delivered_id: str
     oldest_undelivered_id: str | None
+    # The envelope id of the entry at ``last_delivered_id``; None when none was delivered, or it was trimmed away.
+    last_delivered_envelope_id: str | None
     consumers: list[tuple[str, int, int]]  # name, pending, idle milliseconds
 
 
@@ -420,7 +428,9 @@ def stream_groups(channel: str) -> list[GroupReading] | None:
             (_text(consumer["name"]), int(consumer["pending"]), int(consumer["idle"]))
             for consumer in client.xinfo_consumers(key, name)
         ]
-        following = client.xrange(key, min=f"({last}", count=1)
+        # From the last delivered entry on: it (when still there), then the oldest undelivered one.
+        entries = [(_text(entry_id), fields) for entry_id, fields in client.xrange(key, min=last, count=2) or []]
+        delivered = entries.pop(0) if entries and entries[0][0] == last else None
         lag = group.get("lag")
         readings.append(
             GroupReading(
@@ -428,11 +438,23 @@ def stream_groups(channel: str) -> list[GroupReading] | None:
                 lag=None if lag is None else int(lag),
                 pending=int(group["pending"]),
                 last_delivered_id=last,
-                oldest_undelivered_id=_text(following[0][0]) if following else None,
+                oldest_undelivered_id=entries[0][0] if entries else None,
+                last_delivered_envelope_id=_entry_envelope_id(delivered[1]) if delivered else None,
                 consumers=consumers,
             )
         )
     return readings
+
+
+def _entry_envelope_id(fields: dict[Any, Any] | None) -> str | None:
+    """The envelope id a stream entry carries; None when it carries no JSON envelope with a text id."""
+    raw = (fields or {}).get(b"event", (fields or {}).get("event"))
+    try:
+        envelope = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    found = envelope.get("id") if isinstance(envelope, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _text(value: Any) -> str:

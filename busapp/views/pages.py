@@ -14,6 +14,7 @@ from busapp.actions.registry import (
     event_type_compatibility_set,
     may_add_versions,
 )
+from busapp.delivery import topic_delivery_read
 from busapp.errors import BusInputError, FieldError, RightRefusedError
 from busapp.health import health_check, workers_read
 from busapp.models import AuditAction, CompatibilityMode, CompatibilityPolicy, EventType, SchemaVersionState, Topic
@@ -127,6 +128,7 @@ def _topic_page(
         "events": recent_events(topic=topic),
         "can_publish": topic_right_held(user, PUBLISH_TOPIC, topic),
         "open_dead_letters": dead_letters_open_count([topic]),
+        "delivery": topic_delivery_read(topic),
         "may_set_compatibility": user.has_perm(CHANGE_EVENT_TYPE),
         "may_add_versions": may_add_versions(user, topic),
         "may_change_states": user.has_perm(CHANGE_SCHEMA_VERSION),

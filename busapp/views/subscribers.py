@@ -52,7 +52,7 @@ def _page(
         "may_manage": may_manage_subscribers(signed_in_user(request)),
         "subscriber_form": subscriber_form or SubscriberForm(),
         "follow_form": follow_form or FollowForm(),
-        "deliveries": deliveries(),
+        "deliveries": deliveries(for_page=True),
     }
     return render(request, "subscribers/list.html", context, status=status)
 

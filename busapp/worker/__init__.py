@@ -5,7 +5,8 @@ One asyncio loop; every database step runs in Django's sync thread (``steps.in_d
 has ``busapp.actions.tap`` write what it read into history; ``receipts`` records what subscribers
 put on the receipts stream; ``listener`` copies what seed-style publishers ``PUBLISH`` into the
 ingest stream; ``fanout`` feeds live pages; ``jobs`` is the table of periodic jobs (relay,
-scheduler, tidying, the audit check, bulk actions, drift, the SQLite checkpoint).
+scheduler, tidying, the audit check, bulk actions, drift, Pub/Sub listener samples, the SQLite
+checkpoint).
 Several workers may run: they share the streams through the group and the leased jobs by lease.
 """
 

@@ -20,6 +20,7 @@ from busapp.actions.drift import drift_advance
 from busapp.actions.publishing import idempotency_keys_purge
 from busapp.actions.requests import publish_requests_due
 from busapp.audit import ChainReport, audit_verify
+from busapp.delivery import LISTENERS_SAMPLE_EVERY_SECONDS, LISTENERS_SAMPLE_LEASE_SECONDS, listeners_sample
 from busapp.live import bulk_group, drift_item, group_message, subscribers_group
 from busapp.models import BulkAction
 from busapp.publishing import relay_pending
@@ -106,6 +107,13 @@ def jobs_table(*, layer: Any) -> list[Job]:
             did="counted %d event(s) under their schema versions",
             again_at_once=True,
             lease_seconds=COUNT_LEASE_SECONDS,
+        ),
+        # Seed-style subscribers are anonymous: their count over time is all the dashboard can show of them.
+        Job(
+            "listeners",
+            _in_db_step(listeners_sample),
+            LISTENERS_SAMPLE_EVERY_SECONDS,
+            lease_seconds=LISTENERS_SAMPLE_LEASE_SECONDS,
         ),
     ]
     table.append(
