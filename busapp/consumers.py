@@ -28,7 +28,7 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.auth.models import User
 from django.utils.crypto import constant_time_compare
 
-from busapp.live import bulk_group, dlq_group, topic_group
+from busapp.live import bulk_group, dlq_group, subscribers_group, topic_group
 from busapp.metrics import websocket_clients
 from busapp.models import BulkAction, Topic
 from busapp.permissions import VIEW_TOPIC, topic_right_held
@@ -290,6 +290,20 @@ class DeadLetterConsumer(_BusFeedConsumer):
 
     async def bus_dead_letters(self, message: dict[str, Any]) -> None:
         """A batch of dead letters the bus worker fanned out."""
+        await self._items_arrived(message)
+
+
+class SubscribersConsumer(_BusFeedConsumer):
+    """``/ws/subscribers/``: subscribers' receipts and drift on a topic, as they happen."""
+
+    frame_type = "subscribers"
+
+    def group(self, topic: str) -> str:
+        """Receipts and drift of a topic."""
+        return subscribers_group(topic)
+
+    async def bus_subscribers(self, message: dict[str, Any]) -> None:
+        """Receipts the workers recorded, or drift the drift check opened or cleared."""
         await self._items_arrived(message)
 
 

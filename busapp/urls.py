@@ -3,6 +3,7 @@
 from django.urls import path
 
 from busapp.views import (
+    applied,
     audit,
     dlq,
     history,
@@ -26,6 +27,7 @@ urlpatterns = [
     path("topics/new/", topics.topic_new, name="topic-new"),
     path("topics/new/name-check/", topics.topic_name_check, name="topic-name-check"),
     path("topics/<str:name>/", pages.topic_detail, name="topic-detail"),
+    path("topics/<str:name>/in-force/", applied.topic_in_force, name="topic-in-force"),
     path(
         "topics/<str:name>/types/<str:type_name>/compatibility/",
         pages.event_type_compatibility,
@@ -68,6 +70,7 @@ urlpatterns = [
         name="topic-sensitivity-cancel",
     ),
     path("subscribers/", subscribers.subscriber_list, name="subscribers"),
+    path("subscribers/drifting/", applied.drifting_part, name="subscribers-drifting"),
     path("subscribers/follows/", subscribers.subscriber_follows, name="subscriber-follow"),
     path(
         "subscribers/<str:name>/follows/<str:topic>/stop/",
@@ -87,6 +90,7 @@ urlpatterns = [
     path("events/", history.event_list, name="event-list"),
     path("events/export.<str:fmt>", history.event_export, name="event-export"),
     path("events/<str:envelope_id>/", history.event_detail, name="event-detail"),
+    path("events/<str:envelope_id>/services/", applied.event_services_part, name="event-services"),
     path("filters/", history.saved_filter_create, name="saved-filter-create"),
     path("filters/<int:pk>/delete/", history.saved_filter_delete, name="saved-filter-delete"),
     path("audit/", audit.audit_log, name="audit-log"),

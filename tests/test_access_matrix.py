@@ -228,6 +228,8 @@ RULES: dict[str, tuple[Case, ...]] = {
     "dashboard-series": (get("/dashboard/series/", SIGNED_IN),),
     "topic-list": (get("/topics/", SIGNED_IN),),
     "topic-detail": (get("/topics/tax-policy/", SIGNED_IN), get("/topics/irs.withholding/", SIGNED_IN)),
+    "topic-in-force": (get("/topics/tax-policy/in-force/", SIGNED_IN),),
+    "subscribers-drifting": (get("/subscribers/drifting/", SIGNED_IN),),
     "live": (get("/live/", SIGNED_IN),),
     "live-events": (get("/live/events/", SIGNED_IN),),
     "dead-letters": (get("/dlq/", SIGNED_IN),),
@@ -241,6 +243,7 @@ RULES: dict[str, tuple[Case, ...]] = {
         get("/events/{w.event.envelope_id}/", SIGNED_IN),
         get("/events/{w.sensitive_event.envelope_id}/", SIGNED_IN),
     ),
+    "event-services": (get("/events/{w.event.envelope_id}/services/", SIGNED_IN),),
     "bulk-action": (get("/dlq/bulk/{w.bulk.pk}/", SIGNED_IN),),
     "publish-result": (get("/topics/tax-policy/published/{w.event.envelope_id}/", SIGNED_IN),),
     "publish-request": (get("/topics/irs.withholding/requests/{w.waiting.pk}/", SIGNED_IN),),
@@ -481,6 +484,7 @@ class SocketCase:
 SOCKET_RULES: dict[str, SocketCase] = {
     "ws/traffic/": SocketCase("/ws/traffic/", SIGNED_IN),
     "ws/dlq/": SocketCase("/ws/dlq/", SIGNED_IN),
+    "ws/subscribers/": SocketCase("/ws/subscribers/", SIGNED_IN),
     # The live part of the bulk action page, which is a reading page.
     "ws/dlq/bulk/<int:action_id>/": SocketCase("/ws/dlq/bulk/{w.bulk.pk}/", SIGNED_IN),
 }

@@ -28,6 +28,7 @@ from busapp.models import AuditAction, Event, SavedFilter, SavedFilterPage, Topi
 from busapp.permissions import EXPORT_TOPIC, VIEW_TOPIC, topics_with_right
 from busapp.selectors import event_audit_entries, event_provenance
 from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
+from busapp.views.applied import services_context
 
 EXPORT_FORMATS = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson; charset=utf-8"}
 # The history has one more: CloudEvents 1.0 structured events, one a line (the audit log has no events to write).
@@ -118,6 +119,7 @@ def event_detail(request: HttpRequest, envelope_id: str) -> HttpResponse:
         "schema_json": json.dumps(event.schema_version.authored, indent=2, ensure_ascii=False),
         "provenance": provenance,
         "audit_entries": event_audit_entries(event, provenance),
+        **services_context(event),
     }
     return render(request, "events/detail.html", context)
 

@@ -37,6 +37,7 @@ from busapp.selectors import (
 )
 from busapp.version_counts import version_event_counts
 from busapp.views.access import refuse_audited, signed_in_user, topic_with_right
+from busapp.views.applied import drifting_context, in_force_context
 
 
 @login_required
@@ -60,6 +61,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     }
     if context["show_workers"]:
         context["workers"] = workers_read()
+    context.update(drifting_context(topics))
+    context["topic_names"] = [summary.topic.name for summary in summaries]
     return render(request, "dashboard.html", context)
 
 
@@ -136,6 +139,7 @@ def _topic_page(
         "modes": CompatibilityMode.choices,
         "policies": CompatibilityPolicy.choices,
     }
+    context.update(in_force_context(topic))
     return render(request, "topics/detail.html", context, status=status)
 
 
