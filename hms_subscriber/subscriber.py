@@ -224,7 +224,7 @@ class Subscriber:
             self._group_join(stream)
         self._deliver_all(self._read("0"))  # delivered to this consumer before, never acknowledged
         for _ in range(DRAIN_ROUNDS):
-            if not self._deliver_all(self._read(">", block=False)):
+            if self._stopping.is_set() or not self._deliver_all(self._read(">", block=False)):
                 break
         # After the backlog, so the value in force is never overwritten by an older event read later.
         self._catch_up(skip=set(self._types_since_start))
