@@ -222,7 +222,7 @@ class Subscriber:
         self._types_since_start = set()
         for stream in self.streams:
             self._group_join(stream)
-        self._deliver_all(self._read("0"))  # delivered to this consumer before, never acknowledged
+        self._deliver_own_pending()
         for _ in range(DRAIN_ROUNDS):
             if self._stopping.is_set() or not self._deliver_all(self._read(">", block=False)):
                 break
@@ -230,6 +230,17 @@ class Subscriber:
         self._catch_up(skip=set(self._types_since_start))
         self._started = True
         logger.info("%s ready: consumer %s on %s", self.name, self.consumer, ", ".join(self.streams))
+
+    def _deliver_own_pending(self) -> None:
+        """Entries delivered to this consumer name before and never acknowledged (a restart that kept its name)."""
+        # Paged by id, not from "0" each time: an entry another instance still holds stays pending here.
+        positions = dict.fromkeys(self.streams, "0")
+        for _ in range(DRAIN_ROUNDS):
+            entries = self._read(positions)
+            if self._stopping.is_set() or not entries:
+                return
+            self._deliver_all(entries)
+            positions.update((stream, _text(entry_id)) for stream, entry_id, _ in entries)
 
     def _group_join(self, stream: str) -> None:
         """Create our group at the stream's end if it is new: the past comes from catch-up, not a replay."""
@@ -295,12 +306,18 @@ class Subscriber:
             self._claimed_at = time.monotonic()
         self._deliver_all(self._read(">", block=True))
 
-    def _read(self, position: str, *, block: bool = False) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
-        """One XREADGROUP over every stream: entries as ``(stream, entry id, fields)``."""
+    def _read(
+        self, position: str | dict[str, str], *, block: bool = False
+    ) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """One XREADGROUP over every stream (from one position, or one per stream): ``(stream, entry id, fields)``."""
+        # redis-py types the positions as a dict of every key and id type it takes (dicts are invariant).
+        positions: dict[Any, Any] = dict(position) if isinstance(position, dict) else {}
+        if isinstance(position, str):
+            positions = dict.fromkeys(self.streams, position)
         reply: Any = self._redis.xreadgroup(
             self.name,
             self.consumer,
-            dict.fromkeys(self.streams, position),
+            positions,
             count=self.batch_size,
             block=int(self.block_seconds * 1000) if block else None,
         )

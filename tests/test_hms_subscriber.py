@@ -114,6 +114,21 @@ def test_an_entry_held_by_an_instance_killed_with_sigkill_is_claimed_and_applied
 
 
 @pytest.mark.usefixtures("demo_committed")
+def test_an_instance_restarted_under_its_consumer_name_finishes_its_own_pending_entry_at_once(bus, subscribers):
+    crashed = subscribers.start("app-fixed", HMS_HOLD="15000")
+    event = publish_deduction(15000)
+    crashed.wait_for_line("Holding 15000")
+    crashed.process.kill()
+    crashed.process.wait(timeout=10)
+
+    restarted = subscribers.start("app-fixed")  # claim idle 60 s: only its own pending read can apply it now
+
+    assert _deductions(restarted) == ["New deduction = 15000"]
+    _acknowledged(bus)
+    assert _receipts(bus) == [_applied(event, 15000)]
+
+
+@pytest.mark.usefixtures("demo_committed")
 def test_a_restarted_subscriber_applies_what_was_published_while_it_was_down_once_in_order(bus, subscribers):
     first_run = subscribers.start("app-1")
     first_run.process.send_signal(signal.SIGTERM)
