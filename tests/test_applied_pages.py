@@ -58,11 +58,11 @@ def drifting(time_machine: Any, publish: Any) -> tuple[Event, Event]:
 
 
 def test_the_topic_page_shows_the_value_in_force_who_applied_it_and_who_drifts(drifting: tuple[Event, Event]) -> None:
-    old, new = drifting
+    _, new = drifting
 
     page = _text(signed_in("auditor").get("/topics/tax-policy/"))
 
-    at = new.published_at.strftime("%H:%M:%S")
+    at = f"{new.published_at:%H:%M:%S}"
     assert f"In force since {new.published_at:%Y-%m-%d %H:%M:%S} UTC: {new.envelope_id}" in page
     assert '{"standard_deduction": 15000}' in page
     assert f"mobile-tax-app still on standard_deduction 14600; 15000 in force since {at} UTC, 4 minutes overdue" in (
