@@ -366,12 +366,20 @@ class RoleForm(forms.Form):
 class ServiceTokenForm(_ExpiryForm):
     """A token for a named service, scoped to topics and to publish and/or view."""
 
-    field_order = ["name", "topics", "can_publish", "can_view", "expires_at"]
+    field_order = ["name", "topics", "can_publish", "can_view", "subscriber", "expires_at"]
 
     name = forms.CharField(max_length=100, label="Service", help_text="It publishes as 'service:<name>'.")
     topics = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple)
     can_publish = forms.BooleanField(required=False, initial=True, label="may publish")
     can_view = forms.BooleanField(required=False, initial=True, label="may view history and dead letters")
+    subscriber = forms.ModelChoiceField(
+        queryset=Subscriber.objects.all(),
+        to_field_name="name",
+        required=False,
+        empty_label="none",
+        help_text="The subscriber whose receipts it posts (POST /api/events/<id>/receipts/); it needs no publish "
+        "right for them.",
+    )
 
     def __init__(self, *args: Any, topic_names: list[str], **kwargs: Any) -> None:
         kwargs.setdefault("auto_id", "token_%s")  # unique ids: the forms share a page

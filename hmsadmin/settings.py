@@ -423,10 +423,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    # Events and dead letters both have a "status": each choice set gets its own component name.
+    # Events, dead letters and receipts each have a "status": each choice set gets its own component name.
     "ENUM_NAME_OVERRIDES": {
         "EventStatusEnum": "busapp.models.EventStatus",
         "DeadLetterStatusEnum": "busapp.models.DeadLetterStatus",
+        "ReceiptStatusEnum": "busapp.models.ReceiptStatus",
         # The registry's event types (model fields) and its bodies (choice fields) share these.
         "CompatibilityModeEnum": "busapp.models.CompatibilityMode",
         "CompatibilityPolicyEnum": "busapp.models.CompatibilityPolicy",

@@ -144,7 +144,14 @@ def world_build() -> World:
     """The token, events, a dead letter, a bulk action, a waiting request and a grant the cases use."""
     admin, policy, policy2 = (User.objects.get(username=name) for name in ("admin", "policy", "policy2"))
     tax = Topic.objects.get(name="tax-policy")
-    _, token_text = service_token_create(name="matrix-feed", topics=[tax], actor=admin, can_publish=True, can_view=True)
+    _, token_text = service_token_create(
+        name="matrix-feed",
+        topics=[tax],
+        actor=admin,
+        can_publish=True,
+        can_view=True,
+        subscriber=Subscriber.objects.get(name="e-file"),  # its receipts: e-file follows tax-policy
+    )
     spare, _ = service_token_create(name="matrix-spare", topics=[tax], actor=admin)
     letter = dead_letter_create(
         topic=tax,
@@ -465,6 +472,20 @@ RULES: dict[str, tuple[Case, ...]] = {
     "api-event-detail": (
         get("/api/events/{w.event.envelope_id}/", CALLERS),
         get("/api/events/{w.sensitive_event.envelope_id}/", SIGNED_IN, hidden_as_404=True),
+    ),
+    # Receipts are a service's word: only a token bound to a subscriber posts them (the world's is e-file's);
+    # whoever may view the event's topic reads them.
+    "api-event-receipts": (
+        post("/api/events/{w.event.envelope_id}/receipts/", frozenset({TOKEN}), {"status": "applied"}),
+        get("/api/events/{w.event.envelope_id}/receipts/", CALLERS),
+        get("/api/events/{w.sensitive_event.envelope_id}/receipts/", SIGNED_IN, hidden_as_404=True),
+    ),
+    "api-receipts-batch": (
+        post(
+            "/api/receipts/",
+            frozenset({TOKEN}),
+            lambda w: {"receipts": [{"event": w.event.envelope_id, "status": "applied"}]},
+        ),
     ),
     "api-dead-letter-list": (get("/api/dlq/", CALLERS),),
     "api-dead-letter-replay": (post("/api/dlq/{w.letter.pk}/replay/", ADMINS),),

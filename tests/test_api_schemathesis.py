@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 from busapp.actions.dead_letters import dead_letter_create
 from busapp.actions.publishing import event_publish_batch
 from busapp.actions.tokens import service_token_create
-from busapp.models import Source, Topic
+from busapp.models import Source, Subscriber, Topic
 
 CHECKS: list[Callable[..., Any]] = [
     not_a_server_error,
@@ -74,9 +74,14 @@ def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def admin_credentials(demo_committed: None, bus: Any) -> AdminCredentials:
-    """A token on every topic (publish and view) and a session, both the demo bus admin's."""
+    """A token on every topic (publish and view, and receipts of a subscriber following both) and a session."""
     admin = User.objects.get(username="admin")
-    _, token = service_token_create(name="schemathesis", topics=list(Topic.objects.all()), actor=admin)
+    _, token = service_token_create(
+        name="schemathesis",
+        topics=list(Topic.objects.all()),
+        actor=admin,
+        subscriber=Subscriber.objects.get(name="withholding-calculator"),
+    )
     client = Client()
     client.force_login(admin)
     return AdminCredentials(token=token, session=client.cookies["sessionid"].value)

@@ -55,6 +55,7 @@ def test_a_different_second_receipt_is_refused_as_a_conflict_and_the_first_stand
         ({"detail": "\ud800"}, ReceiptRefusal.INVALID, "/detail", "lone surrogate"),
         ({"detail": 5}, ReceiptRefusal.INVALID, "/detail", "must be text"),
         ({"event": 7}, ReceiptRefusal.INVALID, "/event", "is required"),
+        ({"event": "a\x00b"}, ReceiptRefusal.INVALID, "/event", "NUL"),
         ({"event": "no-such-event"}, ReceiptRefusal.UNKNOWN_EVENT, "/event", "no event 'no-such-event'"),
         ({"subscriber": "nobody"}, ReceiptRefusal.UNKNOWN_SUBSCRIBER, "/subscriber", "no subscriber"),
     ],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -45,6 +45,7 @@ class ReceiptRefusal(StrEnum):
     UNKNOWN_SUBSCRIBER = "unknown_subscriber"  # no such registered subscriber (404)
     UNKNOWN_EVENT = "unknown_event"  # no such event in the history (404)
     NOT_FOLLOWED = "not_followed"  # the subscriber does not follow the event's topic or type (403)
+    OUT_OF_SCOPE = "out_of_scope"  # the event's topic is not one the caller (a service token) may use (403)
     CONFLICT = "conflict"  # the subscriber's receipt for the event says something else already (409)
 
 
@@ -78,34 +79,39 @@ class ReceiptOutcome:
     errors: list[FieldError] = field(default_factory=list)
 
 
-def receipts_record(receipts: Sequence[ReceiptIn], *, actor: Actor, whole: bool) -> list[ReceiptOutcome]:
+def receipts_record(
+    receipts: Sequence[ReceiptIn], *, actor: Actor, whole: bool, topics: Collection[str] | None = None
+) -> list[ReceiptOutcome]:
     """Check and record receipts in one transaction with their audit entries; one outcome per receipt, in order.
 
     ``whole``: all or nothing (the API's batch): any refusal raises ``ReceiptRefusedError`` with
     every problem at ``/<index>/<field>`` and nothing is written. Otherwise (the receipts stream)
     the good ones are recorded and each refused one says why in its outcome.
+    ``topics``: the names of the only topics the caller may use (a service token's); None: any.
     """
     for attempt in range(1, RECORD_ATTEMPTS + 1):
         try:
             with transaction.atomic():
-                return _record_once(receipts, actor=actor, whole=whole)
+                return _record_once(receipts, actor=actor, whole=whole, topics=topics)
         except IntegrityError:
             if attempt == RECORD_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def receipt_record(receipt: ReceiptIn, *, actor: Actor) -> ReceiptOutcome:
+def receipt_record(receipt: ReceiptIn, *, actor: Actor, topics: Collection[str] | None = None) -> ReceiptOutcome:
     """Check and record one receipt; a refusal raises ``ReceiptRefusedError`` with its problems at ``/<field>``."""
-    outcome = receipts_record([receipt], actor=actor, whole=False)[0]
+    outcome = receipts_record([receipt], actor=actor, whole=False, topics=topics)[0]
     if outcome.refusal is not None:
         raise ReceiptRefusedError(outcome.errors, outcome.refusal)
     return outcome
 
 
-def _record_once(receipts: Sequence[ReceiptIn], *, actor: Actor, whole: bool) -> list[ReceiptOutcome]:
+def _record_once(
+    receipts: Sequence[ReceiptIn], *, actor: Actor, whole: bool, topics: Collection[str] | None
+) -> list[ReceiptOutcome]:
     """One attempt: read what the checks need in four queries, then insert what is new."""
-    known = _Known.read(receipts)
+    known = _Known.read(receipts, topics)
     outcomes: list[ReceiptOutcome] = []
     new: dict[tuple[int, int], Receipt] = {}
     for receipt in receipts:
@@ -137,11 +143,16 @@ class _Known:
     follows: dict[tuple[int, int], SubscriberFollow]  # by (subscriber id, topic id)
     followed_types: dict[int, set[int]]  # follow id -> event type ids (empty: every type)
     earlier: dict[tuple[int, int], Receipt]  # by (event id, subscriber id)
+    topics: Collection[str] | None  # the only topics the caller may use; None: any
 
     @classmethod
-    def read(cls, receipts: Sequence[ReceiptIn]) -> _Known:
+    def read(cls, receipts: Sequence[ReceiptIn], topics: Collection[str] | None = None) -> _Known:
         """Read them in a handful of queries, however many receipts there are."""
-        ids = {receipt.event for receipt in receipts if isinstance(receipt.event, str) and receipt.event}
+        ids = {
+            receipt.event
+            for receipt in receipts
+            if isinstance(receipt.event, str) and receipt.event and "\x00" not in receipt.event
+        }
         names = {receipt.subscriber for receipt in receipts}
         rows = Event.objects.filter(envelope_id__in=ids).select_related("topic", "event_type").only(*_EVENT_FIELDS)
         events = {event.envelope_id: event for event in rows}
@@ -161,7 +172,7 @@ class _Known:
                 event__in=[event.pk for event in events.values()], subscriber__in=subscribers.values()
             )
         }
-        return cls(events, subscribers, follows, followed_types, earlier)
+        return cls(events, subscribers, follows, followed_types, earlier, topics)
 
     def checked(self, receipt: ReceiptIn, new: dict[tuple[int, int], Receipt]) -> ReceiptOutcome:
         """The receipt's outcome: a new row to insert, the earlier one it repeats, or why it is refused."""
@@ -176,6 +187,9 @@ class _Known:
         if event is None:
             message = f"no event {receipt.event!r} in the history"
             return ReceiptOutcome(refusal=ReceiptRefusal.UNKNOWN_EVENT, errors=[_at("/event", message)])
+        if self.topics is not None and event.topic.name not in self.topics:
+            message = f"is on topic {event.topic.name}, which the caller may not use: ask a bus admin to add it"
+            return ReceiptOutcome(refusal=ReceiptRefusal.OUT_OF_SCOPE, errors=[_at("/event", message)])
         follow = self.follows.get((subscriber.pk, event.topic_id))
         types = self.followed_types.get(follow.pk, set()) if follow else set()
         if follow is None or (types and event.event_type_id not in types):
@@ -211,6 +225,8 @@ def _field_problems(receipt: ReceiptIn) -> list[FieldError]:
     problems = []
     if not isinstance(receipt.event, str) or not receipt.event:
         problems.append(_at("/event", "is required: the envelope id of the event, as a string"))
+    elif "\x00" in receipt.event:  # never in an envelope id, and PostgreSQL refuses it in a query
+        problems.append(_at("/event", "must not contain NUL characters: no envelope id does"))
     elif len(receipt.event) > ENVELOPE_ID_MAX:
         problems.append(_at("/event", f"is longer than {ENVELOPE_ID_MAX} characters: no envelope id is"))
     if receipt.status not in ReceiptStatus.values:

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from busapp.audit import Actor, actor_parts, audit_record
 from busapp.errors import ActionRefusedError, TokenInvalidError
-from busapp.models import AuditAction, ServiceToken, Topic
+from busapp.models import AuditAction, ServiceToken, Subscriber, Topic
 
 TOKEN_PREFIX = "hms"  # noqa: S105  # the tokens' fixed first part, not a secret
 # last_used_at is written at most this often per token, so a busy service costs no write per request.
@@ -34,8 +34,13 @@ def service_token_create(
     can_publish: bool = True,
     can_view: bool = True,
     expires_at: dt.datetime | None = None,
+    subscriber: Subscriber | None = None,
 ) -> tuple[ServiceToken, str]:
-    """Issue a token for a service scoped to ``topics``; return it and its text, which is never shown again."""
+    """Issue a token for a service scoped to ``topics``; return it and its text, which is never shown again.
+
+    A token bound to a ``subscriber`` posts that subscriber's receipts (and no other's); it needs
+    no publish right for them, only its topics.
+    """
     if not topics:
         raise ActionRefusedError([{"path": "/topics", "message": "name at least one topic the token may use"}])
     if not (can_publish or can_view):
@@ -52,6 +57,7 @@ def service_token_create(
         can_view=can_view,
         expires_at=expires_at,
         created_by=actor_parts(actor)[0],
+        subscriber=subscriber,
     )
     token.full_clean(exclude=["topics"])
     token.save()
@@ -66,6 +72,7 @@ def service_token_create(
             "can_publish": can_publish,
             "can_view": can_view,
             "expires_at": expires_at.isoformat() if expires_at else None,
+            "subscriber": subscriber.name if subscriber else None,
         },
     )
     return token, text

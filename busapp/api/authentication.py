@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from busapp.actions.tokens import service_token_authenticate
 from busapp.audit import Actor
 from busapp.errors import TokenInvalidError
-from busapp.models import ServiceToken, Topic
+from busapp.models import ServiceToken, Subscriber, Topic
 from busapp.permissions import MANAGE_TOPIC, PUBLISH_TOPIC, VIEW_TOPIC, topic_right_held, topics_with_right
 
 
@@ -130,6 +130,23 @@ def person_for(request: Request, action: str) -> User:
             f"service tokens may not {action}: a person with the right does it, signed in (token {user.token})"
         )
     return _person(request)
+
+
+def receipts_poster(request: Request) -> tuple[ServiceToken, Subscriber]:
+    """The service token posting receipts and its subscriber; 403 for a person, or a token bound to none."""
+    user = request.user
+    if not isinstance(user, ServiceCaller):
+        raise exceptions.PermissionDenied(
+            "receipts are a service's word: the service posts them with its token, bound to its subscriber; "
+            "people read them (GET) instead"
+        )
+    subscriber = user.token.subscriber
+    if subscriber is None:
+        raise exceptions.PermissionDenied(
+            f"token {user.token} is bound to no subscriber, so it posts no receipts: ask a bus admin to issue "
+            "one with its Subscriber set (/access/tokens/)"
+        )
+    return user.token, subscriber
 
 
 def person_with_permission(request: Request, permission: str, action: str) -> User:

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
+from busapp.actions.receipts import ReceiptRefusal, ReceiptRefusedError
 from busapp.actions.refusals import refusal_record
 from busapp.api.authentication import ServiceCaller
 from busapp.api.serializers import ErrorsSerializer
@@ -45,6 +46,15 @@ BUS_ERROR_STATUS: dict[type[BusInputError], int] = {
     RecordInvalidError: status.HTTP_422_UNPROCESSABLE_ENTITY,
     CatchUpRefusedError: status.HTTP_422_UNPROCESSABLE_ENTITY,
     PayloadTooLargeError: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+}
+# What each kind of refused receipt answers with (a field against its rule: 400, as the API's other body checks).
+RECEIPT_REFUSAL_STATUS: dict[ReceiptRefusal, int] = {
+    ReceiptRefusal.INVALID: status.HTTP_400_BAD_REQUEST,
+    ReceiptRefusal.UNKNOWN_SUBSCRIBER: status.HTTP_404_NOT_FOUND,
+    ReceiptRefusal.UNKNOWN_EVENT: status.HTTP_404_NOT_FOUND,
+    ReceiptRefusal.NOT_FOLLOWED: status.HTTP_403_FORBIDDEN,
+    ReceiptRefusal.OUT_OF_SCOPE: status.HTTP_403_FORBIDDEN,
+    ReceiptRefusal.CONFLICT: status.HTTP_409_CONFLICT,
 }
 
 
@@ -96,6 +106,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, HistoryQueryError):  # a filter, condition or cursor of the query string
         errors = [{"path": f"/query/{error['path']}", "message": error["message"]} for error in exc.errors]
         status_code = status.HTTP_400_BAD_REQUEST
+    elif isinstance(exc, ReceiptRefusedError):  # a batch's status is its first refused receipt's
+        errors, status_code = exc.errors, RECEIPT_REFUSAL_STATUS[exc.refusal]
     elif isinstance(exc, BusInputError):
         errors, status_code = exc.errors, BUS_ERROR_STATUS.get(type(exc), status.HTTP_400_BAD_REQUEST)
     elif isinstance(exc, ApiError):

@@ -18,6 +18,7 @@ from busapp.models import (
     Event,
     EventStatus,
     EventType,
+    Receipt,
     SchemaVersion,
     SchemaVersionState,
     Topic,
@@ -163,3 +164,13 @@ def schema_version_on(event_type: EventType, number: int) -> SchemaVersion:
         )
         raise exceptions.NotFound(f"{event_type} has no version {number}; it has {known or 'none'}")
     return version
+
+
+def event_receipts(event: Event) -> QuerySet[Receipt]:
+    """The event's receipts by subscriber name (its envelope and payload, up to 64 KiB each, are not read again)."""
+    return (
+        Receipt.objects.filter(event=event)
+        .select_related("event", "subscriber")
+        .defer("event__envelope", "event__payload")
+        .order_by("subscriber__name")
+    )

@@ -10,8 +10,10 @@ from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from busapp.actions.reasons import REASON_MAX_CHARACTERS
+from busapp.actions.receipts import ENVELOPE_ID_MAX
 from busapp.history import PAGE_SIZE
 from busapp.models import (
+    RECEIPT_DETAIL_MAX_BYTES,
     TOPIC_NAME_MAX_LENGTH,
     Compatibility,
     CompatibilityMode,
@@ -20,6 +22,9 @@ from busapp.models import (
     Event,
     EventStatus,
     EventType,
+    Receipt,
+    ReceiptStatus,
+    ReceiptVia,
     SchemaVersion,
     SchemaVersionState,
     Topic,
@@ -539,3 +544,110 @@ class VersionStateInSerializer(serializers.Serializer[Any]):
 
     state = serializers.ChoiceField(choices=SchemaVersionState.choices)
     reason = serializers.CharField(max_length=REASON_MAX_CHARACTERS, help_text="Why, for the audit log.")
+
+
+# Receipts: what a subscriber did with an event. Their members are taken as sent and checked by the
+# receipts action (busapp/actions/receipts.py), which names each rule once for the API and the receipts stream.
+
+RECEIPTS_BATCH_MAX = 1000
+
+
+class AsSentField(serializers.Field[Any, Any, Any, Any]):
+    """A member taken as sent, whatever its JSON type, for the receipts action to check (null is refused here)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        """The value as it came."""
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        """The value as it is."""
+        return value
+
+
+@extend_schema_field(serializers.ChoiceField(choices=ReceiptStatus.choices))
+class ReceiptStatusField(AsSentField):
+    """A receipt's status: applied, rejected or ignored."""
+
+
+@extend_schema_field({"type": "string", "maxLength": RECEIPT_DETAIL_MAX_BYTES})
+class ReceiptDetailField(AsSentField):
+    """A receipt's words: text of at most 4 KiB in UTF-8, without NUL."""
+
+
+@extend_schema_field({"type": "string", "minLength": 1, "maxLength": ENVELOPE_ID_MAX})
+class EnvelopeIdField(AsSentField):
+    """An event's envelope id."""
+
+
+class ReceiptInSerializer(serializers.Serializer[Any]):
+    """A subscriber's receipt for the event in the URL; the subscriber is the one the token is bound to."""
+
+    status = ReceiptStatusField(help_text="applied, rejected (say why in detail) or ignored: not for this service.")
+    detail = ReceiptDetailField(required=False, default="", help_text="At most 4 KiB of text (UTF-8), no NUL.")
+    subscriber = serializers.CharField(
+        required=False, max_length=64, help_text="If sent, it must be the subscriber the token is bound to."
+    )
+
+
+class ReceiptBatchItemInSerializer(ReceiptInSerializer):
+    """One receipt of a batch: the event it is for, and what the subscriber did with it."""
+
+    event = EnvelopeIdField(help_text="The event's envelope id.")
+
+
+class ReceiptBatchInSerializer(serializers.Serializer[Any]):
+    """Up to 1,000 receipts of the token's subscriber, recorded all together or not at all."""
+
+    receipts = serializers.ListField(
+        child=ReceiptBatchItemInSerializer(),
+        min_length=1,
+        max_length=RECEIPTS_BATCH_MAX,
+        error_messages={
+            "min_length": "send at least one receipt",
+            "max_length": f"a batch holds at most {RECEIPTS_BATCH_MAX} receipts: split it",
+        },
+    )
+
+
+class ReceiptSerializer(serializers.ModelSerializer[Receipt]):
+    """A subscriber's receipt for an event, as recorded (a receipt is final)."""
+
+    event = serializers.CharField(source="event.envelope_id", help_text="The event's envelope id.")
+    subscriber = serializers.CharField(source="subscriber.name")
+    status = serializers.ChoiceField(choices=ReceiptStatus.choices)
+    via = serializers.ChoiceField(choices=ReceiptVia.choices, help_text="api, or the receipts stream.")
+    latency_seconds = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Receipt
+        fields = ["event", "subscriber", "status", "detail", "received_at", "via", "latency_seconds"]
+
+    @extend_schema_field(serializers.FloatField(allow_null=True))
+    def get_latency_seconds(self, receipt: Receipt) -> float | None:
+        """Seconds from the event's publish to the receipt; null while the event was never published."""
+        published_at = receipt.event.published_at
+        if published_at is None:
+            return None
+        return round((receipt.received_at - published_at).total_seconds(), 3)
+
+
+class ReceiptOutcomeSerializer(serializers.Serializer[Any]):
+    """One receipt of a batch: recorded now (created), or the same one recorded before."""
+
+    created = serializers.BooleanField(help_text="False: the same receipt was recorded before; this is it.")
+    receipt = ReceiptSerializer()
+
+
+class ReceiptBatchResultSerializer(serializers.Serializer[Any]):
+    """The answer to a batch: one result per receipt, in order, and how many were new."""
+
+    results = ReceiptOutcomeSerializer(many=True)
+    created = serializers.IntegerField(help_text="Receipts recorded by this request.")
+    repeated = serializers.IntegerField(help_text="Receipts that were recorded already, the same.")
+
+
+class EventReceiptListSerializer(serializers.Serializer[Any]):
+    """An event's receipts, one per subscriber, by subscriber name."""
+
+    event = serializers.CharField(help_text="The event's envelope id.")
+    receipts = ReceiptSerializer(many=True)

@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from busapp.api import asyncapi, dead_letters, events, registry, schema_versions, views
+from busapp.api import asyncapi, dead_letters, events, receipts, registry, schema_versions, views
 
 urlpatterns = [
     path("topics/", views.TopicListView.as_view(), name="api-topic-list"),
@@ -49,6 +49,8 @@ urlpatterns = [
     ),
     path("events/", events.EventListView.as_view(), name="api-event-list"),
     path("events/<str:envelope_id>/", events.EventDetailView.as_view(), name="api-event-detail"),
+    path("events/<str:envelope_id>/receipts/", receipts.EventReceiptsView.as_view(), name="api-event-receipts"),
+    path("receipts/", receipts.ReceiptsBatchView.as_view(), name="api-receipts-batch"),
     path("dlq/", dead_letters.DeadLetterListView.as_view(), name="api-dead-letter-list"),
     path("dlq/<int:letter_id>/replay/", dead_letters.DeadLetterReplayView.as_view(), name="api-dead-letter-replay"),
     path("schema/", views.SchemaView.as_view(), name="api-schema"),

@@ -197,7 +197,7 @@ def _tokens_page(
     request: HttpRequest, form: ServiceTokenForm | None = None, *, secret: str = "", status: int = 200
 ) -> HttpResponse:
     """The service tokens, the form to issue one, and a new token's secret (shown this once)."""
-    tokens = ServiceToken.objects.prefetch_related("topics").select_related("created_by", "revoked_by")
+    tokens = ServiceToken.objects.prefetch_related("topics").select_related("created_by", "revoked_by", "subscriber")
     context = {"tokens": tokens, "form": form or ServiceTokenForm(topic_names=_topic_names()), "secret": secret}
     response = render(request, "access/tokens.html", context, status=status)
     if secret:
@@ -222,6 +222,7 @@ def access_tokens(request: HttpRequest) -> HttpResponse:
                 can_publish=data["can_publish"],
                 can_view=data["can_view"],
                 expires_at=data["expires_at"],
+                subscriber=data["subscriber"],
             )
         except BusInputError as refused:
             _refused_on(form, refused)

@@ -19,7 +19,7 @@ from busapp.actions.subscribers import (
 from busapp.delivery import deliveries
 from busapp.errors import BusInputError
 from busapp.forms import FollowForm, SubscriberForm, problems_shown
-from busapp.models import AuditAction, Subscriber, SubscriberFollow, Topic
+from busapp.models import AuditAction, ServiceToken, Subscriber, SubscriberFollow, Topic
 from busapp.views.access import refuse_audited, signed_in_user
 
 _NOT_ADMIN = "only bus admins register subscribers and say what they follow"
@@ -46,7 +46,10 @@ def _page(
 ) -> HttpResponse:
     """Every subscriber with the topics it follows; the forms for bus admins."""
     follows = SubscriberFollow.objects.select_related("topic").prefetch_related("event_types")
-    subscribers = Subscriber.objects.select_related("owner").prefetch_related(Prefetch("follows", queryset=follows))
+    live_tokens = ServiceToken.objects.filter(revoked_at__isnull=True).order_by("name", "prefix")
+    subscribers = Subscriber.objects.select_related("owner").prefetch_related(
+        Prefetch("follows", queryset=follows), Prefetch("tokens", queryset=live_tokens)
+    )
     context = {
         "subscribers": subscribers,
         "may_manage": may_manage_subscribers(signed_in_user(request)),

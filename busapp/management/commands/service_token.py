@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from busapp.actions.tokens import service_token_create, service_token_revoke
 from busapp.errors import BusInputError
-from busapp.models import ServiceToken, Topic
+from busapp.models import ServiceToken, Subscriber, Topic
 
 
 class Command(BaseCommand):
@@ -25,6 +25,7 @@ class Command(BaseCommand):
         create.add_argument("--topic", action="append", required=True, help="a topic it may use (repeat for more)")
         create.add_argument("--no-publish", action="store_true", help="view only")
         create.add_argument("--no-view", action="store_true", help="publish only")
+        create.add_argument("--subscriber", help="the subscriber whose receipts it posts (a registered name)")
         create.add_argument("--expires", type=dt.datetime.fromisoformat, help="UTC, like 2027-01-01T00:00+00:00")
         actions.add_parser("list", help="every token, without secrets")
         revoke = actions.add_parser("revoke", help="revoke a token for good")
@@ -52,6 +53,11 @@ class Command(BaseCommand):
         unknown = sorted(set(options["topic"]) - {topic.name for topic in topics})
         if unknown:
             raise CommandError(f"unknown topic {unknown[0]!r}")
+        subscriber = None
+        if options["subscriber"]:
+            subscriber = Subscriber.objects.filter(name=options["subscriber"]).first()
+            if subscriber is None:
+                raise CommandError(f"no subscriber is registered as {options['subscriber']!r}: see /subscribers/")
         token, text = service_token_create(
             name=options["service"],
             topics=topics,
@@ -59,6 +65,7 @@ class Command(BaseCommand):
             can_publish=not options["no_publish"],
             can_view=not options["no_view"],
             expires_at=options["expires"],
+            subscriber=subscriber,
         )
         self.stderr.write(f"issued {token}; copy the token now, it is not shown again:")
         self.stdout.write(text)
