@@ -336,8 +336,9 @@ class Event(models.Model):
         return reverse("event-detail", args=[self.envelope_id])
 
 
+SUBSCRIBER_NAME_PATTERN = r"[a-z][a-z0-9-]{1,62}[a-z0-9]"
 SUBSCRIBER_NAME = RegexValidator(
-    r"^[a-z][a-z0-9-]{1,62}[a-z0-9]$",
+    rf"^{SUBSCRIBER_NAME_PATTERN}$",
     "3 to 64 lowercase letters, digits and hyphens, starting with a letter (it names its Redis consumer group)",
 )
 APPLY_DEADLINE_DEFAULT = 60  # seconds a subscriber has to apply an event before it counts as overdue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -118,3 +119,35 @@ def test_many_receipts_of_a_subscriber_are_one_audit_entry_naming_each_event_by_
         "ignored": [events[2].envelope_id],
     }
     assert entry.details["rejected_details"] == {events[1].envelope_id: "deduction above our cap"}
+
+
+def test_a_stream_entry_that_breaks_a_check_is_refused_alone_and_the_rest_of_its_batch_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from busapp.actions import receipts
+    from busapp.publishing import RECEIPTS_STREAM, StreamEntry
+
+    event = publish_deduction(15000)
+    checks = receipts._field_problems
+
+    def breaks_on_boom(receipt: ReceiptIn) -> Any:
+        if receipt.detail == "boom":
+            raise RuntimeError("a bug of ours")
+        return checks(receipt)
+
+    monkeypatch.setattr(receipts, "_field_problems", breaks_on_boom)
+    entries = [
+        StreamEntry(RECEIPTS_STREAM, f"1700000000000-{n}", "", json.dumps(body).encode())
+        for n, body in enumerate(
+            [
+                {"event": event.envelope_id, "subscriber": "e-file", "status": "applied", "detail": "boom"},
+                {"event": event.envelope_id, "subscriber": "mobile-tax-app", "status": "applied"},
+            ]
+        )
+    ]
+
+    result = receipts.receipts_stream_record(entries, wait_until=timezone.now())
+
+    assert [receipt.subscriber.name for receipt in result.recorded] == ["mobile-tax-app"]
+    assert dict(result.refused) == {"unprocessable": 1}
+    assert "a bug of ours" in result.first_problem

@@ -85,3 +85,20 @@ async def test_a_receipt_that_comes_before_its_event_waits_for_it_and_is_then_re
     await until_in_sync_thread(lambda: Receipt.objects.count() == 1, what="the receipt recorded once its event is")
     await until_in_sync_thread(lambda: _pending(bus) == 0, what="the receipt acknowledged")
     assert not bus.exists(RECEIPTS_REFUSED_KEY)
+
+
+async def test_entries_the_database_would_choke_on_are_refused_and_the_good_ones_beside_them_recorded(
+    bus: Any, running_worker: BusWorker
+) -> None:
+    event = await sync_to_async(publish_deduction)(15000)
+    _post(bus, {"event": "a\u0000b", "subscriber": "e-file", "status": "applied"})
+    _post(bus, '{"event": "\\ud800", "subscriber": "e-file", "status": "applied"}')
+    _post(bus, {"event": event.envelope_id, "subscriber": "e-\u0000file", "status": "applied"})
+    _post(bus, {"event": event.envelope_id, "subscriber": "e-file", "status": "applied", "detail": "x\u0000"})
+    _post(bus, {"event": event.envelope_id, "subscriber": "mobile-tax-app", "status": "applied"})
+
+    await until_in_sync_thread(lambda: Receipt.objects.count() == 1, what="the one good receipt recorded")
+    await until_in_sync_thread(lambda: _pending(bus) == 0, what="every entry acknowledged")
+
+    refused = {key.decode(): int(value) for key, value in bus.hgetall(RECEIPTS_REFUSED_KEY).items()}
+    assert refused == {"invalid": 4}

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import re
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, DataError, IntegrityError, transaction
 
 from busapp.audit import Actor, AuditRecord, audit_append
-from busapp.errors import BusInputError, FieldError
+from busapp.errors import BusInputError, FieldError, survivable
 from busapp.models import (
     RECEIPT_DETAIL_MAX_BYTES,
+    SUBSCRIBER_NAME_PATTERN,
     AuditAction,
     Event,
     Receipt,
@@ -33,7 +36,10 @@ from busapp.models import (
 )
 from busapp.publishing import StreamEntry, receipts_recorded_count
 
+logger = logging.getLogger(__name__)
+
 ENVELOPE_ID_MAX = 128  # as ``Event.envelope_id``
+SUBSCRIBER_NAME_RE = re.compile(SUBSCRIBER_NAME_PATTERN)
 # Two writers recording the same (event, subscriber) at once: the loser reads the winner's and tries again.
 RECORD_ATTEMPTS = 3
 
@@ -47,6 +53,7 @@ class ReceiptRefusal(StrEnum):
     NOT_FOLLOWED = "not_followed"  # the subscriber does not follow the event's topic or type (403)
     OUT_OF_SCOPE = "out_of_scope"  # the event's topic is not one the caller (a service token) may use (403)
     CONFLICT = "conflict"  # the subscriber's receipt for the event says something else already (409)
+    UNPROCESSABLE = "unprocessable"  # a stream entry the database refused or that broke a check (the stream only)
 
 
 class ReceiptRefusedError(BusInputError):
@@ -151,7 +158,7 @@ class _Known:
         ids = {
             receipt.event
             for receipt in receipts
-            if isinstance(receipt.event, str) and receipt.event and "\x00" not in receipt.event
+            if isinstance(receipt.event, str) and receipt.event and _storable(receipt.event)
         }
         names = {receipt.subscriber for receipt in receipts}
         rows = Event.objects.filter(envelope_id__in=ids).select_related("topic", "event_type").only(*_EVENT_FIELDS)
@@ -225,8 +232,8 @@ def _field_problems(receipt: ReceiptIn) -> list[FieldError]:
     problems = []
     if not isinstance(receipt.event, str) or not receipt.event:
         problems.append(_at("/event", "is required: the envelope id of the event, as a string"))
-    elif "\x00" in receipt.event:  # never in an envelope id, and PostgreSQL refuses it in a query
-        problems.append(_at("/event", "must not contain NUL characters: no envelope id does"))
+    elif not _storable(receipt.event):  # never in an envelope id, and PostgreSQL refuses it in a query
+        problems.append(_at("/event", "holds a NUL or a lone surrogate: no envelope id does"))
     elif len(receipt.event) > ENVELOPE_ID_MAX:
         problems.append(_at("/event", f"is longer than {ENVELOPE_ID_MAX} characters: no envelope id is"))
     if receipt.status not in ReceiptStatus.values:
@@ -237,6 +244,17 @@ def _field_problems(receipt: ReceiptIn) -> list[FieldError]:
     elif receipt.detail:
         problems.extend(_detail_problems(receipt.detail))
     return problems
+
+
+def _storable(text: str) -> bool:
+    """Whether the database takes the text: no NUL, no lone surrogate."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _detail_problems(detail: str) -> list[FieldError]:
@@ -304,14 +322,56 @@ class StreamReceipts:
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     first_problem: str = ""
 
+    def merge(self, other: StreamReceipts) -> None:
+        """Add what another batch came to."""
+        self.recorded.extend(other.recorded)
+        self.waiting.extend(other.waiting)
+        for reason, count in other.refused.items():
+            self.refused[reason] += count
+        self.first_problem = self.first_problem or other.first_problem
+
 
 def receipts_stream_record(entries: Sequence[StreamEntry], *, wait_until: dt.datetime) -> StreamReceipts:
-    """Record the receipts of a batch of stream entries; never raises for what an entry holds.
+    """Record the receipts of a batch of stream entries; nothing an entry holds makes it raise.
 
     A receipt can come before its event is in history (the tap records an external publisher's
     event a moment after the subscriber read it): one for an unknown event that was put on the
     stream after ``wait_until`` waits, unacknowledged, for the next batch; an older one is refused.
+    Should the batch fail for something one entry holds (a value the database refuses, an error
+    of ours), each entry is recorded on its own and what still fails is refused as unprocessable.
+    A database that does not answer is another matter: the error rises, nothing is acknowledged.
     """
+    try:
+        return _stream_batch_record(entries, wait_until)
+    except DatabaseError as error:
+        if not isinstance(error, DataError):
+            raise
+        logger.info("receipts: a batch of %d needs recording one by one (%s)", len(entries), error)
+    except BaseException as error:
+        if not survivable(error):
+            raise
+        logger.exception("receipts: a batch of %d failed; recording its entries one by one", len(entries))
+    result = StreamReceipts()
+    for entry in entries:
+        try:
+            alone = _stream_batch_record([entry], wait_until)
+        except DatabaseError as error:
+            if not isinstance(error, DataError):
+                raise
+            _refused(result, ReceiptRefusal.UNPROCESSABLE, entry, _at("", f"the database refused it ({error})"))
+            continue
+        except BaseException as error:
+            if not survivable(error):
+                raise
+            logger.exception("receipts: entry %s could not be processed; refused", entry.origin)
+            _refused(result, ReceiptRefusal.UNPROCESSABLE, entry, _at("", f"could not be processed ({error!r})"))
+            continue
+        result.merge(alone)
+    return result
+
+
+def _stream_batch_record(entries: Sequence[StreamEntry], wait_until: dt.datetime) -> StreamReceipts:
+    """``receipts_stream_record`` of a batch in one transaction."""
     result = StreamReceipts()
     decoded: list[tuple[StreamEntry, ReceiptIn]] = []
     for entry in entries:
@@ -343,11 +403,11 @@ def _stream_receipt(entry: StreamEntry) -> ReceiptIn | FieldError:
     if not isinstance(body, dict):
         return _at("", "is not a JSON object")
     subscriber = body.get("subscriber")
-    if not isinstance(subscriber, str) or not subscriber:
-        return _at("/subscriber", "is required: the subscriber's registered name")
+    if not isinstance(subscriber, str) or not SUBSCRIBER_NAME_RE.fullmatch(subscriber):
+        return _at("/subscriber", "is required: the subscriber's registered name (lowercase letters, digits, '-')")
     received_at = dt.datetime.fromtimestamp(int(entry.entry_id.split("-")[0]) / 1000, tz=dt.UTC)
     return ReceiptIn(
-        subscriber[:64], body.get("event"), body.get("status"), body.get("detail"), received_at, ReceiptVia.STREAM
+        subscriber, body.get("event"), body.get("status"), body.get("detail"), received_at, ReceiptVia.STREAM
     )
 
 
