@@ -202,25 +202,38 @@ def letter_items(letter: DeadLetter) -> dict[str, dict[str, Any]]:
 
 
 def letters_announce(letters: Sequence[DeadLetter]) -> None:
-    """Tell the live pages about dead letters now on their ``.dlq``: one group message a feed and topic, best effort.
-
-    Called from sync code: a request's commit hook or the worker's database thread (no event
-    loop there: the sends run to the end before it returns), or code run inside a loop's own
-    thread (the sends are left to that loop). The pages are a view: ``/dlq/`` keeps every letter.
-    """
-    layer = get_channel_layer()
-    if layer is None or not letters:
-        return
+    """Tell the live pages about dead letters now on their ``.dlq``: one group message a feed and topic, best effort."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for letter in letters:
         for group, item in letter_items(letter).items():
             groups[group].append(item)
+    groups_announce(groups, lost=f"{len(letters)} dead letter(s) not shown live; /dlq/ has them")
+
+
+def receipts_announce(receipts: Sequence[Receipt]) -> None:
+    """Tell the pages following the receipts' topics: one group message a topic, best effort."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for receipt in receipts:
+        groups[subscribers_group(receipt.event.topic.name)].append(receipt_item(receipt))
+    groups_announce(groups, lost=f"{len(receipts)} receipt(s) not shown live; the event records have them")
+
+
+def groups_announce(groups: dict[str, list[dict[str, Any]]], *, lost: str) -> None:
+    """Send each group its items in one message, best effort; ``lost`` is logged when that fails.
+
+    Called from sync code: a request's commit hook or the worker's database thread (no event
+    loop there: the sends run to the end before it returns), or code run inside a loop's own
+    thread (the sends are left to that loop).
+    """
+    layer = get_channel_layer()
+    if layer is None or not groups:
+        return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        async_to_sync(_group_sends)(layer, groups, len(letters))
+        async_to_sync(_group_sends)(layer, groups, lost)
         return
-    task = loop.create_task(_group_sends(layer, groups, len(letters)))
+    task = loop.create_task(_group_sends(layer, groups, lost))
     _SENDING.add(task)
     task.add_done_callback(_SENDING.discard)
 
@@ -228,7 +241,7 @@ def letters_announce(letters: Sequence[DeadLetter]) -> None:
 _SENDING: set[asyncio.Task[None]] = set()  # sends left to a running loop, kept until they finish
 
 
-async def _group_sends(layer: Any, groups: dict[str, list[dict[str, Any]]], letters: int) -> None:
+async def _group_sends(layer: Any, groups: dict[str, list[dict[str, Any]]], lost: str) -> None:
     """One ``group_send`` a group, ANNOUNCE_SECONDS in all; a failure is logged, never raised.
 
     A web process runs its sync views in one thread: a Channels layer whose Redis stopped
@@ -238,5 +251,5 @@ async def _group_sends(layer: Any, groups: dict[str, list[dict[str, Any]]], lett
         async with asyncio.timeout(ANNOUNCE_SECONDS):
             for group, items in groups.items():
                 await layer.group_send(group, group_message(group, items))
-    except Exception:  # TimeoutError included: the letters are kept, and on their .dlq
-        logger.exception("%d dead letter(s) not shown live; /dlq/ has them", letters)
+    except Exception:  # TimeoutError included: what was announced is kept, the pages read it on load
+        logger.exception(lost)

@@ -350,3 +350,24 @@ async def test_dead_letters_reach_live_traffic_and_the_dead_letter_page_from_eve
     assert (dead[1]["source"], dead[1]["type"]) == ("external", "")
     assert [item["letter"] for item in page_items] == [letter.pk for letter in letters]
     assert page_items[0]["errors"] == [{"path": "/payload/standard_deduction", "message": "must be 0 or more"}]
+
+
+async def test_the_subscribers_feed_shows_a_receipt_as_soon_as_it_is_recorded():
+    from busapp.actions.receipts import ReceiptIn, receipt_record
+    from busapp.models import ReceiptVia
+    from tests.support import publish_deduction
+
+    event = await sync_to_async(publish_deduction)(15000)
+    communicator, connected = await _connect("/ws/subscribers/", "auditor")
+    assert connected
+    assert await _subscribed(communicator, "tax-policy") == {"type": "subscribed", "topics": ["tax-policy"]}
+
+    receipt = ReceiptIn("e-file", event.envelope_id, "rejected", "<b>cap</b>", timezone.now(), ReceiptVia.API)
+    await sync_to_async(receipt_record)(receipt, actor="service:e-file")
+
+    frame = await communicator.receive_json_from(timeout=5)
+    assert frame["type"] == "subscribers"
+    [item] = frame["items"]
+    assert (item["kind"], item["event"], item["subscriber"]) == ("receipt", event.envelope_id, "e-file")
+    assert (item["status"], item["detail"]) == ("rejected", "<b>cap</b>")  # as sent: the page shows it as text
+    await communicator.disconnect()

@@ -23,6 +23,7 @@ from django.db import DatabaseError, DataError, IntegrityError, transaction
 
 from busapp.audit import Actor, AuditRecord, audit_append
 from busapp.errors import BusInputError, FieldError, survivable
+from busapp.live import receipts_announce
 from busapp.models import (
     RECEIPT_DETAIL_MAX_BYTES,
     SUBSCRIBER_NAME_PATTERN,
@@ -134,11 +135,18 @@ def _record_once(
         raise ReceiptRefusedError(errors, refused[0][1].refusal or ReceiptRefusal.INVALID)
     if new:
         audit_append(actor=actor, records=_audit_records(list(new.values())), rows=list(new.values()))
-        counts: dict[str, int] = defaultdict(int)
-        for row in new.values():
-            counts[row.status] += 1
-        transaction.on_commit(lambda: receipts_recorded_count(counts))
+        rows = list(new.values())
+        transaction.on_commit(lambda: _recorded_tell(rows))
     return outcomes
+
+
+def _recorded_tell(receipts: list[Receipt]) -> None:
+    """Once committed: count them for /metrics and show them on the pages following their topics."""
+    counts: dict[str, int] = defaultdict(int)
+    for receipt in receipts:
+        counts[receipt.status] += 1
+    receipts_recorded_count(counts)
+    receipts_announce(receipts)
 
 
 @dataclass

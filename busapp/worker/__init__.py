@@ -79,7 +79,6 @@ class BusWorker:
             redis=self.redis,
             name=self.name,
             claim_idle_ms=self.tap.claim_idle_ms,
-            fanout=self.fanout,
             stopping=self.stopping,
             loops=self.loops,
         )

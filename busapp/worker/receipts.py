@@ -2,7 +2,7 @@
 
 Through the workers' consumer group, like the tap: several workers share the stream, an entry
 is acknowledged once its receipt is committed (or refused), and what a stopped worker held is
-claimed by the others. Recorded receipts go to the live pages of their topics.
+claimed by the others. The action shows recorded receipts on the live pages of their topics.
 """
 
 from __future__ import annotations
@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections import defaultdict
-from typing import Any
 
 import redis.asyncio as aioredis
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from busapp.actions.receipts import StreamReceipts, receipts_stream_record
-from busapp.live import receipt_item, subscribers_group
 from busapp.publishing import (
     RECEIPTS_STREAM,
     StreamEntry,
@@ -28,7 +25,6 @@ from busapp.publishing import (
     tap_entries_read,
     tap_groups_ensure,
 )
-from busapp.worker.fanout import FanOut
 from busapp.worker.steps import LoopStates, in_db, pause
 
 logger = logging.getLogger(__name__)
@@ -48,12 +44,11 @@ class ReceiptsReader:
         redis: aioredis.Redis,
         name: str,
         claim_idle_ms: int,
-        fanout: FanOut,
         stopping: asyncio.Event,
         loops: LoopStates,
     ) -> None:
         self.redis, self.name, self.claim_idle_ms = redis, name, claim_idle_ms
-        self.fanout, self.stopping, self.loops = fanout, stopping, loops
+        self.stopping, self.loops = stopping, loops
         self.grouped = False
         # Entries whose event history does not hold yet: tried again with the next batch.
         self.waiting: list[StreamEntry] = []
@@ -68,7 +63,6 @@ class ReceiptsReader:
         if outcome.refused:
             await receipts_refused_count(self.redis, outcome.refused)
             logger.warning("receipts: refused %s; first: %s", dict(outcome.refused), outcome.first_problem)
-        self.fanout.add(_live_groups(outcome))
         return outcome
 
     async def run(self) -> None:
@@ -107,11 +101,3 @@ class ReceiptsReader:
             self.redis, self.name, [RECEIPTS_STREAM], idle_ms=self.claim_idle_ms, most=READ_COUNT
         )
         return [entry for entry in claimed if entry.entry_id not in waiting]
-
-
-def _live_groups(outcome: StreamReceipts) -> dict[str, list[dict[str, Any]]]:
-    """Recorded receipts as live items, by their topic's subscribers group."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for receipt in outcome.recorded:
-        groups[subscribers_group(receipt.event.topic.name)].append(receipt_item(receipt))
-    return groups
