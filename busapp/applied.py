@@ -128,6 +128,7 @@ class ServiceOnEvent:
     expected: Expected
     state: str
     delivered: bool | None  # None: no consumer group, or Redis did not answer
+    overdue_seconds: float | None  # how long past its deadline, when overdue
 
     @property
     def name(self) -> str:
@@ -147,7 +148,12 @@ def event_services(event: Event, *, now: dt.datetime | None = None) -> list[Serv
             follow, event.event_type, event, _due_at(event, follow), receipts.get((event.pk, follow.subscriber_id))
         )
         rows.append(
-            ServiceOnEvent(expected, expected.state(now), _delivered(event, positions.get(follow.subscriber.name)))
+            ServiceOnEvent(
+                expected,
+                expected.state(now),
+                _delivered(event, positions.get(follow.subscriber.name)),
+                (now - expected.due_at).total_seconds() if expected.state(now) == OVERDUE else None,
+            )
         )
     return rows
 

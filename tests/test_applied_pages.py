@@ -65,9 +65,7 @@ def test_the_topic_page_shows_the_value_in_force_who_applied_it_and_who_drifts(d
     at = f"{new.published_at:%H:%M:%S}"
     assert f"In force since {new.published_at:%Y-%m-%d %H:%M:%S} UTC: {new.envelope_id}" in page
     assert '{"standard_deduction": 15000}' in page
-    assert f"mobile-tax-app still on standard_deduction 14600; 15000 in force since {at} UTC, 4 minutes overdue" in (
-        page
-    )
+    assert f"mobile-tax-app still on standard_deduction 14600; 15000 in force since {at} UTC, 4 min overdue" in (page)
     assert "analytics-dashboard still on standard_deduction 14600; 15000 in force since" in page
     assert "rejected: “our charts stop at 14,999”" in page
     assert "e-file applied" in page
@@ -90,7 +88,7 @@ def test_the_event_record_lists_every_expected_service_with_its_state_and_latenc
 
     assert "Services expected to apply it" in page
     assert "e-file unknown (no consumer group) applied" in page  # no hms_subscriber group in this test
-    assert "mobile-tax-app unknown (no consumer group) overdue 4 minutes past its 1 min deadline" in page
+    assert "mobile-tax-app unknown (no consumer group) overdue 4 min past its 1 min deadline" in page
     assert "analytics-dashboard unknown (no consumer group) rejected" in page
     assert "our charts stop at 14,999" in page
 

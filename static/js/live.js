@@ -2,7 +2,8 @@
 // Every value is written with textContent, never as HTML: payloads are untrusted. Each frame is
 // acknowledged after it is drawn, so a tab that falls behind is sent less and told how many it
 // skipped. After a reconnect the gap is filled from history (/live/events/?after=<last id seen>);
-// dead letters missed meanwhile are on /dlq/.
+// dead letters missed meanwhile are on /dlq/. Registered services' receipts (/ws/subscribers/)
+// show as badges on their event's row.
 
 import { topicColor } from "./colors.js";
 import { openFeed, sourceLabel, statusCell, textCell } from "./feed.js";
@@ -75,6 +76,9 @@ function draw(item) {
   }
   // A dead letter's body is shown as the text that arrived, after the rule it broke.
   textCell(row, letter ? `${item.cause} — ${item.text}` : payloadSummary(item)).className = "mono payload";
+  textCell(row, "").className = "services";
+  for (const receipt of early.get(item.id) ?? []) badgeAdd(row, receipt);
+  early.delete(item.id);
   row.hidden = !matches(row);
   body.prepend(row);
   while (body.rows.length > ROWS_KEPT) body.deleteRow(body.rows.length - 1);
@@ -84,7 +88,7 @@ function marker(text) {
   const row = document.createElement("tr");
   row.className = "marker";
   const td = textCell(row, text);
-  td.colSpan = 7;
+  td.colSpan = 8;
   body.prepend(row);
 }
 
@@ -173,6 +177,40 @@ body.addEventListener("click", (event) => {
   if (row) location.href = row.dataset.href;
 });
 setInterval(drawSparklines, 1000);
+// A registered service's receipt, as a badge on its event's row: who applied, ignored or rejected it.
+// A receipt can beat its event here (the two feeds are apart): kept a moment for the row to come.
+const early = new Map();
+const EARLY_KEPT = 1000;
+
+function receiptShown(item) {
+  if (item.kind !== "receipt") return;  // drift is the topic page's and the dashboard's
+  const row = body.querySelector(`tr.event[data-id="${CSS.escape(item.event)}"]`);
+  if (!row) {
+    early.set(item.event, [...(early.get(item.event) ?? []), item]);
+    if (early.size > EARLY_KEPT) early.delete(early.keys().next().value);  // older than the rows kept
+    return;
+  }
+  badgeAdd(row, item);
+}
+
+function badgeAdd(row, item) {
+  const badge = document.createElement("span");
+  badge.className = `status ${item.status}`;
+  badge.textContent = item.subscriber;
+  badge.title = item.detail ? `${item.status}: ${item.detail}` : item.status;
+  row.querySelector("td.services").append(badge, " ");
+}
+
+openFeed({
+  path: "/ws/subscribers/",
+  topics,
+  frameType: "subscribers",
+  connection: document.createElement("span"),  // the traffic feed's badge speaks for both
+  onItems(items) {
+    items.forEach(receiptShown);
+  },
+  onNotice: say,
+});
 openFeed({
   path: "/ws/traffic/",
   topics,
