@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("demo_committed", "bus")
 
 SERVICES = ("e-file", "withholding-calculator", "mobile-tax-app", "analytics-dashboard")
 SILENT = "mobile-tax-app"
-DEADLINE_SECONDS = 2
+DEADLINE_SECONDS = 3  # room for three services to apply on a loaded machine; the silent one waits it out
 # A deadline passing shows within about 2 s (the page looks again just after it; the worker checks every second).
 SHOWN_WITHIN_MS = DEADLINE_SECONDS * 1000 + 8_000
 
