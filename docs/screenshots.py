@@ -6,7 +6,9 @@ as `policy` in headless Chromium (Debian's `chromium`, 1280x900) and saves
 docs/dashboard.png, docs/live.png, docs/dead-letters.png, docs/publish-form.png,
 docs/preview.png and docs/withholding-form.png; then, as `auditor`, docs/history.png (the
 history narrowed by a payload condition), docs/event-record.png (one event's record) and
-docs/audit.png (the audit log, its chain just checked).
+docs/audit.png (the audit log, its chain just checked); last, with a bus worker and three of
+the demo's services on hms_subscriber running, docs/drift.png (the topic page's "In force now"
+with mobile-tax-app, never started, overdue).
 `--out DIR` saves the pictures in DIR instead of docs/.
 Everything it started is stopped again; nothing outside the output directory is changed.
 """
@@ -33,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 from tests.e2e.conftest import CHROMIUM_ARGS, VIEWPORT  # noqa: E402
-from tests.support import RedisServer, free_port, wait_for  # noqa: E402
+from tests.support import OutputWatcher, RedisServer, free_port, service_start, wait_for  # noqa: E402
 
 # The standard deductions (single filer) of 2023 and 2024: the history the dashboard shows.
 DEMO_DEDUCTIONS = (13850, 14600)
@@ -51,15 +53,20 @@ REGISTRY_DRAFT = {
     },
 }
 REFUSED_DEDUCTIONS = (-5, -100, -14600)
+# The drift picture: these services catch up on the value in force; mobile-tax-app, given a short deadline, never runs.
+APPLYING_SERVICES = ("e-file", "withholding-calculator", "analytics-dashboard")
+SILENT_SERVICE = "mobile-tax-app"
+SILENT_DEADLINE_SECONDS = 1
 
 
-def manage(*args: str, env: dict[str, str]) -> None:
-    """Run one manage.py command, failing loudly with its output."""
+def manage(*args: str, env: dict[str, str]) -> str:
+    """Run one manage.py command, failing loudly with its output; what it printed."""
     done = subprocess.run(  # noqa: S603 (our own manage.py, fixed arguments)
         [sys.executable, str(ROOT / "manage.py"), *args], env=env, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise SystemExit(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
 
 
 def refuse(deduction: int, *, env: dict[str, str]) -> None:
@@ -112,10 +119,12 @@ def sign_in(page: Page, base_url: str, password: str, username: str = "policy") 
     page.wait_for_url(f"{base_url}/")
 
 
-def take(page: Page, out: Path, name: str, *, full_page: bool = False) -> None:
-    """Save the page, from its top, as <out>/<name>.png: no caret, no hover colour."""
+def take(page: Page, out: Path, name: str, *, full_page: bool = False, at: str = "") -> None:
+    """Save the page, from its top (or from the element ``at`` selects), as <out>/<name>.png: no caret, no hover."""
     page.mouse.move(0, 0)
     page.evaluate("() => { document.activeElement?.blur(); window.scrollTo(0, 0); }")
+    if at:
+        page.locator(at).evaluate("element => window.scrollTo(0, element.getBoundingClientRect().top - 16)")
     path = out / f"{name}.png"
     page.screenshot(path=path, full_page=full_page)
     print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
@@ -181,7 +190,57 @@ def screenshots(base_url: str, password: str, out: Path, env: dict[str, str]) ->
         sign_in(page, base_url, password, "admin")
         access(page, base_url, out)
         registry(page, base_url, out)
+        drift(page, base_url, out, env)
         browser.close()
+
+
+def drift(page: Page, base_url: str, out: Path, env: dict[str, str]) -> None:
+    """As the admin: mobile-tax-app's deadline shortened; three services apply the value in force, it never does."""
+    page.goto(f"{base_url}/subscribers/")
+    follow = page.locator("#follow-form")
+    follow.get_by_label("Subscriber").select_option(label=SILENT_SERVICE)
+    follow.get_by_label("Topic").select_option("tax-policy")
+    follow.get_by_label("Apply deadline (seconds)").fill(str(SILENT_DEADLINE_SECONDS))
+    follow.get_by_role("button", name="Save").click()
+    page.locator(".message.success").wait_for()
+    # One view token for the three: each catches up on the value in force through the API as it starts.
+    token = manage(
+        "service_token",
+        "create",
+        "--service",
+        "demo-services",
+        "--topic",
+        "tax-policy",
+        "--no-publish",
+        env=env,
+    )
+    worker = OutputWatcher(
+        subprocess.Popen(  # noqa: S603 (our own manage.py, fixed arguments)
+            [sys.executable, str(ROOT / "manage.py"), "bus_worker"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    )
+    services: list[OutputWatcher] = []
+    try:
+        worker.wait_for_line("bus worker", timeout=30)
+        api = {"HMS_API_URL": base_url, "HMS_API_TOKEN": token.strip()}
+        for name in APPLYING_SERVICES:
+            services.append(service_start(name, consumer=f"{name}-1", redis_url=env["REDIS_URL"], **api))
+        page.goto(f"{base_url}/topics/tax-policy/")
+        in_force = page.locator('#in-force section.in-force[data-type="tax_policy.updated"]')
+        for name in APPLYING_SERVICES:
+            in_force.locator(f'tr.service.applied[data-subscriber="{name}"]').wait_for()
+        in_force.locator(f'tr.service.overdue[data-subscriber="{SILENT_SERVICE}"]').wait_for()
+        in_force.locator("p.drift").wait_for()
+        page.locator("#applied-connection", has_text="live").wait_for()
+        take(page, out, "drift", at="h2:has(#applied-connection)")
+    finally:
+        for service in services:
+            service.stop()
+        worker.stop()
 
 
 def registry(page: Page, base_url: str, out: Path) -> None:

@@ -13,7 +13,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = Path(__file__).resolve().parent / "seed"
+# A service on hms_subscriber that prints each standard deduction it applies; HMS_SUBSCRIBER names it.
+SUBSCRIBER_SCRIPT = ROOT / "tests" / "subscribers" / "mobile_tax_app.py"
 
 # Runs a seed script unchanged, with its redis.Redis(host="localhost", port=6379) pointed at our port.
 _SEED_SHIM = """
@@ -222,6 +225,87 @@ class OutputWatcher:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def service_spawn(name: str, *, consumer: str, redis_url: str, **env: str) -> OutputWatcher:
+    """One registered service on hms_subscriber started in a process of its own (``service_ready`` waits for it)."""
+    process = subprocess.Popen(
+        [sys.executable, "-u", str(SUBSCRIBER_SCRIPT)],
+        cwd=ROOT,
+        # As a service team would install it: the package is importable, nothing of the project is set up.
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HMS_REDIS_URL": redis_url, "HMS_SUBSCRIBER": name}
+        | {"HMS_CONSUMER": consumer, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return OutputWatcher(process)
+
+
+def service_ready(service: OutputWatcher) -> None:
+    """Wait until a spawned service has joined its consumer group, drained it and caught up."""
+    service.wait_for_line(" ready: consumer ", timeout=15)
+
+
+def service_start(name: str, *, consumer: str, redis_url: str, **env: str) -> OutputWatcher:
+    """One registered service on hms_subscriber in a process of its own, once it has joined and caught up."""
+    service = service_spawn(name, consumer=consumer, redis_url=redis_url, **env)
+    try:
+        service_ready(service)
+    except AssertionError:
+        service.stop()
+        raise
+    return service
+
+
+def deadlines_set(*, topic: str, seconds: int) -> None:
+    """Every subscriber following ``topic`` must apply its events within ``seconds``, as a bus admin would set it."""
+    from busapp.actions.subscribers import subscriber_follow
+    from busapp.models import SubscriberFollow
+
+    admin = get_user_model().objects.get(username="admin")
+    for follow in SubscriberFollow.objects.filter(topic__name=topic).select_related("subscriber", "topic"):
+        subscriber_follow(subscriber=follow.subscriber, topic=follow.topic, apply_deadline=seconds, actor=admin)
+
+
+def http_answers(url: str) -> bool:
+    """True when ``url`` answers 200 within a second."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (the tests' own server)
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@contextmanager
+def web_and_worker(redis_url: str, password: str) -> Iterator[str]:
+    """Uvicorn serving the ASGI app and a bus worker beside it, on the tests' database; yields the web's base URL.
+
+    Every user's password becomes ``password``, hashed as the production settings of the server check it.
+    """
+    passwords_for_another_process(password)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "hmsadmin.asgi:application", "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT,
+        env=manage_env(redis_url),
+    )
+    worker = OutputWatcher(manage_background("bus_worker", redis_url=redis_url))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http_answers(f"{url}/healthz"), timeout=20, what="uvicorn to answer")
+        worker.wait_for_line("bus worker", timeout=20)
+        yield url
+    finally:
+        worker.stop()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def publish_deduction(deduction: object, **overrides: object) -> Any:

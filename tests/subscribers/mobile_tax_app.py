@@ -1,7 +1,8 @@
 """mobile-tax-app on hms_subscriber: the seed's refund_service, with each envelope applied once and a receipt.
 
 The tests set HMS_* variables: where Redis and the API are, the consumer's name, the claim idle time,
-and HMS_HOLD, a deduction this instance takes and never finishes (to be killed holding it).
+HMS_HOLD, a deduction this instance takes and never finishes (to be killed holding it), and
+HMS_SUBSCRIBER, the registered service it runs as (another of the demo's four: e-file, ...).
 """
 
 import logging
@@ -14,7 +15,7 @@ from hms_subscriber import Subscriber
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
 
 sub = Subscriber(
-    "mobile-tax-app",
+    os.environ.get("HMS_SUBSCRIBER", "mobile-tax-app"),
     topics=["tax-policy"],
     redis_url=os.environ["HMS_REDIS_URL"],
     consumer=os.environ.get("HMS_CONSUMER"),
