@@ -39,6 +39,8 @@ from busapp.publishing import StreamEntry, receipts_recorded_count
 
 logger = logging.getLogger(__name__)
 
+_STATUSES = frozenset(ReceiptStatus.values)  # Choices.values builds its list on every call
+
 ENVELOPE_ID_MAX = 128  # as ``Event.envelope_id``
 SUBSCRIBER_NAME_RE = re.compile(SUBSCRIBER_NAME_PATTERN)
 # Two writers recording the same (event, subscriber) at once: the loser reads the winner's and tries again.
@@ -181,11 +183,13 @@ class _Known:
             subscriberfollow__in=follows.values()
         ).values_list("subscriberfollow_id", "eventtype_id"):
             followed_types[follow_id].add(type_id)
+        # By event alone: the unique (event, subscriber) index's first column, however many receipts
+        # a subscriber has (by subscriber too, the planner may read every receipt of each one).
+        wanted = {subscriber.pk for subscriber in subscribers.values()}
         earlier = {
             (receipt.event_id, receipt.subscriber_id): receipt
-            for receipt in Receipt.objects.filter(
-                event__in=[event.pk for event in events.values()], subscriber__in=subscribers.values()
-            )
+            for receipt in Receipt.objects.filter(event__in=[event.pk for event in events.values()])
+            if receipt.subscriber_id in wanted
         }
         return cls(events, subscribers, follows, followed_types, earlier, topics)
 
@@ -244,7 +248,7 @@ def _field_problems(receipt: ReceiptIn) -> list[FieldError]:
         problems.append(_at("/event", "holds a NUL or a lone surrogate: no envelope id does"))
     elif len(receipt.event) > ENVELOPE_ID_MAX:
         problems.append(_at("/event", f"is longer than {ENVELOPE_ID_MAX} characters: no envelope id is"))
-    if receipt.status not in ReceiptStatus.values:
+    if not isinstance(receipt.status, str) or receipt.status not in _STATUSES:
         statuses = ", ".join(repr(value) for value in ReceiptStatus.values)
         problems.append(_at("/status", f"{str(receipt.status)[:40]!r} is not one of {statuses}"))
     if receipt.detail is not None and not isinstance(receipt.detail, str):
