@@ -95,7 +95,7 @@ def expectations(follows: Iterable[SubscriberFollow]) -> list[Expected]:
     for follow in follows:
         for kind in list(follow.event_types.all()) or types_of_topic[follow.topic_id]:
             if kind.pk not in in_force:
-                in_force[kind.pk] = event_in_force(topic=follow.topic, event_type=kind)
+                in_force[kind.pk] = event_in_force(event_type=kind)
             event = in_force[kind.pk]
             if event is not None:
                 owed.append((follow, kind, event))
@@ -210,7 +210,7 @@ def topic_values_in_force(topic: Topic, *, now: dt.datetime | None = None) -> li
     now = now or timezone.now()
     values = []
     for kind in EventType.objects.filter(topic=topic).order_by("name"):
-        event = event_in_force(topic=topic, event_type=kind)
+        event = event_in_force(event_type=kind)
         services = event_services(event, now=now) if event is not None else []
         behind = [
             _behind(service, event)

@@ -321,6 +321,9 @@ class Event(models.Model):
         ordering = ["-timestamp", "-id"]
         indexes = [
             models.Index(fields=["topic", "timestamp", "id"], name="event_topic_time"),
+            # The value in force of a type (the drift check's, every second): its newest event, however
+            # busy the rest of its topic.
+            models.Index(fields=["event_type", "timestamp", "id"], name="event_type_time"),
             models.Index(fields=["timestamp", "id"], name="event_time"),
             models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="event_pending_outbox"),
             # Few rows: /metrics counts them per topic on every scrape without reading the history.
@@ -409,8 +412,12 @@ RECEIPT_DETAIL_MAX_BYTES = 4096
 class Receipt(models.Model):
     """A subscriber's word on one event: applied, rejected (with why) or ignored; one per event and subscriber."""
 
-    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="receipts", db_index=False)
-    subscriber = models.ForeignKey(Subscriber, on_delete=models.PROTECT, related_name="receipts")
+    # No database constraints: a per-row check on every insert of the receipts stream's bulk, for rows
+    # nothing deletes (events and subscribers are kept for ever); the action checks both exist.
+    event = models.ForeignKey(
+        Event, on_delete=models.PROTECT, related_name="receipts", db_index=False, db_constraint=False
+    )
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.PROTECT, related_name="receipts", db_constraint=False)
     status = models.CharField(max_length=16, choices=ReceiptStatus.choices)
     detail = models.TextField(blank=True, help_text="The subscriber's words, at most 4 KiB (why it rejected).")
     received_at = models.DateTimeField(help_text="When the bus received it (a stream entry's own time).")

@@ -230,12 +230,10 @@ def dead_letters_open_count(topics: Iterable[Topic]) -> int:
     return DeadLetter.objects.filter(topic__in=list(topics), status=DeadLetterStatus.OPEN).count()
 
 
-def event_in_force(*, topic: Topic, event_type: EventType) -> Event | None:
-    """The newest published event of a topic's event type: the value every service should hold now."""
+def event_in_force(*, event_type: EventType) -> Event | None:
+    """The newest published event of an event type (of its one topic): the value every service should hold now."""
     return (
-        Event.objects.filter(topic=topic, event_type=event_type, status=EventStatus.PUBLISHED)
-        .order_by("-timestamp", "-id")
-        .first()
+        Event.objects.filter(event_type=event_type, status=EventStatus.PUBLISHED).order_by("-timestamp", "-id").first()
     )
 
 

@@ -146,7 +146,7 @@ class EventInForceView(APIView):
         """The event in force with its envelope as sent; pending events are not on the bus yet, so never in force."""
         topic = topic_for(request, name, VIEW_TOPIC)
         found = event_type_on(topic, event_type)
-        event = event_in_force(topic=topic, event_type=found)
+        event = event_in_force(event_type=found)
         if event is None:
             message = f"no event of {found.name} has been published yet"
             raise ApiError([{"path": "/type", "message": message}], status.HTTP_404_NOT_FOUND)

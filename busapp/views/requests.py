@@ -54,7 +54,7 @@ def _request_context(request: HttpRequest, topic: Topic, waiting: PublishRequest
     """What the request page shows, and which buttons this person gets."""
     user = signed_in_user(request)
     approver = topic_right_held(user, APPROVE_TOPIC, topic)
-    in_force = event_in_force(topic=topic, event_type=waiting.event_type)
+    in_force = event_in_force(event_type=waiting.event_type)
     return {
         "topic": topic,
         "waiting": waiting,
