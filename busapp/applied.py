@@ -19,6 +19,7 @@ from django.utils import timezone
 from busapp.models import (
     Drift,
     Event,
+    EventStatus,
     EventType,
     Receipt,
     ReceiptStatus,
@@ -230,12 +231,28 @@ def _behind(service: ServiceOnEvent, in_force: Event) -> Behind:
     return Behind(service, applied, [(row.path, row.before, row.after) for row in rows if row.before != row.after])
 
 
+# How many of a type's newest values are searched for the one a service is still on (two indexed reads).
+STILL_ON_LOOKBACK = 1000
+
+
 def last_applied(subscriber: Subscriber, event_type: EventType) -> Event | None:
-    """The newest event of the type the subscriber applied: the value it is on."""
-    applied = Event.objects.filter(
-        event_type=event_type, receipts__subscriber=subscriber, receipts__status=ReceiptStatus.APPLIED
+    """The newest of the type's last ``STILL_ON_LOOKBACK`` values the subscriber applied: the value it is on.
+
+    Walks the type's own index newest first, then looks up the subscriber's receipts of those
+    events by the unique (event, subscriber) index: bounded however many receipts history holds.
+    """
+    newest = list(
+        Event.objects.filter(event_type=event_type, status=EventStatus.PUBLISHED)
+        .order_by("-timestamp", "-id")
+        .values_list("pk", flat=True)[:STILL_ON_LOOKBACK]
     )
-    return applied.order_by("-timestamp", "-id").first()
+    applied = set(
+        Receipt.objects.filter(event__in=newest, subscriber=subscriber, status=ReceiptStatus.APPLIED).values_list(
+            "event_id", flat=True
+        )
+    )
+    found = next((pk for pk in newest if pk in applied), None)
+    return Event.objects.get(pk=found) if found is not None else None
 
 
 def drifts_open(topics: Iterable[Topic] | None = None) -> list[Drift]:

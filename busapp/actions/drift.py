@@ -23,13 +23,10 @@ from busapp.models import (
     Drift,
     DriftReason,
     Receipt,
-    ReceiptStatus,
     SubscriberFollow,
 )
 
 DRIFT_ACTOR = "system:drift-check"
-# Statuses that put a subscriber on the value in force: it applied it, or said it is not for it.
-SETTLED = (ReceiptStatus.APPLIED, ReceiptStatus.IGNORED)
 
 
 @dataclass
@@ -51,7 +48,7 @@ def drift_advance(*, now: dt.datetime | None = None) -> DriftChanges:
     expected = {(e.follow.subscriber_id, e.event_type.pk): e for e in expectations(follows)}
     open_drifts = {
         (drift.subscriber_id, drift.event_type_id): drift
-        for drift in Drift.objects.select_for_update()
+        for drift in Drift.objects.select_for_update(of=("self",))
         .filter(cleared_at__isnull=True)
         .select_related("subscriber", "topic", "event_type", "event")
     }
