@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -173,36 +174,63 @@ def test_malformed_entries_are_acknowledged_those_with_an_id_rejected_and_the_ne
     assert app.process.poll() is None
 
 
+@contextlib.contextmanager
+def _web(redis_url: str) -> Iterator[str]:
+    """The dashboard's ASGI server in a process of its own; its base URL."""
+    port = free_port()
+    server = OutputWatcher(
+        subprocess.Popen(
+            [str(ROOT / ".venv/bin/uvicorn"), "hmsadmin.asgi:application", "--port", str(port)],
+            cwd=ROOT,
+            env=manage_env(redis_url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    )
+    try:
+        server.wait_for_line("Uvicorn running", timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
 @pytest.mark.usefixtures("demo_committed")
 def test_a_new_subscriber_catches_up_on_the_event_in_force_from_the_api_once(bus, suite_redis, subscribers):
     from tests.test_api import _token
 
     publish_deduction(14000)
     in_force = publish_deduction(15000)  # both before the subscriber's group existed: only the API has them
-    port = free_port()
-    server = OutputWatcher(
-        subprocess.Popen(
-            [str(ROOT / ".venv/bin/uvicorn"), "hmsadmin.asgi:application", "--port", str(port)],
-            cwd=ROOT,
-            env=manage_env(suite_redis.url(0)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    )
-    api = {"HMS_API_URL": f"http://127.0.0.1:{port}", "HMS_API_TOKEN": _token(name=NAME, can_view=True)}
-    try:
-        server.wait_for_line("Uvicorn running", timeout=30)
+    with _web(suite_redis.url(0)) as url:
+        api = {"HMS_API_URL": url, "HMS_API_TOKEN": _token(name=NAME, can_view=True)}
         first_run = subscribers.start("app-1", **api)
         _acknowledged(bus)
         first_run.stop()
         second_run = subscribers.start("app-2", **api)
-    finally:
-        server.stop()
 
     assert _deductions(first_run) == ["New deduction = 15000"]
     assert _deductions(second_run) == []
     assert _receipts(bus) == [_applied(in_force, 15000)]
+
+
+@pytest.mark.usefixtures("demo_committed")
+def test_receipts_over_the_api_are_recorded_by_the_web_with_the_token_bound_to_the_subscriber(
+    bus, suite_redis, subscribers
+):
+    from busapp.models import Receipt, Subscriber
+    from tests.test_api import _token
+
+    token = _token(name=NAME, can_view=True, subscriber=Subscriber.objects.get(name=NAME))
+    with _web(suite_redis.url(0)) as url:
+        app = subscribers.start("app-1", HMS_API_URL=url, HMS_API_TOKEN=token, HMS_RECEIPTS_OVER_API="1")
+        event = publish_deduction(15000)
+        app.wait_for_line("New deduction = 15000")
+        _acknowledged(bus)
+
+    receipt = Receipt.objects.get(event__envelope_id=event.envelope_id)
+    assert (receipt.subscriber.name, receipt.status, receipt.via) == (NAME, "applied", "api")
+    assert receipt.detail == "showing 15000 in the app"
+    assert _receipts(bus) == []  # nothing went the stream's way
 
 
 @pytest.mark.usefixtures("demo_committed")

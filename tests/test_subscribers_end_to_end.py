@@ -146,7 +146,9 @@ def test_three_services_apply_a_form_publish_the_stopped_one_goes_overdue_then_c
         overdue = [("system:drift-check", "subscriber.overdue", f"subscriber:{STOPPED}")]
         wait_for(lambda: drifts_of(auditor) == overdue, timeout=10, what="the overdue service in the audit log")
         (line,) = drift_lines(auditor.get("/topics/tax-policy/"))
-        assert line.startswith(f"Drift: {STOPPED} has applied none of this type's recent values; this value in force since ")
+        assert line.startswith(
+            f"Drift: {STOPPED} has applied none of this type's recent values; this value in force since "
+        )
         assert line.endswith("overdue.")
         assert audit_rows(auditor, "event.publish") == [("policy", "event.publish", f"event:{event_id}")]
 

@@ -1,6 +1,7 @@
 """mobile-tax-app on hms_subscriber: the seed's refund_service, with each envelope applied once and a receipt.
 
-The tests set HMS_* variables: where Redis and the API are, the consumer's name, the claim idle time,
+The tests set HMS_* variables: where Redis and the API are (HMS_RECEIPTS_OVER_API: receipts go there),
+the consumer's name, the claim idle time,
 HMS_HOLD, a deduction this instance takes and never finishes (to be killed holding it), and
 HMS_SUBSCRIBER, the registered service it runs as (another of the demo's four: e-file, ...).
 """
@@ -21,6 +22,7 @@ sub = Subscriber(
     consumer=os.environ.get("HMS_CONSUMER"),
     api_url=os.environ.get("HMS_API_URL"),
     api_token=os.environ.get("HMS_API_TOKEN"),
+    receipts_over_api=bool(os.environ.get("HMS_RECEIPTS_OVER_API")),
     claim_idle_seconds=float(os.environ.get("HMS_CLAIM_IDLE", "60")),
 )
 
