@@ -413,11 +413,14 @@ class Receipt(models.Model):
     """A subscriber's word on one event: applied, rejected (with why) or ignored; one per event and subscriber."""
 
     # No database constraints: a per-row check on every insert of the receipts stream's bulk, for rows
-    # nothing deletes (events and subscribers are kept for ever); the action checks both exist.
+    # nothing deletes (events and subscribers are kept for ever); the action checks both exist. One
+    # index, the unique (event, subscriber): every read looks receipts up by their events.
     event = models.ForeignKey(
         Event, on_delete=models.PROTECT, related_name="receipts", db_index=False, db_constraint=False
     )
-    subscriber = models.ForeignKey(Subscriber, on_delete=models.PROTECT, related_name="receipts", db_constraint=False)
+    subscriber = models.ForeignKey(
+        Subscriber, on_delete=models.PROTECT, related_name="receipts", db_index=False, db_constraint=False
+    )
     status = models.CharField(max_length=16, choices=ReceiptStatus.choices)
     detail = models.TextField(blank=True, help_text="The subscriber's words, at most 4 KiB (why it rejected).")
     received_at = models.DateTimeField(help_text="When the bus received it (a stream entry's own time).")

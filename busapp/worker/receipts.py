@@ -25,7 +25,7 @@ from busapp.publishing import (
     tap_entries_read,
     tap_groups_ensure,
 )
-from busapp.worker.steps import LoopStates, in_db, pause
+from busapp.worker.steps import DatabaseThread, LoopStates, pause
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,15 @@ class ReceiptsReader:
         self.redis, self.name, self.claim_idle_ms = redis, name, claim_idle_ms
         self.stopping, self.loops = stopping, loops
         self.grouped = False
+        # Its own thread and connection: at high rates it would hold the tap's and the drift check's.
+        self.database = DatabaseThread("receipts")
         # Entries whose event history does not hold yet: tried again with the next batch.
         self.waiting: list[StreamEntry] = []
 
     async def handle(self, entries: list[StreamEntry]) -> StreamReceipts:
         """Record a batch, acknowledge all but those still waiting for their event, tell the live pages."""
         wait_until = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=WAIT_FOR_EVENT_SECONDS)
-        outcome = await in_db(lambda: receipts_stream_record(entries, wait_until=wait_until))
+        outcome = await self.database.run(lambda: receipts_stream_record(entries, wait_until=wait_until))
         waiting = {entry.entry_id for entry in outcome.waiting}
         await tap_entries_ack(self.redis, [entry for entry in entries if entry.entry_id not in waiting])
         self.waiting = outcome.waiting
@@ -93,6 +95,7 @@ class ReceiptsReader:
                 self.grouped = isinstance(error, DatabaseError) and self.grouped
                 await pause(self.stopping, backoff)
                 backoff = min(backoff * 2, 10.0)
+        await self.database.close()
 
     async def _claim(self) -> list[StreamEntry]:
         """Up to a batch of entries a stopped worker read and never acknowledged."""
