@@ -22,8 +22,8 @@ Parts (``--parts``, all by default):
   every second: receipts recorded per second, the backlog (the workers' group lag and pending
   entries) when publishing stops and after a bounded drain, each worker's CPU and peak memory.
   The generator stands for the 20 subscriber processes (``hms_subscriber``), which are not run.
-- profile: a copy of the receipts reader's step (``receipts_stream_record``, then the live
-  items and their group messages; no Redis read or ack) under cProfile in this process, on
+- profile: a copy of the receipts reader's step (``receipts_stream_record``, its commit hook
+  telling the pages included; no Redis read or ack) under cProfile in this process, on
   batches of ``READ_COUNT`` receipts for fresh events: where a batch's time goes.
 - drift: uvicorn and one bus worker; K websocket clients signed in as the demo admin, on
   ``/ws/subscribers/`` for every topic. Each follow's deadline is ``--deadline`` s; each round
