@@ -13,7 +13,12 @@ let deadlineTimer = null;
 async function refresh() {
   refreshing = null;
   for (const part of parts) {
-    const response = await fetch(part.dataset.url, { credentials: "same-origin", headers: { Accept: "text/html" } });
+    let response;
+    try {
+      response = await fetch(part.dataset.url, { credentials: "same-origin", headers: { Accept: "text/html" } });
+    } catch {
+      continue; // the server is away: the part stays as it was, and the feed's reconnect asks again
+    }
     if (!response.ok) continue; // signed out or rights withdrawn: the feed says so
     const html = new DOMParser().parseFromString(await response.text(), "text/html");
     const fresh = html.body.firstElementChild;
