@@ -28,7 +28,7 @@ from busapp.models import (
     Topic,
 )
 from busapp.payload_diff import payload_diff
-from busapp.publishing import stream_groups
+from busapp.publishing import stream_groups, stream_id_key
 from busapp.selectors import event_in_force
 
 OVERDUE, WAITING = "overdue", "waiting"
@@ -168,17 +168,11 @@ def _group_positions(topic: Topic) -> dict[str, str]:
     return {reading.name: reading.last_delivered_id for reading in readings}
 
 
-def _stream_id_key(stream_id: str) -> tuple[int, int]:
-    """A stream id as comparable numbers."""
-    millis, _, sequence = stream_id.partition("-")
-    return int(millis), int(sequence or 0)
-
-
 def _delivered(event: Event, position: str | None) -> bool | None:
     """Whether the group's position is at or past the event's stream entry (None: unknown)."""
     if position is None or not event.stream_id:
         return None
-    return _stream_id_key(position) >= _stream_id_key(event.stream_id)
+    return stream_id_key(position) >= stream_id_key(event.stream_id)
 
 
 def next_due_in(rows: Iterable[ServiceOnEvent], now: dt.datetime) -> float | None:

@@ -391,6 +391,34 @@ async def receipts_refused_count(client: aioredis.Redis, counts: dict[str, int])
         await pipe.execute()
 
 
+async def receipts_trim(client: aioredis.Redis) -> int:
+    """Drop the receipts stream's entries every consumer group is done with; how many went.
+
+    Done: before each group's oldest entry read and not acknowledged, and not after its last
+    delivered one. Nothing else trims it (a subscriber ``XADD``s without ``MAXLEN``, so that a
+    slow worker never loses a receipt), and recorded receipts are in the database.
+    """
+    try:
+        groups = await client.xinfo_groups(RECEIPTS_STREAM)
+    except redis.ResponseError:  # no stream yet
+        return 0
+    floors = []
+    for group in groups:
+        name, last = _text(group["name"]), _text(group["last-delivered-id"])
+        pending = await client.xpending(RECEIPTS_STREAM, name)
+        floors.append(_text(pending["min"]) if pending["pending"] else last)
+    if not floors:
+        return 0
+    floor = min(floors, key=stream_id_key)
+    return int(await client.xtrim(RECEIPTS_STREAM, minid=floor, approximate=False))
+
+
+def stream_id_key(stream_id: str) -> tuple[int, int]:
+    """A stream id as comparable numbers."""
+    millis, _, sequence = stream_id.partition("-")
+    return int(millis), int(sequence or 0)
+
+
 def receipts_counts(key: str) -> dict[str, int]:
     """Recorded (``RECEIPTS_RECORDED_KEY``) or refused receipts so far, by status or reason; empty if Redis is down."""
     try:

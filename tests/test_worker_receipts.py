@@ -66,6 +66,8 @@ async def test_the_worker_records_stream_receipts_acknowledges_them_and_counts_w
     }
     refused = {key.decode(): int(value) for key, value in bus.hgetall(RECEIPTS_REFUSED_KEY).items()}
     assert refused == {"invalid": 1, "unknown_subscriber": 1, "conflict": 1}
+    # Done with, so dropped from the stream (Redis keeps acknowledged entries until trimmed).
+    await until_in_sync_thread(lambda: bus.xlen(RECEIPTS_STREAM) <= 1, what="the handled receipts trimmed")
     assert _pending(bus) == 0
     entries = await sync_to_async(
         lambda: {(e.actor_name, e.details["subscriber"]) for e in AuditEntry.objects.filter(action="receipt.record")}

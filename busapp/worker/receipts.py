@@ -20,6 +20,7 @@ from busapp.publishing import (
     RECEIPTS_STREAM,
     StreamEntry,
     receipts_refused_count,
+    receipts_trim,
     tap_entries_ack,
     tap_entries_claim,
     tap_entries_read,
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 READ_COUNT = 2000
 CLAIM_EVERY_SECONDS = 5.0
+# What every group is done with is dropped from the stream this often (a stream keeps acknowledged entries).
+TRIM_EVERY_SECONDS = 5.0
 # A receipt for an event not (yet) in history waits this long for the tap to record it, then is refused.
 WAIT_FOR_EVENT_SECONDS = 30.0
 
@@ -68,9 +71,9 @@ class ReceiptsReader:
         return outcome
 
     async def run(self) -> None:
-        """Read, record, acknowledge; claim a stopped worker's entries now and then."""
+        """Read, record, acknowledge; claim a stopped worker's entries and trim what is done now and then."""
         loop = asyncio.get_running_loop()
-        next_claim = 0.0
+        next_claim = next_trim = 0.0
         backoff = 0.5
         while not self.stopping.is_set():
             try:
@@ -81,6 +84,9 @@ class ReceiptsReader:
                     while (claimed := await self._claim()) and not self.stopping.is_set():
                         await self.handle(claimed)
                     next_claim = loop.time() + CLAIM_EVERY_SECONDS
+                if loop.time() >= next_trim:
+                    await receipts_trim(self.redis)
+                    next_trim = loop.time() + TRIM_EVERY_SECONDS
                 block_ms = 1000 if self.waiting else 100
                 entries = await tap_entries_read(
                     self.redis, self.name, [RECEIPTS_STREAM], count=READ_COUNT, block_ms=block_ms
