@@ -249,6 +249,12 @@ def last_applied(subscriber: Subscriber, event_type: EventType) -> Event | None:
     return Event.objects.get(pk=found) if found is not None else None
 
 
+def receipts_rejected_count(topics: Iterable[Topic], *, since: dt.datetime) -> int:
+    """Receipts that rejected an event of these topics since then (read through the rejections' own index)."""
+    rejected = Receipt.objects.filter(status=ReceiptStatus.REJECTED, received_at__gte=since)
+    return rejected.filter(event__topic__in=list(topics)).count()
+
+
 def drifts_open(topics: Iterable[Topic] | None = None) -> list[Drift]:
     """Subscribers behind on a value in force now, longest first (on these topics, or all)."""
     drifts = Drift.objects.filter(cleared_at__isnull=True).select_related("subscriber", "topic", "event_type", "event")

@@ -429,6 +429,10 @@ class Receipt(models.Model):
     class Meta:
         ordering = ["event_id", "subscriber_id"]
         constraints = [models.UniqueConstraint(fields=["event", "subscriber"], name="one_receipt_per_subscriber")]
+        indexes = [
+            # Few rows (rejections are rare): the dashboard counts them on every load without reading the rest.
+            models.Index(fields=["received_at"], condition=Q(status="rejected"), name="receipt_rejected_time"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.subscriber_id} {self.status} event #{self.event_id}"

@@ -112,6 +112,13 @@ def test_the_dashboard_lists_the_drifting_services_longest_first(drifting: tuple
     )
 
 
+def test_the_dashboard_counts_the_days_rejections_in_red(drifting: tuple[Event, Event]) -> None:
+    response = signed_in("policy").get("/")
+
+    assert '<div class="tile bad" id="rejected-today"><span class="figure">1</span>' in response.content.decode()
+    assert "1 rejections by services in the last 24 h (their receipts)" in _text(response)
+
+
 def test_the_dashboard_says_when_no_service_is_behind(publish: Any) -> None:
     event = publish(15000)
     for name in ("e-file", "withholding-calculator", "mobile-tax-app", "analytics-dashboard"):

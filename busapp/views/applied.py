@@ -6,6 +6,7 @@ receipt or a drift on the page's topics (or a deadline passes) and swaps it in p
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -14,7 +15,7 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from busapp.applied import drifts_open, event_services, next_due_in, topic_values_in_force
+from busapp.applied import drifts_open, event_services, next_due_in, receipts_rejected_count, topic_values_in_force
 from busapp.models import Event, SubscriberFollow, Topic
 from busapp.permissions import VIEW_TOPIC
 from busapp.selectors import topics_visible_to
@@ -37,10 +38,11 @@ def services_context(event: Event) -> dict[str, Any]:
 
 
 def drifting_context(topics: Any) -> dict[str, Any]:
-    """The services behind on a value in force on these topics, longest first."""
+    """The services behind on a value in force on these topics, longest first, and the day's rejections."""
     return {
         "drifts": drifts_open(topics),
         "following": SubscriberFollow.objects.filter(topic__in=topics).exists(),
+        "rejected_today": receipts_rejected_count(topics, since=timezone.now() - dt.timedelta(hours=24)),
     }
 
 
