@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -11,7 +12,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from busapp.validation import validator_cache_clear
-from tests.support import OutputWatcher, RedisServer, seed_script, wait_for
+from tests.support import OutputWatcher, RedisServer, publish_deduction, seed_script, wait_for
 
 DEMO_PASSWORD = "correct-horse-battery-42"
 _suite_redis = RedisServer()
@@ -95,3 +96,17 @@ async def sync_thread_connection_closed() -> AsyncIterator[None]:
 
     yield
     await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+
+@pytest.fixture
+def publish_on_bus(bus: redis.Redis, django_capture_on_commit_callbacks: Any) -> Callable[[int], Any]:
+    """Publish the seed's event with a deduction and have it on the bus (its commit hook sends it): the event."""
+
+    def published(deduction: int) -> Any:
+        with django_capture_on_commit_callbacks(execute=True):
+            event = publish_deduction(deduction)
+        event.refresh_from_db()
+        assert event.published_at is not None
+        return event
+
+    return published

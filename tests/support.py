@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -245,6 +245,32 @@ def service_spawn(name: str, *, consumer: str, redis_url: str, **env: str) -> Ou
 def service_ready(service: OutputWatcher) -> None:
     """Wait until a spawned service has joined its consumer group, drained it and caught up."""
     service.wait_for_line(" ready: consumer ", timeout=15)
+
+
+@contextmanager
+def services_running(names: Sequence[str], *, redis_url: str) -> Iterator[dict[str, OutputWatcher]]:
+    """These services on hms_subscriber, started at once (each in its consumer group); every process stopped after."""
+    started: list[OutputWatcher] = []
+    try:
+        for name in names:  # all at once: each takes a second or so to start
+            started.append(service_spawn(name, consumer=f"{name}-1", redis_url=redis_url))
+        for service in started:
+            service_ready(service)
+        yield dict(zip(names, started, strict=True))
+    finally:
+        for watcher in started:
+            watcher.stop()
+
+
+def receipt_send(event: Any, subscriber: str, status: str = "applied", detail: str = "") -> None:
+    """A service's receipt for an event, as its token would post it (through the receipts action)."""
+    from django.utils import timezone
+
+    from busapp.actions.receipts import ReceiptIn, receipt_record
+    from busapp.models import ReceiptVia
+
+    receipt = ReceiptIn(subscriber, event.envelope_id, status, detail, timezone.now(), ReceiptVia.API)
+    receipt_record(receipt, actor=f"service:{subscriber}")
 
 
 def service_start(name: str, *, consumer: str, redis_url: str, **env: str) -> OutputWatcher:

@@ -8,12 +8,10 @@ import re
 from typing import Any
 
 import pytest
-from django.utils import timezone
 
 from busapp.actions.drift import drift_advance
-from busapp.actions.receipts import ReceiptIn, receipt_record
-from busapp.models import Event, ReceiptVia
-from tests.support import publish_deduction, signed_in
+from busapp.models import Event
+from tests.support import receipt_send, signed_in
 
 pytestmark = pytest.mark.usefixtures("demo")
 
@@ -24,34 +22,16 @@ def _text(response: Any) -> str:
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", response.content.decode())).split())
 
 
-def _receipt(event: Event, subscriber: str, status: str = "applied", detail: str = "") -> None:
-    receipt = ReceiptIn(subscriber, event.envelope_id, status, detail, timezone.now(), ReceiptVia.API)
-    receipt_record(receipt, actor=f"service:{subscriber}")
-
-
 @pytest.fixture
-def publish(bus: Any, django_capture_on_commit_callbacks: Any) -> Any:
-    """Publish the seed's event and have it on the bus (its commit hook sends it)."""
-
-    def published(deduction: int) -> Event:
-        with django_capture_on_commit_callbacks(execute=True):
-            event = publish_deduction(deduction)
-        event.refresh_from_db()
-        return event
-
-    return published
-
-
-@pytest.fixture
-def drifting(time_machine: Any, publish: Any) -> tuple[Event, Event]:
+def drifting(time_machine: Any, publish_on_bus: Any) -> tuple[Event, Event]:
     """14,600 applied by all; 15,000 applied by all but mobile-tax-app, now 4 minutes past its deadline."""
-    old = publish(14600)
+    old = publish_on_bus(14600)
     for name in ("e-file", "withholding-calculator", "mobile-tax-app", "analytics-dashboard"):
-        _receipt(old, name)
-    new = publish(15000)
+        receipt_send(old, name)
+    new = publish_on_bus(15000)
     for name in ("e-file", "withholding-calculator"):
-        _receipt(new, name)
-    _receipt(new, "analytics-dashboard", "rejected", "our charts stop at 14,999")
+        receipt_send(new, name)
+    receipt_send(new, "analytics-dashboard", "rejected", "our charts stop at 14,999")
     time_machine.move_to(new.published_at + dt.timedelta(seconds=60 + 4 * 60 + 5))
     drift_advance()
     return old, new
@@ -93,8 +73,10 @@ def test_the_event_record_lists_every_expected_service_with_its_state_and_latenc
     assert "our charts stop at 14,999" in page
 
 
-def test_an_event_in_time_says_when_each_receipt_is_due_and_the_part_says_when_to_look_again(publish: Any) -> None:
-    event = publish(15000)
+def test_an_event_in_time_says_when_each_receipt_is_due_and_the_part_says_when_to_look_again(
+    publish_on_bus: Any,
+) -> None:
+    event = publish_on_bus(15000)
 
     response = signed_in("auditor").get(f"/events/{event.envelope_id}/services/")
 
@@ -119,10 +101,10 @@ def test_the_dashboard_counts_the_days_rejections_in_red(drifting: tuple[Event, 
     assert "1 rejections by services in the last 24 h (their receipts)" in _text(response)
 
 
-def test_the_dashboard_says_when_no_service_is_behind(publish: Any) -> None:
-    event = publish(15000)
+def test_the_dashboard_says_when_no_service_is_behind(publish_on_bus: Any) -> None:
+    event = publish_on_bus(15000)
     for name in ("e-file", "withholding-calculator", "mobile-tax-app", "analytics-dashboard"):
-        _receipt(event, name)
+        receipt_send(event, name)
     drift_advance()
 
     assert "No registered service is behind" in _text(signed_in("policy").get("/"))

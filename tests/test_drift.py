@@ -9,41 +9,23 @@ import pytest
 from django.utils import timezone
 
 from busapp.actions.drift import drift_advance
-from busapp.actions.receipts import ReceiptIn, receipt_record
 from busapp.actions.subscribers import subscriber_create, subscriber_follow, subscriber_unfollow
-from busapp.models import AuditAction, AuditEntry, Drift, Event, ReceiptVia, Subscriber, Topic
-from tests.support import publish_deduction, signed_in
+from busapp.models import AuditAction, AuditEntry, Drift, Subscriber, Topic
+from tests.support import receipt_send, signed_in
 
 pytestmark = pytest.mark.usefixtures("demo")
-
-
-def _receipt(event: Event, subscriber: str, status: str = "applied", detail: str = "") -> None:
-    receipt = ReceiptIn(subscriber, event.envelope_id, status, detail, timezone.now(), ReceiptVia.API)
-    receipt_record(receipt, actor=f"service:{subscriber}")
 
 
 def _open() -> set[tuple[str, str]]:
     return set(Drift.objects.filter(cleared_at__isnull=True).values_list("subscriber__name", "reason"))
 
 
-@pytest.fixture
-def publish(bus: Any, django_capture_on_commit_callbacks: Any) -> Any:
-    """Publish the seed's event and wait for it to be on the bus (its commit hook sends it)."""
-
-    def published(deduction: int) -> Event:
-        with django_capture_on_commit_callbacks(execute=True):
-            event = publish_deduction(deduction)
-        event.refresh_from_db()
-        assert event.published_at is not None
-        return event
-
-    return published
-
-
-def test_nobody_drifts_within_the_deadline_and_the_silent_ones_do_after_it(time_machine: Any, publish: Any) -> None:
-    event = publish(15000)
+def test_nobody_drifts_within_the_deadline_and_the_silent_ones_do_after_it(
+    time_machine: Any, publish_on_bus: Any
+) -> None:
+    event = publish_on_bus(15000)
     for name in ("e-file", "withholding-calculator"):
-        _receipt(event, name)
+        receipt_send(event, name)
 
     time_machine.move_to(event.published_at + dt.timedelta(seconds=59))
     assert not drift_advance()
@@ -60,10 +42,10 @@ def test_nobody_drifts_within_the_deadline_and_the_silent_ones_do_after_it(time_
     assert AuditEntry.objects.filter(action=AuditAction.SUBSCRIBER_OVERDUE).count() == 1
 
 
-def test_the_overdue_entry_says_which_value_the_subscriber_is_still_on(time_machine: Any, publish: Any) -> None:
-    old = publish(14600)
-    _receipt(old, "mobile-tax-app")
-    new = publish(15000)
+def test_the_overdue_entry_says_which_value_the_subscriber_is_still_on(time_machine: Any, publish_on_bus: Any) -> None:
+    old = publish_on_bus(14600)
+    receipt_send(old, "mobile-tax-app")
+    new = publish_on_bus(15000)
 
     time_machine.move_to(new.published_at + dt.timedelta(seconds=61))
     drift_advance()
@@ -73,10 +55,10 @@ def test_the_overdue_entry_says_which_value_the_subscriber_is_still_on(time_mach
     assert entry.details["in_force"] == new.envelope_id
 
 
-def test_a_rejection_drifts_at_once_with_its_detail(time_machine: Any, publish: Any) -> None:
-    event = publish(15000)
+def test_a_rejection_drifts_at_once_with_its_detail(time_machine: Any, publish_on_bus: Any) -> None:
+    event = publish_on_bus(15000)
 
-    _receipt(event, "e-file", "rejected", "15000 is over our table's cap")
+    receipt_send(event, "e-file", "rejected", "15000 is over our table's cap")
     drift_advance()
 
     assert _open() == {("e-file", "rejected")}
@@ -84,13 +66,15 @@ def test_a_rejection_drifts_at_once_with_its_detail(time_machine: Any, publish: 
     assert entry.details["detail"] == "15000 is over our table's cap"
 
 
-def test_a_drift_clears_when_the_subscriber_applies_the_value_then_in_force(time_machine: Any, publish: Any) -> None:
-    event = publish(15000)
+def test_a_drift_clears_when_the_subscriber_applies_the_value_then_in_force(
+    time_machine: Any, publish_on_bus: Any
+) -> None:
+    event = publish_on_bus(15000)
     time_machine.move_to(event.published_at + dt.timedelta(seconds=61))
     drift_advance()
     assert ("mobile-tax-app", "overdue") in _open()
 
-    _receipt(event, "mobile-tax-app")
+    receipt_send(event, "mobile-tax-app")
     changes = drift_advance()
 
     assert [drift.subscriber.name for drift, _ in changes.cleared] == ["mobile-tax-app"]
@@ -100,23 +84,25 @@ def test_a_drift_clears_when_the_subscriber_applies_the_value_then_in_force(time
     assert entry.details["behind_seconds"] >= 1
 
 
-def test_a_new_value_in_force_keeps_a_drift_open_until_it_is_applied(time_machine: Any, publish: Any) -> None:
-    old = publish(14600)
+def test_a_new_value_in_force_keeps_a_drift_open_until_it_is_applied(time_machine: Any, publish_on_bus: Any) -> None:
+    old = publish_on_bus(14600)
     time_machine.move_to(old.published_at + dt.timedelta(seconds=61))
     drift_advance()
 
-    newer = publish(15000)  # within its deadline now, but mobile-tax-app never applied the old one
+    newer = publish_on_bus(15000)  # within its deadline now, but mobile-tax-app never applied the old one
     assert ("mobile-tax-app", "overdue") in _open()
-    _receipt(newer, "mobile-tax-app")
+    receipt_send(newer, "mobile-tax-app")
     drift_advance()
 
     assert ("mobile-tax-app", "overdue") not in _open()
 
 
-def test_a_subscriber_that_begins_to_follow_late_has_its_deadline_from_then(time_machine: Any, publish: Any) -> None:
-    event = publish(15000)
+def test_a_subscriber_that_begins_to_follow_late_has_its_deadline_from_then(
+    time_machine: Any, publish_on_bus: Any
+) -> None:
+    event = publish_on_bus(15000)
     for name in ("e-file", "withholding-calculator", "mobile-tax-app", "analytics-dashboard"):
-        _receipt(event, name)
+        receipt_send(event, name)
     time_machine.move_to(event.published_at + dt.timedelta(hours=1))
     refunds = subscriber_create(name="refund-service", actor="test")
     subscriber_follow(subscriber=refunds, topic=Topic.objects.get(name="tax-policy"), actor="test")
@@ -126,8 +112,8 @@ def test_a_subscriber_that_begins_to_follow_late_has_its_deadline_from_then(time
     assert [drift.subscriber.name for drift in drift_advance().opened] == ["refund-service"]
 
 
-def test_a_subscriber_that_stops_following_stops_drifting(time_machine: Any, publish: Any) -> None:
-    event = publish(15000)
+def test_a_subscriber_that_stops_following_stops_drifting(time_machine: Any, publish_on_bus: Any) -> None:
+    event = publish_on_bus(15000)
     time_machine.move_to(event.published_at + dt.timedelta(seconds=61))
     drift_advance()
 
@@ -142,13 +128,13 @@ def test_a_subscriber_that_stops_following_stops_drifting(time_machine: Any, pub
 
 
 def test_metrics_count_receipts_by_status_and_the_event_types_each_subscriber_is_behind_on(
-    time_machine: Any, publish: Any, django_capture_on_commit_callbacks: Any
+    time_machine: Any, publish_on_bus: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
-    event = publish(15000)
+    event = publish_on_bus(15000)
     said = [("e-file", "applied"), ("withholding-calculator", "rejected"), ("analytics-dashboard", "ignored")]
     with django_capture_on_commit_callbacks(execute=True):
         for name, status in said:
-            _receipt(event, name, status, "over our cap" if status == "rejected" else "")
+            receipt_send(event, name, status, "over our cap" if status == "rejected" else "")
     time_machine.move_to(event.published_at + dt.timedelta(seconds=61))
     drift_advance()
 

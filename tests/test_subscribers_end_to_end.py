@@ -22,9 +22,8 @@ from tests.support import (
     OutputWatcher,
     RedisServer,
     deadlines_set,
-    service_ready,
-    service_spawn,
     service_start,
+    services_running,
     wait_for,
     web_and_worker,
 )
@@ -111,17 +110,9 @@ def short_deadlines(demo_committed: None) -> None:
 
 @pytest.fixture
 def services(suite_redis: RedisServer) -> Iterator[dict[str, OutputWatcher]]:
-    """The four services, each started once (so its consumer group exists); every process stopped at the end."""
-    started: list[OutputWatcher] = []
-    try:
-        for name in SERVICES:  # all at once: each takes a second or so to start
-            started.append(service_spawn(name, consumer=f"{name}-1", redis_url=suite_redis.url(0)))
-        for service in started:
-            service_ready(service)
-        yield dict(zip(SERVICES, started, strict=True))
-    finally:
-        for watcher in started:
-            watcher.stop()
+    """The four services running (each in its consumer group); every process stopped at the end."""
+    with services_running(SERVICES, redis_url=suite_redis.url(0)) as running:
+        yield running
 
 
 @pytest.mark.usefixtures("short_deadlines")

@@ -19,9 +19,8 @@ from tests.support import (
     RedisServer,
     deadlines_set,
     publish_deduction,
-    service_ready,
-    service_spawn,
     service_start,
+    services_running,
     web_and_worker,
 )
 
@@ -45,16 +44,8 @@ def asgi_url(demo_committed: None, suite_redis: RedisServer) -> Iterator[str]:
 @pytest.fixture
 def services(suite_redis: RedisServer) -> Iterator[dict[str, OutputWatcher]]:
     """The four services running (each in its consumer group); every process stopped at the end."""
-    started: list[OutputWatcher] = []
-    try:
-        for name in SERVICES:  # all at once: each takes a second or so to start
-            started.append(service_spawn(name, consumer=f"{name}-1", redis_url=suite_redis.url(0)))
-        for service in started:
-            service_ready(service)
-        yield dict(zip(SERVICES, started, strict=True))
-    finally:
-        for watcher in started:
-            watcher.stop()
+    with services_running(SERVICES, redis_url=suite_redis.url(0)) as running:
+        yield running
 
 
 def test_the_topic_page_shows_the_new_value_who_applied_it_and_the_overdue_service_without_a_reload(
