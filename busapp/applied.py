@@ -63,9 +63,7 @@ class Expected:
     @property
     def latency(self) -> float | None:
         """Seconds from the publish to the receipt."""
-        if self.receipt is None or self.event.published_at is None:
-            return None
-        return (self.receipt.received_at - self.event.published_at).total_seconds()
+        return self.receipt.seconds_after(self.event.published_at) if self.receipt else None
 
 
 def _due_at(event: Event, follow: SubscriberFollow) -> dt.datetime:

@@ -155,7 +155,6 @@ RECEIPT_DETAIL_SHOWN = 300
 def receipt_item(receipt: Receipt) -> dict[str, Any]:
     """A receipt as the live pages show it: who said what about which event, and how long after its publish."""
     event = receipt.event
-    latency = (receipt.received_at - event.published_at).total_seconds() if event.published_at else None
     return {
         "kind": "receipt",
         "event": event.envelope_id,
@@ -165,7 +164,7 @@ def receipt_item(receipt: Receipt) -> dict[str, Any]:
         "status": receipt.status,
         "detail": receipt.detail[:RECEIPT_DETAIL_SHOWN],
         "received_at": receipt.received_at.timestamp(),
-        "latency": latency,
+        "latency": receipt.seconds_after(event.published_at),
     }
 
 

@@ -437,6 +437,10 @@ class Receipt(models.Model):
     def __str__(self) -> str:
         return f"{self.subscriber_id} {self.status} event #{self.event_id}"
 
+    def seconds_after(self, published_at: dt.datetime | None) -> float | None:
+        """Seconds from its event's publish (given, so callers holding the event need no query) to this receipt."""
+        return (self.received_at - published_at).total_seconds() if published_at else None
+
 
 class DriftReason(models.TextChoices):
     """Why a subscriber is behind on an event type."""

@@ -625,10 +625,8 @@ class ReceiptSerializer(serializers.ModelSerializer[Receipt]):
     @extend_schema_field(serializers.FloatField(allow_null=True))
     def get_latency_seconds(self, receipt: Receipt) -> float | None:
         """Seconds from the event's publish to the receipt; null while the event was never published."""
-        published_at = receipt.event.published_at
-        if published_at is None:
-            return None
-        return round((receipt.received_at - published_at).total_seconds(), 3)
+        seconds = receipt.seconds_after(receipt.event.published_at)
+        return None if seconds is None else round(seconds, 3)
 
 
 class ReceiptOutcomeSerializer(serializers.Serializer[Any]):
